@@ -1,0 +1,216 @@
+{{/* Names ------------------------------------------------------------------ */}}
+
+{{- define "portcullis.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "portcullis.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "portcullis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "portcullis.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "portcullis.labels" -}}
+helm.sh/chart: {{ include "portcullis.chart" . }}
+{{ include "portcullis.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: portcullis
+{{- end -}}
+
+{{- define "portcullis.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "portcullis.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Wiring ----------------------------------------------------------------- */}}
+
+{{/* Fails early on combinations the schema cannot express well. */}}
+{{- define "portcullis.validate" -}}
+{{- if and (eq .Values.mode "istio") (ne (include "portcullis.transport" .) "tcp") -}}
+{{- fail "mode=istio needs transport=tcp: Istio's extension providers reach portcullis at host:port, not over a Unix socket" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "envoy") (eq (int .Values.envoy.port) (int .Values.workload.app.port)) -}}
+{{- fail "envoy.port and workload.app.port must differ: Envoy listens in front of the app in the same pod" -}}
+{{- end -}}
+{{- if and (eq .Values.policies.source "files") (not .Values.policies.existingConfigMap) (not .Values.policies.bundled) (not .Values.policies.files) -}}
+{{- fail "policies.source=files needs policies: keep policies.bundled, set policies.files, or name policies.existingConfigMap" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "unix" or "tcp": transport, or by default unix for plain Envoy and tcp for Istio. */}}
+{{- define "portcullis.transport" -}}
+{{- if .Values.transport -}}
+{{- .Values.transport -}}
+{{- else if eq .Values.mode "istio" -}}
+tcp
+{{- else -}}
+unix
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.socketDir" -}}
+{{- dir .Values.socket.path -}}
+{{- end -}}
+
+{{/* Address a client uses to reach the ext_authz gRPC server inside the pod. */}}
+{{- define "portcullis.grpcClientAddress" -}}
+{{- if eq (include "portcullis.transport" .) "unix" -}}
+{{- printf "unix:%s" .Values.socket.path -}}
+{{- else -}}
+{{- $host := .Values.grpc.bindAddress -}}
+{{- if or (eq $host "0.0.0.0") (eq $host "::") -}}{{- $host = "127.0.0.1" -}}{{- end -}}
+{{- printf "http://%s:%d" $host (int .Values.grpc.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.policyConfigMapName" -}}
+{{- if and (eq .Values.policies.source "files") .Values.policies.existingConfigMap -}}
+{{- .Values.policies.existingConfigMap -}}
+{{- else -}}
+{{- printf "%s-policies" (include "portcullis.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.watchNamespaces" -}}
+{{- $ns := .Values.policies.kubernetes.namespaces -}}
+{{- if not $ns -}}{{- $ns = list .Release.Namespace -}}{{- end -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
+
+{{/*
+The config file: chart defaults <- .Values.config <- what the chart derives (listen, policy,
+issuers), so that Envoy, the probes and the volumes always agree with the server.
+*/}}
+{{- define "portcullis.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $listen := dict "admin" (printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port)) -}}
+{{- if eq (include "portcullis.transport" .) "unix" -}}
+{{- $_ := set $listen "unix" .Values.socket.path -}}
+{{- $_ := set $listen "grpc" nil -}}
+{{- else -}}
+{{- $_ := set $listen "unix" nil -}}
+{{- $_ := set $listen "grpc" (printf "%s:%d" .Values.grpc.bindAddress (int .Values.grpc.port)) -}}
+{{- end -}}
+{{- $_ := set $cfg "listen" $listen -}}
+{{- if eq .Values.policies.source "kubernetes" -}}
+{{- $_ := set $cfg "policy" (dict "kubernetes" (dict "namespaces" (include "portcullis.watchNamespaces" . | fromJsonArray) "selector" .Values.policies.kubernetes.selector)) -}}
+{{- else -}}
+{{- $_ := set $cfg "policy" (dict "dir" "/etc/portcullis/policies") -}}
+{{- end -}}
+{{- if .Values.issuers -}}
+{{- $authn := default (dict) $cfg.authn -}}
+{{- $_ := set $authn "issuers" .Values.issuers -}}
+{{- $_ := set $cfg "authn" $authn -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* Pod-level pieces ------------------------------------------------------- */}}
+
+{{- define "portcullis.httpProbe" -}}
+httpGet:
+  path: {{ .probe.path }}
+  port: admin
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+{{- end -}}
+
+{{/* The portcullis container, shared by the workload and the test hook. */}}
+{{- define "portcullis.container" -}}
+name: portcullis
+image: {{ include "portcullis.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+args: ["serve", "--config", "/etc/portcullis/config.yaml"]
+env:
+  - name: POD_NAMESPACE
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.namespace
+  {{- with .Values.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+ports:
+  {{- if eq (include "portcullis.transport" .) "tcp" }}
+  - name: grpc
+    containerPort: {{ .Values.grpc.port }}
+    protocol: TCP
+  {{- end }}
+  - name: admin
+    containerPort: {{ .Values.admin.port }}
+    protocol: TCP
+startupProbe:
+  {{- include "portcullis.httpProbe" (dict "probe" .Values.probes.startup) | nindent 2 }}
+livenessProbe:
+  {{- include "portcullis.httpProbe" (dict "probe" .Values.probes.liveness) | nindent 2 }}
+readinessProbe:
+  {{- include "portcullis.httpProbe" (dict "probe" .Values.probes.readiness) | nindent 2 }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: portcullis-config
+    mountPath: /etc/portcullis/config.yaml
+    subPath: config.yaml
+    readOnly: true
+  {{- if eq .Values.policies.source "files" }}
+  - name: portcullis-policies
+    mountPath: /etc/portcullis/policies
+    readOnly: true
+  {{- end }}
+  {{- if eq (include "portcullis.transport" .) "unix" }}
+  - name: portcullis-socket
+    mountPath: {{ include "portcullis.socketDir" . }}
+  {{- end }}
+{{- end -}}
+
+{{/* Volumes the portcullis container needs. */}}
+{{- define "portcullis.volumes" -}}
+- name: portcullis-config
+  configMap:
+    name: {{ include "portcullis.fullname" . }}-config
+{{- if eq .Values.policies.source "files" }}
+- name: portcullis-policies
+  configMap:
+    name: {{ include "portcullis.policyConfigMapName" . }}
+{{- end }}
+{{- if eq (include "portcullis.transport" .) "unix" }}
+- name: portcullis-socket
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
+{{- end -}}
+
+{{- define "portcullis.automountToken" -}}
+{{- if eq .Values.policies.source "kubernetes" -}}true{{- else -}}false{{- end -}}
+{{- end -}}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit + integration tests over real sockets, the independent Python
+# ext_authz client (Envoy's own API types), and the Helm chart / manifests checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi
+
+for suite in tests/wire/run.sh tests/chart/run.sh; do
+  if [ -f "$suite" ]; then
+    echo "== $suite"
+    bash "$suite"
+  fi
+done

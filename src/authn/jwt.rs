@@ -1,0 +1,557 @@
+//! JWT bearer tokens (RFC 7519) verified per RFC 8725: the token's `iss` selects a configured
+//! issuer; only that issuer's algorithms and keys are tried; nothing the token says about keys
+//! (`jwk`, `jku`, `x5u`, `x5c`) is trusted. Verified tokens are cached by digest until (at most)
+//! their `exp`, and a cached token is dropped as soon as its key leaves the JWKS.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
+use moka::Expiry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::AuthnError;
+use super::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey};
+use crate::config::{AuthnConfig, IssuerConfig, Limits, TokenSource};
+use crate::request::RequestView;
+
+/// What a verified token proved.
+#[derive(Debug, Clone)]
+pub struct JwtIdentity {
+    pub issuer: Arc<str>,
+    pub subject: String,
+    /// Values of the issuer's group claims: become parent `Group` entities.
+    pub groups: Vec<String>,
+    /// Scalar claims not mapped elsewhere, as strings: become tags on the `User` entity.
+    pub claims: Vec<(String, String)>,
+    /// `(header, value)` pairs from the issuer's `claims_to_headers`.
+    pub headers: Vec<(String, String)>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    kid: Option<String>,
+    key_fingerprint: [u8; 16],
+}
+
+/// Why a token was refused. Each maps to a 401 `invalid_token` whose description names only the
+/// class of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is larger than allowed")]
+    TooLarge,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("encrypted tokens (JWE) are not accepted")]
+    Encrypted,
+    #[error("unsigned tokens are not accepted")]
+    AlgNone,
+    #[error("token algorithm is not supported")]
+    UnsupportedAlgorithm,
+    #[error("token algorithm is not allowed for this issuer")]
+    AlgorithmNotAllowed,
+    #[error("token carries its own key or key URL")]
+    EmbeddedKey,
+    #[error("token has an unsupported critical header")]
+    UnknownCritical,
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token key is not known")]
+    UnknownKey,
+    #[error("token does not match its key")]
+    KeyMismatch,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    BadAudience,
+    #[error("token lacks a required claim")]
+    MissingClaim,
+    #[error("more than one token in the request")]
+    Duplicate,
+}
+
+impl JwtError {
+    /// Bounded label for metrics and deny reasons.
+    pub fn label(&self) -> &'static str {
+        match self {
+            JwtError::TooLarge => "token_too_large",
+            JwtError::Malformed => "token_malformed",
+            JwtError::Encrypted => "token_encrypted",
+            JwtError::AlgNone => "alg_none",
+            JwtError::UnsupportedAlgorithm => "alg_unsupported",
+            JwtError::AlgorithmNotAllowed => "alg_not_allowed",
+            JwtError::EmbeddedKey => "embedded_key",
+            JwtError::UnknownCritical => "unknown_crit",
+            JwtError::UnknownIssuer => "unknown_issuer",
+            JwtError::UnknownKey => "unknown_kid",
+            JwtError::KeyMismatch => "key_mismatch",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::Expired => "token_expired",
+            JwtError::NotYetValid => "token_not_yet_valid",
+            JwtError::BadAudience => "bad_audience",
+            JwtError::MissingClaim => "missing_claim",
+            JwtError::Duplicate => "duplicate_token",
+        }
+    }
+}
+
+/// Parses an algorithm name from config. `none` and unknown names are `None`.
+pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => return None,
+    })
+}
+
+struct Issuer {
+    name: Arc<str>,
+    keys: Arc<IssuerKeys>,
+    validations: HashMap<Algorithm, Validation>,
+    required_claims: Vec<String>,
+    group_claims: Vec<String>,
+    claims_to_headers: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    identity: Arc<JwtIdentity>,
+    issuer: usize,
+}
+
+struct UntilExp {
+    max_ttl: Duration,
+}
+
+impl Expiry<[u8; 32], CachedToken> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: Instant) -> Option<Duration> {
+        let left = v.identity.expires_at.saturating_sub(unix_now());
+        Some(Duration::from_secs(left).min(self.max_ttl))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    result: &'static str,
+}
+
+/// Verifies bearer tokens against the configured issuers.
+pub struct JwtAuthenticator {
+    issuers: Vec<Issuer>,
+    by_name: HashMap<String, usize>,
+    sources: Vec<TokenSource>,
+    max_token_bytes: usize,
+    cache: Option<moka::future::Cache<[u8; 32], CachedToken>>,
+    rejections: Family<ReasonLabel, Counter>,
+    cache_lookups: Family<CacheLabel, Counter>,
+}
+
+impl JwtAuthenticator {
+    pub fn new(cfg: &AuthnConfig, limits: &Limits, registry: &mut Registry) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.jwks.fetch_timeout)
+            .timeout(cfg.jwks.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        let jwks_metrics = JwksMetrics::register(registry);
+        let mut issuers = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut sources: Vec<TokenSource> = Vec::new();
+        for ic in &cfg.issuers {
+            let issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            by_name.insert(ic.issuer.clone(), issuers.len());
+            issuers.push(issuer);
+            for s in &ic.from {
+                if !sources.contains(s) {
+                    sources.push(s.clone());
+                }
+            }
+        }
+        let cache = (cfg.token_cache.max_entries > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(cfg.token_cache.max_entries)
+                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
+                .build()
+        });
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
+        let cache_lookups = Family::<CacheLabel, Counter>::default();
+        registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
+        Ok(Self {
+            issuers,
+            by_name,
+            sources,
+            max_token_bytes: limits.max_token_bytes,
+            cache,
+            rejections,
+            cache_lookups,
+        })
+    }
+
+    /// Header names tokens are read from.
+    pub fn token_headers(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|s| match s {
+                TokenSource::Header { header, .. } => Some(header.to_ascii_lowercase()),
+                TokenSource::Cookie { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Fetches every issuer's keys once, so the first request does not pay for it.
+    pub async fn warm_up(&self) {
+        for iss in &self.issuers {
+            if let Err(e) = iss.keys.key_for(Some("\u{0}warm-up")).await
+                && e == KeyLookupError::Unavailable
+            {
+                tracing::warn!(issuer = %iss.name, "signing keys not available at start-up");
+            }
+        }
+    }
+
+    /// `Ok(None)` when the request carries no token; an error for a present-but-bad one.
+    pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Option<Arc<JwtIdentity>>, AuthnError> {
+        if self.issuers.is_empty() {
+            return Ok(None);
+        }
+        let res = match self.extract(req) {
+            Ok(None) => return Ok(None),
+            Ok(Some(token)) => self.verify(token).await,
+            Err(e) => Err(AuthnError::InvalidToken(e)),
+        };
+        if let Err(e) = &res {
+            self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+        }
+        res.map(Some)
+    }
+
+    fn extract<'a>(&self, req: &RequestView<'a>) -> Result<Option<&'a str>, JwtError> {
+        for src in &self.sources {
+            match src {
+                TokenSource::Header { header, prefix } => {
+                    match req.header_count(header) {
+                        0 => continue,
+                        1 => {}
+                        _ => return Err(JwtError::Duplicate),
+                    }
+                    let Some(v) = req.header(header) else { continue };
+                    let token = match prefix {
+                        Some(p) => match v.get(..p.len()) {
+                            Some(head) if head.eq_ignore_ascii_case(p) => v[p.len()..].trim(),
+                            // Another scheme (e.g. Basic) is not our credential.
+                            _ => continue,
+                        },
+                        None => v.trim(),
+                    };
+                    if token.is_empty() {
+                        return Err(JwtError::Malformed);
+                    }
+                    return Ok(Some(token));
+                }
+                TokenSource::Cookie { cookie } => {
+                    let mut found = None;
+                    for (k, v) in req.headers() {
+                        if !k.eq_ignore_ascii_case("cookie") {
+                            continue;
+                        }
+                        for pair in v.split(';') {
+                            if let Some((name, val)) = pair.trim().split_once('=')
+                                && name == cookie
+                            {
+                                if found.is_some() {
+                                    return Err(JwtError::Duplicate);
+                                }
+                                found = Some(val.trim());
+                            }
+                        }
+                    }
+                    if let Some(t) = found {
+                        return Ok(Some(t));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Verifies one token (or answers from the verified-token cache).
+    pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, AuthnError> {
+        // Size first: nothing is parsed from an oversized token.
+        if token.len() > self.max_token_bytes {
+            return Err(JwtError::TooLarge.into());
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&digest).await {
+                if self.still_valid(&hit).await {
+                    self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    return Ok(hit.identity);
+                }
+                cache.invalidate(&digest).await;
+            }
+            self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
+        }
+        let (identity, issuer) = self.verify_uncached(token).await?;
+        if let Some(cache) = &self.cache {
+            cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
+        }
+        Ok(identity)
+    }
+
+    /// A cached token stays good only while unexpired and while its exact key is still served.
+    async fn still_valid(&self, hit: &CachedToken) -> bool {
+        if unix_now() >= hit.identity.expires_at {
+            return false;
+        }
+        let Some(iss) = self.issuers.get(hit.issuer) else { return false };
+        match iss.keys.current().await {
+            Some(set) => {
+                set.find(hit.identity.kid.as_deref()).is_some_and(|k| k.fingerprint == hit.identity.key_fingerprint)
+            }
+            None => false,
+        }
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
+        let parts: Vec<&str> = token.split('.').collect();
+        match parts.len() {
+            3 => {}
+            5 => return Err(JwtError::Encrypted.into()),
+            _ => return Err(JwtError::Malformed.into()),
+        }
+        let header = decode_segment(parts[0])?;
+        let alg = check_header(&header)?;
+        let kid = header.get("kid").and_then(Value::as_str);
+        // The payload is read unverified only to pick the issuer; nothing else is trusted yet.
+        let unverified = decode_segment(parts[1])?;
+        let iss_name = unverified.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
+        let idx = *self.by_name.get(iss_name).ok_or(JwtError::UnknownIssuer)?;
+        let issuer = &self.issuers[idx];
+        let validation = issuer.validations.get(&alg).ok_or(JwtError::AlgorithmNotAllowed)?;
+
+        let key = issuer.keys.key_for(kid).await.map_err(|e| match e {
+            KeyLookupError::Unavailable => AuthnError::KeysUnavailable,
+            KeyLookupError::UnknownKid => AuthnError::InvalidToken(JwtError::UnknownKey),
+        })?;
+        check_key_matches(&key, alg)?;
+
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(map_jwt_error)?;
+        let claims = data.claims;
+        for c in &issuer.required_claims {
+            if !claims.contains_key(c) {
+                return Err(JwtError::MissingClaim.into());
+            }
+        }
+        let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
+        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
+        let identity = JwtIdentity {
+            issuer: issuer.name.clone(),
+            subject,
+            groups: collect_groups(&claims, &issuer.group_claims),
+            headers: issuer
+                .claims_to_headers
+                .iter()
+                .filter_map(|(claim, header)| claims.get(claim).and_then(scalar_string).map(|v| (header.clone(), v)))
+                .filter(|(_, v)| v.bytes().all(|b| b >= 0x20 && b != 0x7f))
+                .collect(),
+            claims: claims
+                .iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !issuer.group_claims.contains(k))
+                .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+                .collect(),
+            expires_at,
+            kid: key.kid.clone(),
+            key_fingerprint: key.fingerprint,
+        };
+        Ok((Arc::new(identity), idx))
+    }
+}
+
+const RESERVED: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+fn build_issuer(
+    ic: &IssuerConfig,
+    cfg: &AuthnConfig,
+    client: reqwest::Client,
+    metrics: JwksMetrics,
+) -> anyhow::Result<Issuer> {
+    let source = if let Some(path) = &ic.hmac_secret_file {
+        let secret =
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("issuer {}: reading hmac_secret_file: {e}", ic.issuer))?;
+        let secret: Vec<u8> = secret.trim_ascii().to_vec();
+        if secret.len() < 32 {
+            anyhow::bail!("issuer {}: HMAC secret must be at least 32 bytes", ic.issuer);
+        }
+        KeySource::Hmac(Arc::new(secret))
+    } else if let Some(f) = &ic.jwks_file {
+        KeySource::File(f.clone())
+    } else if let Some(u) = &ic.jwks_uri {
+        KeySource::Uri(u.clone())
+    } else {
+        KeySource::Discovery { issuer: ic.issuer.clone() }
+    };
+    let mut validations = HashMap::new();
+    for a in &ic.algorithms {
+        let alg = parse_algorithm(a).ok_or_else(|| anyhow::anyhow!("unsupported algorithm {a}"))?;
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[ic.issuer.as_str()]);
+        if ic.audiences.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&ic.audiences);
+        }
+        v.leeway = ic.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        validations.insert(alg, v);
+    }
+    Ok(Issuer {
+        name: Arc::from(ic.issuer.as_str()),
+        keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, metrics),
+        validations,
+        required_claims: ic.required_claims.clone(),
+        group_claims: ic.group_claims.clone(),
+        claims_to_headers: ic.claims_to_headers.iter().map(|(c, h)| (c.clone(), h.to_ascii_lowercase())).collect(),
+    })
+}
+
+fn decode_segment(seg: &str) -> Result<Map<String, Value>, JwtError> {
+    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
+}
+
+/// RFC 8725 header checks, before any key is looked up.
+fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError> {
+    let alg = h.get("alg").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
+    if alg.trim().eq_ignore_ascii_case("none") {
+        return Err(JwtError::AlgNone);
+    }
+    if h.contains_key("enc") {
+        return Err(JwtError::Encrypted);
+    }
+    if ["jwk", "jku", "x5u", "x5c"].iter().any(|k| h.contains_key(*k)) {
+        return Err(JwtError::EmbeddedKey);
+    }
+    // We implement no JWS extensions, so any `crit` entry is one we do not understand.
+    if h.contains_key("crit") {
+        return Err(JwtError::UnknownCritical);
+    }
+    if h.get("kid").is_some_and(|k| !k.is_string()) {
+        return Err(JwtError::Malformed);
+    }
+    parse_algorithm(alg).ok_or(JwtError::UnsupportedAlgorithm)
+}
+
+/// The key must be of the token's family and, if the JWK pins an `alg`, that exact alg.
+fn check_key_matches(key: &VerifyKey, alg: Algorithm) -> Result<(), JwtError> {
+    if key.family != alg.family() {
+        return Err(JwtError::KeyMismatch);
+    }
+    if key.alg.is_some_and(|a| a != alg) {
+        return Err(JwtError::KeyMismatch);
+    }
+    if key.family == AlgorithmFamily::Hmac && !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(JwtError::KeyMismatch);
+    }
+    Ok(())
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => JwtError::BadSignature,
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::InvalidAudience => JwtError::BadAudience,
+        K::InvalidIssuer => JwtError::UnknownIssuer,
+        K::MissingRequiredClaim(_) => JwtError::MissingClaim,
+        K::InvalidAlgorithm => JwtError::AlgorithmNotAllowed,
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => JwtError::KeyMismatch,
+        _ => JwtError::Malformed,
+    }
+}
+
+fn collect_groups(claims: &Map<String, Value>, names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        match claims.get(n) {
+            Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned)),
+            // OAuth `scope`-style space-separated lists.
+            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn none_in_any_spelling_is_refused() {
+        for a in ["none", "None", "NONE", "nOnE", " none"] {
+            assert_eq!(check_header(&hdr(&format!(r#"{{"alg":"{a}"}}"#))), Err(JwtError::AlgNone), "{a}");
+        }
+    }
+
+    #[test]
+    fn embedded_keys_and_crit_are_refused() {
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256","jku":"http://x"}"#)), Err(JwtError::EmbeddedKey));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256","jwk":{}}"#)), Err(JwtError::EmbeddedKey));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256","x5u":"http://x"}"#)), Err(JwtError::EmbeddedKey));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256","x5c":["x"]}"#)), Err(JwtError::EmbeddedKey));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256","crit":["exp"]}"#)), Err(JwtError::UnknownCritical));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#)), Err(JwtError::Encrypted));
+        assert_eq!(check_header(&hdr(r#"{"alg":"RS256"}"#)), Ok(Algorithm::RS256));
+    }
+
+    #[test]
+    fn groups_come_from_arrays_and_space_lists() {
+        let c: Map<String, Value> = serde_json::from_str(r#"{"groups":["b","a"],"roles":"x y"}"#).unwrap();
+        assert_eq!(collect_groups(&c, &["groups".into(), "roles".into()]), vec!["a", "b", "x", "y"]);
+    }
+}

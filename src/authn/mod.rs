@@ -1,0 +1,131 @@
+//! Authentication: proves who the caller is, as data. Authenticators never decide access; they
+//! return what was proven, or reject a credential that is present but invalid.
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::request::RequestView;
+
+pub mod apikey;
+pub mod jwks;
+pub mod jwt;
+pub mod peer;
+
+pub use apikey::ApiClientIdentity;
+pub use jwt::{JwtError, JwtIdentity};
+pub use peer::PeerIdentity;
+
+/// Everything authentication proved about one request. Several may hold at once (a service
+/// calling on behalf of a user); all `None` is an anonymous caller.
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    pub jwt: Option<Arc<JwtIdentity>>,
+    pub peer: Option<PeerIdentity>,
+    pub api_client: Option<Arc<ApiClientIdentity>>,
+}
+
+impl Identities {
+    /// True when no credential proved anything.
+    pub fn is_anonymous(&self) -> bool {
+        self.jwt.is_none() && self.peer.is_none() && self.api_client.is_none()
+    }
+
+    /// Names of the methods that succeeded, for Cedar's `context.authn`.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut m = Vec::with_capacity(3);
+        if self.jwt.is_some() {
+            m.push("jwt");
+        }
+        if self.peer.is_some() {
+            m.push("mtls");
+        }
+        if self.api_client.is_some() {
+            m.push("api_key");
+        }
+        m
+    }
+}
+
+/// A credential was present but could not be accepted, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    /// A bearer token failed verification (401, RFC 6750 `invalid_token`).
+    #[error("invalid token: {0}")]
+    InvalidToken(#[from] JwtError),
+    /// The token's keys cannot be had because the issuer's provider is unreachable (503).
+    #[error("signing keys for issuer unavailable")]
+    KeysUnavailable,
+    /// The request carries a credential more than once, which is ambiguous (400).
+    #[error("credential header `{0}` appears more than once")]
+    DuplicateCredential(&'static str),
+    /// An API key was presented that matches no client (401).
+    #[error("unknown API key")]
+    InvalidApiKey,
+    /// The mTLS peer principal is not a SPIFFE id of a trusted domain (403).
+    #[error("untrusted peer: {0}")]
+    UntrustedPeer(&'static str),
+}
+
+impl AuthnError {
+    /// Bounded label for metrics and the machine-readable deny reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthnError::InvalidToken(e) => e.label(),
+            AuthnError::KeysUnavailable => "jwks_unavailable",
+            AuthnError::DuplicateCredential(_) => "duplicate_credential",
+            AuthnError::InvalidApiKey => "invalid_api_key",
+            AuthnError::UntrustedPeer(_) => "untrusted_peer",
+        }
+    }
+}
+
+/// All authenticators, run in a fixed order on every request.
+pub struct Authenticator {
+    jwt: jwt::JwtAuthenticator,
+    peer: peer::PeerAuthenticator,
+    api_keys: apikey::ApiKeyAuthenticator,
+}
+
+impl Authenticator {
+    /// Builds the authenticators from config; each registers its own metrics.
+    pub fn new(cfg: &Config, registry: &mut Registry) -> anyhow::Result<Self> {
+        Ok(Self {
+            jwt: jwt::JwtAuthenticator::new(&cfg.authn, &cfg.limits, registry.sub_registry_with_prefix("jwt"))?,
+            peer: peer::PeerAuthenticator::new(&cfg.authn.peer),
+            api_keys: apikey::ApiKeyAuthenticator::new(&cfg.authn.api_keys),
+        })
+    }
+
+    /// Proves what the request's credentials say. Any present-but-invalid credential fails the
+    /// whole request: a bad token never degrades to "anonymous".
+    pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Identities, AuthnError> {
+        let peer = self.peer.authenticate(req)?;
+        let api_client = self.api_keys.authenticate(req)?;
+        let jwt = self.jwt.authenticate(req).await?;
+        Ok(Identities { jwt, peer, api_client })
+    }
+
+    /// The JWT authenticator, for warm-up and tests.
+    pub fn jwt(&self) -> &jwt::JwtAuthenticator {
+        &self.jwt
+    }
+
+    /// Header names that carry credentials (never exposed to policies, optionally stripped).
+    pub fn credential_headers(&self) -> Vec<String> {
+        let mut v = self.jwt.token_headers();
+        if self.api_keys.enabled() {
+            v.push(self.api_keys.header().to_owned());
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// A short, non-reversible fingerprint of a secret for logs (never log the secret itself).
+pub fn fingerprint(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(secret);
+    hex::encode(&d[..6])
+}

@@ -1,0 +1,187 @@
+//! The check pipeline: request view → authentication → Cedar over the live snapshot → one
+//! [`Decision`]. Shared by the gRPC server and the offline `portcullis check`, so both decide
+//! identically. Every failure on the way is a deny.
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::authn::{Authenticator, AuthnError, Identities};
+use crate::authz::{self, CedarMapping};
+use crate::config::{Config, HeaderNames, Limits};
+use crate::decision::{Decision, Status};
+use crate::policy::PolicyStore;
+use crate::proto::auth::CheckRequest;
+use crate::request::RequestView;
+
+const REALM: &str = "portcullis";
+
+/// Runs checks against the live policy snapshot.
+pub struct Checker {
+    authn: Authenticator,
+    store: Arc<PolicyStore>,
+    limits: Limits,
+    mapping: CedarMapping,
+    names: HeaderNames,
+    identity_headers: Vec<String>,
+    credential_headers: Vec<String>,
+    bearer_configured: bool,
+    api_keys_configured: bool,
+}
+
+impl Checker {
+    pub fn new(cfg: &Config, store: Arc<PolicyStore>, registry: &mut Registry) -> anyhow::Result<Self> {
+        let authn = Authenticator::new(cfg, registry.sub_registry_with_prefix("authn"))?;
+        let credential_headers = authn.credential_headers();
+        Ok(Self {
+            mapping: CedarMapping::new(&cfg.cedar.context_headers, &credential_headers),
+            authn,
+            store,
+            limits: cfg.limits.clone(),
+            names: cfg.headers.clone(),
+            identity_headers: cfg.identity_header_names(),
+            credential_headers,
+            bearer_configured: !cfg.authn.issuers.is_empty(),
+            api_keys_configured: !cfg.authn.api_keys.keys.is_empty(),
+        })
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authn
+    }
+
+    /// Decides one wire request.
+    pub async fn check(&self, req: &CheckRequest) -> Decision {
+        match RequestView::from_check(req, &self.limits) {
+            Ok(view) => self.check_view(&view).await,
+            Err(e) => {
+                let id = req
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.request.as_ref())
+                    .and_then(|r| r.http.as_ref())
+                    .map(|h| h.id.as_str())
+                    .unwrap_or("");
+                Decision::deny(Status::BadRequest, e.label(), bounded(id))
+            }
+        }
+    }
+
+    /// Decides one normalized request.
+    pub async fn check_view(&self, view: &RequestView<'_>) -> Decision {
+        let rid = bounded(view.request_id);
+        let ids = match self.authn.authenticate(view).await {
+            Ok(ids) => ids,
+            Err(e) => return self.authn_denial(&e, rid),
+        };
+        let Some(snapshot) = self.store.load() else {
+            return Decision::deny(Status::Unavailable, "no_policy", rid).with_retry_after(5);
+        };
+        let outcome = match authz::authorize(&snapshot, view, &ids, &self.mapping) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(request_id = rid, error = %e, "request could not be evaluated; denied");
+                let mut d = Decision::deny(Status::Forbidden, "unmapped_request", rid);
+                d.action = format!("Action::\"{}\"", view.method);
+                return d;
+            }
+        };
+        if !outcome.errors.is_empty() {
+            tracing::warn!(request_id = rid, errors = ?outcome.errors, "policy evaluation errors; denied");
+        }
+        let mut d = Decision::deny(Status::Forbidden, "", rid);
+        d.principal = outcome.principal;
+        d.action = outcome.action;
+        d.resource = outcome.resource;
+        d.policies = outcome.policies;
+        if outcome.allowed {
+            d.allowed = true;
+            d.status = Status::Ok;
+            d.reason = "allowed";
+            self.identity_headers_for(&ids, &mut d);
+            return d;
+        }
+        d.reason = if !outcome.errors.is_empty() {
+            "evaluation_error"
+        } else if d.policies.is_empty() {
+            "no_permit"
+        } else {
+            "forbidden_by_policy"
+        };
+        // An anonymous caller that is denied could succeed with a credential: 401, not 403.
+        if ids.is_anonymous()
+            && let Some(ch) = self.challenge(None)
+        {
+            d.status = Status::Unauthorized;
+            d.reason = "credential_required";
+            d.www_authenticate = Some(ch);
+        }
+        d
+    }
+
+    fn challenge(&self, error: Option<(&str, &str)>) -> Option<String> {
+        if self.bearer_configured {
+            Some(match error {
+                Some((code, desc)) => {
+                    format!("Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{desc}\"")
+                }
+                None => format!("Bearer realm=\"{REALM}\""),
+            })
+        } else if self.api_keys_configured {
+            Some(format!("ApiKey realm=\"{REALM}\""))
+        } else {
+            None
+        }
+    }
+
+    fn authn_denial(&self, e: &AuthnError, rid: &str) -> Decision {
+        let d = Decision::deny(Status::Unauthorized, e.label(), rid);
+        match e {
+            AuthnError::InvalidToken(je) => {
+                let desc = je.to_string();
+                d.with_challenge(format!(
+                    "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{desc}\""
+                ))
+            }
+            AuthnError::InvalidApiKey => d.with_challenge(format!("ApiKey realm=\"{REALM}\", error=\"invalid_key\"")),
+            AuthnError::KeysUnavailable => Decision { status: Status::Unavailable, ..d }.with_retry_after(5),
+            AuthnError::DuplicateCredential(_) => Decision {
+                status: Status::BadRequest,
+                ..d.with_challenge(format!("Bearer realm=\"{REALM}\", error=\"invalid_request\""))
+            },
+            AuthnError::UntrustedPeer(_) => Decision { status: Status::Forbidden, ..d },
+        }
+    }
+
+    /// Identity headers for the upstream. Every identity header name not set here is removed,
+    /// so a client copy can never pass through (the ones set here overwrite client copies).
+    fn identity_headers_for(&self, ids: &Identities, d: &mut Decision) {
+        let n = &self.names;
+        let mut set: Vec<(String, String)> = vec![(n.principal.to_ascii_lowercase(), d.principal.clone())];
+        if let Some(j) = &ids.jwt {
+            set.push((n.subject.to_ascii_lowercase(), j.subject.clone()));
+            set.push((n.issuer.to_ascii_lowercase(), j.issuer.to_string()));
+            set.extend(j.headers.iter().cloned());
+        }
+        if let Some(p) = &ids.peer {
+            set.push((n.peer.to_ascii_lowercase(), p.spiffe_id.clone()));
+        }
+        if let Some(c) = &ids.api_client {
+            set.push((n.client.to_ascii_lowercase(), c.client.clone()));
+        }
+        // A value that cannot be a header value (control characters) is dropped, never sent.
+        set.retain(|(_, v)| !v.is_empty() && v.bytes().all(|b| b >= 0x20 && b != 0x7f));
+        let mut remove: Vec<String> =
+            self.identity_headers.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned().collect();
+        if n.remove_credentials {
+            remove.extend(self.credential_headers.iter().cloned());
+        }
+        d.upstream_headers = set;
+        d.remove_headers = remove;
+    }
+}
+
+/// Request ids are echoed in logs and bodies: keep them short and printable.
+fn bounded(id: &str) -> &str {
+    let ok = id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok { id } else { "" }
+}

@@ -1,0 +1,381 @@
+//! Command line: `serve`, `validate`, `check` (offline or against a running sidecar) and the
+//! dev-only `token`. Every flag can also come from the environment.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::config::{Config, PolicyConfig};
+use crate::policy::{PolicySnapshot, PolicyStore, files, snapshot::format_errors};
+use crate::proto::auth::{self, AttributeContext, CheckRequest, CheckResponse, attribute_context};
+use crate::proto::core::{Address, SocketAddress, address, socket_address};
+
+/// Envoy ext_authz sidecar: JWT / mTLS / API-key authentication, Cedar authorization.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Serve {
+        /// Config file (YAML).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a policy directory (*.cedar, *.cedarschema, *.entities.json); exits non-zero
+    /// with file:line:column: message for every problem.
+    Validate {
+        /// Policy directory.
+        #[arg(env = "PORTCULLIS_POLICY_DIR")]
+        dir: PathBuf,
+    },
+    /// Decide one request described in a YAML/JSON file, offline or against a running sidecar.
+    Check {
+        /// Request file (method, path, host, headers, bearer, source).
+        request: PathBuf,
+        /// Config file for offline checks (issuers, header names, policy dir).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Policy directory for offline checks (overrides the config's `policy.dir`).
+        #[arg(long, env = "PORTCULLIS_POLICY_DIR")]
+        policies: Option<PathBuf>,
+        /// Send a real gRPC Check to this sidecar: `http://127.0.0.1:9191` or `unix:/path.sock`.
+        #[arg(long, env = "PORTCULLIS_SERVER")]
+        server: Option<String>,
+        /// Bearer token to send (overrides the file's `bearer`).
+        #[arg(long, env = "PORTCULLIS_BEARER")]
+        bearer: Option<String>,
+        /// Exit non-zero unless the decision is this.
+        #[arg(long)]
+        expect: Option<Expect>,
+    },
+    /// DEV ONLY: mint a token with a local private key, or print its JWKS.
+    Token {
+        /// PEM private key (or HMAC secret file for HS*).
+        #[arg(long, env = "PORTCULLIS_TOKEN_KEY", default_value = "examples/demo/keys/demo-signing-key.pem")]
+        key: PathBuf,
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        #[arg(long, default_value = "demo")]
+        kid: String,
+        #[arg(long, default_value = "https://demo.portcullis.dev")]
+        iss: String,
+        #[arg(long, default_value = "alice")]
+        sub: String,
+        #[arg(long, default_value = "demo-api")]
+        aud: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Extra claims as key=value (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        /// Print the public JWKS for the key instead of a token.
+        #[arg(long)]
+        jwks: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Expect {
+    Allow,
+    Deny,
+}
+
+/// A request described for `portcullis check`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default = "get")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Shorthand for an `authorization: Bearer …` header.
+    #[serde(default)]
+    pub bearer: Option<String>,
+    #[serde(default)]
+    pub source: PeerSpec,
+    #[serde(default)]
+    pub id: String,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// The calling peer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub principal: Option<String>,
+}
+
+impl RequestSpec {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The Istio-shaped CheckRequest Envoy would send.
+    pub fn to_check_request(&self) -> CheckRequest {
+        let mut headers: std::collections::HashMap<String, String> =
+            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        if let Some(b) = &self.bearer {
+            headers.insert("authorization".into(), format!("Bearer {b}"));
+        }
+        let source = attribute_context::Peer {
+            address: self.source.address.as_ref().map(|a| Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: a.clone(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+                    ..Default::default()
+                })),
+            }),
+            principal: self.source.principal.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(source),
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        id: self.id.clone(),
+                        method: self.method.clone(),
+                        headers,
+                        path: self.path.clone(),
+                        host: self.host.clone(),
+                        scheme: "http".into(),
+                        protocol: "HTTP/1.1".into(),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Entry point for the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            crate::telemetry::init(&cfg.log);
+            runtime()?.block_on(crate::server::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { dir } => {
+            let docs = match files::read_dir(&dir) {
+                Ok(d) => d,
+                Err(errs) => {
+                    eprintln!("{}", format_errors(&errs));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match PolicySnapshot::build(&docs, &dir.display().to_string()) {
+                Ok(s) => {
+                    println!("ok: {} policies, version {}", s.policy_count, s.version);
+                    for w in &s.warnings {
+                        println!("warning: {w}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    for e in &errs {
+                        eprintln!("{}", prefix_dir(&dir, e));
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Check { request, config, policies, server, bearer, expect } => {
+            let mut spec = RequestSpec::load(&request)?;
+            if bearer.is_some() {
+                spec.bearer = bearer;
+            }
+            let req = spec.to_check_request();
+            let allowed = match server {
+                Some(addr) => {
+                    let resp = runtime()?.block_on(send_check(&addr, req))?;
+                    print_response(&resp)
+                }
+                None => {
+                    let mut cfg = match &config {
+                        Some(p) => Config::load(p)?,
+                        None => Config::from_yaml("policy: {dir: .}\n").map_err(anyhow::Error::msg)?,
+                    };
+                    if let Some(p) = policies {
+                        cfg.policy = PolicyConfig { dir: Some(p), kubernetes: None, ..cfg.policy };
+                    }
+                    let dir = cfg.policy.dir.clone().context("offline check needs a policy directory")?;
+                    runtime()?.block_on(offline_check(&cfg, &dir, &req))?
+                }
+            };
+            Ok(match expect {
+                Some(Expect::Allow) if !allowed => ExitCode::FAILURE,
+                Some(Expect::Deny) if allowed => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            })
+        }
+        Command::Token { key, alg, kid, iss, sub, aud, groups, claims, ttl, jwks } => {
+            let alg = crate::authn::jwt::parse_algorithm(&alg).context("unsupported algorithm")?;
+            if jwks {
+                println!("{}", serde_json::to_string_pretty(&crate::token::jwks_for(&key, alg, &kid)?)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut extra = BTreeMap::new();
+            for c in claims {
+                let (k, v) = c.split_once('=').context("--claim takes key=value")?;
+                let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+                extra.insert(k.to_owned(), v);
+            }
+            let spec = crate::token::TokenSpec {
+                issuer: iss,
+                subject: sub,
+                audience: Some(aud),
+                groups,
+                ttl: ttl.into(),
+                kid: Some(kid),
+                extra,
+            };
+            println!("{}", crate::token::mint(&key, alg, &spec)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn prefix_dir(dir: &Path, e: &crate::policy::LoadError) -> String {
+    let mut e = e.clone();
+    if !Path::new(&e.origin).is_absolute() && e.origin != dir.display().to_string() {
+        e.origin = dir.join(&e.origin).display().to_string();
+    }
+    e.to_string()
+}
+
+async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest) -> anyhow::Result<bool> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, &mut registry));
+    if let Err(errs) = files::load_into(dir, &store) {
+        anyhow::bail!("policies do not load:\n{}", format_errors(&errs));
+    }
+    let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
+    let d = checker.check(req).await;
+    println!("decision:  {} (HTTP {})", if d.allowed { "allow" } else { "deny" }, d.status.http());
+    println!("reason:    {}", d.reason);
+    println!("principal: {}", d.principal);
+    println!("action:    {}", d.action);
+    println!("resource:  {}", d.resource);
+    println!("policies:  {}", d.policies.join(", "));
+    for (k, v) in &d.upstream_headers {
+        println!("header:    {k}: {v}");
+    }
+    for k in &d.remove_headers {
+        println!("remove:    {k}");
+    }
+    if let Some(c) = &d.www_authenticate {
+        println!("header:    www-authenticate: {c}");
+    }
+    Ok(d.allowed)
+}
+
+/// Sends a real gRPC Check over TCP (`http://host:port`) or a Unix socket (`unix:/path`).
+pub async fn send_check(addr: &str, req: CheckRequest) -> anyhow::Result<CheckResponse> {
+    use auth::authorization_client::AuthorizationClient;
+    let channel = if let Some(path) = addr.strip_prefix("unix:") {
+        let path = path.to_owned();
+        tonic::transport::Endpoint::try_from("http://localhost")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await?
+    } else {
+        tonic::transport::Endpoint::try_from(addr.to_owned())?.connect().await?
+    };
+    Ok(AuthorizationClient::new(channel).check(req).await?.into_inner())
+}
+
+fn print_response(resp: &CheckResponse) -> bool {
+    use auth::check_response::HttpResponse;
+    let code = resp.status.as_ref().map(|s| s.code).unwrap_or(-1);
+    let allowed = code == 0;
+    let meta = |k: &str| -> String {
+        resp.dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(k))
+            .map(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => s.clone(),
+                Some(prost_types::value::Kind::ListValue(l)) => l
+                    .values
+                    .iter()
+                    .filter_map(|v| match &v.kind {
+                        Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            })
+            .unwrap_or_default()
+    };
+    match &resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            println!("decision:  deny (HTTP {})", d.status.as_ref().map(|s| s.code).unwrap_or(403));
+        }
+        _ => println!("decision:  {}", if allowed { "allow" } else { "deny (HTTP 403)" }),
+    }
+    println!("reason:    {}", meta("reason"));
+    println!("principal: {}", meta("principal"));
+    println!("policies:  {}", meta("policy_ids"));
+    match &resp.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            for h in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
+                println!("header:    {}: {}", h.key, h.value);
+            }
+            for r in &ok.headers_to_remove {
+                println!("remove:    {r}");
+            }
+        }
+        Some(HttpResponse::DeniedResponse(d)) => {
+            for h in d.headers.iter().filter_map(|h| h.header.as_ref()) {
+                println!("header:    {}: {}", h.key, h.value);
+            }
+            println!("body:      {}", d.body);
+        }
+        None => {}
+    }
+    allowed
+}

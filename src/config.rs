@@ -1,0 +1,686 @@
+//! The typed YAML configuration: one file, validated at start with errors that name the field.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { field: field.into(), message: message.into() }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the sidecar listens.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Log format and filter.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where Cedar policies come from.
+    pub policy: PolicyConfig,
+    /// How callers are authenticated.
+    #[serde(default)]
+    pub authn: AuthnConfig,
+    /// Names of the identity headers injected for the upstream.
+    #[serde(default)]
+    pub headers: HeaderNames,
+    /// How requests are mapped into Cedar.
+    #[serde(default)]
+    pub cedar: CedarConfig,
+    /// Bounds on request input.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Listeners. Any of them may be disabled with `null`, but at least one of `grpc`/`unix` is needed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// TCP address of the ext_authz gRPC server.
+    #[serde(default = "default_grpc")]
+    pub grpc: Option<SocketAddr>,
+    /// Unix domain socket path of the ext_authz gRPC server.
+    #[serde(default)]
+    pub unix: Option<PathBuf>,
+    /// Admin HTTP address: /healthz, /readyz, /metrics, /policy.
+    #[serde(default = "default_admin")]
+    pub admin: Option<SocketAddr>,
+    /// How long in-flight checks may take to finish after SIGTERM.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_grpc() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9191)))
+}
+fn default_admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { grpc: default_grpc(), unix: None, admin: default_admin(), drain_timeout: default_drain() }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `portcullis=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: default_level() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Policy sources. Exactly one of `dir` or `kubernetes`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A directory of `*.cedar`, `*.cedarschema` and `*.entities.json` files, or a mounted
+    /// ConfigMap volume (kubelet's `..data` symlink swap is followed).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Watch the directory and reload on change.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Quiet period that folds a burst of changes into one rebuild.
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+    /// What an empty policy set means: `deny_all` (default, logged) or `keep_last` (refuse it).
+    #[serde(default)]
+    pub on_empty: EmptyPolicy,
+    /// Kubernetes API source (ConfigMaps selected by label).
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_debounce() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// What to do when a source yields no policies at all.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyPolicy {
+    /// Swap in the empty set: every request is denied, and it is logged loudly.
+    #[default]
+    DenyAll,
+    /// Refuse the empty set and keep the last good snapshot.
+    KeepLast,
+}
+
+/// ConfigMaps watched through the Kubernetes API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSource {
+    /// Namespaces to watch; empty means the pod's own namespace (`POD_NAMESPACE`).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Label selector for policy ConfigMaps.
+    #[serde(default = "default_selector")]
+    pub selector: String,
+}
+
+fn default_selector() -> String {
+    "portcullis.dev/policy=true".into()
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthnConfig {
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// JWKS cache behaviour, shared by all issuers.
+    #[serde(default)]
+    pub jwks: JwksConfig,
+    /// Verified-token cache.
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+    /// mTLS peer (SPIFFE) identity.
+    #[serde(default)]
+    pub peer: PeerConfig,
+    /// API keys.
+    #[serde(default)]
+    pub api_keys: ApiKeyConfig,
+}
+
+/// One trusted JWT issuer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value; also the base URL for OIDC discovery.
+    pub issuer: String,
+    /// JWKS URL. Without it (and without `jwks_file`), OIDC discovery finds it.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// JWKS read from a file (re-read on refresh).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// File holding an HMAC secret; only then are HS256/384/512 accepted for this issuer.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Accepted `aud` values; empty means the token's audience is not checked (not recommended).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claims that must be present besides `exp`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Where the token is read from, tried in order.
+    #[serde(default = "default_token_sources")]
+    pub from: Vec<TokenSource>,
+    /// Claim name → upstream header name, for claims injected as identity headers.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Claims whose values become the user's parent `Group` entities.
+    #[serde(default = "default_group_claims")]
+    pub group_claims: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_group_claims() -> Vec<String> {
+    vec!["groups".into(), "roles".into()]
+}
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Header { header: "authorization".into(), prefix: Some("Bearer ".into()) }]
+}
+
+/// Where a bearer token is read from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum TokenSource {
+    /// A request header, with an optional scheme prefix (matched case-insensitively).
+    Header { header: String, prefix: Option<String> },
+    /// A cookie.
+    Cookie { cookie: String },
+}
+
+/// JWKS cache settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// Lower bound on a key set's freshness lifetime (from `Cache-Control: max-age`).
+    #[serde(default = "d_min_ttl", with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Upper bound on a key set's freshness lifetime.
+    #[serde(default = "d_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Lifetime when the response has no usable `Cache-Control`.
+    #[serde(default = "d_default_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Minimum time between refreshes triggered by an unknown `kid`.
+    #[serde(default = "d_refresh_min", with = "humantime_serde")]
+    pub unknown_kid_refresh_interval: Duration,
+    /// How long past its freshness lifetime a key set keeps serving while the provider fails.
+    #[serde(default = "d_max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// Timeout of one discovery or JWKS fetch.
+    #[serde(default = "d_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Largest accepted discovery or JWKS response body, in bytes.
+    #[serde(default = "d_max_jwks_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn d_min_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn d_default_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_refresh_min() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_max_stale() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d_fetch_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn d_max_jwks_bytes() -> usize {
+    256 * 1024
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            min_ttl: d_min_ttl(),
+            max_ttl: d_max_ttl(),
+            default_ttl: d_default_ttl(),
+            unknown_kid_refresh_interval: d_refresh_min(),
+            max_stale: d_max_stale(),
+            fetch_timeout: d_fetch_timeout(),
+            max_response_bytes: d_max_jwks_bytes(),
+        }
+    }
+}
+
+/// Verified-token cache settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Maximum number of cached verified tokens (0 disables the cache).
+    #[serde(default = "d_token_cache")]
+    pub max_entries: u64,
+    /// Upper bound on how long one verified token stays cached (never past its `exp`).
+    #[serde(default = "d_token_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn d_token_cache() -> u64 {
+    10_000
+}
+fn d_token_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self { max_entries: d_token_cache(), max_ttl: d_token_ttl() }
+    }
+}
+
+/// mTLS peer identity from `attributes.source.principal`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Use the peer principal at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Accepted SPIFFE trust domains; empty accepts any.
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self { enabled: true, trust_domains: Vec::new() }
+    }
+}
+
+/// API keys, stored only as SHA-256 digests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Request header carrying the key.
+    #[serde(default = "d_api_key_header")]
+    pub header: String,
+    /// Known keys.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+fn d_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self { header: d_api_key_header(), keys: Vec::new() }
+    }
+}
+
+/// One API client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    /// Client id: becomes `ApiClient::"<client>"`.
+    pub client: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Groups the client belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Identity headers injected upstream on allow; client copies are always stripped.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderNames {
+    /// The Cedar principal, e.g. `User::"alice"`.
+    #[serde(default = "h_principal")]
+    pub principal: String,
+    /// JWT `sub`.
+    #[serde(default = "h_subject")]
+    pub subject: String,
+    /// JWT `iss`.
+    #[serde(default = "h_issuer")]
+    pub issuer: String,
+    /// mTLS peer SPIFFE id.
+    #[serde(default = "h_peer")]
+    pub peer: String,
+    /// API client id.
+    #[serde(default = "h_client")]
+    pub client: String,
+    /// If set, the determining policy ids are sent back to the client in this response header.
+    #[serde(default)]
+    pub policy_ids: Option<String>,
+    /// Remove the credential (`authorization` / API key header) before the request goes upstream.
+    #[serde(default)]
+    pub remove_credentials: bool,
+}
+
+fn h_principal() -> String {
+    "x-portcullis-principal".into()
+}
+fn h_subject() -> String {
+    "x-portcullis-subject".into()
+}
+fn h_issuer() -> String {
+    "x-portcullis-issuer".into()
+}
+fn h_peer() -> String {
+    "x-portcullis-peer".into()
+}
+fn h_client() -> String {
+    "x-portcullis-client".into()
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        Self {
+            principal: h_principal(),
+            subject: h_subject(),
+            issuer: h_issuer(),
+            peer: h_peer(),
+            client: h_client(),
+            policy_ids: None,
+            remove_credentials: false,
+        }
+    }
+}
+
+/// Mapping of requests into Cedar.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CedarConfig {
+    /// Request headers exposed to policies as tags on the `Route` resource
+    /// (`resource.hasTag("x-tenant")`). Credentials are never exposed.
+    #[serde(default)]
+    pub context_headers: Vec<String>,
+}
+
+/// Bounds on request input; anything larger is refused (400) before any work is done.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest accepted path including the query, in bytes.
+    #[serde(default = "d_max_path")]
+    pub max_path_bytes: usize,
+    /// Most headers accepted in one request.
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
+    /// Longest accepted token, checked before parsing.
+    #[serde(default = "d_max_token")]
+    pub max_token_bytes: usize,
+}
+
+fn d_max_path() -> usize {
+    8 * 1024
+}
+fn d_max_headers() -> usize {
+    200
+}
+fn d_max_token() -> usize {
+    16 * 1024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_path_bytes: d_max_path(), max_headers: d_max_headers(), max_token_bytes: d_max_token() }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it are resolved
+    /// against the file's directory, so the example runs from any working directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg =
+            Self::from_yaml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML without validating.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(d) = self.policy.dir.as_mut() {
+            fix(d);
+        }
+        for iss in &mut self.authn.issuers {
+            if let Some(f) = iss.jwks_file.as_mut() {
+                fix(f);
+            }
+            if let Some(f) = iss.hmac_secret_file.as_mut() {
+                fix(f);
+            }
+        }
+    }
+
+    /// Checks everything serde cannot: names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.grpc.is_none() && self.listen.unix.is_none() {
+            return Err(ConfigError::invalid("listen", "enable at least one of `grpc` or `unix`"));
+        }
+        match (&self.policy.dir, &self.policy.kubernetes) {
+            (None, None) => {
+                return Err(ConfigError::invalid("policy", "set `dir` or `kubernetes`"));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid("policy", "set only one of `dir` or `kubernetes`"));
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in self.authn.issuers.iter().enumerate() {
+            let field = |f: &str| format!("authn.issuers[{i}].{f}");
+            if iss.issuer.is_empty() {
+                return Err(ConfigError::invalid(field("issuer"), "must not be empty"));
+            }
+            if !seen.insert(iss.issuer.clone()) {
+                return Err(ConfigError::invalid(field("issuer"), "duplicate issuer"));
+            }
+            if iss.jwks_uri.is_some() && iss.jwks_file.is_some() {
+                return Err(ConfigError::invalid(field("jwks_uri"), "set only one of `jwks_uri` or `jwks_file`"));
+            }
+            if iss.algorithms.is_empty() {
+                return Err(ConfigError::invalid(field("algorithms"), "must list at least one algorithm"));
+            }
+            for a in &iss.algorithms {
+                let alg = crate::authn::jwt::parse_algorithm(a)
+                    .ok_or_else(|| ConfigError::invalid(field("algorithms"), format!("unsupported algorithm `{a}`")))?;
+                let hmac = matches!(alg.family(), jsonwebtoken::AlgorithmFamily::Hmac);
+                if hmac && iss.hmac_secret_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        field("algorithms"),
+                        format!("`{a}` needs `hmac_secret_file`; HMAC is never verified with a public key"),
+                    ));
+                }
+                if !hmac && iss.hmac_secret_file.is_some() {
+                    return Err(ConfigError::invalid(
+                        field("algorithms"),
+                        "an issuer with `hmac_secret_file` may only allow HS256/HS384/HS512",
+                    ));
+                }
+            }
+            if iss.from.is_empty() {
+                return Err(ConfigError::invalid(field("from"), "must list at least one token source"));
+            }
+            for h in iss.claims_to_headers.values() {
+                check_header_name(&field("claims_to_headers"), h)?;
+            }
+        }
+        let h = &self.headers;
+        for (name, v) in [
+            ("headers.principal", &h.principal),
+            ("headers.subject", &h.subject),
+            ("headers.issuer", &h.issuer),
+            ("headers.peer", &h.peer),
+            ("headers.client", &h.client),
+        ] {
+            check_header_name(name, v)?;
+        }
+        for (i, k) in self.authn.api_keys.keys.iter().enumerate() {
+            let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("authn.api_keys.keys[{i}].sha256"),
+                    "must be 64 hex characters (the SHA-256 of the key, never the key itself)",
+                ));
+            }
+        }
+        if self.authn.jwks.min_ttl > self.authn.jwks.max_ttl {
+            return Err(ConfigError::invalid("authn.jwks.min_ttl", "must not exceed `max_ttl`"));
+        }
+        for (i, hname) in self.cedar.context_headers.iter().enumerate() {
+            check_header_name(&format!("cedar.context_headers[{i}]"), hname)?;
+        }
+        Ok(())
+    }
+
+    /// Every header name portcullis sets upstream (and therefore strips from clients).
+    pub fn identity_header_names(&self) -> Vec<String> {
+        let h = &self.headers;
+        let mut v = vec![h.principal.clone(), h.subject.clone(), h.issuer.clone(), h.peer.clone(), h.client.clone()];
+        for iss in &self.authn.issuers {
+            v.extend(iss.claims_to_headers.values().cloned());
+        }
+        for n in &mut v {
+            n.make_ascii_lowercase();
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+fn check_header_name(field: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(ConfigError::invalid(field, format!("`{v}` is not a valid header name"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<Config, String> {
+        let c = Config::from_yaml(y)?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = parse("policy: {dir: x}\nlisten: {grcp: '127.0.0.1:1'}\n").unwrap_err();
+        assert!(err.contains("grcp"), "{err}");
+    }
+
+    #[test]
+    fn hmac_without_secret_is_refused() {
+        let err = parse("policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://i\n      algorithms: [HS256]\n")
+            .unwrap_err();
+        assert!(err.contains("authn.issuers[0].algorithms"), "{err}");
+    }
+
+    #[test]
+    fn none_algorithm_is_refused() {
+        let err = parse("policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://i\n      algorithms: [none]\n")
+            .unwrap_err();
+        assert!(err.contains("unsupported algorithm"), "{err}");
+    }
+
+    #[test]
+    fn policy_source_is_required() {
+        let err = parse("policy: {}\n").unwrap_err();
+        assert!(err.contains("`policy`"), "{err}");
+    }
+
+    #[test]
+    fn api_key_must_be_a_digest() {
+        let err =
+            parse("policy: {dir: x}\nauthn:\n  api_keys:\n    keys: [{client: ci, sha256: hunter2}]\n").unwrap_err();
+        assert!(err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(c.listen.grpc.unwrap().port(), 9191);
+        assert_eq!(c.headers.subject, "x-portcullis-subject");
+        assert!(c.identity_header_names().contains(&"x-portcullis-principal".to_string()));
+    }
+}

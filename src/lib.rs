@@ -1,0 +1,22 @@
+//! portcullis: an Envoy ext_authz (v3) sidecar that authenticates callers and authorizes them
+//! with Cedar. The binary in `main.rs` only parses the CLI; everything else lives here.
+//!
+//! Data flows one way: `request` (normalize) → `authn` (prove identity) → `authz` (Cedar over the
+//! current `policy` snapshot) → `decision` → `response` (render the wire answer). `check` runs that
+//! pipeline; `server` and the offline `check` command only wire it.
+
+pub mod admin;
+pub mod authn;
+pub mod authz;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod metrics;
+pub mod policy;
+pub mod proto;
+pub mod request;
+pub mod response;
+pub mod server;
+pub mod telemetry;
+pub mod token;

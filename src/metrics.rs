@@ -1,0 +1,44 @@
+//! Check-level metrics (the other modules register their own families in sub-registries) and
+//! the OpenMetrics text encoder used by the admin endpoint.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+/// Checks by decision and reason, and check latency.
+#[derive(Clone)]
+pub struct CheckMetrics {
+    checks: Family<CheckLabels, Counter>,
+    latency: Histogram,
+}
+
+impl CheckMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register("checks", "Checks by decision and reason", checks.clone());
+        // 10 µs … ~80 ms
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 14));
+        registry.register("check_duration_seconds", "Time to decide one check", latency.clone());
+        Self { checks, latency }
+    }
+
+    pub fn record(&self, allowed: bool, reason: &'static str, seconds: f64) {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.checks.get_or_create(&CheckLabels { decision, reason }).inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}

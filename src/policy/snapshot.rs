@@ -1,0 +1,348 @@
+//! A [`PolicySnapshot`] is an immutable, validated bundle: Cedar policies, the schema they were
+//! strictly validated against, static entities (plus the schema's action entities), and a
+//! content version. Sources only produce [`PolicyDocument`]s; building is source-agnostic.
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+/// What a document holds, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DocKind {
+    Schema,
+    Entities,
+    Policies,
+}
+
+impl DocKind {
+    /// `*.cedarschema`, `*.entities.json`, `*.cedar`; anything else is not a policy document.
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.ends_with(".cedarschema") {
+            Some(DocKind::Schema)
+        } else if name.ends_with(".entities.json") {
+            Some(DocKind::Entities)
+        } else if name.ends_with(".cedar") {
+            Some(DocKind::Policies)
+        } else {
+            None
+        }
+    }
+}
+
+/// One input file or ConfigMap key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDocument {
+    /// Where it came from, as shown in errors and policy ids: `policies.cedar`,
+    /// `configmap/ns/name/key.cedar`.
+    pub origin: String,
+    pub kind: DocKind,
+    pub text: String,
+}
+
+/// One problem with a document, with a 1-based position when Cedar gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.origin, self.message)
+        }
+    }
+}
+
+impl LoadError {
+    pub fn whole(origin: &str, message: impl Into<String>) -> Self {
+        Self { origin: origin.to_owned(), line: 0, column: 0, message: message.into() }
+    }
+
+    fn at(origin: &str, text: &str, d: &dyn Diagnostic, message: String) -> Self {
+        let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+        let (line, column) = offset.map(|o| line_col(text, o)).unwrap_or((0, 0));
+        let message = match d.help() {
+            Some(h) => format!("{message} (help: {h})"),
+            None => message,
+        };
+        Self { origin: origin.to_owned(), line, column, message }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    (line, col)
+}
+
+/// Formats a list of load errors one per line.
+pub fn format_errors(errs: &[LoadError]) -> String {
+    errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// The validated bundle every request evaluates against.
+pub struct PolicySnapshot {
+    pub policies: PolicySet,
+    pub schema: Schema,
+    pub entities: Entities,
+    /// Short content hash of every input: equal inputs give equal versions.
+    pub version: String,
+    /// Human description of the source (`dir:/etc/portcullis/policies`).
+    pub source: String,
+    pub loaded_at: SystemTime,
+    pub policy_count: usize,
+    /// Policy id → the document it came from.
+    pub origins: HashMap<String, String>,
+    /// Schema validation warnings (not fatal).
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("policy_count", &self.policy_count)
+            .finish()
+    }
+}
+
+/// Content hash of a document set, independent of order.
+pub fn version_of(docs: &[PolicyDocument]) -> String {
+    let mut sorted: Vec<&PolicyDocument> = docs.iter().collect();
+    sorted.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let mut h = Sha256::new();
+    for d in sorted {
+        h.update(d.origin.as_bytes());
+        h.update([0]);
+        h.update(d.text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+impl PolicySnapshot {
+    /// Parses and strictly validates a whole document set. Every problem is reported, with
+    /// file and position; nothing partial is ever returned.
+    pub fn build(docs: &[PolicyDocument], source: &str) -> Result<Self, Vec<LoadError>> {
+        let mut docs: Vec<&PolicyDocument> = docs.iter().collect();
+        docs.sort_by(|a, b| (a.kind, &a.origin).cmp(&(b.kind, &b.origin)));
+        let mut errors = Vec::new();
+
+        // Schema: one or more fragments.
+        let mut fragments = Vec::new();
+        for d in docs.iter().filter(|d| d.kind == DocKind::Schema) {
+            match SchemaFragment::from_cedarschema_str(&d.text) {
+                Ok((frag, _warnings)) => fragments.push(frag),
+                Err(e) => errors.push(LoadError::at(&d.origin, &d.text, &e, e.to_string())),
+            }
+        }
+        if fragments.is_empty() && errors.is_empty() {
+            errors.push(LoadError::whole(
+                source,
+                "no schema (*.cedarschema) found; policies are always validated strictly",
+            ));
+        }
+        let schema = match Schema::from_schema_fragments(fragments) {
+            Ok(s) => Some(s),
+            Err(e) if errors.is_empty() => {
+                errors.push(LoadError::whole(source, format!("schema: {e}")));
+                None
+            }
+            Err(_) => None,
+        };
+
+        // Policies: ids from `@id("...")`, else `<origin>#<index>`.
+        let mut policies = PolicySet::new();
+        let mut origins = HashMap::new();
+        let mut texts: HashMap<String, (&str, &str)> = HashMap::new();
+        let mut seen_ids = HashSet::new();
+        for d in docs.iter().filter(|d| d.kind == DocKind::Policies) {
+            let set = match PolicySet::from_str(&d.text) {
+                Ok(s) => s,
+                Err(e) => {
+                    for pe in e.iter() {
+                        errors.push(LoadError::at(&d.origin, &d.text, pe, pe.to_string()));
+                    }
+                    continue;
+                }
+            };
+            if set.templates().next().is_some() {
+                errors.push(LoadError::whole(&d.origin, "policy templates are not supported"));
+                continue;
+            }
+            let mut parsed: Vec<&Policy> = set.policies().collect();
+            // Parser ids are `policy0`, `policy1`, … in source order.
+            parsed.sort_by_key(|p| {
+                p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX)
+            });
+            for (i, p) in parsed.into_iter().enumerate() {
+                let id = match p.annotation("id") {
+                    Some(a) => a.to_owned(),
+                    None => format!("{}#{}", d.origin, i),
+                };
+                if !seen_ids.insert(id.clone()) {
+                    errors.push(LoadError::whole(&d.origin, format!("duplicate policy id `{id}`")));
+                    continue;
+                }
+                let renamed = p.new_id(PolicyId::new(&id));
+                if let Err(e) = policies.add(renamed) {
+                    errors.push(LoadError::whole(&d.origin, e.to_string()));
+                    continue;
+                }
+                origins.insert(id.clone(), d.origin.clone());
+                texts.insert(id, (d.origin.as_str(), d.text.as_str()));
+            }
+        }
+
+        let mut warnings = Vec::new();
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let id = e.policy_id().to_string();
+                let (origin, text) = texts.get(&id).copied().unwrap_or((source, ""));
+                errors.push(LoadError::at(origin, text, e, format!("policy `{id}`: {e}")));
+            }
+            for w in result.validation_warnings() {
+                warnings.push(w.to_string());
+            }
+        }
+
+        // Entities: the schema's actions plus every *.entities.json, checked against the schema.
+        let mut entities = None;
+        if let Some(schema) = &schema {
+            let mut all = Vec::new();
+            for d in docs.iter().filter(|d| d.kind == DocKind::Entities) {
+                match Entities::from_json_str(&d.text, Some(schema)) {
+                    Ok(es) => all.extend(es.iter().cloned()),
+                    Err(e) => errors.push(LoadError::at(&d.origin, &d.text, &e, e.to_string())),
+                }
+            }
+            let combined = match schema.action_entities() {
+                Ok(actions) => actions.add_entities(all, Some(schema)),
+                Err(e) => Err(e),
+            };
+            match combined {
+                Ok(es) => entities = Some(es),
+                Err(e) => errors.push(LoadError::whole(source, format!("entities: {e}"))),
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(schema), Some(entities)) = (schema, entities) else {
+            return Err(vec![LoadError::whole(source, "incomplete policy set")]);
+        };
+        let owned: Vec<PolicyDocument> = docs.into_iter().cloned().collect();
+        Ok(PolicySnapshot {
+            policy_count: policies.policies().count(),
+            policies,
+            schema,
+            entities,
+            version: version_of(&owned),
+            source: source.to_owned(),
+            loaded_at: SystemTime::now(),
+            origins,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        entity User; entity Route;
+        action "GET" appliesTo { principal: [User], resource: [Route] };
+    "#;
+
+    fn doc(origin: &str, text: &str) -> PolicyDocument {
+        PolicyDocument { origin: origin.into(), kind: DocKind::from_name(origin).unwrap(), text: text.into() }
+    }
+
+    #[test]
+    fn ids_come_from_annotations_or_origin_and_index() {
+        let s = PolicySnapshot::build(
+            &[
+                doc("s.cedarschema", SCHEMA),
+                doc(
+                    "a.cedar",
+                    "@id(\"named\") permit(principal, action, resource);\npermit(principal, action, resource);",
+                ),
+            ],
+            "test",
+        )
+        .unwrap();
+        assert!(s.origins.contains_key("named"));
+        assert!(s.origins.contains_key("a.cedar#1"));
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_column() {
+        let errs = PolicySnapshot::build(
+            &[
+                doc("s.cedarschema", SCHEMA),
+                doc("bad.cedar", "permit(principal, action, resource);\npermit(principal action);"),
+            ],
+            "test",
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].origin, "bad.cedar");
+        assert_eq!(errs[0].line, 2, "{errs:?}");
+    }
+
+    #[test]
+    fn policies_that_do_not_fit_the_schema_are_refused() {
+        let errs = PolicySnapshot::build(
+            &[
+                doc("s.cedarschema", SCHEMA),
+                doc("p.cedar", "permit(principal, action, resource) when { principal.nope == 1 };"),
+            ],
+            "test",
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].origin, "p.cedar");
+        assert_eq!(errs[0].line, 1);
+        assert!(errs[0].message.contains("p.cedar#0"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn a_schema_is_required() {
+        let errs = PolicySnapshot::build(&[doc("p.cedar", "permit(principal, action, resource);")], "t").unwrap_err();
+        assert!(errs[0].message.contains("no schema"));
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let errs = PolicySnapshot::build(
+            &[
+                doc("s.cedarschema", SCHEMA),
+                doc("a.cedar", "@id(\"x\") permit(principal, action, resource);"),
+                doc("b.cedar", "@id(\"x\") forbid(principal, action, resource);"),
+            ],
+            "t",
+        )
+        .unwrap_err();
+        assert!(errs[0].message.contains("duplicate policy id"));
+    }
+
+    #[test]
+    fn version_depends_on_content_not_order() {
+        let a = doc("a.cedar", "x");
+        let b = doc("b.cedar", "y");
+        assert_eq!(version_of(&[a.clone(), b.clone()]), version_of(&[b.clone(), a.clone()]));
+        assert_ne!(version_of(&[a]), version_of(&[b]));
+    }
+}

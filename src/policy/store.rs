@@ -1,0 +1,155 @@
+//! The one piece of shared mutable state: the current [`PolicySnapshot`], swapped atomically.
+//! Sources hand whole document sets to [`PolicyStore::apply`]; a set that fails to build is
+//! never swapped in, and the failure stays visible (log, metric, status, readiness detail).
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use super::snapshot::{LoadError, PolicyDocument, PolicySnapshot, format_errors, version_of};
+use crate::config::EmptyPolicy;
+
+/// What the admin endpoint shows about policy loading.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStatus {
+    pub version: Option<String>,
+    pub source: Option<String>,
+    pub policy_count: usize,
+    pub loaded_at_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_at_unix: Option<u64>,
+    pub deny_all: bool,
+}
+
+/// Result of applying a document set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// A new snapshot is live.
+    Swapped { version: String },
+    /// Same content as the live snapshot; nothing changed.
+    Unchanged,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+/// Holds the live snapshot.
+pub struct PolicyStore {
+    current: ArcSwapOption<PolicySnapshot>,
+    status: Mutex<StoreStatus>,
+    on_empty: EmptyPolicy,
+    reloads: Family<ResultLabel, Counter>,
+    info: Family<VersionLabel, Gauge>,
+    policies: Gauge,
+}
+
+impl PolicyStore {
+    pub fn new(on_empty: EmptyPolicy, registry: &mut Registry) -> Self {
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("reloads", "Policy reloads by result (ok, rejected, unchanged)", reloads.clone());
+        let info = Family::<VersionLabel, Gauge>::default();
+        registry.register("snapshot_info", "The live policy snapshot version (value 1)", info.clone());
+        let policies = Gauge::default();
+        registry.register("snapshot_policies", "Policies in the live snapshot", policies.clone());
+        Self {
+            current: ArcSwapOption::empty(),
+            status: Mutex::new(StoreStatus::default()),
+            on_empty,
+            reloads,
+            info,
+            policies,
+        }
+    }
+
+    /// The live snapshot; a request holds it for its whole evaluation.
+    pub fn load(&self) -> Option<Arc<PolicySnapshot>> {
+        self.current.load_full()
+    }
+
+    /// True once a snapshot is live.
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Builds a snapshot from a complete document set and swaps it in, or keeps the last good one.
+    pub fn apply(&self, docs: &[PolicyDocument], source: &str) -> Result<ApplyOutcome, Vec<LoadError>> {
+        if let Some(cur) = self.current.load().as_ref()
+            && cur.version == version_of(docs)
+            && cur.source == source
+        {
+            self.reloads.get_or_create(&ResultLabel { result: "unchanged" }).inc();
+            return Ok(ApplyOutcome::Unchanged);
+        }
+        let built = PolicySnapshot::build(docs, source).and_then(|s| {
+            if s.policy_count == 0 && self.on_empty == EmptyPolicy::KeepLast && self.is_ready() {
+                Err(vec![LoadError::whole(
+                    source,
+                    "the new policy set is empty; refused (policy.on_empty = keep_last)",
+                )])
+            } else {
+                Ok(s)
+            }
+        });
+        match built {
+            Ok(snap) => {
+                let version = snap.version.clone();
+                if snap.policy_count == 0 {
+                    tracing::warn!(%source, %version, "policy set is EMPTY: every request will be denied (deny-all)");
+                }
+                for w in &snap.warnings {
+                    tracing::warn!(%source, warning = %w, "policy validation warning");
+                }
+                tracing::info!(%source, %version, policies = snap.policy_count, "policy snapshot swapped in");
+                self.record_ok(&snap);
+                self.current.store(Some(Arc::new(snap)));
+                Ok(ApplyOutcome::Swapped { version })
+            }
+            Err(errs) => {
+                let kept = self.current.load().as_ref().map(|s| s.version.clone());
+                for e in &errs {
+                    tracing::error!(%source, error = %e, kept_version = ?kept, "policy reload rejected; last good snapshot stays");
+                }
+                self.reloads.get_or_create(&ResultLabel { result: "rejected" }).inc();
+                if let Ok(mut st) = self.status.lock() {
+                    st.last_error = Some(format_errors(&errs));
+                    st.last_error_at_unix = Some(unix(SystemTime::now()));
+                }
+                Err(errs)
+            }
+        }
+    }
+
+    fn record_ok(&self, snap: &PolicySnapshot) {
+        self.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+        self.info.clear();
+        self.info.get_or_create(&VersionLabel { version: snap.version.clone() }).set(1);
+        self.policies.set(snap.policy_count as i64);
+        if let Ok(mut st) = self.status.lock() {
+            st.version = Some(snap.version.clone());
+            st.source = Some(snap.source.clone());
+            st.policy_count = snap.policy_count;
+            st.loaded_at_unix = Some(unix(snap.loaded_at));
+            st.deny_all = snap.policy_count == 0;
+            st.last_error = None;
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,270 @@
+//! Wiring: the ext_authz gRPC service over TCP and a Unix socket, gRPC health (NOT_SERVING until
+//! a policy snapshot is live) and reflection, the admin HTTP port, the policy source, and one
+//! shutdown signal that every task selects on. On SIGTERM readiness goes false first, then
+//! in-flight checks drain.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use futures::FutureExt as _;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use crate::admin::{self, AdminState};
+use crate::check::Checker;
+use crate::config::Config;
+use crate::decision::Decision;
+use crate::metrics::CheckMetrics;
+use crate::policy::{PolicyStore, files};
+use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
+use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::response::{self, ResponseOptions};
+
+/// The `envoy.service.auth.v3.Authorization` service.
+pub struct AuthzService {
+    checker: Arc<Checker>,
+    opts: ResponseOptions,
+    metrics: CheckMetrics,
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, GrpcStatus> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
+        // failure_mode_allow could turn into an allow).
+        let decision =
+            std::panic::AssertUnwindSafe(self.checker.check(&req)).catch_unwind().await.unwrap_or_else(|_| {
+                tracing::error!("check panicked; denied");
+                Decision::internal_error("")
+            });
+        let elapsed = start.elapsed();
+        self.metrics.record(decision.allowed, decision.reason, elapsed.as_secs_f64());
+        log_decision(&decision, elapsed.as_micros());
+        Ok(Response::new(response::render(&decision, &self.opts)))
+    }
+}
+
+/// The one decision log line per check. Never a token: only the principal and ids.
+fn log_decision(d: &Decision, latency_us: u128) {
+    tracing::info!(
+        target: "portcullis::decision",
+        request_id = %d.request_id,
+        principal = %d.principal,
+        action = %d.action,
+        resource = %d.resource,
+        decision = if d.allowed { "allow" } else { "deny" },
+        status = d.status.http(),
+        reason = d.reason,
+        policies = ?d.policies,
+        latency_us = latency_us as u64,
+    );
+}
+
+/// A started sidecar: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub grpc_addr: Option<SocketAddr>,
+    pub unix_path: Option<PathBuf>,
+    pub admin_addr: Option<SocketAddr>,
+    pub store: Arc<PolicyStore>,
+    shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Readiness goes false, then listeners stop accepting and in-flight checks finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.draining.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.await.context("server task panicked")??;
+        }
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+}
+
+/// Starts everything the config asks for and returns once listeners are bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let mut registry = Registry::with_prefix("portcullis");
+    let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));
+    let checker = Arc::new(Checker::new(&cfg, store.clone(), &mut registry)?);
+    let metrics = CheckMetrics::register(&mut registry);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+
+    // Policy source: the first load happens before we report ready; failures keep us unready.
+    if let Some(dir) = cfg.policy.dir.clone() {
+        let (d, s) = (dir.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || files::load_into(&d, &s)).await;
+        if cfg.policy.watch {
+            let h = files::spawn_watch(dir, store.clone(), cfg.policy.debounce, shutdown_rx.clone())?;
+            tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+        }
+    } else if cfg.policy.kubernetes.is_some() {
+        anyhow::bail!("policy.kubernetes: the Kubernetes API source is not built into this version");
+    }
+
+    // Fetch signing keys now so the first request does not wait for them.
+    {
+        let c = checker.clone();
+        tokio::spawn(async move { c.authenticator().jwt().warm_up().await });
+    }
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health.set_not_serving::<AuthorizationServer<AuthzService>>().await;
+    {
+        let (store, mut stop, draining) = (store.clone(), shutdown_rx.clone(), draining.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut serving = false;
+            loop {
+                let want = store.is_ready() && !draining.load(Ordering::Acquire);
+                if want != serving {
+                    let st = if want {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status("", st).await;
+                    if want {
+                        health.set_serving::<AuthorizationServer<AuthzService>>().await;
+                    } else {
+                        health.set_not_serving::<AuthorizationServer<AuthzService>>().await;
+                    }
+                    serving = want;
+                }
+                tokio::select! {
+                    _ = stop.changed() => {
+                        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+        }));
+    }
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let svc = AuthorizationServer::from_arc(Arc::new(AuthzService {
+        checker,
+        opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
+        metrics,
+    }));
+    let router = || {
+        tonic::transport::Server::builder()
+            .add_service(health_svc.clone())
+            .add_service(reflection.clone())
+            .add_service(svc.clone())
+    };
+
+    let drain = cfg.listen.drain_timeout;
+    let mut grpc_addr = None;
+    if let Some(addr) = cfg.listen.grpc {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding gRPC on {addr}"))?;
+        grpc_addr = Some(listener.local_addr()?);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = stopped(shutdown_rx.clone());
+        let server = router().serve_with_incoming_shutdown(incoming, stop);
+        tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
+        tracing::info!(addr = %grpc_addr.unwrap_or(addr), "ext_authz gRPC listening on TCP");
+    }
+    let mut unix_path = None;
+    if let Some(path) = cfg.listen.unix.clone() {
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).ok();
+        }
+        let listener =
+            tokio::net::UnixListener::bind(&path).with_context(|| format!("binding Unix socket {}", path.display()))?;
+        // Envoy runs as another user in the same pod; the socket's directory (an emptyDir shared
+        // by the two containers) is what scopes access.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        }
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let server = router().serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
+        tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
+        tracing::info!(path = %path.display(), "ext_authz gRPC listening on Unix socket");
+        unix_path = Some(path);
+    }
+
+    let mut admin_addr = None;
+    if let Some(addr) = cfg.listen.admin {
+        let state = Arc::new(AdminState { store: store.clone(), registry, draining: draining.clone() });
+        let (bound, task) = admin::serve(addr, state, shutdown_rx.clone()).await?;
+        admin_addr = Some(bound);
+        tasks.push(task);
+    }
+
+    Ok(Running { grpc_addr, unix_path, admin_addr, store, shutdown: shutdown_tx, draining, tasks })
+}
+
+/// Resolves when the shutdown flag flips (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs a server; after shutdown starts, in-flight calls get `drain` to finish.
+async fn bounded_drain<F>(server: F, rx: watch::Receiver<bool>, drain: std::time::Duration) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(Into::into),
+        _ = stopped(rx) => {}
+    }
+    match tokio::time::timeout(drain, server).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let running = start(cfg).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: readiness off, draining in-flight checks");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,494 @@
+"""The Helm chart, rendered by real helm: lint, Kubernetes schemas, security, wiring, bad values."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import PurePosixPath
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from chartkit import (
+    CHART,
+    CRD_KINDS,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    SCENARIOS,
+    all_containers,
+    assert_restricted,
+    container,
+    has_container,
+    helm_bin,
+    hostport,
+    mount_dir_of,
+    named_port,
+    notes,
+    pod_spec,
+    render,
+    render_refused,
+    run,
+)
+from envoycheck import ext_authz_filter, portcullis_cluster_address, strict_bootstrap
+
+scenarios = pytest.mark.parametrize("scenario", list(SCENARIOS))
+
+
+def validate_k8s(obj: dict) -> None:
+    try:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        msg = "\n".join(str(e).splitlines()[:3])
+        pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} is not a valid Kubernetes {KUBE_VERSION} object: {msg}")
+
+
+# Lint and schemas ---------------------------------------------------------------------------
+
+
+def test_scenarios_are_documented():
+    assert {"envoy-unix", "envoy-tcp", "istio", "kube-policies", "servicemonitor"} <= set(SCENARIOS)
+    docs = (CHART.parents[1] / "docs" / "install.md").read_text()
+    for name, path in SCENARIOS.items():
+        if path is not None:
+            assert path.name in docs, f"scenario {path.name} is not mentioned in docs/install.md"
+
+
+@scenarios
+def test_helm_lint_is_clean(scenario):
+    args = [helm_bin(), "lint", str(CHART), "--strict", "--namespace", NAMESPACE]
+    if SCENARIOS[scenario] is not None:
+        args += ["--values", str(SCENARIOS[scenario])]
+    out = run(args).stdout
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+@scenarios
+def test_every_rendered_object_is_valid(scenario):
+    rendered = render(scenario)
+    kinds = {d["kind"] for d in rendered.docs}
+    assert {"ConfigMap", "ServiceAccount"} <= kinds
+    for obj in rendered.docs:
+        assert obj["metadata"].get("namespace", NAMESPACE) in (NAMESPACE, "shared-policies"), obj["metadata"]
+        if obj["kind"] in CRD_KINDS:
+            continue  # checked field by field below
+        validate_k8s(obj)
+
+
+def test_kubernetes_schema_check_catches_a_broken_object():
+    dep = copy.deepcopy(render().deployment())
+    dep["spec"]["replicas"] = "two"
+    with pytest.raises(pytest.fail.Exception):
+        validate_k8s(dep)
+    dep = copy.deepcopy(render().deployment())
+    pod_spec(dep)["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(pytest.fail.Exception):
+        validate_k8s(dep)
+
+
+# Security -----------------------------------------------------------------------------------
+
+
+@scenarios
+def test_every_pod_is_restricted(scenario):
+    rendered = render(scenario)
+    pods = rendered.of_kind("Deployment") + rendered.of_kind("Pod")
+    assert pods, "nothing to check"
+    for obj in pods:
+        assert_restricted(pod_spec(obj), f"{scenario}: {obj['kind']}/{obj['metadata']['name']}")
+
+
+def test_restriction_check_catches_a_root_container():
+    spec = copy.deepcopy(pod_spec(render().deployment()))
+    container(spec, "portcullis")["securityContext"]["readOnlyRootFilesystem"] = False
+    with pytest.raises(AssertionError, match="writable root"):
+        assert_restricted(spec, "mutated")
+
+
+@scenarios
+def test_service_account_token_only_where_the_api_is_used(scenario):
+    rendered = render(scenario)
+    kube = rendered.portcullis_config()["policy"].get("kubernetes") is not None
+    sa = rendered.one("ServiceAccount")
+    assert sa["automountServiceAccountToken"] is kube
+    for obj in rendered.of_kind("Deployment") + rendered.of_kind("Pod"):
+        assert pod_spec(obj)["automountServiceAccountToken"] is kube
+        assert pod_spec(obj)["serviceAccountName"] == sa["metadata"]["name"]
+
+
+# The portcullis container ---------------------------------------------------------------------
+
+
+@scenarios
+def test_probes_hit_healthz_and_readyz_on_the_admin_port(scenario):
+    rendered = render(scenario)
+    cfg = rendered.portcullis_config()
+    _, admin_port = hostport(cfg["listen"]["admin"])
+    specs = [pod_spec(o) for o in rendered.of_kind("Deployment") + rendered.of_kind("Pod")]
+    assert specs
+    for spec in specs:
+        pc = container(spec, "portcullis")
+        assert named_port(pc, "admin") == admin_port
+        assert pc["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        assert pc["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert pc["startupProbe"]["httpGet"]["path"] == "/readyz"
+        assert pc["args"] == ["serve", "--config", "/etc/portcullis/config.yaml"]
+        mount = next(m for m in pc["volumeMounts"] if m["mountPath"] == "/etc/portcullis/config.yaml")
+        vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert vol["configMap"]["name"] == rendered.one("ConfigMap", "-config")["metadata"]["name"]
+        assert mount["subPath"] == "config.yaml"
+
+
+def test_image_defaults_to_app_version_and_digest_wins():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pc = container(pod_spec(render().deployment()), "portcullis")
+    assert pc["image"].endswith(":" + chart["appVersion"])
+    digest = "sha256:" + "a" * 64
+    pc = container(pod_spec(render("default", f"image.digest={digest}").deployment()), "portcullis")
+    assert pc["image"].endswith("@" + digest)
+
+
+def test_config_is_merged_over_defaults_and_listen_is_derived():
+    rendered = render(
+        "default",
+        "config.log.level=debug",
+        "config.ratelimit.rps=50",
+        "config.listen.unix=/tmp/elsewhere.sock",
+        "issuers[0].issuer=https://id.example.com",
+        "issuers[0].audiences={api}",
+    )
+    cfg = rendered.portcullis_config()
+    assert cfg["log"] == {"format": "json", "level": "debug"}
+    assert cfg["ratelimit"] == {"rps": 50}
+    assert cfg["authn"]["peer"] == {"trust_domains": ["cluster.local"]}
+    assert cfg["authn"]["issuers"] == [{"issuer": "https://id.example.com", "audiences": ["api"]}]
+    # listen follows transport/socket, whatever config.listen says, so Envoy and the server agree.
+    assert cfg["listen"]["unix"] == "/var/run/portcullis/ext_authz.sock"
+
+
+def test_config_change_rolls_the_pods():
+    a = render().deployment()["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    b = render("default", "config.log.level=debug").deployment()["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert a != b
+
+
+# Envoy <-> portcullis wiring ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if render(s).envoy_config() is not None])
+def test_envoy_sidecar_reaches_portcullis_where_it_listens(scenario):
+    rendered = render(scenario)
+    cfg = rendered.portcullis_config()
+    envoy = rendered.envoy_config()
+    strict_bootstrap(envoy)  # every field is Envoy v3 API
+    spec = pod_spec(rendered.deployment())
+    pc, ec = container(spec, "portcullis"), container(spec, "envoy")
+    addr = portcullis_cluster_address(envoy)
+    if "pipe" in addr:
+        sock = addr["pipe"]["path"]
+        assert cfg["listen"]["unix"] == sock and cfg["listen"]["grpc"] is None
+        # Both containers mount the same emptyDir at the socket's directory.
+        p_mount, e_mount = mount_dir_of(spec, pc, sock), mount_dir_of(spec, ec, sock)
+        assert p_mount and e_mount, "the socket directory is not mounted in both containers"
+        assert p_mount == e_mount and "emptyDir" in p_mount[1]
+        assert p_mount[0] == str(PurePosixPath(sock).parent)
+        # Same uid/gid, so Envoy may connect to the socket portcullis creates.
+        assert pc["securityContext"]["runAsUser"] == ec["securityContext"]["runAsUser"]
+        assert not any(p.get("name") == "grpc" for p in pc.get("ports", []))
+    else:
+        sa = addr["socket_address"]
+        assert cfg["listen"]["unix"] is None
+        host, port = hostport(cfg["listen"]["grpc"])
+        assert (sa["address"], sa["port_value"]) == ("127.0.0.1", port)
+        assert host in ("127.0.0.1", "0.0.0.0")
+        assert named_port(pc, "grpc") == port
+    # Envoy serves the app and is what the Service targets.
+    app_port = named_port(container(spec, "app"), "app")
+    assert named_port(ec, "http") != app_port
+    svc = rendered.one("Service", "-portcullis")
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    cm_name = rendered.one("ConfigMap", "-envoy")["metadata"]["name"]
+    assert any(v.get("configMap", {}).get("name") == cm_name for v in spec["volumes"])
+    assert ec["args"][:2] == ["--config-path", "/etc/envoy/envoy.yaml"]
+
+
+def test_chart_envoy_config_matches_deploy_envoy_yaml():
+    from envoycheck import load_deploy_envoy
+
+    assert render().envoy_config() == load_deploy_envoy(), (
+        "charts/portcullis/templates/envoy-configmap.yaml (default values) and deploy/envoy.yaml differ"
+    )
+
+
+def test_ext_authz_values_reach_the_filter():
+    rendered = render(
+        "default",
+        "envoy.extAuthz.timeout=0.2s",
+        "envoy.extAuthz.statusOnError=Forbidden",
+        "envoy.extAuthz.allowedHeaders={authorization,X-Api-Key}",
+        "envoy.extAuthz.withRequestBody.enabled=true",
+        "envoy.extAuthz.withRequestBody.maxRequestBytes=4096",
+    )
+    envoy = rendered.envoy_config()
+    strict_bootstrap(envoy)
+    f = ext_authz_filter(envoy)
+    assert f["grpc_service"]["timeout"] == "0.2s"
+    assert f["status_on_error"] == {"code": "Forbidden"}
+    assert f["allowed_headers"] == {"patterns": [{"exact": "authorization"}, {"exact": "x-api-key"}]}
+    assert f["with_request_body"] == {"max_request_bytes": 4096, "allow_partial_message": True, "pack_as_bytes": False}
+    assert f["failure_mode_allow"] is False
+    assert "with_request_body" not in ext_authz_filter(render().envoy_config())
+
+
+# Istio ----------------------------------------------------------------------------------------
+
+
+def mesh_provider_from_notes(scenario: str) -> dict:
+    text = notes(scenario)
+    block = text[text.index("extensionProviders:") :]
+    lines = [block.splitlines()[0]]
+    for line in block.splitlines()[1:]:
+        if line.strip() and not line.startswith("      "):
+            break
+        lines.append(line)
+    parsed = yaml.safe_load("\n".join(l[4:] if l.startswith("    ") else l for l in lines))
+    (provider,) = parsed["extensionProviders"]
+    return provider
+
+
+@pytest.mark.parametrize("scenario", ["istio", "istio-existing-workload"])
+def test_istio_pieces_agree_with_each_other(scenario):
+    rendered = render(scenario)
+    cfg = rendered.portcullis_config()
+    assert cfg["listen"]["unix"] is None
+    host, port = hostport(cfg["listen"]["grpc"])
+    assert host == "127.0.0.1", "in Istio mode portcullis should listen on loopback only"
+    assert rendered.envoy_config() is None
+
+    provider = mesh_provider_from_notes(scenario)
+    assert set(provider) == {"name", "envoyExtAuthzGrpc"}
+    grpc = provider["envoyExtAuthzGrpc"]
+    # Field names of istio.mesh.v1alpha1 MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider.
+    assert set(grpc) <= {"service", "port", "timeout", "failOpen", "statusOnError", "includeRequestBodyInCheck"}
+    assert grpc["port"] == port and grpc["failOpen"] is False
+    assert re.fullmatch(r"[0-9.]+(ms|s)", grpc["timeout"])
+    if "includeRequestBodyInCheck" in grpc:
+        assert set(grpc["includeRequestBodyInCheck"]) <= {"maxRequestBytes", "allowPartialMessage", "packAsBytes"}
+
+    se = rendered.one("ServiceEntry")
+    assert se["apiVersion"] == "networking.istio.io/v1"
+    assert se["spec"]["hosts"] == [grpc["service"]]
+    assert se["spec"]["resolution"] == "STATIC"
+    assert se["spec"]["endpoints"] == [{"address": "127.0.0.1"}]
+    assert [(p["number"], p["protocol"]) for p in se["spec"]["ports"]] == [(port, "GRPC")]
+
+    ap = rendered.one("AuthorizationPolicy")
+    assert ap["apiVersion"] == "security.istio.io/v1"
+    assert ap["spec"]["action"] == "CUSTOM"
+    assert ap["spec"]["provider"] == {"name": provider["name"]}
+    assert ap["spec"]["rules"], "a CUSTOM policy without rules matches nothing"
+    assert set(ap["spec"]) <= {"selector", "targetRefs", "action", "provider", "rules"}
+
+    dep = rendered.deployment()
+    if dep is None:
+        assert ap["spec"]["selector"]["matchLabels"] == {"app": "shop"}
+        assert "add the portcullis container" in notes(scenario).lower()
+        return
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels.get("sidecar.istio.io/inject") == "true"
+    assert ap["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spec = pod_spec(dep)
+    assert not has_container(spec, "envoy"), "Istio injects its own proxy"
+    assert named_port(container(spec, "portcullis"), "grpc") == port
+    assert rendered.one("Service", "-portcullis")["spec"]["ports"][0]["targetPort"] == "app"
+
+
+def test_istio_mode_refuses_the_unix_socket():
+    err = render_refused("--set", "mode=istio", "--set", "transport=unix")
+    assert "transport" in err
+
+
+# Policies -------------------------------------------------------------------------------------
+
+
+def test_files_source_mounts_the_bundled_policies():
+    rendered = render()
+    cfg = rendered.portcullis_config()
+    assert cfg["policy"] == {"dir": "/etc/portcullis/policies"}
+    cm = rendered.one("ConfigMap", "-policies")
+    shipped = {p.name for p in (CHART / "policies").iterdir()}
+    assert set(cm["data"]) == shipped
+    assert {n.rsplit(".", 1)[-1] for n in shipped} >= {"cedar", "cedarschema", "json"}
+    spec = pod_spec(rendered.deployment())
+    mounted = mount_dir_of(spec, container(spec, "portcullis"), "/etc/portcullis/policies/x.cedar")
+    assert mounted and mounted[1]["configMap"]["name"] == cm["metadata"]["name"]
+    # A directory mount (no subPath): kubelet's atomic ..data swap reaches the container.
+    mount = next(m for m in container(spec, "portcullis")["volumeMounts"] if m["mountPath"] == "/etc/portcullis/policies")
+    assert "subPath" not in mount
+    assert not rendered.of_kind("Role") and not rendered.of_kind("RoleBinding")
+
+
+def test_extra_policy_files_and_existing_configmap():
+    rendered = render("default", "policies.files.extra\\.cedar=permit(principal\\,action\\,resource);")
+    assert "extra.cedar" in rendered.one("ConfigMap", "-policies")["data"]
+    rendered = render("default", "policies.existingConfigMap=team-policies")
+    assert rendered.maybe("ConfigMap", "-policies") is None
+    spec = pod_spec(rendered.deployment())
+    assert {"name": "portcullis-policies", "configMap": {"name": "team-policies"}} in spec["volumes"]
+
+
+def test_kubernetes_source_watches_with_minimal_rbac():
+    rendered = render("kube-policies")
+    cfg = rendered.portcullis_config()
+    assert cfg["policy"] == {
+        "kubernetes": {"namespaces": ["shop", "shared-policies"], "selector": "portcullis.dev/policy=true"}
+    }
+    sa = rendered.one("ServiceAccount")["metadata"]["name"]
+    roles = {r["metadata"]["namespace"]: r for r in rendered.of_kind("Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding")}
+    assert set(roles) == set(bindings) == {"shop", "shared-policies"}
+    assert not rendered.of_kind("ClusterRole") and not rendered.of_kind("ClusterRoleBinding")
+    for ns, role in roles.items():
+        granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+        assert {("", "configmaps", v) for v in ("get", "list", "watch")} <= granted
+        assert ("", "events", "create") in granted
+        assert all(r in ("configmaps", "events") for _, r, _ in granted), "more than the watch needs"
+        assert not any(v in ("update", "delete", "*") for _, _, v in granted)
+        b = bindings[ns]
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    # No policy volume; the chart's own policies are a labelled ConfigMap the watch selects.
+    spec = pod_spec(rendered.deployment())
+    assert all(m["mountPath"] != "/etc/portcullis/policies" for m in container(spec, "portcullis")["volumeMounts"])
+    cm = rendered.one("ConfigMap", "-policies")
+    assert cm["metadata"]["labels"]["portcullis.dev/policy"] == "true"
+    assert "team.cedar" in cm["data"]
+
+
+def test_kubernetes_source_defaults_to_the_release_namespace():
+    rendered = render("default", "policies.source=kubernetes")
+    assert rendered.portcullis_config()["policy"]["kubernetes"]["namespaces"] == [NAMESPACE]
+    assert [r["metadata"]["namespace"] for r in rendered.of_kind("Role")] == [NAMESPACE]
+    assert not render("default", "policies.source=kubernetes", "rbac.create=false").of_kind("Role")
+
+
+# Metrics --------------------------------------------------------------------------------------
+
+
+def test_scrape_annotations_point_at_the_admin_port():
+    ann = render().deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    assert int(ann["prometheus.io/port"]) == hostport(render().portcullis_config()["listen"]["admin"])[1]
+    assert not render().of_kind("ServiceMonitor")
+
+
+def test_service_monitor_selects_the_metrics_service():
+    rendered = render("servicemonitor")
+    assert "prometheus.io/scrape" not in rendered.deployment()["spec"]["template"]["metadata"].get("annotations", {})
+    sm = rendered.one("ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    svc = rendered.one("Service", "-metrics")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["path"] == "/metrics" and ep["interval"] == "15s"
+    (port,) = [p for p in svc["spec"]["ports"] if p["name"] == ep["port"]]
+    assert port["targetPort"] == "admin"
+    pod_labels = rendered.deployment()["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+
+
+# helm test ------------------------------------------------------------------------------------
+
+
+@scenarios
+def test_helm_test_hook_runs_real_checks(scenario):
+    rendered = render(scenario)
+    pod = rendered.test_pod()
+    assert pod is not None
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod_spec(pod)
+    assert spec["restartPolicy"] == "Never"
+    cfg = rendered.portcullis_config()
+    # The release's own server runs as a native sidecar, ready before the checks start.
+    (server,) = spec["initContainers"]
+    assert server["name"] == "portcullis" and server["restartPolicy"] == "Always"
+    assert server["startupProbe"]["httpGet"]["path"] == "/readyz"
+    if cfg["listen"]["unix"]:
+        expected_server = "unix:" + cfg["listen"]["unix"]
+    else:
+        expected_server = "http://127.0.0.1:%d" % hostport(cfg["listen"]["grpc"])[1]
+    requests = rendered.one("ConfigMap", "-test-requests")
+    assert int(requests["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        pod["metadata"]["annotations"].get("helm.sh/hook-weight", "0")
+    )
+    expects = set()
+    for c in spec["containers"]:
+        args = c["args"]
+        assert args[0] == "check"
+        assert args[args.index("--server") + 1] == expected_server
+        expect = args[args.index("--expect") + 1]
+        expects.add(expect)
+        request_path = PurePosixPath(args[-1])
+        mount = mount_dir_of(spec, c, str(request_path))
+        assert mount and mount[1]["configMap"]["name"] == requests["metadata"]["name"]
+        request = yaml.safe_load(requests["data"][request_path.name])
+        assert request["method"] and request["path"].startswith("/")
+        if cfg["listen"]["unix"]:
+            assert mount_dir_of(spec, c, cfg["listen"]["unix"]) == mount_dir_of(spec, server, cfg["listen"]["unix"])
+    assert expects == {"allow", "deny"}, "the default checks should prove both an allow and a deny"
+
+
+def test_helm_test_against_an_external_server():
+    pod = render("default", "tests.server=http://portcullis-probe:9191").test_pod()
+    assert "initContainers" not in pod["spec"]
+    for c in pod["spec"]["containers"]:
+        assert c["args"][c["args"].index("--server") + 1] == "http://portcullis-probe:9191"
+    assert render("default", "tests.enabled=false").test_pod() is None
+
+
+# Bad values ---------------------------------------------------------------------------------
+
+REFUSED = [
+    (["--set", "workload.replicas=-1"], "replicas"),
+    (["--set", "mode=linkerd"], "mode"),
+    (["--set-string", "grpc.port=9191"], "port"),
+    (["--set", "grpc.port=70000"], "port"),
+    (["--set", "admin.port=0"], "port"),
+    (["--set", "transport=udp"], "transport"),
+    (["--set", "tranport=tcp"], "tranport"),
+    (["--set", "policies.source=git"], "source"),
+    (["--set", "securityContext.readOnlyRootFilesystem=false"], "readOnlyRootFilesystem"),
+    (["--set", "securityContext.runAsNonRoot=false"], "runAsNonRoot"),
+    (["--set", "securityContext.allowPrivilegeEscalation=true"], "allowPrivilegeEscalation"),
+    (["--set", "envoy.extAuthz.timeout=fast"], "timeout"),
+    (["--set", "envoy.extAuthz.statusOnError=Teapot"], "statusOnError"),
+    (["--set", "issuers[0].audiences={api}"], "issuer"),
+    (["--set", "issuers[0].issuer=not-a-url"], "issuer"),
+    (["--set-json", 'tests.cases=[{"name":"x","expect":"maybe","request":{"method":"GET","path":"/"}}]'], "expect"),
+    (["--set-json", 'tests.cases=[{"name":"x","expect":"allow","request":{"method":"GET","path":"no-slash"}}]'], "path"),
+    (["--set-json", 'tests.cases=[{"name":"x","expect":"allow","request":{"methd":"GET","path":"/"}}]'], "methd"),
+    (["--set", "socket.path=relative.sock"], "path"),
+    (["--set", "image.digest=latest"], "digest"),
+    (["--set", "policies.files.notes\\.txt=hello"], "notes.txt"),
+    (["--set", "workload.app.name=envoy"], "name"),
+    # Checked by the templates, past the schema:
+    (["--set", "envoy.port=8000"], "must differ"),
+    (["--set", "policies.bundled=false"], "needs policies"),
+]
+
+
+@pytest.mark.parametrize("args,mentions", REFUSED, ids=[" ".join(a[1:]) for a, _ in REFUSED])
+def test_bad_values_are_refused(args, mentions):
+    err = render_refused(*args)
+    assert mentions in err, err
+
+
+def test_the_refusals_are_not_blanket():
+    # The same keys with good values render, so each refusal above is about the value.
+    render("default", "workload.replicas=0", "grpc.port=9000", "transport=tcp", "policies.source=kubernetes")
+    render("default", "issuers[0].issuer=https://id.example.com")
+    render("default", 'json:tests.cases=[{"name":"x","expect":"deny","request":{"method":"GET","path":"/"}}]')
