@@ -305,6 +305,16 @@ def test_istio_pieces_agree_with_each_other(scenario):
     assert rendered.one("Service", "-portcullis")["spec"]["ports"][0]["targetPort"] == "app"
 
 
+def test_istio_policy_checks_the_app_port_by_default():
+    rendered = render("default", "mode=istio")
+    ap = rendered.one("AuthorizationPolicy")
+    app_port = named_port(container(pod_spec(rendered.deployment()), "app"), "app")
+    # The app's port only: Prometheus scraping portcullis's admin port is not sent to portcullis.
+    assert ap["spec"]["rules"] == [{"to": [{"operation": {"ports": [str(app_port)]}}]}]
+    everything = render("default", "mode=istio", "json:istio.authorizationPolicy.rules=[{}]")
+    assert everything.one("AuthorizationPolicy")["spec"]["rules"] == [{}]
+
+
 def test_istio_mode_refuses_the_unix_socket():
     err = render_refused("--set", "mode=istio", "--set", "transport=unix")
     assert "transport" in err

@@ -221,6 +221,8 @@ def test_istio_overlay_wires_the_provider():
     assert se["spec"]["ports"][0]["number"] == port == named_port(container(spec, "portcullis"), "grpc")
     assert ap["spec"]["action"] == "CUSTOM"
     assert ap["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    app_port = named_port(container(spec, "app"), "app")
+    assert ap["spec"]["rules"] == [{"to": [{"operation": {"ports": [str(app_port)]}}]}]
 
 
 # Dockerfile -------------------------------------------------------------------------------------
