@@ -10,6 +10,9 @@ else
   cargo test --no-fail-fast
 fi
 
+# The Python suites drive the real binary.
+cargo build --bin portcullis
+
 for suite in tests/wire/run.sh tests/chart/run.sh; do
   if [ -f "$suite" ]; then
     echo "== $suite"
