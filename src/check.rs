@@ -33,7 +33,11 @@ impl Checker {
         let authn = Authenticator::new(cfg, registry.sub_registry_with_prefix("authn"))?;
         let credential_headers = authn.credential_headers();
         Ok(Self {
-            mapping: CedarMapping::new(&cfg.cedar.context_headers, &credential_headers),
+            // Policies never see credentials, nor identity headers a client could have spoofed.
+            mapping: CedarMapping::new(
+                &cfg.cedar.context_headers,
+                &[credential_headers.clone(), cfg.identity_header_names()].concat(),
+            ),
             authn,
             store,
             limits: cfg.limits.clone(),

@@ -27,6 +27,8 @@ pub enum RequestError {
     BadEscape,
     #[error("path climbs above the root")]
     AboveRoot,
+    #[error("path has a dot segment with parameters (`..;`), which some servers resolve as `..`")]
+    DotSegmentParams,
     #[error("too many headers")]
     TooManyHeaders,
     #[error("host is not valid")]
@@ -46,6 +48,7 @@ impl RequestError {
             RequestError::Backslash => "backslash",
             RequestError::BadEscape => "bad_escape",
             RequestError::AboveRoot => "above_root",
+            RequestError::DotSegmentParams => "dot_segment_params",
             RequestError::TooManyHeaders => "too_many_headers",
             RequestError::BadHost => "bad_host",
         }
@@ -245,6 +248,9 @@ pub fn normalize_path(raw: &str) -> Result<String, RequestError> {
     for seg in decoded.split('/') {
         match seg {
             "" | "." => {}
+            // Servlet containers treat `..;x` as `..`: refuse instead of guessing which one the
+            // upstream will see.
+            s if s.starts_with("..;") || s.starts_with(".;") => return Err(RequestError::DotSegmentParams),
             ".." => {
                 if segments.pop().is_none() {
                     return Err(RequestError::AboveRoot);
@@ -302,6 +308,9 @@ mod tests {
         assert_eq!(normalize_path("/a%2"), Err(RequestError::BadEscape));
         assert_eq!(normalize_path("/../etc"), Err(RequestError::AboveRoot));
         assert_eq!(normalize_path("relative"), Err(RequestError::BadPath));
+        assert_eq!(normalize_path("/public/..;/admin"), Err(RequestError::DotSegmentParams));
+        assert_eq!(normalize_path("/public/%2e%2e;x/admin"), Err(RequestError::DotSegmentParams));
+        assert_eq!(normalize_path("/public/.;/admin"), Err(RequestError::DotSegmentParams));
     }
 
     #[test]
