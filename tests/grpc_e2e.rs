@@ -60,6 +60,12 @@ async fn example_policies_decide_the_matrix() {
     let r = s.check(req("GET", "/admin").build()).await;
     assert_deny(&r, 401, "credential_required");
 
+    // A method the schema does not know is denied, even where a policy permits every action.
+    let r = s.check(req("PROPFIND", "/admin/users").bearer(&admin).build()).await;
+    assert_deny(&r, 403, "unmapped_request");
+    let r = s.check(req("G:ET", "/public/status").build()).await;
+    assert_deny(&r, 400, "bad_method");
+
     // mTLS peers: frontend services read the API.
     let r = s.check(req("GET", "/api/catalog").peer(FRONTEND).build()).await;
     assert_allow(&r, "frontend-service-read");
@@ -207,6 +213,20 @@ async fn identity_headers_overwrite_and_spoofed_copies_are_stripped() {
     // An API client.
     let r = s.check(req("POST", "/api/jobs/1").header("x-api-key", "demo-batch-key").build()).await;
     assert_eq!(upstream_headers(&r).get("x-portcullis-client").map(String::as_str), Some("batch"));
+
+    // A user calling through an mTLS peer: both identities reach the upstream.
+    let r = s.check(req("GET", "/api/orders").peer(FRONTEND).bearer(&alice).build()).await;
+    let set = upstream_headers(&r);
+    assert_eq!(set.get("x-portcullis-subject").map(String::as_str), Some("alice"));
+    assert_eq!(set.get("x-portcullis-peer").map(String::as_str), Some(FRONTEND));
+    assert_eq!(meta(&r, "principal"), r#"User::"alice""#);
+
+    // A claim that cannot be a header value (CR/LF) is never sent, and its header is stripped.
+    let crlf = token("mallory").claim("email", "m@example.com\r\nx-portcullis-subject: root").mint();
+    let r = s.check(req("GET", "/api/orders").bearer(&crlf).header("x-portcullis-email", "spoofed").build()).await;
+    assert!(!upstream_headers(&r).contains_key("x-portcullis-email"));
+    assert!(ok(&r).headers_to_remove.contains(&"x-portcullis-email".to_owned()));
+    assert_eq!(upstream_headers(&r).get("x-portcullis-subject").map(String::as_str), Some("mallory"));
     s.stop().await;
 }
 
@@ -252,6 +272,11 @@ async fn path_tricks_are_normalized_or_refused_on_the_wire() {
     }
     // A parameter on an ordinary segment is just part of it.
     assert_allow(&s.check(req("GET", "/public/status;v=1").build()).await, "public-read");
+
+    // Oversized input is refused before any work.
+    let long = format!("/public/{}", "a".repeat(9000));
+    let r = s.check(req("GET", &long).build()).await;
+    assert_eq!((http_status(&r), meta(&r, "reason").as_str()), (400, "path_too_long"));
 
     // Case matters: /PUBLIC is not /public.
     let r = s.check(req("GET", "/PUBLIC/status").build()).await;
@@ -308,6 +333,21 @@ async fn header_map_only_requests_are_read_like_envoy_merged_ones() {
     assert!(!is_allowed(&r), "{r:?}");
     assert!([400, 401].contains(&http_status(&r)), "{r:?}");
 
+    // Two API keys: ambiguous, refused.
+    let rq = req("POST", "/api/jobs/1").header("x-api-key", "demo-batch-key").header("x-api-key", "demo-batch-key");
+    assert_deny(&s.check(rq.build_header_map_only(false)).await, 400, "duplicate_credential");
+
+    // Too many headers.
+    let mut rq = req("GET", "/public/status");
+    for i in 0..250 {
+        rq = rq.header(&format!("x-h{i}"), "v");
+    }
+    assert_deny(&s.check(rq.build_header_map_only(false)).await, 400, "too_many_headers");
+
+    // Nothing at all.
+    let r = s.check(portcullis::proto::auth::CheckRequest::default()).await;
+    assert_deny(&r, 400, "missing_http");
+
     // No method and no path at all.
     let mut empty = req("GET", "/").build_header_map_only(false);
     if let Some(h) = empty.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
@@ -350,8 +390,11 @@ async fn shutdown_drains_and_removes_the_socket() {
     let mut c = s.uds().await;
     let r = c.check(req("GET", "/public/status").build()).await.expect("rpc").into_inner();
     assert!(is_allowed(&r));
-    let (code, _) = s.admin_get("/readyz").await;
-    assert_eq!(code, 200);
+    // A pooled keep-alive admin connection and an idle gRPC channel stay open across shutdown:
+    // neither may hold it up.
+    let http = reqwest::Client::new();
+    let ready = http.get(s.admin_url("/readyz")).timeout(WAIT).send().await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
     let admin = s.admin_url("/healthz");
 
     s.stop().await;
@@ -360,4 +403,5 @@ async fn shutdown_drains_and_removes_the_socket() {
     let tcp_gone = tonic::transport::Endpoint::try_from(tcp_url).expect("endpoint").connect().await;
     assert!(tcp_gone.is_err(), "TCP listener closed");
     assert!(reqwest::get(admin).await.is_err(), "admin listener closed");
+    drop((c, http));
 }
