@@ -59,6 +59,105 @@ async fn a_changed_policy_file_flips_the_decision_live() {
     s.stop().await;
 }
 
+/// Writes `files` as the next version of a kubelet-style ConfigMap volume in `dir`, in kubelet's
+/// order: a new timestamped directory, a `..data_tmp` symlink renamed over `..data`, then the
+/// visible `name -> ..data/name` symlinks added and stale ones removed.
+fn configmap_update(dir: &std::path::Path, version: &str, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let ts = format!("..2026_11_23_{version}");
+    std::fs::create_dir(dir.join(&ts)).expect("timestamped dir");
+    for (name, text) in files {
+        std::fs::write(dir.join(&ts).join(name), text).expect("write key");
+    }
+    symlink(&ts, dir.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(format!("..data/{name}"), &visible).expect("visible symlink");
+        }
+    }
+    for e in std::fs::read_dir(dir).expect("list") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !files.iter().any(|(n, _)| *n == name) {
+            std::fs::remove_file(dir.join(&name)).expect("remove stale key");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_volume_symlink_swap_is_followed() {
+    let demo = repo().join("examples/demo/policies");
+    let read = |n: &str| std::fs::read_to_string(demo.join(n)).expect("demo file");
+    let (schema, entities, policies) =
+        (read("portcullis.cedarschema"), read("groups.entities.json"), read("policies.cedar"));
+    let base = [
+        ("portcullis.cedarschema", schema.as_str()),
+        ("groups.entities.json", entities.as_str()),
+        ("policies.cedar", policies.as_str()),
+    ];
+    let s = Sidecar::start_with(|dir| {
+        for e in std::fs::read_dir(dir).expect("list") {
+            std::fs::remove_file(e.expect("entry").path()).expect("clear");
+        }
+        configmap_update(dir, "v1", &base);
+    })
+    .await;
+    assert!(is_allowed(&s.check(req("GET", "/public/status").build()).await));
+    assert!(!is_allowed(&s.check(req("GET", "/api/status").build()).await));
+
+    // v2 adds a key.
+    let mut v2 = base.to_vec();
+    v2.push(("open.cedar", OPEN_STATUS));
+    configmap_update(&s.policy_dir, "v2", &v2);
+    eventually("the new key is live", || async {
+        is_allowed(&s.check(req("GET", "/api/status").build()).await).then_some(())
+    })
+    .await;
+
+    // v3 removes it again.
+    configmap_update(&s.policy_dir, "v3", &base);
+    eventually("the removed key is gone", || async {
+        (!is_allowed(&s.check(req("GET", "/api/status").build()).await)).then_some(())
+    })
+    .await;
+    assert!(is_allowed(&s.check(req("GET", "/public/status").build()).await));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_during_reloads_always_see_one_whole_snapshot() {
+    let s = Sidecar::start().await;
+    let uds = s.uds().await;
+    let checker = tokio::spawn(async move {
+        let mut uds = uds;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let r = uds.check(req("GET", "/api/status").build()).await.expect("rpc").into_inner();
+            seen.insert(meta(&r, "reason"));
+            // Either the old snapshot (no permit for an anonymous caller) or the new one.
+            assert!(
+                (is_allowed(&r) && policy_ids(&r) == vec!["open-status"])
+                    || (http_status(&r) == 401 && meta(&r, "reason") == "credential_required"),
+                "{r:?}"
+            );
+        }
+        seen
+    });
+    for i in 0..10 {
+        let f = s.policy_dir.join("open.cedar");
+        if i % 2 == 0 {
+            std::fs::write(&f, OPEN_STATUS).expect("write");
+        } else {
+            std::fs::remove_file(&f).expect("remove");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    let seen = tokio::time::timeout(WAIT, checker).await.expect("checks finish").expect("no assertion failed");
+    assert!(seen.contains("credential_required"), "{seen:?}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
     let s = Sidecar::start().await;
