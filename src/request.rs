@@ -162,6 +162,26 @@ impl<'a> RequestView<'a> {
     }
 }
 
+/// The request id of a request that could not be normalized, read the same way as
+/// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`), so even a refusal can be
+/// matched to Envoy's access log.
+pub fn raw_request_id(req: &CheckRequest) -> &str {
+    let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
+        return "";
+    };
+    if !http.id.is_empty() {
+        return &http.id;
+    }
+    let from_map = http.header_map.as_ref().and_then(|m| {
+        m.headers.iter().find(|h| h.key.eq_ignore_ascii_case("x-request-id")).map(|h| {
+            if h.value.is_empty() { std::str::from_utf8(&h.raw_value).unwrap_or("") } else { h.value.as_str() }
+        })
+    });
+    from_map
+        .or_else(|| http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str()))
+        .unwrap_or("")
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     if s.is_empty() { None } else { Some(s) }
 }

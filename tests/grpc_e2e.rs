@@ -316,8 +316,10 @@ async fn header_map_only_requests_are_read_like_envoy_merged_ones() {
         assert_deny(&r, 403, "no_permit");
         let r = s.check(req("GET", "/public/../admin").build_header_map_only(raw)).await;
         assert!(!is_allowed(&r));
-        let r = s.check(req("GET", "/public%2fadmin").build_header_map_only(raw)).await;
+        let r =
+            s.check(req("GET", "/public%2fadmin").header("x-request-id", "rid-400").build_header_map_only(raw)).await;
         assert_eq!(http_status(&r), 400);
+        assert_eq!(meta(&r, "request_id"), "rid-400", "a refusal still carries the request id");
     }
 
     // A context header sent twice is read as Envoy's merged map reads it (joined with ","),
