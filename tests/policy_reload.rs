@@ -225,6 +225,10 @@ async fn no_valid_policy_means_not_serving_and_every_check_is_503() {
     // Over the Unix socket too.
     let r = s.uds().await.check(req("GET", "/public/status").build()).await.expect("rpc").into_inner();
     assert_eq!(meta(&r, "reason"), "no_policy");
+    let (_, metrics) = s.admin_get("/metrics").await;
+    let denied = metric(&metrics, r#"portcullis_checks_total{decision="deny",reason="no_policy"}"#);
+    assert_eq!(denied, Some(4.0), "{metrics}");
+    assert_eq!(metric(&metrics, r#"portcullis_checks_total{decision="allow",reason="allowed"}"#), None);
 
     std::fs::remove_file(s.policy_dir.join("broken.cedar")).expect("fix the files");
     eventually("health turns SERVING", || {
