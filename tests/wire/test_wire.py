@@ -127,7 +127,8 @@ def istio_request(method, path, headers=None, principal="", request_id="9f1c2e7a
 
 def via_grpclib(transport):
     async def call(req):
-        ch = Channel(path=UNIX) if transport == "unix" else Channel(*GRPC.split(":"))
+        host, port = GRPC.rsplit(":", 1)
+        ch = Channel(path=UNIX) if transport == "unix" else Channel(host, int(port))
         try:
             return await auth.AuthorizationAsyncStub(ch).check(req, timeout=TIMEOUT)
         finally:
