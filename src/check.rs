@@ -57,16 +57,7 @@ impl Checker {
     pub async fn check(&self, req: &CheckRequest) -> Decision {
         match RequestView::from_check(req, &self.limits) {
             Ok(view) => self.check_view(&view).await,
-            Err(e) => {
-                let id = req
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.request.as_ref())
-                    .and_then(|r| r.http.as_ref())
-                    .map(|h| h.id.as_str())
-                    .unwrap_or("");
-                Decision::deny(Status::BadRequest, e.label(), bounded(id))
-            }
+            Err(e) => Decision::deny(Status::BadRequest, e.label(), bounded(crate::request::raw_request_id(req))),
         }
     }
 

@@ -27,8 +27,8 @@ pub enum RequestError {
     BadEscape,
     #[error("path climbs above the root")]
     AboveRoot,
-    #[error("path has a dot segment with parameters (`..;`), which some servers resolve as `..`")]
-    DotSegmentParams,
+    #[error("path has a dot segment with parameters (`..;`)")]
+    DotSegmentParameter,
     #[error("too many headers")]
     TooManyHeaders,
     #[error("host is not valid")]
@@ -48,7 +48,7 @@ impl RequestError {
             RequestError::Backslash => "backslash",
             RequestError::BadEscape => "bad_escape",
             RequestError::AboveRoot => "above_root",
-            RequestError::DotSegmentParams => "dot_segment_params",
+            RequestError::DotSegmentParameter => "dot_segment_parameter",
             RequestError::TooManyHeaders => "too_many_headers",
             RequestError::BadHost => "bad_host",
         }
@@ -134,6 +134,23 @@ impl<'a> RequestView<'a> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
 
+    /// Every value of a header joined with `,`, as Envoy's merged `headers` map would show it,
+    /// so a policy never sees only the first of two copies while the upstream reads the other.
+    pub fn header_joined(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        let mut values = self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+        let first = values.next()?;
+        let rest: Vec<&str> = values.collect();
+        if rest.is_empty() {
+            return Some(std::borrow::Cow::Borrowed(first));
+        }
+        let mut joined = first.to_owned();
+        for v in rest {
+            joined.push(',');
+            joined.push_str(v);
+        }
+        Some(std::borrow::Cow::Owned(joined))
+    }
+
     /// How many times a header occurs (raw `header_map` keeps duplicates).
     pub fn header_count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
@@ -143,6 +160,26 @@ impl<'a> RequestView<'a> {
     pub fn headers(&self) -> &[(&'a str, &'a str)] {
         &self.headers
     }
+}
+
+/// The request id of a request that could not be normalized, read the same way as
+/// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`), so even a refusal can be
+/// matched to Envoy's access log.
+pub fn raw_request_id(req: &CheckRequest) -> &str {
+    let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
+        return "";
+    };
+    if !http.id.is_empty() {
+        return &http.id;
+    }
+    let from_map = http.header_map.as_ref().and_then(|m| {
+        m.headers.iter().find(|h| h.key.eq_ignore_ascii_case("x-request-id")).map(|h| {
+            if h.value.is_empty() { std::str::from_utf8(&h.raw_value).unwrap_or("") } else { h.value.as_str() }
+        })
+    });
+    from_map
+        .or_else(|| http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str()))
+        .unwrap_or("")
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -203,7 +240,8 @@ pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
 
 /// Canonicalizes a path: decodes percent-escapes of unreserved characters, upper-cases the
 /// rest, collapses duplicate slashes and resolves dot segments (after decoding, so `%2e%2e` is
-/// `..`). Encoded `/` or `\`, raw `\`, NUL/control escapes and climbing above `/` are refused.
+/// `..`). Encoded `/` or `\`, raw `\`, NUL/control escapes, climbing above `/` and dot segments
+/// carrying `;` parameters (`..;/`, which Tomcat-style servers read as `..`) are refused.
 pub fn normalize_path(raw: &str) -> Result<String, RequestError> {
     if !raw.starts_with('/') {
         return Err(RequestError::BadPath);
@@ -246,11 +284,13 @@ pub fn normalize_path(raw: &str) -> Result<String, RequestError> {
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        if let Some((base, _params)) = seg.split_once(';')
+            && matches!(base, "." | "..")
+        {
+            return Err(RequestError::DotSegmentParameter);
+        }
         match seg {
             "" | "." => {}
-            // Servlet containers treat `..;x` as `..`: refuse instead of guessing which one the
-            // upstream will see.
-            s if s.starts_with("..;") || s.starts_with(".;") => return Err(RequestError::DotSegmentParams),
             ".." => {
                 if segments.pop().is_none() {
                     return Err(RequestError::AboveRoot);
@@ -308,9 +348,10 @@ mod tests {
         assert_eq!(normalize_path("/a%2"), Err(RequestError::BadEscape));
         assert_eq!(normalize_path("/../etc"), Err(RequestError::AboveRoot));
         assert_eq!(normalize_path("relative"), Err(RequestError::BadPath));
-        assert_eq!(normalize_path("/public/..;/admin"), Err(RequestError::DotSegmentParams));
-        assert_eq!(normalize_path("/public/%2e%2e;x/admin"), Err(RequestError::DotSegmentParams));
-        assert_eq!(normalize_path("/public/.;/admin"), Err(RequestError::DotSegmentParams));
+        assert_eq!(normalize_path("/public/..;/admin"), Err(RequestError::DotSegmentParameter));
+        assert_eq!(normalize_path("/public/%2e%2e;x=1/admin"), Err(RequestError::DotSegmentParameter));
+        assert_eq!(normalize_path("/a/.;/b"), Err(RequestError::DotSegmentParameter));
+        assert_eq!(normalize_path("/a;v=1/b;c").unwrap(), "/a;v=1/b;c");
     }
 
     #[test]

@@ -127,7 +127,9 @@ pub fn authorize(
     let action = uid("Action", &req.method)?;
     let service = req.host.split('.').next().unwrap_or("");
     let resource = uid("Route", &format!("{}{}", req.host, req.path))?;
-    let route_tags = mapping.context_headers.iter().filter_map(|h| req.header(h).map(|v| (h.clone(), s(v))));
+    // All copies of a header, joined: a policy must not match on the first copy of a header
+    // whose second copy the upstream may read.
+    let route_tags = mapping.context_headers.iter().filter_map(|h| req.header_joined(h).map(|v| (h.clone(), s(&v))));
     extra.push(
         Entity::new_with_tags(
             resource.clone(),

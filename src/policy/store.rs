@@ -93,6 +93,11 @@ impl PolicyStore {
             && cur.source == source
         {
             self.reloads.get_or_create(&ResultLabel { result: "unchanged" }).inc();
+            // The source is back to the live content (e.g. a broken file was reverted): the
+            // last error no longer describes it.
+            if let Ok(mut st) = self.status.lock() {
+                st.last_error = None;
+            }
             return Ok(ApplyOutcome::Unchanged);
         }
         let built = PolicySnapshot::build(docs, source).and_then(|s| {

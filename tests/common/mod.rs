@@ -1,0 +1,453 @@
+//! Shared helpers for the integration tests: a real sidecar started from a YAML config built in a
+//! temp dir (policies copied from the demo, a JWKS made from the test key), token minting, a
+//! CheckRequest builder, gRPC clients over TCP and the Unix socket, and readers for the answer.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use portcullis::config::Config;
+use portcullis::proto::auth::authorization_client::AuthorizationClient;
+use portcullis::proto::auth::check_response::HttpResponse;
+use portcullis::proto::auth::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, attribute_context,
+};
+use portcullis::proto::core::{Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address};
+use portcullis::server::Running;
+use portcullis::token::TokenSpec;
+use prost_types::value::Kind;
+use tonic::transport::Channel;
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "demo-api";
+pub const KID: &str = "k1";
+pub const HOST: &str = "shop.default.svc.cluster.local";
+/// Every identity header the test config makes portcullis set (and strip from clients).
+pub const IDENTITY_HEADERS: [&str; 6] = [
+    "x-portcullis-principal",
+    "x-portcullis-subject",
+    "x-portcullis-issuer",
+    "x-portcullis-peer",
+    "x-portcullis-client",
+    "x-portcullis-email",
+];
+/// Upper bound on any wait in these tests; they never sleep for a fixed time to pass.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn key(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/keys").join(name)
+}
+
+/// Copies the demo policies into `dst`.
+pub fn copy_demo_policies(dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create policy dir");
+    for e in std::fs::read_dir(repo().join("examples/demo/policies")).expect("read demo policies") {
+        let e = e.expect("dir entry");
+        std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy policy file");
+    }
+}
+
+/// A sidecar running in this process, with everything it reads in its own temp dir.
+pub struct Sidecar {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub policy_dir: PathBuf,
+}
+
+impl Sidecar {
+    /// The demo policies, unchanged.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The demo policies, then `prepare` may change the policy directory before start.
+    pub async fn start_with(prepare: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_dir = dir.path().join("policies");
+        copy_demo_policies(&policy_dir);
+        prepare(&policy_dir);
+        let jwks = portcullis::token::jwks_for(&key("rsa1.pem"), Algorithm::RS256, KID).expect("jwks");
+        let jwks_path = dir.path().join("jwks.json");
+        std::fs::write(&jwks_path, serde_json::to_vec(&jwks).expect("jwks json")).expect("write jwks");
+        let yaml = format!(
+            r#"
+listen:
+  grpc: "127.0.0.1:0"
+  unix: "{sock}"
+  admin: "127.0.0.1:0"
+  drain_timeout: 2s
+policy:
+  dir: "{policies}"
+  debounce: 50ms
+authn:
+  issuers:
+    - issuer: {ISSUER}
+      jwks_file: "{jwks}"
+      audiences: [{AUDIENCE}]
+      algorithms: [RS256]
+      claims_to_headers:
+        email: x-portcullis-email
+  peer:
+    trust_domains: [cluster.local]
+  api_keys:
+    header: x-api-key
+    keys:
+      - client: batch
+        sha256: "74045098110de75482c9e34a190dab5a1dd308be1ed6e16fee2dc05e01152d74"
+headers:
+  policy_ids: x-portcullis-policy
+cedar:
+  context_headers: [x-tenant]
+"#,
+            sock = dir.path().join("authz.sock").display(),
+            policies = policy_dir.display(),
+            jwks = jwks_path.display(),
+        );
+        let cfg = Config::from_yaml(&yaml).expect("test config parses");
+        cfg.validate().expect("test config is valid");
+        let running = portcullis::server::start(cfg).await.expect("sidecar starts");
+        Sidecar { running: Some(running), dir, policy_dir }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("still running")
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.running().grpc_addr.expect("grpc listener"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().admin_addr.expect("admin listener"))
+    }
+
+    pub fn unix_path(&self) -> PathBuf {
+        self.running().unix_path.clone().expect("unix listener")
+    }
+
+    pub async fn tcp(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::new(tcp_channel(&self.grpc_url()).await)
+    }
+
+    pub async fn uds(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::new(uds_channel(&self.unix_path()).await)
+    }
+
+    /// One check over TCP.
+    pub async fn check(&self, req: CheckRequest) -> CheckResponse {
+        let mut c = self.tcp().await;
+        tokio::time::timeout(WAIT, c.check(req)).await.expect("check answered in time").expect("RPC ok").into_inner()
+    }
+
+    /// GET on the admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::Client::new().get(self.admin_url(path)).timeout(WAIT).send().await.expect("admin answers");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("admin body"))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(WAIT, r.shutdown()).await.expect("shutdown in time").expect("clean shutdown");
+        }
+    }
+}
+
+pub async fn tcp_channel(url: &str) -> Channel {
+    tonic::transport::Endpoint::try_from(url.to_owned())
+        .expect("endpoint")
+        .connect_timeout(WAIT)
+        .connect()
+        .await
+        .expect("connect over TCP")
+}
+
+pub async fn uds_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .expect("connect over the Unix socket")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// A token builder over the test issuer and key.
+pub struct Tok {
+    spec: TokenSpec,
+    key: PathBuf,
+}
+
+pub fn token(sub: &str) -> Tok {
+    Tok {
+        spec: TokenSpec {
+            issuer: ISSUER.into(),
+            subject: sub.into(),
+            audience: Some(AUDIENCE.into()),
+            groups: Vec::new(),
+            ttl: Duration::from_secs(600),
+            kid: Some(KID.into()),
+            extra: BTreeMap::new(),
+        },
+        key: key("rsa1.pem"),
+    }
+}
+
+impl Tok {
+    pub fn groups(mut self, g: &[&str]) -> Self {
+        self.spec.groups = g.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn claim(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
+        self.spec.extra.insert(k.into(), v.into());
+        self
+    }
+    /// Expired well past the leeway.
+    pub fn expired(self) -> Self {
+        let t = now();
+        self.claim("exp", t - 600).claim("iat", t - 1200).claim("nbf", t - 1200)
+    }
+    pub fn signed_with(mut self, key_name: &str) -> Self {
+        self.key = key(key_name);
+        self
+    }
+    pub fn mint(self) -> String {
+        portcullis::token::mint(&self.key, Algorithm::RS256, &self.spec).expect("mint")
+    }
+}
+
+/// An unsigned (`alg: none`) token with otherwise valid claims.
+pub fn alg_none_token(sub: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"alg": "none", "typ": "JWT", "kid": KID});
+    let t = now();
+    let claims = serde_json::json!({"iss": ISSUER, "sub": sub, "aud": AUDIENCE, "iat": t, "exp": t + 600});
+    format!("{}.{}.", b64.encode(header.to_string()), b64.encode(claims.to_string()))
+}
+
+/// An Istio-shaped request builder.
+#[derive(Clone)]
+pub struct Req {
+    method: String,
+    path: String,
+    host: String,
+    headers: Vec<(String, String)>,
+    source_principal: String,
+    source_ip: Option<String>,
+    id: String,
+}
+
+pub fn req(method: &str, path: &str) -> Req {
+    Req {
+        method: method.into(),
+        path: path.into(),
+        host: HOST.into(),
+        headers: Vec::new(),
+        source_principal: String::new(),
+        source_ip: Some("10.1.2.3".into()),
+        id: String::new(),
+    }
+}
+
+impl Req {
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn bearer(self, t: &str) -> Self {
+        self.header("authorization", &format!("Bearer {t}"))
+    }
+    pub fn peer(mut self, spiffe: &str) -> Self {
+        self.source_principal = spiffe.into();
+        self
+    }
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = id.into();
+        self
+    }
+    pub fn host(mut self, h: &str) -> Self {
+        self.host = h.into();
+        self
+    }
+
+    fn peer_msg(&self) -> attribute_context::Peer {
+        attribute_context::Peer {
+            address: self.source_ip.as_ref().map(|a| Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: a.clone(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+                    ..Default::default()
+                })),
+            }),
+            principal: self.source_principal.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn wrap(&self, http: attribute_context::HttpRequest) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(self.peer_msg()),
+                destination: Some(attribute_context::Peer {
+                    principal: "spiffe://cluster.local/ns/default/sa/shop".into(),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request { time: None, http: Some(http) }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// What Envoy sends by default: the merged `headers` map plus method/path/host fields.
+    pub fn build(&self) -> CheckRequest {
+        let mut headers: HashMap<String, String> =
+            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        headers.insert(":authority".into(), self.host.clone());
+        headers.insert(":method".into(), self.method.clone());
+        headers.insert(":path".into(), self.path.clone());
+        self.wrap(attribute_context::HttpRequest {
+            id: self.id.clone(),
+            method: self.method.clone(),
+            headers,
+            path: self.path.clone(),
+            host: self.host.clone(),
+            scheme: "http".into(),
+            protocol: "HTTP/1.1".into(),
+            ..Default::default()
+        })
+    }
+
+    /// What a proxyless gRPC client sends: only `header_map` (pseudo-headers included), no
+    /// method/path/host/id fields. `raw` puts every value in `raw_value` instead of `value`.
+    pub fn build_header_map_only(&self, raw: bool) -> CheckRequest {
+        let mut all = vec![
+            (":method".to_owned(), self.method.clone()),
+            (":path".to_owned(), self.path.clone()),
+            (":authority".to_owned(), self.host.clone()),
+            (":scheme".to_owned(), "http".to_owned()),
+        ];
+        all.extend(self.headers.iter().cloned());
+        let headers = all
+            .into_iter()
+            .map(|(k, v)| {
+                if raw {
+                    HeaderValue { key: k, value: String::new(), raw_value: v.into_bytes() }
+                } else {
+                    HeaderValue { key: k, value: v, raw_value: Vec::new() }
+                }
+            })
+            .collect();
+        self.wrap(attribute_context::HttpRequest {
+            header_map: Some(HeaderMap { headers }),
+            protocol: "HTTP/2".into(),
+            ..Default::default()
+        })
+    }
+}
+
+// ---- reading the answer ---------------------------------------------------------------------
+
+pub fn code(r: &CheckResponse) -> i32 {
+    r.status.as_ref().expect("status is always set").code
+}
+
+pub fn is_allowed(r: &CheckResponse) -> bool {
+    code(r) == 0 && matches!(r.http_response, Some(HttpResponse::OkResponse(_)))
+}
+
+/// The HTTP status Envoy would send: 200 for allow.
+pub fn http_status(r: &CheckResponse) -> i32 {
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map(|s| s.code).unwrap_or(403),
+        _ => panic!("no http_response in {r:?}"),
+    }
+}
+
+pub fn ok(r: &CheckResponse) -> &OkHttpResponse {
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(o)) => o,
+        other => panic!("expected ok_response, got {other:?}"),
+    }
+}
+
+pub fn denied(r: &CheckResponse) -> &DeniedHttpResponse {
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d,
+        other => panic!("expected denied_response, got {other:?}"),
+    }
+}
+
+/// A string field of the dynamic metadata.
+pub fn meta(r: &CheckResponse, k: &str) -> String {
+    match r.dynamic_metadata.as_ref().and_then(|m| m.fields.get(k)).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => s.clone(),
+        other => panic!("metadata `{k}` is not a string: {other:?}"),
+    }
+}
+
+/// The determining policy ids in the dynamic metadata.
+pub fn policy_ids(r: &CheckResponse) -> Vec<String> {
+    match r.dynamic_metadata.as_ref().and_then(|m| m.fields.get("policy_ids")).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(l)) => l
+            .values
+            .iter()
+            .map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => s.clone(),
+                other => panic!("policy id is not a string: {other:?}"),
+            })
+            .collect(),
+        other => panic!("policy_ids is not a list: {other:?}"),
+    }
+}
+
+/// Upstream headers set on allow, as name → value (asserting every one overwrites).
+pub fn upstream_headers(r: &CheckResponse) -> BTreeMap<String, String> {
+    use portcullis::proto::core::header_value_option::HeaderAppendAction;
+    let mut out = BTreeMap::new();
+    for h in &ok(r).headers {
+        assert_eq!(h.append, Some(false), "identity header must set append=false: {h:?}");
+        assert_eq!(
+            h.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            "identity header must overwrite: {h:?}"
+        );
+        let hv = h.header.as_ref().expect("header set");
+        assert!(out.insert(hv.key.clone(), hv.value.clone()).is_none(), "header {} set twice", hv.key);
+    }
+    out
+}
+
+/// A header of the denied response.
+pub fn denied_header(r: &CheckResponse, name: &str) -> Option<String> {
+    denied(r).headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == name).map(|h| h.value.clone())
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
