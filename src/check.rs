@@ -139,9 +139,10 @@ impl Checker {
             }
             AuthnError::InvalidApiKey => d.with_challenge(format!("ApiKey realm=\"{REALM}\", error=\"invalid_key\"")),
             AuthnError::KeysUnavailable => Decision { status: Status::Unavailable, ..d }.with_retry_after(5),
+            // Only API keys report this (a duplicated bearer token is an `invalid_token`).
             AuthnError::DuplicateCredential(_) => Decision {
                 status: Status::BadRequest,
-                ..d.with_challenge(format!("Bearer realm=\"{REALM}\", error=\"invalid_request\""))
+                ..d.with_challenge(format!("ApiKey realm=\"{REALM}\", error=\"invalid_request\""))
             },
             AuthnError::UntrustedPeer(_) => Decision { status: Status::Forbidden, ..d },
         }

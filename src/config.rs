@@ -475,6 +475,10 @@ pub struct Limits {
     /// Longest accepted token, checked before parsing.
     #[serde(default = "d_max_token")]
     pub max_token_bytes: usize,
+    /// Largest accepted gRPC CheckRequest (it grows with `with_request_body`). A larger one is an
+    /// RPC error, which Envoy turns into a deny with `failure_mode_allow: false`.
+    #[serde(default = "d_max_message")]
+    pub max_message_bytes: usize,
 }
 
 fn d_max_path() -> usize {
@@ -486,10 +490,18 @@ fn d_max_headers() -> usize {
 fn d_max_token() -> usize {
     16 * 1024
 }
+fn d_max_message() -> usize {
+    4 * 1024 * 1024
+}
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_path_bytes: d_max_path(), max_headers: d_max_headers(), max_token_bytes: d_max_token() }
+        Self {
+            max_path_bytes: d_max_path(),
+            max_headers: d_max_headers(),
+            max_token_bytes: d_max_token(),
+            max_message_bytes: d_max_message(),
+        }
     }
 }
 

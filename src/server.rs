@@ -163,7 +163,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         checker,
         opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
         metrics,
-    }));
+    }))
+    .max_decoding_message_size(cfg.limits.max_message_bytes);
     let router = || {
         tonic::transport::Server::builder()
             .add_service(health_svc.clone())

@@ -337,7 +337,10 @@ async fn header_map_only_requests_are_read_like_envoy_merged_ones() {
 
     // Two API keys: ambiguous, refused.
     let rq = req("POST", "/api/jobs/1").header("x-api-key", "demo-batch-key").header("x-api-key", "demo-batch-key");
-    assert_deny(&s.check(rq.build_header_map_only(false)).await, 400, "duplicate_credential");
+    let r = s.check(rq.build_header_map_only(false)).await;
+    assert_deny(&r, 400, "duplicate_credential");
+    let challenge = denied(&r).headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == "www-authenticate");
+    assert!(challenge.is_some_and(|h| h.value.starts_with("ApiKey ")), "{r:?}");
 
     // Too many headers.
     let mut rq = req("GET", "/public/status");
