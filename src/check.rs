@@ -11,6 +11,7 @@ use crate::config::{Config, HeaderNames, Limits};
 use crate::decision::{Decision, Status};
 use crate::policy::PolicyStore;
 use crate::proto::auth::CheckRequest;
+use crate::ratelimit::RateLimiter;
 use crate::request::RequestView;
 
 const REALM: &str = "portcullis";
@@ -26,6 +27,7 @@ pub struct Checker {
     credential_headers: Vec<String>,
     bearer_configured: bool,
     api_keys_configured: bool,
+    rate_limiter: Option<RateLimiter>,
 }
 
 impl Checker {
@@ -46,6 +48,7 @@ impl Checker {
             credential_headers,
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty(),
+            rate_limiter: cfg.rate_limit.as_ref().and_then(RateLimiter::new),
         })
     }
 
@@ -68,6 +71,12 @@ impl Checker {
             Ok(ids) => ids,
             Err(e) => return self.authn_denial(&e, rid),
         };
+        // Over-quota callers are turned away before any policy work.
+        if let Some(rl) = &self.rate_limiter
+            && let Err(wait) = rl.check(view, &ids)
+        {
+            return Decision::deny(Status::TooManyRequests, "rate_limited", rid).with_retry_after(wait);
+        }
         let Some(snapshot) = self.store.load() else {
             return Decision::deny(Status::Unavailable, "no_policy", rid).with_retry_after(5);
         };

@@ -49,6 +49,9 @@ pub struct Config {
     /// Bounds on request input.
     #[serde(default)]
     pub limits: Limits,
+    /// Per-caller rate limit (429 with `Retry-After`); off when absent.
+    #[serde(default)]
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
 }
 
 /// Listeners. Any of them may be disabled with `null`, but at least one of `grpc`/`unix` is needed.

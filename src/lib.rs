@@ -15,6 +15,7 @@ pub mod decision;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod server;
