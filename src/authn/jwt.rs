@@ -76,6 +76,8 @@ pub enum JwtError {
     MissingClaim,
     #[error("more than one token in the request")]
     Duplicate,
+    #[error("token was sent where its issuer does not accept it")]
+    WrongSource,
 }
 
 impl JwtError {
@@ -99,6 +101,7 @@ impl JwtError {
             JwtError::BadAudience => "bad_audience",
             JwtError::MissingClaim => "missing_claim",
             JwtError::Duplicate => "duplicate_token",
+            JwtError::WrongSource => "wrong_token_source",
         }
     }
 }
@@ -124,6 +127,8 @@ pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
 
 struct Issuer {
     name: Arc<str>,
+    /// Indices into `JwtAuthenticator::sources` this issuer's tokens may arrive from.
+    sources: Vec<usize>,
     keys: Arc<IssuerKeys>,
     validations: HashMap<Algorithm, Validation>,
     required_claims: Vec<String>,
@@ -181,14 +186,19 @@ impl JwtAuthenticator {
         let mut by_name = HashMap::new();
         let mut sources: Vec<TokenSource> = Vec::new();
         for ic in &cfg.issuers {
-            let issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            let mut issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            for s in &ic.from {
+                let idx = match sources.iter().position(|x| x == s) {
+                    Some(i) => i,
+                    None => {
+                        sources.push(s.clone());
+                        sources.len() - 1
+                    }
+                };
+                issuer.sources.push(idx);
+            }
             by_name.insert(ic.issuer.clone(), issuers.len());
             issuers.push(issuer);
-            for s in &ic.from {
-                if !sources.contains(s) {
-                    sources.push(s.clone());
-                }
-            }
         }
         let cache = (cfg.token_cache.max_entries > 0).then(|| {
             moka::future::Cache::builder()
@@ -233,6 +243,17 @@ impl JwtAuthenticator {
         }
     }
 
+    /// Number of tokens in the verified-token cache, after pending evictions have run.
+    pub async fn cached_tokens(&self) -> u64 {
+        match &self.cache {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                c.entry_count()
+            }
+            None => 0,
+        }
+    }
+
     /// `Ok(None)` when the request carries no token; an error for a present-but-bad one.
     pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Option<Arc<JwtIdentity>>, AuthnError> {
         if self.issuers.is_empty() {
@@ -240,17 +261,25 @@ impl JwtAuthenticator {
         }
         let res = match self.extract(req) {
             Ok(None) => return Ok(None),
-            Ok(Some(token)) => self.verify(token).await,
+            Ok(Some((token, source))) => self.verify_from(token, Some(source)).await,
             Err(e) => Err(AuthnError::InvalidToken(e)),
         };
-        if let Err(e) = &res {
-            self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+        match res {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+                // RFC 6750 §3.1: more than one token is `invalid_request` (400), not a bad token.
+                Err(match e {
+                    AuthnError::InvalidToken(JwtError::Duplicate) => AuthnError::DuplicateCredential("bearer token"),
+                    e => e,
+                })
+            }
         }
-        res.map(Some)
     }
 
-    fn extract<'a>(&self, req: &RequestView<'a>) -> Result<Option<&'a str>, JwtError> {
-        for src in &self.sources {
+    /// The token and the index of the source it came from.
+    fn extract<'a>(&self, req: &RequestView<'a>) -> Result<Option<(&'a str, usize)>, JwtError> {
+        for (idx, src) in self.sources.iter().enumerate() {
             match src {
                 TokenSource::Header { header, prefix } => {
                     match req.header_count(header) {
@@ -270,7 +299,7 @@ impl JwtAuthenticator {
                     if token.is_empty() {
                         return Err(JwtError::Malformed);
                     }
-                    return Ok(Some(token));
+                    return Ok(Some((token, idx)));
                 }
                 TokenSource::Cookie { cookie } => {
                     let mut found = None;
@@ -290,7 +319,7 @@ impl JwtAuthenticator {
                         }
                     }
                     if let Some(t) = found {
-                        return Ok(Some(t));
+                        return Ok(Some((t, idx)));
                     }
                 }
             }
@@ -298,8 +327,13 @@ impl JwtAuthenticator {
         Ok(None)
     }
 
-    /// Verifies one token (or answers from the verified-token cache).
+    /// Verifies one token from any source (or answers from the verified-token cache).
     pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, AuthnError> {
+        self.verify_from(token, None).await
+    }
+
+    /// Verifies one token; with `source`, its issuer must accept tokens from that source.
+    async fn verify_from(&self, token: &str, source: Option<usize>) -> Result<Arc<JwtIdentity>, AuthnError> {
         // Size first: nothing is parsed from an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge.into());
@@ -309,13 +343,14 @@ impl JwtAuthenticator {
             if let Some(hit) = cache.get(&digest).await {
                 if self.still_valid(&hit).await {
                     self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    self.check_source(hit.issuer, source)?;
                     return Ok(hit.identity);
                 }
                 cache.invalidate(&digest).await;
             }
             self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
         }
-        let (identity, issuer) = self.verify_uncached(token).await?;
+        let (identity, issuer) = self.verify_uncached(token, source).await?;
         if let Some(cache) = &self.cache {
             cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
         }
@@ -328,7 +363,7 @@ impl JwtAuthenticator {
             return false;
         }
         let Some(iss) = self.issuers.get(hit.issuer) else { return false };
-        match iss.keys.current().await {
+        match iss.keys.serving().await {
             Some(set) => {
                 set.find(hit.identity.kid.as_deref()).is_some_and(|k| k.fingerprint == hit.identity.key_fingerprint)
             }
@@ -336,7 +371,21 @@ impl JwtAuthenticator {
         }
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
+    /// A token from a source its issuer does not list is refused: a cookie-borne token for an
+    /// issuer configured for bearer headers only would otherwise open it to CSRF.
+    fn check_source(&self, issuer: usize, source: Option<usize>) -> Result<(), JwtError> {
+        match (source, self.issuers.get(issuer)) {
+            (None, Some(_)) => Ok(()),
+            (Some(s), Some(iss)) if iss.sources.contains(&s) => Ok(()),
+            _ => Err(JwtError::WrongSource),
+        }
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        source: Option<usize>,
+    ) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
         let parts: Vec<&str> = token.split('.').collect();
         match parts.len() {
             3 => {}
@@ -350,6 +399,7 @@ impl JwtAuthenticator {
         let unverified = decode_segment(parts[1])?;
         let iss_name = unverified.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
         let idx = *self.by_name.get(iss_name).ok_or(JwtError::UnknownIssuer)?;
+        self.check_source(idx, source)?;
         let issuer = &self.issuers[idx];
         let validation = issuer.validations.get(&alg).ok_or(JwtError::AlgorithmNotAllowed)?;
 
@@ -426,11 +476,18 @@ fn build_issuer(
         }
         v.leeway = ic.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // jsonwebtoken checks `aud` only when the token has one: with audiences configured, a
+        // token without `aud` must not slip through, so make it required.
+        if ic.audiences.is_empty() {
+            v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        } else {
+            v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        }
         validations.insert(alg, v);
     }
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
+        sources: Vec::new(),
         keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, metrics),
         validations,
         required_claims: ic.required_claims.clone(),
@@ -488,6 +545,7 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
         K::ImmatureSignature => JwtError::NotYetValid,
         K::InvalidAudience => JwtError::BadAudience,
         K::InvalidIssuer => JwtError::UnknownIssuer,
+        K::MissingRequiredClaim(c) if c == "aud" => JwtError::BadAudience,
         K::MissingRequiredClaim(_) => JwtError::MissingClaim,
         K::InvalidAlgorithm => JwtError::AlgorithmNotAllowed,
         K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => JwtError::KeyMismatch,
