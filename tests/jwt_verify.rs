@@ -474,3 +474,18 @@ async fn rejections_are_counted_by_reason() {
     assert!(text.contains(r#"token_rejections_total{reason="embedded_key"} 1"#), "{text}");
     assert!(text.contains(r#"token_rejections_total{reason="token_malformed"} 1"#), "{text}");
 }
+
+#[tokio::test]
+async fn unreadable_or_empty_ca_file_fails_at_start_naming_the_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for path in [dir.path().join("missing.pem"), garbage] {
+        let cfg = config(&format!(
+            "  issuers:\n    - issuer: https://k8s.example\n      ca_file: {}\n      audiences: [{AUD}]\n",
+            path.display()
+        ));
+        let err = Authenticator::new(&cfg, &mut Registry::default()).err().expect("refused");
+        assert!(err.to_string().contains("https://k8s.example"), "{err}");
+    }
+}

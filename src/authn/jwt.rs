@@ -176,11 +176,7 @@ pub struct JwtAuthenticator {
 
 impl JwtAuthenticator {
     pub fn new(cfg: &AuthnConfig, limits: &Limits, registry: &mut Registry) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.jwks.fetch_timeout)
-            .timeout(cfg.jwks.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+        let client = http_client(cfg, None)?;
         let jwks_metrics = JwksMetrics::register(registry);
         let mut issuers = Vec::new();
         let mut by_name = HashMap::new();
@@ -443,12 +439,36 @@ impl JwtAuthenticator {
 
 const RESERVED: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
+/// The HTTP client for discovery and JWKS fetches; `ca_file` adds trusted roots for one issuer.
+fn http_client(cfg: &AuthnConfig, ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.jwks.fetch_timeout)
+        .timeout(cfg.jwks.fetch_timeout)
+        .redirect(reqwest::redirect::Policy::limited(3));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("ca_file {} holds no PEM certificate", path.display());
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b.build()?)
+}
+
 fn build_issuer(
     ic: &IssuerConfig,
     cfg: &AuthnConfig,
     client: reqwest::Client,
     metrics: JwksMetrics,
 ) -> anyhow::Result<Issuer> {
+    let client = match &ic.ca_file {
+        Some(path) => http_client(cfg, Some(path)).map_err(|e| anyhow::anyhow!("issuer {}: {e}", ic.issuer))?,
+        None => client,
+    };
     let source = if let Some(path) = &ic.hmac_secret_file {
         let secret =
             std::fs::read(path).map_err(|e| anyhow::anyhow!("issuer {}: reading hmac_secret_file: {e}", ic.issuer))?;
