@@ -314,3 +314,36 @@ async fn cached_token_is_dropped_at_its_exp() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn warm_up_fetches_once_and_the_first_request_hits_the_cache() {
+    let rsa = TestKey::rsa1();
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    let (a, registry) = authenticator(&idp, "", "    max_stale: 1h\n");
+    a.jwt().warm_up().await;
+    a.jwt().warm_up().await;
+    assert_eq!(idp.jwks_fetches(), 1);
+    check(&a, &fresh(&rsa, &idp)).await.unwrap();
+    assert_eq!(idp.jwks_fetches(), 1);
+    let text = portcullis::metrics::encode(&registry);
+    assert!(text.contains(&format!(r#"jwks_key_lookups_total{{issuer="{}",result="hit"}} 1"#, idp.issuer)), "{text}");
+    let miss = format!(r#"jwks_key_lookups_total{{issuer="{}",result="miss"}}"#, idp.issuer);
+    assert!(!text.contains(&miss), "warm-up is not a key-cache miss\n{text}");
+}
+
+#[tokio::test]
+async fn discovery_document_naming_another_issuer_is_not_trusted() {
+    let rsa = TestKey::rsa1();
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    // Same discovery URL, but the document names the issuer without the trailing slash.
+    let iss = format!("{}/", idp.issuer);
+    let cfg = config(&format!("  issuers:\n    - issuer: {iss}\n      audiences: [{AUD}]\n"));
+    let mut registry = Registry::default();
+    let a = Authenticator::new(&cfg, &mut registry).unwrap();
+    let t = rsa.token(&claims(&iss, AUD, "alice"));
+    assert!(matches!(check(&a, &t).await, Err(AuthnError::KeysUnavailable)));
+    assert_eq!(idp.discovery_fetches(), 1);
+    assert_eq!(idp.jwks_fetches(), 0, "the JWKS of a mismatched issuer is never fetched");
+    let text = portcullis::metrics::encode(&registry);
+    assert!(text.contains(r#"result="invalid"} 1"#), "{text}");
+}

@@ -489,3 +489,26 @@ async fn unreadable_or_empty_ca_file_fails_at_start_naming_the_issuer() {
         assert!(err.to_string().contains("https://k8s.example"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn pss_and_other_rsa_algorithms_verify_with_a_jwk_that_pins_no_alg() {
+    let rsa = TestKey::rsa1();
+    let mut jwk = rsa.jwk.clone();
+    jwk.as_object_mut().unwrap().remove("alg");
+    let idp = Idp::start(vec![jwk]).await;
+    let cfg = config(&format!(
+        "  issuers:\n    - issuer: {}\n      audiences: [{AUD}]\n      algorithms: [RS256, RS384, RS512, PS256, PS384, PS512]\n",
+        idp.issuer
+    ));
+    let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        let header = json!({"alg": alg, "kid": rsa.kid, "typ": "JWT"});
+        let token = rsa.sign(&header, &claims(&idp.issuer, AUD, alg));
+        assert_eq!(authn(&a, &bearer(&token)).await.unwrap().jwt.unwrap().subject, alg);
+    }
+    // An allowed algorithm of the wrong family for the key is still refused.
+    let ed = TestKey::ed25519();
+    let header = json!({"alg": "EdDSA", "kid": rsa.kid});
+    let e = authn(&a, &bearer(&ed.sign(&header, &claims(&idp.issuer, AUD, "x")))).await.unwrap_err();
+    assert_eq!(e.label(), "alg_not_allowed");
+}

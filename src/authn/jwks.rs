@@ -244,6 +244,11 @@ impl IssuerKeys {
         Some(set)
     }
 
+    /// Loads the key set if nothing is cached yet (no unknown-kid refresh). True if keys are held.
+    pub async fn warm(self: &Arc<Self>) -> bool {
+        self.load().await.is_some()
+    }
+
     fn count_lookup(&self, result: &'static str) {
         self.metrics.lookups.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).inc();
     }

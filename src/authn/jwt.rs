@@ -231,9 +231,7 @@ impl JwtAuthenticator {
     /// Fetches every issuer's keys once, so the first request does not pay for it.
     pub async fn warm_up(&self) {
         for iss in &self.issuers {
-            if let Err(e) = iss.keys.key_for(Some("\u{0}warm-up")).await
-                && e == KeyLookupError::Unavailable
-            {
+            if !iss.keys.warm().await {
                 tracing::warn!(issuer = %iss.name, "signing keys not available at start-up");
             }
         }
