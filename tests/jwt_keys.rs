@@ -347,3 +347,21 @@ async fn discovery_document_naming_another_issuer_is_not_trusted() {
     let text = portcullis::metrics::encode(&registry);
     assert!(text.contains(r#"result="invalid"} 1"#), "{text}");
 }
+
+#[tokio::test]
+async fn cache_control_shorter_than_min_ttl_does_not_cause_refetches() {
+    let rsa = TestKey::rsa1();
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    idp.set_cache_control(Some("no-store"));
+    let (a, _) = authenticator(
+        &idp,
+        "",
+        "    min_ttl: 1h\n    max_ttl: 2h\n    max_stale: 1h\n    unknown_kid_refresh_interval: 10ms\n",
+    );
+    for _ in 0..5 {
+        check(&a, &fresh(&rsa, &idp)).await.unwrap();
+        // Give any (wrongly) due background refresh time to happen.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idp.jwks_fetches(), 1, "no-store is raised to min_ttl");
+}
