@@ -208,6 +208,10 @@ pub struct IssuerConfig {
     /// JWKS read from a file (re-read on refresh).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted, besides the system roots, for this issuer's
+    /// discovery and JWKS fetches (e.g. the Kubernetes service-account `ca.crt`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// File holding an HMAC secret; only then are HS256/384/512 accepted for this issuer.
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
@@ -541,6 +545,9 @@ impl Config {
                 fix(f);
             }
             if let Some(f) = iss.hmac_secret_file.as_mut() {
+                fix(f);
+            }
+            if let Some(f) = iss.ca_file.as_mut() {
                 fix(f);
             }
         }

@@ -9,6 +9,9 @@
 //!   the provider.
 //! - Fetches have a timeout and a response-size bound; a key that vanishes from the JWKS is gone
 //!   from the next key set.
+//! - With nothing cached (first start, or past `max_stale`), a failed fetch is not retried more
+//!   often than `unknown_kid_refresh_interval` either: callers get "unavailable" at once instead
+//!   of each waiting a full fetch timeout on a provider that is down.
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,8 @@ use crate::config::JwksConfig;
 pub enum JwksError {
     #[error("fetch of {url} failed: {message}")]
     Fetch { url: String, message: String },
+    #[error("fetch of {url} timed out")]
+    Timeout { url: String },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url} response exceeds {limit} bytes")]
@@ -41,16 +46,20 @@ pub enum JwksError {
     IssuerMismatch { expected: String, found: String },
     #[error("cannot read {path}: {message}")]
     Read { path: PathBuf, message: String },
+    #[error("not retrying yet: the last attempt failed less than the refresh interval ago")]
+    Backoff,
 }
 
 impl JwksError {
     fn label(&self) -> &'static str {
         match self {
             JwksError::Fetch { .. } | JwksError::Read { .. } => "unreachable",
+            JwksError::Timeout { .. } => "timeout",
             JwksError::Status { .. } => "bad_status",
             JwksError::TooLarge { .. } => "too_large",
             JwksError::Parse { .. } | JwksError::IssuerMismatch { .. } => "invalid",
             JwksError::NoUsableKeys { .. } => "no_keys",
+            JwksError::Backoff => "backoff",
         }
     }
 }
@@ -93,6 +102,8 @@ impl std::fmt::Debug for VerifyKey {
 #[derive(Debug)]
 pub struct KeySet {
     keys: Vec<Arc<VerifyKey>>,
+    /// An HMAC issuer has exactly one secret, so a token's `kid` cannot select anything.
+    ignore_kid: bool,
     pub generation: u64,
     pub fetched_at: Instant,
     pub fresh_until: Instant,
@@ -102,6 +113,9 @@ pub struct KeySet {
 impl KeySet {
     /// Key for a `kid`; without a `kid`, only an unambiguous single key matches.
     pub fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
+        if self.ignore_kid {
+            return self.keys.first();
+        }
         match kid {
             Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
             None if self.keys.len() == 1 => self.keys.first(),
@@ -148,6 +162,7 @@ struct IssuerLabel {
 pub struct JwksMetrics {
     fetches: Family<IssuerResult, Counter>,
     keys: Family<IssuerLabel, Gauge>,
+    lookups: Family<IssuerResult, Counter>,
 }
 
 impl JwksMetrics {
@@ -155,6 +170,11 @@ impl JwksMetrics {
         let m = Self::default();
         registry.register("jwks_fetches", "JWKS and discovery fetches by issuer and result", m.fetches.clone());
         registry.register("jwks_keys", "Usable signing keys per issuer", m.keys.clone());
+        registry.register(
+            "jwks_key_lookups",
+            "Signing-key lookups by issuer and result: hit (served from the cached key set) or miss (needed a fetch)",
+            m.lookups.clone(),
+        );
         m
     }
 }
@@ -213,15 +233,43 @@ impl IssuerKeys {
         self.cache.get(&()).await
     }
 
-    /// Finds the key for a token's `kid`, fetching or refreshing as the rules above allow.
-    pub async fn key_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<VerifyKey>, KeyLookupError> {
-        let set = self.load().await.ok_or(KeyLookupError::Unavailable)?;
-        let now = Instant::now();
-        if set.refresh_due(now) {
+    /// The key set currently served, starting a background refresh when one is due. Used by
+    /// the verified-token cache, so that tokens answered from it alone still keep keys fresh
+    /// (and so notice a removed key) instead of riding the old set until `max_stale`.
+    pub async fn serving(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        let set = self.cache.get(&()).await?;
+        if set.refresh_due(Instant::now()) {
             self.spawn_background_refresh();
         }
+        Some(set)
+    }
+
+    /// Loads the key set if nothing is cached yet (no unknown-kid refresh). True if keys are held.
+    pub async fn warm(self: &Arc<Self>) -> bool {
+        self.load().await.is_some()
+    }
+
+    fn count_lookup(&self, result: &'static str) {
+        self.metrics.lookups.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).inc();
+    }
+
+    /// Finds the key for a token's `kid`, fetching or refreshing as the rules above allow.
+    pub async fn key_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<VerifyKey>, KeyLookupError> {
+        let (set, cached) = match self.serving().await {
+            Some(set) => (set, true),
+            None => {
+                self.count_lookup("miss");
+                (self.load().await.ok_or(KeyLookupError::Unavailable)?, false)
+            }
+        };
         if let Some(k) = set.find(kid) {
+            if cached {
+                self.count_lookup("hit");
+            }
             return Ok(k.clone());
+        }
+        if cached {
+            self.count_lookup("miss");
         }
         // Unknown kid: maybe the issuer rotated. At most one fetch at a time, rate-limited.
         match self.refresh_after(set.generation).await {
@@ -239,22 +287,22 @@ impl IssuerKeys {
         let res = self
             .cache
             .try_get_with((), async move {
-                this.note_attempt();
+                // Concurrent callers share this one future; after a failed attempt, later ones
+                // fail fast until the interval has passed.
+                if !this.attempt_allowed() {
+                    return Err(JwksError::Backoff);
+                }
                 this.fetch().await.map(Arc::new)
             })
             .await;
         match res {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(issuer = %self.issuer, error = %e, "no signing keys available");
+                if !matches!(*e, JwksError::Backoff) {
+                    tracing::warn!(issuer = %self.issuer, error = %e, "no signing keys available");
+                }
                 None
             }
-        }
-    }
-
-    fn note_attempt(&self) {
-        if let Ok(mut g) = self.last_attempt.lock() {
-            *g = Some(Instant::now());
         }
     }
 
@@ -316,6 +364,13 @@ impl IssuerKeys {
     /// Fetches and parses the key set once. Records the result in metrics.
     pub async fn fetch(&self) -> Result<KeySet, JwksError> {
         let res = self.fetch_inner().await;
+        if res.is_err()
+            && matches!(self.source, KeySource::Discovery { .. })
+            && let Ok(mut g) = self.discovered_uri.lock()
+        {
+            // The provider may have moved its JWKS; discover again on the next attempt.
+            *g = None;
+        }
         let result = match &res {
             Ok(_) => "ok",
             Err(e) => e.label(),
@@ -329,6 +384,7 @@ impl IssuerKeys {
     }
 
     async fn fetch_inner(&self) -> Result<KeySet, JwksError> {
+        let ignore_kid = matches!(self.source, KeySource::Hmac(_));
         let (keys, ttl) = match &self.source {
             KeySource::Hmac(secret) => {
                 let key = VerifyKey {
@@ -364,6 +420,7 @@ impl IssuerKeys {
         let fresh_until = now + ttl;
         Ok(KeySet {
             keys,
+            ignore_kid,
             generation: self.generation.fetch_add(1, Ordering::AcqRel) + 1,
             fetched_at: now,
             fresh_until,
@@ -401,7 +458,13 @@ impl IssuerKeys {
 
     async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
         let limit = self.settings.max_response_bytes;
-        let fetch_err = |e: reqwest::Error| JwksError::Fetch { url: url.to_owned(), message: e.to_string() };
+        let fetch_err = |e: reqwest::Error| {
+            if e.is_timeout() {
+                JwksError::Timeout { url: url.to_owned() }
+            } else {
+                JwksError::Fetch { url: url.to_owned(), message: e.to_string() }
+            }
+        };
         let fut = async {
             let mut resp = self.client.get(url).send().await.map_err(fetch_err)?;
             if !resp.status().is_success() {
@@ -427,7 +490,7 @@ impl IssuerKeys {
         // The timeout covers the whole exchange, body included, so a trickling server cannot stall us.
         tokio::time::timeout(self.settings.fetch_timeout, fut)
             .await
-            .unwrap_or_else(|_| Err(JwksError::Fetch { url: url.to_owned(), message: "timed out".into() }))
+            .unwrap_or_else(|_| Err(JwksError::Timeout { url: url.to_owned() }))
     }
 }
 

@@ -76,6 +76,8 @@ pub enum JwtError {
     MissingClaim,
     #[error("more than one token in the request")]
     Duplicate,
+    #[error("token was sent where its issuer does not accept it")]
+    WrongSource,
 }
 
 impl JwtError {
@@ -99,6 +101,7 @@ impl JwtError {
             JwtError::BadAudience => "bad_audience",
             JwtError::MissingClaim => "missing_claim",
             JwtError::Duplicate => "duplicate_token",
+            JwtError::WrongSource => "wrong_token_source",
         }
     }
 }
@@ -124,6 +127,8 @@ pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
 
 struct Issuer {
     name: Arc<str>,
+    /// Indices into `JwtAuthenticator::sources` this issuer's tokens may arrive from.
+    sources: Vec<usize>,
     keys: Arc<IssuerKeys>,
     validations: HashMap<Algorithm, Validation>,
     required_claims: Vec<String>,
@@ -171,24 +176,25 @@ pub struct JwtAuthenticator {
 
 impl JwtAuthenticator {
     pub fn new(cfg: &AuthnConfig, limits: &Limits, registry: &mut Registry) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.jwks.fetch_timeout)
-            .timeout(cfg.jwks.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+        let client = http_client(cfg, None)?;
         let jwks_metrics = JwksMetrics::register(registry);
         let mut issuers = Vec::new();
         let mut by_name = HashMap::new();
         let mut sources: Vec<TokenSource> = Vec::new();
         for ic in &cfg.issuers {
-            let issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            let mut issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            for s in &ic.from {
+                let idx = match sources.iter().position(|x| x == s) {
+                    Some(i) => i,
+                    None => {
+                        sources.push(s.clone());
+                        sources.len() - 1
+                    }
+                };
+                issuer.sources.push(idx);
+            }
             by_name.insert(ic.issuer.clone(), issuers.len());
             issuers.push(issuer);
-            for s in &ic.from {
-                if !sources.contains(s) {
-                    sources.push(s.clone());
-                }
-            }
         }
         let cache = (cfg.token_cache.max_entries > 0).then(|| {
             moka::future::Cache::builder()
@@ -225,11 +231,20 @@ impl JwtAuthenticator {
     /// Fetches every issuer's keys once, so the first request does not pay for it.
     pub async fn warm_up(&self) {
         for iss in &self.issuers {
-            if let Err(e) = iss.keys.key_for(Some("\u{0}warm-up")).await
-                && e == KeyLookupError::Unavailable
-            {
+            if !iss.keys.warm().await {
                 tracing::warn!(issuer = %iss.name, "signing keys not available at start-up");
             }
+        }
+    }
+
+    /// Number of tokens in the verified-token cache, after pending evictions have run.
+    pub async fn cached_tokens(&self) -> u64 {
+        match &self.cache {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                c.entry_count()
+            }
+            None => 0,
         }
     }
 
@@ -240,17 +255,25 @@ impl JwtAuthenticator {
         }
         let res = match self.extract(req) {
             Ok(None) => return Ok(None),
-            Ok(Some(token)) => self.verify(token).await,
+            Ok(Some((token, source))) => self.verify_from(token, Some(source)).await,
             Err(e) => Err(AuthnError::InvalidToken(e)),
         };
-        if let Err(e) = &res {
-            self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+        match res {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+                // RFC 6750 §3.1: more than one token is `invalid_request` (400), not a bad token.
+                Err(match e {
+                    AuthnError::InvalidToken(JwtError::Duplicate) => AuthnError::DuplicateCredential("bearer token"),
+                    e => e,
+                })
+            }
         }
-        res.map(Some)
     }
 
-    fn extract<'a>(&self, req: &RequestView<'a>) -> Result<Option<&'a str>, JwtError> {
-        for src in &self.sources {
+    /// The token and the index of the source it came from.
+    fn extract<'a>(&self, req: &RequestView<'a>) -> Result<Option<(&'a str, usize)>, JwtError> {
+        for (idx, src) in self.sources.iter().enumerate() {
             match src {
                 TokenSource::Header { header, prefix } => {
                     match req.header_count(header) {
@@ -270,7 +293,7 @@ impl JwtAuthenticator {
                     if token.is_empty() {
                         return Err(JwtError::Malformed);
                     }
-                    return Ok(Some(token));
+                    return Ok(Some((token, idx)));
                 }
                 TokenSource::Cookie { cookie } => {
                     let mut found = None;
@@ -290,7 +313,7 @@ impl JwtAuthenticator {
                         }
                     }
                     if let Some(t) = found {
-                        return Ok(Some(t));
+                        return Ok(Some((t, idx)));
                     }
                 }
             }
@@ -298,8 +321,13 @@ impl JwtAuthenticator {
         Ok(None)
     }
 
-    /// Verifies one token (or answers from the verified-token cache).
+    /// Verifies one token from any source (or answers from the verified-token cache).
     pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, AuthnError> {
+        self.verify_from(token, None).await
+    }
+
+    /// Verifies one token; with `source`, its issuer must accept tokens from that source.
+    async fn verify_from(&self, token: &str, source: Option<usize>) -> Result<Arc<JwtIdentity>, AuthnError> {
         // Size first: nothing is parsed from an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge.into());
@@ -309,13 +337,14 @@ impl JwtAuthenticator {
             if let Some(hit) = cache.get(&digest).await {
                 if self.still_valid(&hit).await {
                     self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    self.check_source(hit.issuer, source)?;
                     return Ok(hit.identity);
                 }
                 cache.invalidate(&digest).await;
             }
             self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
         }
-        let (identity, issuer) = self.verify_uncached(token).await?;
+        let (identity, issuer) = self.verify_uncached(token, source).await?;
         if let Some(cache) = &self.cache {
             cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
         }
@@ -328,7 +357,7 @@ impl JwtAuthenticator {
             return false;
         }
         let Some(iss) = self.issuers.get(hit.issuer) else { return false };
-        match iss.keys.current().await {
+        match iss.keys.serving().await {
             Some(set) => {
                 set.find(hit.identity.kid.as_deref()).is_some_and(|k| k.fingerprint == hit.identity.key_fingerprint)
             }
@@ -336,7 +365,21 @@ impl JwtAuthenticator {
         }
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
+    /// A token from a source its issuer does not list is refused: a cookie-borne token for an
+    /// issuer configured for bearer headers only would otherwise open it to CSRF.
+    fn check_source(&self, issuer: usize, source: Option<usize>) -> Result<(), JwtError> {
+        match (source, self.issuers.get(issuer)) {
+            (None, Some(_)) => Ok(()),
+            (Some(s), Some(iss)) if iss.sources.contains(&s) => Ok(()),
+            _ => Err(JwtError::WrongSource),
+        }
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        source: Option<usize>,
+    ) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
         let parts: Vec<&str> = token.split('.').collect();
         match parts.len() {
             3 => {}
@@ -350,6 +393,7 @@ impl JwtAuthenticator {
         let unverified = decode_segment(parts[1])?;
         let iss_name = unverified.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
         let idx = *self.by_name.get(iss_name).ok_or(JwtError::UnknownIssuer)?;
+        self.check_source(idx, source)?;
         let issuer = &self.issuers[idx];
         let validation = issuer.validations.get(&alg).ok_or(JwtError::AlgorithmNotAllowed)?;
 
@@ -393,12 +437,36 @@ impl JwtAuthenticator {
 
 const RESERVED: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
+/// The HTTP client for discovery and JWKS fetches; `ca_file` adds trusted roots for one issuer.
+fn http_client(cfg: &AuthnConfig, ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.jwks.fetch_timeout)
+        .timeout(cfg.jwks.fetch_timeout)
+        .redirect(reqwest::redirect::Policy::limited(3));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("ca_file {} holds no PEM certificate", path.display());
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b.build()?)
+}
+
 fn build_issuer(
     ic: &IssuerConfig,
     cfg: &AuthnConfig,
     client: reqwest::Client,
     metrics: JwksMetrics,
 ) -> anyhow::Result<Issuer> {
+    let client = match &ic.ca_file {
+        Some(path) => http_client(cfg, Some(path)).map_err(|e| anyhow::anyhow!("issuer {}: {e}", ic.issuer))?,
+        None => client,
+    };
     let source = if let Some(path) = &ic.hmac_secret_file {
         let secret =
             std::fs::read(path).map_err(|e| anyhow::anyhow!("issuer {}: reading hmac_secret_file: {e}", ic.issuer))?;
@@ -426,11 +494,18 @@ fn build_issuer(
         }
         v.leeway = ic.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // jsonwebtoken checks `aud` only when the token has one: with audiences configured, a
+        // token without `aud` must not slip through, so make it required.
+        if ic.audiences.is_empty() {
+            v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        } else {
+            v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        }
         validations.insert(alg, v);
     }
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
+        sources: Vec::new(),
         keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, metrics),
         validations,
         required_claims: ic.required_claims.clone(),
@@ -488,6 +563,7 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
         K::ImmatureSignature => JwtError::NotYetValid,
         K::InvalidAudience => JwtError::BadAudience,
         K::InvalidIssuer => JwtError::UnknownIssuer,
+        K::MissingRequiredClaim(c) if c == "aud" => JwtError::BadAudience,
         K::MissingRequiredClaim(_) => JwtError::MissingClaim,
         K::InvalidAlgorithm => JwtError::AlgorithmNotAllowed,
         K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => JwtError::KeyMismatch,
