@@ -163,9 +163,16 @@ pub struct KubernetesSource {
     /// Namespaces to watch; empty means the pod's own namespace (`POD_NAMESPACE`).
     #[serde(default)]
     pub namespaces: Vec<String>,
-    /// Label selector for policy ConfigMaps.
+    /// Label selector for policy ConfigMaps (Kubernetes syntax: `a=b,c!=d,e in (f,g)`).
     #[serde(default = "default_selector")]
     pub selector: String,
+    /// A kubeconfig file to use instead of in-cluster / default discovery (`Config::infer`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Post a Kubernetes Event on a ConfigMap whose update was refused (needs `create` on
+    /// `events.k8s.io/events`).
+    #[serde(default = "yes")]
+    pub events: bool,
 }
 
 fn default_selector() -> String {
@@ -521,6 +528,11 @@ impl Config {
         if let Some(d) = self.policy.dir.as_mut() {
             fix(d);
         }
+        if let Some(k) = self.policy.kubernetes.as_mut()
+            && let Some(f) = k.kubeconfig.as_mut()
+        {
+            fix(f);
+        }
         for iss in &mut self.authn.issuers {
             if let Some(f) = iss.jwks_file.as_mut() {
                 fix(f);
@@ -542,6 +554,18 @@ impl Config {
             }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid("policy", "set only one of `dir` or `kubernetes`"));
+            }
+            (None, Some(k)) => {
+                if k.selector.trim().is_empty() {
+                    // An empty selector would load every ConfigMap in the namespace as policy.
+                    return Err(ConfigError::invalid("policy.kubernetes.selector", "must not be empty"));
+                }
+                if let Some(i) = k.namespaces.iter().position(|n| n.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        format!("policy.kubernetes.namespaces[{i}]"),
+                        "must not be empty",
+                    ));
+                }
             }
             _ => {}
         }
