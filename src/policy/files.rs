@@ -23,7 +23,7 @@ const POLL_EVERY: Duration = Duration::from_secs(30);
 /// Kubelet's symlink to the current timestamped directory of a ConfigMap volume.
 const KUBELET_DATA: &str = "..data";
 /// A swap can remove the directory we resolved while we read it: resolve again this often.
-const SWAP_RETRIES: usize = 3;
+const SWAP_RETRIES: usize = 5;
 
 /// Reads every policy document in `dir` (not recursive; hidden names such as `..data` skipped).
 /// For a kubelet-managed volume the files come from the one directory `..data` points to.
@@ -37,12 +37,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
             let target = std::fs::canonicalize(&data).map_err(|e| {
                 vec![LoadError::whole(&dir.display().to_string(), format!("cannot resolve {KUBELET_DATA}: {e}"))]
             })?;
-            match read_plain_dir(&target) {
-                // The directory was swapped out (and removed) under us: read the new one.
-                Err(_) if attempt < SWAP_RETRIES && std::fs::canonicalize(&data).ok().as_ref() != Some(&target) => {
-                    continue;
-                }
-                other => return other,
+            let result = read_plain_dir(&target);
+            // Kubelet removes the old directory only after the swap: if `..data` still points
+            // where it did, nothing we read was being deleted. Otherwise the read may be partial
+            // (some files already unlinked): read the new directory instead.
+            if std::fs::canonicalize(&data).ok().as_ref() == Some(&target) {
+                return result;
+            }
+            if attempt >= SWAP_RETRIES {
+                return Err(vec![LoadError::whole(
+                    &dir.display().to_string(),
+                    format!("cannot get a stable read: {KUBELET_DATA} kept changing"),
+                )]);
             }
         }
     }
