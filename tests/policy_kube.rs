@@ -296,3 +296,22 @@ async fn a_burst_of_changes_is_folded_into_one_rebuild() {
     assert!(m.contains("portcullis_policy_reloads_total{result=\"ok\"} 2"), "initial load + one rebuild: {m}");
     src.stop().await;
 }
+
+#[tokio::test]
+async fn without_namespaces_the_pod_or_kubeconfig_namespace_is_watched() {
+    let api = FakeApiServer::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = KubernetesSource {
+        namespaces: vec![],
+        selector: "portcullis.dev/policy=true".into(),
+        kubeconfig: Some(api.write_kubeconfig(tmp.path())),
+        events: true,
+    };
+    let client = portcullis::policy::kube::client(&cfg).await.expect("client from kubeconfig");
+    let expected = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| "policies".into());
+    assert_eq!(portcullis::policy::kube::namespaces(&cfg, &client), [expected]);
+
+    let missing = KubernetesSource { kubeconfig: Some(tmp.path().join("nope")), ..cfg };
+    let Err(err) = portcullis::policy::kube::client(&missing).await else { panic!("a missing kubeconfig is an error") };
+    assert!(err.to_string().contains("nope"), "{err}");
+}
