@@ -707,4 +707,25 @@ mod tests {
         assert_eq!(c.headers.subject, "x-portcullis-subject");
         assert!(c.identity_header_names().contains(&"x-portcullis-principal".to_string()));
     }
+
+    #[test]
+    fn a_kubernetes_source_needs_a_selector_and_real_namespaces() {
+        let err = parse("policy: {kubernetes: {selector: ' '}}\n").unwrap_err();
+        assert!(err.contains("policy.kubernetes.selector"), "{err}");
+        let err = parse("policy: {kubernetes: {namespaces: [a, '']}}\n").unwrap_err();
+        assert!(err.contains("policy.kubernetes.namespaces[1]"), "{err}");
+        let c = parse("policy: {kubernetes: {}}\n").unwrap();
+        let k = c.policy.kubernetes.unwrap();
+        assert_eq!(k.selector, "portcullis.dev/policy=true");
+        assert!(k.events && k.kubeconfig.is_none() && k.namespaces.is_empty());
+    }
+
+    #[test]
+    fn a_relative_kubeconfig_is_resolved_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "policy: {kubernetes: {kubeconfig: kc}}\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.policy.kubernetes.unwrap().kubeconfig, Some(dir.path().join("kc")));
+    }
 }

@@ -315,3 +315,36 @@ async fn without_namespaces_the_pod_or_kubeconfig_namespace_is_watched() {
     let Err(err) = portcullis::policy::kube::client(&missing).await else { panic!("a missing kubeconfig is an error") };
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn the_example_manifests_are_one_valid_policy_set_and_config() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
+    use portcullis::policy::PolicySnapshot;
+    use portcullis::policy::kube::Index;
+
+    let load = |path: &str| -> ConfigMap {
+        let text = std::fs::read_to_string(path).expect("example exists");
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let mut index = Index::new(&["shop".into()]);
+    index.apply("shop", Event::Init);
+    for path in ["examples/kubernetes/policy-configmap.yaml", "examples/kubernetes/team-policy-configmap.yaml"] {
+        let cm = load(path);
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("portcullis.dev/policy").map(String::as_str), Some("true"), "{path} is selected");
+        index.apply("shop", Event::InitApply(cm));
+    }
+    index.apply("shop", Event::InitDone);
+    let snap = PolicySnapshot::build(&index.documents(), "examples").expect("the examples validate");
+    assert!(snap.origins.contains_key("public-read"));
+    assert!(snap.origins.contains_key("batch-client-write"));
+    assert!(snap.origins.contains_key("configmap/shop/portcullis-policies-batch/batch.cedar#1"));
+
+    let cfg = load("examples/kubernetes/portcullis-config.yaml");
+    let text = cfg.data.unwrap_or_default().remove("config.yaml").expect("config.yaml key");
+    let cfg = portcullis::config::Config::from_yaml(&text).expect("config parses");
+    cfg.validate().expect("config is valid");
+    let k8s = cfg.policy.kubernetes.expect("kubernetes source");
+    assert_eq!(k8s.namespaces, ["shop"]);
+}
