@@ -142,7 +142,7 @@ fn reads_racing_with_swaps_always_see_one_whole_update() {
         std::thread::spawn(move || {
             let mut i = 0usize;
             while !done.load(Ordering::Relaxed) {
-                vol.swap(if i % 2 == 0 { &b } else { &a });
+                vol.swap(if i.is_multiple_of(2) { &b } else { &a });
                 i += 1;
             }
             i
