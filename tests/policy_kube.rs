@@ -348,3 +348,32 @@ fn the_example_manifests_are_one_valid_policy_set_and_config() {
     let k8s = cfg.policy.kubernetes.expect("kubernetes source");
     assert_eq!(k8s.namespaces, ["shop"]);
 }
+
+#[tokio::test]
+async fn the_first_snapshot_waits_for_every_namespace_to_be_listed() {
+    let api = FakeApiServer::start().await;
+    seed(&api);
+    api.put("team", "bob", SELECTED, &[("bob.cedar", &permit("bob"))]);
+    // `policies` alone is a valid set: only waiting for `team` gets bob into the first snapshot.
+    api.fail_next_lists_in("team", 2);
+    let mut registry = Registry::default();
+    let store = Arc::new(PolicyStore::new(EmptyPolicy::DenyAll, &mut registry));
+    let cfg = KubernetesSource {
+        namespaces: vec!["team".into(), NS.into(), "team".into()],
+        selector: "portcullis.dev/policy=true".into(),
+        kubeconfig: None,
+        events: false,
+    };
+    let source = KubeSource::new(api.client(), &cfg, Duration::from_millis(20), &mut registry);
+    assert_eq!(source.namespaces(), ["policies", "team"]);
+    let (stop, rx) = watch::channel(false);
+    let task = source.spawn(store.clone(), rx);
+    let src = Source { store, registry, stop, task };
+
+    eventually(20, "first snapshot", || src.store.is_ready()).await;
+    assert!(src.allows("bob"), "the first snapshot already holds the slow namespace's policies");
+    assert!(src.allows("alice"));
+    assert_eq!(src.store.load().expect("snapshot").source, "kubernetes:policies,team/portcullis.dev/policy=true");
+    assert!(api.lists() >= 4, "policies once, team three times: {}", api.lists());
+    src.stop().await;
+}

@@ -38,6 +38,8 @@ struct World {
     compacted: u64,
     /// The next N list requests fail with 500.
     fail_lists: u32,
+    /// The next N list requests in a namespace fail with 500.
+    fail_lists_in: HashMap<String, u32>,
     lists: u32,
     watches: u32,
     gone_sent: u32,
@@ -175,6 +177,11 @@ impl FakeApiServer {
         self.world().fail_lists = n;
     }
 
+    /// Makes the next `n` list requests in namespace `ns` fail with 500.
+    pub fn fail_next_lists_in(&self, ns: &str, n: u32) {
+        self.world().fail_lists_in.insert(ns.to_owned(), n);
+    }
+
     pub fn lists(&self) -> u32 {
         self.world().lists
     }
@@ -223,8 +230,9 @@ async fn configmaps(
 fn list_configmaps(inner: Arc<Inner>, ns: String, q: HashMap<String, String>) -> Response {
     let mut w = inner.world.lock().expect("world lock");
     w.lists += 1;
-    if w.fail_lists > 0 {
-        w.fail_lists -= 1;
+    let ns_fails = w.fail_lists_in.get_mut(&ns).filter(|n| **n > 0).map(|n| *n -= 1).is_some();
+    if ns_fails || w.fail_lists > 0 {
+        w.fail_lists = w.fail_lists.saturating_sub(u32::from(!ns_fails));
         return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(status(500, "InternalError", "injected failure")))
             .into_response();
     }
