@@ -27,6 +27,8 @@ use crate::config::KubernetesSource;
 
 /// Kubernetes Event notes are limited to 1 kB.
 const MAX_EVENT_NOTE: usize = 1024;
+/// A burst of changes is folded for at most this many debounce periods.
+const MAX_DEBOUNCES: u32 = 8;
 /// Reporting controller name on the Events we post.
 const CONTROLLER: &str = "portcullis";
 
@@ -88,10 +90,17 @@ pub fn origin(namespace: &str, name: &str, key: &str) -> String {
 
 /// The ConfigMap (`namespace`, `name`) an error's origin names, if it names one.
 pub fn configmap_of(origin: &str) -> Option<(&str, &str)> {
+    split_origin(origin).map(|(ns, name, _)| (ns, name))
+}
+
+/// `configmap/<ns>/<name>/<key>` back into its parts.
+fn split_origin(origin: &str) -> Option<(&str, &str, &str)> {
     let rest = origin.strip_prefix("configmap/")?;
     let mut parts = rest.splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(name), Some(_key)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+        (Some(ns), Some(name), Some(key)) if !ns.is_empty() && !name.is_empty() && !key.is_empty() => {
+            Some((ns, name, key))
+        }
         _ => None,
     }
 }
@@ -319,6 +328,8 @@ impl KubeSource {
         let mut events = futures::stream::select_all(streams);
         let mut index = Index::new(&self.namespaces);
         let mut due: Option<tokio::time::Instant> = None;
+        // A steady stream of changes must not postpone the rebuild forever.
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let wait = async {
                 match due {
@@ -333,7 +344,9 @@ impl KubeSource {
                     Some((ns, Ok(ev))) => {
                         // Debounce: every change pushes the rebuild back by the quiet period.
                         if index.apply(&ns, ev) {
-                            due = Some(tokio::time::Instant::now() + self.debounce);
+                            let now = tokio::time::Instant::now();
+                            let latest = *deadline.get_or_insert(now + self.debounce * MAX_DEBOUNCES);
+                            due = Some((now + self.debounce).min(latest));
                         }
                     }
                     Some((ns, Err(e))) => {
@@ -342,7 +355,7 @@ impl KubeSource {
                     }
                 },
                 _ = wait, if index.is_synced() => {
-                    due = None;
+                    (due, deadline) = (None, None);
                     self.rebuild(&mut index, &store, &source).await;
                 }
             }
@@ -359,8 +372,8 @@ impl KubeSource {
             Ok(Ok(_)) => index.settled(),
             Ok(Err(errors)) => {
                 for e in &errors {
-                    let (ns, name) = configmap_of(&e.origin).unwrap_or(("", ""));
-                    let key = e.origin.rsplit('/').next().unwrap_or("");
+                    // Problems of the set as a whole (e.g. no schema) name no ConfigMap.
+                    let (ns, name, key) = split_origin(&e.origin).unwrap_or(("", "", ""));
                     tracing::error!(
                         namespace = ns, configmap = name, key, line = e.line, column = e.column,
                         error = %e.message, "policy ConfigMap refused"
@@ -504,6 +517,8 @@ mod tests {
         assert_eq!(configmap_of("configmap/ns/name/k.cedar"), Some(("ns", "name")));
         assert_eq!(configmap_of("configmap/ns/name"), None);
         assert_eq!(configmap_of("configmap//name/k"), None);
+        assert_eq!(configmap_of("configmap/ns/name/"), None);
+        assert_eq!(split_origin("configmap/ns/name/k.cedar"), Some(("ns", "name", "k.cedar")));
         assert_eq!(configmap_of("policies.cedar"), None);
     }
 
