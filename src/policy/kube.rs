@@ -106,11 +106,18 @@ fn split_origin(origin: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// One selected ConfigMap as far as policies are concerned.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Entry {
     reference: ObjectReference,
     /// Only the keys that are policy documents, sorted.
     docs: BTreeMap<String, String>,
+}
+
+/// Equal when the policy documents are: a change to other keys or labels is not a change.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.docs == other.docs
+    }
 }
 
 impl Entry {
@@ -487,7 +494,9 @@ mod tests {
         let mut index = Index::new(&["a".into()]);
         listed(&mut index, "a", vec![mk_cm("a", "one", &[("x.cedar", "1")])]);
         assert!(!listed(&mut index, "a", vec![mk_cm("a", "one", &[("x.cedar", "1")])]));
-        assert!(!index.apply("a", watcher::Event::Apply(mk_cm("a", "one", &[("x.cedar", "1"), ("notes.txt", "x")]))));
+        let mut touched = mk_cm("a", "one", &[("x.cedar", "1"), ("notes.txt", "x")]);
+        touched.metadata.resource_version = Some("2".into());
+        assert!(!index.apply("a", watcher::Event::Apply(touched)));
         assert!(index.apply("a", watcher::Event::Apply(mk_cm("a", "one", &[("x.cedar", "2")]))));
         assert!(index.apply("a", watcher::Event::Delete(mk_cm("a", "one", &[]))));
         assert!(!index.apply("a", watcher::Event::Delete(mk_cm("a", "one", &[]))));
