@@ -104,5 +104,15 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     api.put("policies", "rules", SELECTED, &[("policy.cedar", PUBLIC_READ)]);
     eventually(10, "fixed", || running.store.status().last_error.is_none()).await;
     assert_eq!(check_public(&grpc).await, 0);
+
+    // Every policy ConfigMap deleted: an explicit deny-all (on_empty defaults to deny_all),
+    // still ready, never allow-all.
+    api.delete("policies", "rules");
+    api.delete("policies", "schema");
+    eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.schema.entity_types().count() == 0)).await;
+    let (_, status) = get_json(&format!("{admin}/policy")).await;
+    assert_eq!(status["deny_all"], true);
+    assert_eq!(check_public(&grpc).await, 7);
+    assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 200);
     running.shutdown().await.expect("clean shutdown");
 }
