@@ -166,9 +166,16 @@ pub struct KubernetesSource {
     /// Namespaces to watch; empty means the pod's own namespace (`POD_NAMESPACE`).
     #[serde(default)]
     pub namespaces: Vec<String>,
-    /// Label selector for policy ConfigMaps.
+    /// Label selector for policy ConfigMaps (Kubernetes syntax: `a=b,c!=d,e in (f,g)`).
     #[serde(default = "default_selector")]
     pub selector: String,
+    /// A kubeconfig file to use instead of in-cluster / default discovery (`Config::infer`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Post a Kubernetes Event on a ConfigMap whose update was refused (needs `create` on
+    /// `events.k8s.io/events`).
+    #[serde(default = "yes")]
+    pub events: bool,
 }
 
 fn default_selector() -> String {
@@ -540,6 +547,11 @@ impl Config {
         if let Some(d) = self.policy.dir.as_mut() {
             fix(d);
         }
+        if let Some(k) = self.policy.kubernetes.as_mut()
+            && let Some(f) = k.kubeconfig.as_mut()
+        {
+            fix(f);
+        }
         for iss in &mut self.authn.issuers {
             if let Some(f) = iss.jwks_file.as_mut() {
                 fix(f);
@@ -564,6 +576,18 @@ impl Config {
             }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid("policy", "set only one of `dir` or `kubernetes`"));
+            }
+            (None, Some(k)) => {
+                if k.selector.trim().is_empty() {
+                    // An empty selector would load every ConfigMap in the namespace as policy.
+                    return Err(ConfigError::invalid("policy.kubernetes.selector", "must not be empty"));
+                }
+                if let Some(i) = k.namespaces.iter().position(|n| n.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        format!("policy.kubernetes.namespaces[{i}]"),
+                        "must not be empty",
+                    ));
+                }
             }
             _ => {}
         }
@@ -704,5 +728,26 @@ mod tests {
         assert_eq!(c.listen.grpc.unwrap().port(), 9191);
         assert_eq!(c.headers.subject, "x-portcullis-subject");
         assert!(c.identity_header_names().contains(&"x-portcullis-principal".to_string()));
+    }
+
+    #[test]
+    fn a_kubernetes_source_needs_a_selector_and_real_namespaces() {
+        let err = parse("policy: {kubernetes: {selector: ' '}}\n").unwrap_err();
+        assert!(err.contains("policy.kubernetes.selector"), "{err}");
+        let err = parse("policy: {kubernetes: {namespaces: [a, '']}}\n").unwrap_err();
+        assert!(err.contains("policy.kubernetes.namespaces[1]"), "{err}");
+        let c = parse("policy: {kubernetes: {}}\n").unwrap();
+        let k = c.policy.kubernetes.unwrap();
+        assert_eq!(k.selector, "portcullis.dev/policy=true");
+        assert!(k.events && k.kubeconfig.is_none() && k.namespaces.is_empty());
+    }
+
+    #[test]
+    fn a_relative_kubeconfig_is_resolved_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "policy: {kubernetes: {kubeconfig: kc}}\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.policy.kubernetes.unwrap().kubeconfig, Some(dir.path().join("kc")));
     }
 }

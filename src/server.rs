@@ -20,6 +20,7 @@ use crate::check::Checker;
 use crate::config::Config;
 use crate::decision::Decision;
 use crate::metrics::CheckMetrics;
+use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
@@ -111,8 +112,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             let h = files::spawn_watch(dir, store.clone(), cfg.policy.debounce, shutdown_rx.clone())?;
             tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
         }
-    } else if cfg.policy.kubernetes.is_some() {
-        anyhow::bail!("policy.kubernetes: the Kubernetes API source is not built into this version");
+    } else if let Some(k8s) = cfg.policy.kubernetes.as_ref() {
+        // Not ready until every watched namespace has been listed once and the set was valid;
+        // the watch runs (and retries) in the background.
+        let client = policy_kube::client(k8s).await.context("policy.kubernetes")?;
+        let source = policy_kube::KubeSource::new(
+            client,
+            k8s,
+            cfg.policy.debounce,
+            registry.sub_registry_with_prefix("policy_kubernetes"),
+        );
+        let h = source.spawn(store.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
     }
 
     // Fetch signing keys now so the first request does not wait for them.

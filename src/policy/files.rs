@@ -1,7 +1,10 @@
 //! Policy files from a directory, which may be a mounted ConfigMap volume. Kubelet updates such a
-//! volume by writing a new timestamped directory and atomically swapping the `..data` symlink,
-//! so we only read visible names (which resolve through `..data`) and re-read the whole set on
-//! any event: a half-written update is never seen. Bursts of events are debounced.
+//! volume by writing a new timestamped directory (`..2026_11_23_10_00_00.123`) and atomically
+//! renaming a `..data_tmp` symlink over `..data`; the visible names are symlinks through
+//! `..data`. We resolve `..data` ONCE per read and read every file from that one timestamped
+//! directory: reading the visible names one by one could mix two updates if a swap lands
+//! between two reads. A half-written update is never seen, and the whole set is re-read on any
+//! event. Bursts of events are debounced.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +20,42 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Re-read even without events, in case the platform drops some (e.g. some overlay filesystems).
 const POLL_EVERY: Duration = Duration::from_secs(30);
 
+/// Kubelet's symlink to the current timestamped directory of a ConfigMap volume.
+const KUBELET_DATA: &str = "..data";
+/// A swap can remove the directory we resolved while we read it: resolve again this often.
+const SWAP_RETRIES: usize = 5;
+
 /// Reads every policy document in `dir` (not recursive; hidden names such as `..data` skipped).
+/// For a kubelet-managed volume the files come from the one directory `..data` points to.
 pub fn read_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
+    let data = dir.join(KUBELET_DATA);
+    if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Resolve `..data` once; everything below reads from its target.
+            let target = std::fs::canonicalize(&data).map_err(|e| {
+                vec![LoadError::whole(&dir.display().to_string(), format!("cannot resolve {KUBELET_DATA}: {e}"))]
+            })?;
+            let result = read_plain_dir(&target);
+            // Kubelet removes the old directory only after the swap: if `..data` still points
+            // where it did, nothing we read was being deleted. Otherwise the read may be partial
+            // (some files already unlinked): read the new directory instead.
+            if std::fs::canonicalize(&data).ok().as_ref() == Some(&target) {
+                return result;
+            }
+            if attempt >= SWAP_RETRIES {
+                return Err(vec![LoadError::whole(
+                    &dir.display().to_string(),
+                    format!("cannot get a stable read: {KUBELET_DATA} kept changing"),
+                )]);
+            }
+        }
+    }
+    read_plain_dir(dir)
+}
+
+fn read_plain_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
     let origin = dir.display().to_string();
     let entries =
         std::fs::read_dir(dir).map_err(|e| vec![LoadError::whole(&origin, format!("cannot read directory: {e}"))])?;

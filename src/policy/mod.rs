@@ -1,6 +1,8 @@
 //! Policies: immutable validated snapshots (`snapshot`), the one atomically swapped current
-//! snapshot (`store`), and the sources that feed it (`files`).
+//! snapshot (`store`), and the sources that feed it (`files`: a directory or mounted ConfigMap
+//! volume; `kube`: ConfigMaps through the Kubernetes API).
 pub mod files;
+pub mod kube;
 pub mod snapshot;
 pub mod store;
 
