@@ -80,6 +80,10 @@ impl Checker {
         let Some(snapshot) = self.store.load() else {
             return Decision::deny(Status::Unavailable, "no_policy", rid).with_retry_after(5);
         };
+        // An empty policy set (e.g. every policy ConfigMap deleted) is an explicit deny-all.
+        if snapshot.policy_count == 0 {
+            return Decision::deny(Status::Forbidden, "deny_all", rid);
+        }
         let outcome = match authz::authorize(&snapshot, view, &ids, &self.mapping) {
             Ok(o) => o,
             Err(e) => {

@@ -24,6 +24,11 @@ permit (principal in Group::"admins", action, resource);
 "#;
 
 async fn check_public(grpc: &str) -> i32 {
+    check_public_full(grpc).await.0
+}
+
+/// gRPC status code and the `reason` from the dynamic metadata.
+async fn check_public_full(grpc: &str) -> (i32, String) {
     let spec = RequestSpec {
         method: "GET".into(),
         path: "/public/status".into(),
@@ -34,7 +39,12 @@ async fn check_public(grpc: &str) -> i32 {
         id: "e2e".into(),
     };
     let resp = send_check(grpc, spec.to_check_request()).await.expect("Check RPC itself succeeds");
-    resp.status.map(|s| s.code).unwrap_or(-1)
+    let reason = match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get("reason")).and_then(|v| v.kind.clone())
+    {
+        Some(prost_types::value::Kind::StringValue(s)) => s,
+        _ => String::new(),
+    };
+    (resp.status.map(|s| s.code).unwrap_or(-1), reason)
 }
 
 async fn get_json(url: &str) -> (u16, Value) {
@@ -112,7 +122,7 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.schema.entity_types().count() == 0)).await;
     let (_, status) = get_json(&format!("{admin}/policy")).await;
     assert_eq!(status["deny_all"], true);
-    assert_eq!(check_public(&grpc).await, 7);
+    assert_eq!(check_public_full(&grpc).await, (7, "deny_all".to_owned()));
     assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 200);
     running.shutdown().await.expect("clean shutdown");
 }
