@@ -81,7 +81,9 @@ forbid (principal, action, resource) when { resource.path like "/admin*" } unles
                 "permit (principal is Service, action, resource)\n\
                  when {{ principal.namespace == \"ns-{i}\" && resource.path like \"/svc-{i}/*\" }};"
             ),
-            2 => format!("forbid (principal, action in Action::\"write\", resource) when {{ resource.path like \"/frozen-{i}/*\" }};"),
+            2 => format!(
+                "forbid (principal, action in Action::\"write\", resource) when {{ resource.path like \"/frozen-{i}/*\" }};"
+            ),
             _ => format!(
                 "permit (principal is User, action == Action::\"GET\", resource)\n\
                  when {{ resource.host == \"host-{i}.example\" && principal.hasTag(\"tenant\") && principal.getTag(\"tenant\") == \"t{i}\" }};"
@@ -177,7 +179,10 @@ pub fn check_request(caller: &Caller, request_id: &str) -> CheckRequest {
         ("accept", "application/json, text/plain, */*"),
         ("accept-encoding", "gzip, deflate, br"),
         ("accept-language", "en-GB,en;q=0.9"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
+        ),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-for", "10.1.2.3"),
         ("x-envoy-attempt-count", "1"),
