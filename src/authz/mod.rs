@@ -2,8 +2,10 @@
 //! from what authentication proved, and evaluates them against one policy snapshot. Knows
 //! nothing of gRPC; never decides on anything but Cedar's answer (default deny, forbid wins),
 //! and treats any evaluation error as a deny.
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -80,35 +82,80 @@ impl fmt::Debug for Slices {
     }
 }
 
-/// Slices for one snapshot, keyed by its content version (same version, same policies).
-#[derive(Default)]
+/// Slices for one snapshot, keyed by its content version (same version, same policies), and
+/// the snapshot's static entities without those that cannot change an answer.
 struct SliceMemo {
     version: String,
     source: String,
+    entities: Arc<Entities>,
     sets: HashMap<(EntityUid, EntityTypeName), Arc<PolicySet>>,
 }
 
+impl Default for SliceMemo {
+    fn default() -> Self {
+        Self {
+            version: String::new(),
+            source: String::new(),
+            entities: Arc::new(Entities::empty()),
+            sets: HashMap::new(),
+        }
+    }
+}
+
+/// What one request is evaluated against.
+type Evaluation = (Arc<PolicySet>, Arc<Entities>);
+
 impl Slices {
-    fn get(&self, snapshot: &PolicySnapshot, action: &EntityUid, principal: &EntityTypeName) -> Arc<PolicySet> {
-        let memo = self.0.load();
-        let same_snapshot = memo.version == snapshot.version && memo.source == snapshot.source;
+    fn get(&self, snapshot: &PolicySnapshot, action: &EntityUid, principal: &EntityTypeName) -> Evaluation {
+        let mut memo = self.0.load_full();
+        if memo.version != snapshot.version || memo.source != snapshot.source {
+            memo = Arc::new(SliceMemo {
+                version: snapshot.version.clone(),
+                source: snapshot.source.clone(),
+                entities: Arc::new(base_entities(snapshot)),
+                sets: HashMap::new(),
+            });
+            self.0.store(memo.clone());
+        }
         let key = (action.clone(), principal.clone());
-        if same_snapshot && let Some(set) = memo.sets.get(&key) {
-            return set.clone();
+        if let Some(set) = memo.sets.get(&key) {
+            return (set.clone(), memo.entities.clone());
         }
         let set = Arc::new(slice(snapshot, action, principal));
         // Readers never wait: a racing writer may drop this entry, which is only recomputed.
-        let mut sets = if same_snapshot { memo.sets.clone() } else { HashMap::new() };
-        if sets.len() < MAX_SLICES {
+        if memo.sets.len() < MAX_SLICES {
+            let mut sets = memo.sets.clone();
             sets.insert(key, set.clone());
             self.0.store(Arc::new(SliceMemo {
-                version: snapshot.version.clone(),
-                source: snapshot.source.clone(),
+                version: memo.version.clone(),
+                source: memo.source.clone(),
+                entities: memo.entities.clone(),
                 sets,
             }));
         }
-        set
+        (set, memo.entities.clone())
     }
+}
+
+/// Cedar re-walks every entity of the store for each entity added to it, so every request paid
+/// for every static entity. A static entity with no attributes, no tags and no parents changes
+/// no answer: `e in X` is then `e == X` whether or not `e` is stored, `has`/`hasTag` are false
+/// either way, and reading an attribute or tag is an error either way (strict validation
+/// rejects such reads anyway). Those are left out, except for the types built per request, so
+/// a conflict between a static and a per-request entity is still refused as before.
+fn base_entities(snapshot: &PolicySnapshot) -> Entities {
+    let per_request = |ty: &EntityTypeName| {
+        types().map_or(true, |t| [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route].contains(&ty))
+    };
+    let informative = |e: &&Entity| {
+        let uid = e.uid();
+        per_request(uid.type_name())
+            || e.attrs().next().is_some()
+            || e.tags().next().is_some()
+            || snapshot.entities.ancestors(&uid).is_some_and(|mut a| a.next().is_some())
+    };
+    Entities::from_entities(snapshot.entities.iter().filter(informative).cloned(), None)
+        .unwrap_or_else(|_| snapshot.entities.clone())
 }
 
 fn slice(snapshot: &PolicySnapshot, action: &EntityUid, principal: &EntityTypeName) -> PolicySet {
@@ -180,6 +227,32 @@ fn types() -> Result<&'static Types, AuthzError> {
     TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
 }
 
+/// Source addresses kept per worker thread; the map is emptied when full, so it stays bounded
+/// whatever addresses arrive.
+const MAX_CACHED_IPS: usize = 1024;
+
+thread_local! {
+    static IPS: RefCell<HashMap<IpAddr, RestrictedExpression>> = RefCell::new(HashMap::new());
+}
+
+/// `ip("…")` for a source address. Cedar parses the extension's name on every
+/// `RestrictedExpression::new_ip`, which cost as much as the rest of the context: callers
+/// repeat, so each address is built once per thread.
+fn ip_expression(ip: IpAddr) -> RestrictedExpression {
+    IPS.with(|cell| {
+        let mut ips = cell.borrow_mut();
+        if let Some(e) = ips.get(&ip) {
+            return e.clone();
+        }
+        if ips.len() >= MAX_CACHED_IPS {
+            ips.clear();
+        }
+        let e = RestrictedExpression::new_ip(ip.to_string());
+        ips.insert(ip, e.clone());
+        e
+    })
+}
+
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
@@ -226,7 +299,7 @@ fn authorize_with(
     req: &RequestView<'_>,
     ids: &Identities,
     mapping: &CedarMapping,
-    policies: impl FnOnce(&EntityUid, &EntityTypeName) -> Arc<PolicySet>,
+    evaluation: impl FnOnce(&EntityUid, &EntityTypeName) -> Evaluation,
 ) -> Result<AuthzOutcome, AuthzError> {
     let t = types()?;
     let mut extra: Vec<Entity> = Vec::with_capacity(3);
@@ -286,7 +359,7 @@ fn authorize_with(
         ("time".into(), RestrictedExpression::new_long(now)),
     ];
     if let Some(ip) = req.source_ip {
-        ctx.push(("source_ip".into(), RestrictedExpression::new_ip(ip.to_string())));
+        ctx.push(("source_ip".into(), ip_expression(ip)));
     }
     if let Some(p) = &peer {
         ctx.push(("peer".into(), RestrictedExpression::new_entity_uid(p.clone())));
@@ -296,10 +369,9 @@ fn authorize_with(
         .map_err(|e| AuthzError::Request(e.to_string()))?;
     // Per-request entities are built by us from verified data; the static ones were
     // schema-checked at load.
-    let entities =
-        snapshot.entities.clone().add_entities(extra, None).map_err(|e| AuthzError::Entity(e.to_string()))?;
+    let (policies, base) = evaluation(&action, principal.type_name());
+    let entities = (*base).clone().add_entities(extra, None).map_err(|e| AuthzError::Entity(e.to_string()))?;
 
-    let policies = policies(&action, principal.type_name());
     let response = Authorizer::new().is_authorized(&request, &policies, &entities);
     let diag = response.diagnostics();
     let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();
@@ -411,11 +483,82 @@ mod tests {
                 // The same request against the whole policy set, without slicing.
                 let req = request(method, "/api/orders");
                 let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
-                let full = authorize_with(&snap, &view, &ids, &sliced, |_, _| Arc::new(snap.policies.clone()))
-                    .expect("evaluates");
+                let full = authorize_with(&snap, &view, &ids, &sliced, |_, _| {
+                    (Arc::new(snap.policies.clone()), Arc::new(snap.entities.clone()))
+                })
+                .expect("evaluates");
                 assert_eq!((out.allowed, &out.policies), (full.allowed, &full.policies), "{method} {ids:?}");
             }
         }
+    }
+
+    #[test]
+    fn source_address_policies_hold_for_repeated_and_many_distinct_callers() {
+        use crate::proto::core::{Address, SocketAddress, address};
+        let snap = snapshot(
+            r#"@id("internal") permit (principal, action, resource)
+               when { context has source_ip && context.source_ip.isInRange(ip("10.0.0.0/8")) };"#,
+        );
+        let mapping = CedarMapping::default();
+        let from = |ip: String| {
+            let mut req = request("GET", "/api/orders");
+            if let Some(a) = req.attributes.as_mut() {
+                a.source = Some(attribute_context::Peer {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip,
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                });
+            }
+            let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+            authorize(&snap, &view, &Identities::default(), &mapping).expect("evaluates").allowed
+        };
+        // More distinct addresses than the per-thread cache holds, each asked twice.
+        for i in 0..(MAX_CACHED_IPS as u32 + 10) {
+            let (inside, outside) =
+                (format!("10.0.{}.{}", i / 250, i % 250), format!("192.168.{}.{}", i / 250, i % 250));
+            for _ in 0..2 {
+                assert!(from(inside.clone()), "{inside} is internal");
+                assert!(!from(outside.clone()), "{outside} is not internal");
+            }
+        }
+    }
+
+    #[test]
+    fn group_hierarchies_survive_leaving_out_bare_static_entities() {
+        let docs = [
+            PolicyDocument {
+                origin: "s.cedarschema".into(),
+                kind: DocKind::Schema,
+                text: SCHEMA.replace("entity Group;", "entity Group in [Group];"),
+            },
+            PolicyDocument {
+                origin: "g.entities.json".into(),
+                kind: DocKind::Entities,
+                text: r#"[
+                    {"uid": {"type": "Group", "id": "batch"}, "attrs": {}, "parents": [{"type": "Group", "id": "ops"}]},
+                    {"uid": {"type": "Group", "id": "ops"}, "attrs": {}, "parents": []},
+                    {"uid": {"type": "Group", "id": "bare"}, "attrs": {}, "parents": []}
+                ]"#
+                .into(),
+            },
+            PolicyDocument {
+                origin: "p.cedar".into(),
+                kind: DocKind::Policies,
+                text: r#"@id("ops") permit (principal in Group::"ops", action, resource);"#.into(),
+            },
+        ];
+        let snap = PolicySnapshot::build(&docs, "test").expect("builds");
+        let kept: Vec<String> = base_entities(&snap).iter().map(|e| e.uid().to_string()).collect();
+        assert!(kept.contains(&r#"Group::"batch""#.to_owned()), "{kept:?}");
+        assert!(!kept.iter().any(|u| u.contains("bare")), "{kept:?}");
+        let mapping = CedarMapping::default();
+        assert!(decide(&snap, &mapping, "GET", &client("a", &["batch"])).allowed, "batch is inside ops");
+        assert!(decide(&snap, &mapping, "GET", &client("b", &["ops"])).allowed);
+        assert!(!decide(&snap, &mapping, "GET", &client("c", &["bare"])).allowed);
     }
 
     #[test]
