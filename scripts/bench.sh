@@ -10,7 +10,7 @@
 # every request got the decision the scenario expects. Then: heap allocations per check, the
 # one-million-token memory flood, and (BENCH_MICRO=1) the criterion micro-benchmarks.
 #
-# Usage: scripts/bench.sh            (about 5 minutes once the release build exists)
+# Usage: scripts/bench.sh            (about 9 minutes once the release build exists)
 # Knobs: BENCH_DURATION=8 BENCH_CONNS=8 BENCH_STREAMS=16 BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
 #        BENCH_FLOOD_TOKENS=1000000 BENCH_MICRO=1 BENCH_OUT=target/bench BENCH_ONLY=<regex>
 set -euo pipefail
