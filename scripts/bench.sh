@@ -114,7 +114,7 @@ decisions() {
 }
 
 RESULTS=$OUT/results.tsv
-printf 'scenario\ttransport\treq_s\tratio\tp50_us\tp99_us\tcpu_us_per_check\tpeak_rss_mib\tdecisions\n' >"$RESULTS"
+printf 'scenario\ttransport\treq_s\tratio\tp50_us\tp99_us\tcpu_us_per_check\tpeak_rss_mib\tsingle_p50_us\tsingle_p99_us\tdecisions\n' >"$RESULTS"
 CEIL_TCP_RPS=
 CEIL_UDS_RPS=
 
@@ -138,6 +138,11 @@ for transport in tcp uds; do
     echo "== $name over $transport" >&2
     start_server "$SERVER_KIND" "$OUT/logs/$tag.server.log"
     h2load_run "$transport" "$OUT/fixture/$frame.bin" "$OUT/logs/$tag.warmup.txt" -n 20000
+    # Latency of one check alone: one request in flight, so no queueing.
+    h2load_run "$transport" "$OUT/fixture/$frame.bin" "$OUT/logs/$tag.single.txt" -n 2000 \
+      --log-file="$OUT/logs/$tag.single.tsv" -c 1 -m 1
+    read -r s50 s99 < <(cut -f3 "$OUT/logs/$tag.single.tsv" | sort -n |
+      awk '{v[NR]=$1} END {i=int(NR*0.5); j=int(NR*0.99); if (i<1) i=1; if (j<1) j=1; print v[i], v[j]}')
     c0=$(cpu_ticks)
     h2load_run "$transport" "$OUT/fixture/$frame.bin" "$OUT/logs/$tag.h2load.txt" -D "$DURATION" \
       --log-file="$OUT/logs/$tag.requests.tsv"
@@ -169,16 +174,16 @@ for transport in tcp uds; do
       echo "unexpected decisions in $name/$transport: $seen (want only $expect)" >&2
       exit 1
     fi
-    printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t%s\n' "$name" "$transport" "$rps" "$ratio" "$p50" "$p99" "$cpu_us" \
-      "$(awk -v k="$hwm" 'BEGIN {print k / 1024}')" "$seen" >>"$RESULTS"
+    printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n' "$name" "$transport" "$rps" "$ratio" "$p50" "$p99" \
+      "$cpu_us" "$(awk -v k="$hwm" 'BEGIN {print k / 1024}')" "$s50" "$s99" "$seen" >>"$RESULTS"
     tail -1 "$RESULTS" >&2
   done
 done
 
 {
-  echo "| scenario | transport | req/s | vs ceiling | p50 µs | p99 µs | server CPU µs/check | peak RSS MiB |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|"
-  tail -n +2 "$RESULTS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8}'
+  echo "| scenario | transport | req/s | vs ceiling | p50 µs | p99 µs | server CPU µs/check | peak RSS MiB | alone p50 µs | alone p99 µs |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  tail -n +2 "$RESULTS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
 } >"$OUT/results.md"
 
 echo "== heap allocations per check" >&2
