@@ -1,0 +1,116 @@
+//! Micro-benchmarks of the check hot path, over the same fixtures as `scripts/bench.sh`:
+//! request normalization, JWT verification per algorithm (uncached) and the cached-token path,
+//! Cedar evaluation with 10 / 100 / 1000 policies, response rendering, and one whole check.
+//!
+//! `cargo bench --bench hot_path` (add `-- <filter>` to run a subset)
+#[path = "support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use jsonwebtoken::Algorithm;
+use portcullis::authn::Identities;
+use portcullis::authz::{self, CedarMapping};
+use portcullis::config::Limits;
+use portcullis::request::RequestView;
+use portcullis::response::{self, ResponseOptions};
+use support::{Caller, Fixture, PEER, check_request, token};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn normalize(c: &mut Criterion) {
+    let req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
+    let limits = Limits::default();
+    c.bench_function("normalize/istio_20_headers", |b| {
+        b.iter(|| RequestView::from_check(black_box(&req), &limits).expect("valid"))
+    });
+}
+
+fn jwt(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fx = Fixture::write(dir.path(), 10);
+    let rt = rt();
+    let mut group = c.benchmark_group("jwt");
+    for (cache, label) in [(0u64, "uncached"), (10_000, "cached")] {
+        let path = dir.path().join(format!("c{cache}.yaml"));
+        std::fs::write(&path, fx.config_yaml("127.0.0.1:0", &dir.path().join("u.sock"), "127.0.0.1:0", cache))
+            .expect("config");
+        let checker = support::checker(&path);
+        let jwt = checker.authenticator().jwt();
+        let algs: &[(Algorithm, &str)] = if cache == 0 {
+            &[(Algorithm::RS256, "RS256"), (Algorithm::ES256, "ES256"), (Algorithm::EdDSA, "EdDSA")]
+        } else {
+            &[(Algorithm::RS256, "RS256")]
+        };
+        for (alg, name) in algs {
+            let t = token(*alg, 1);
+            rt.block_on(jwt.verify(&t)).expect("token verifies");
+            group.bench_function(BenchmarkId::new(label, name), |b| {
+                b.iter(|| rt.block_on(jwt.verify(black_box(&t))).expect("verifies"))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn cedar(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fx = Fixture::write(dir.path(), 10);
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, fx.config_yaml("127.0.0.1:0", &dir.path().join("u.sock"), "127.0.0.1:0", 10_000))
+        .expect("config");
+    let checker = support::checker(&path);
+    let rt = rt();
+    let req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
+    let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let ids: Identities = rt.block_on(checker.authenticator().authenticate(&view)).expect("authenticated");
+    let peer_req = check_request(&Caller::Peer(PEER), "rid-2");
+    let peer_view = RequestView::from_check(&peer_req, &Limits::default()).expect("valid");
+    let peer_ids = rt.block_on(checker.authenticator().authenticate(&peer_view)).expect("authenticated");
+    let mapping = CedarMapping::new(&["x-tenant".to_owned()], &["authorization".to_owned()]);
+
+    let mut group = c.benchmark_group("cedar");
+    for n in [10usize, 100, 1000] {
+        let snap = Arc::new(support::snapshot(n));
+        let out = authz::authorize(&snap, &view, &ids, &mapping).expect("evaluates");
+        assert!(out.allowed, "bench user must be allowed: {out:?}");
+        group.bench_function(BenchmarkId::new("authorize_jwt_user", n), |b| {
+            b.iter(|| authz::authorize(&snap, black_box(&view), &ids, &mapping).expect("evaluates"))
+        });
+        group.bench_function(BenchmarkId::new("authorize_spiffe_peer", n), |b| {
+            b.iter(|| authz::authorize(&snap, black_box(&peer_view), &peer_ids, &mapping).expect("evaluates"))
+        });
+    }
+    group.finish();
+}
+
+fn render_and_check(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fx = Fixture::write(dir.path(), 300);
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, fx.config_yaml("127.0.0.1:0", &dir.path().join("u.sock"), "127.0.0.1:0", 10_000))
+        .expect("config");
+    let checker = support::checker(&path);
+    let rt = rt();
+    let opts = ResponseOptions { policy_ids_header: Some("x-portcullis-policy".into()) };
+    let allow_req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
+    let allow = rt.block_on(checker.check(&allow_req));
+    assert!(allow.allowed);
+    let deny = rt.block_on(checker.check(&check_request(&Caller::Anonymous, "rid-2")));
+    assert!(!deny.allowed);
+    c.bench_function("response/render_allow", |b| b.iter(|| response::render(black_box(&allow), &opts)));
+    c.bench_function("response/render_deny", |b| b.iter(|| response::render(black_box(&deny), &opts)));
+    c.bench_function("check/jwt_cached_300_policies", |b| {
+        b.iter(|| {
+            let d = rt.block_on(checker.check(black_box(&allow_req)));
+            response::render(&d, &opts)
+        })
+    });
+}
+
+criterion_group!(benches, normalize, jwt, cedar, render_and_check);
+criterion_main!(benches);

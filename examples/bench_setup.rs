@@ -1,0 +1,48 @@
+//! Writes everything `scripts/bench.sh` needs into one directory: the policy dir (a few hundred
+//! policies), `jwks.json` (four keys), three server configs (token cache on; off, so every check
+//! verifies a signature; on with the decision log off), and one pre-encoded gRPC frame per scenario for `h2load -d`.
+//!
+//! `cargo run --release --example bench_setup -- <dir> <tcp-addr> <unix-path> <admin-addr> [policies]`
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use support::{Caller, Fixture, PEER, check_request, grpc_frame, token};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, grpc, unix, admin, rest @ ..] = args.as_slice() else {
+        anyhow::bail!("usage: bench_setup <dir> <tcp-addr> <unix-path> <admin-addr> [policies]");
+    };
+    let n: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(300);
+    let dir = PathBuf::from(dir);
+    let fx = Fixture::write(&dir, n);
+    let unix = PathBuf::from(unix);
+    std::fs::write(dir.join("cached.yaml"), fx.config_yaml(grpc, &unix, admin, 10_000))?;
+    std::fs::write(dir.join("nocache.yaml"), fx.config_yaml(grpc, &unix, admin, 0))?;
+    // The same as cached.yaml without the per-check decision log line, to price that line.
+    let quiet = fx.config_yaml(grpc, &unix, admin, 10_000).replace("level: info", "level: warn");
+    std::fs::write(dir.join("cached-quiet.yaml"), quiet)?;
+
+    let frames = [
+        ("anonymous", Caller::Anonymous),
+        ("jwt-rs256", Caller::Bearer(token(Algorithm::RS256, 1))),
+        ("jwt-es256", Caller::Bearer(token(Algorithm::ES256, 2))),
+        ("jwt-eddsa", Caller::Bearer(token(Algorithm::EdDSA, 3))),
+        ("spiffe", Caller::Peer(PEER)),
+    ];
+    for (name, caller) in frames {
+        let req = check_request(&caller, "5f0c8a1e-3b7d-4c2a-9e61-0d2b8f4a7c13");
+        let frame = grpc_frame(&req);
+        if let Caller::Bearer(t) = &caller {
+            println!("{name}: token {} bytes, frame {} bytes", t.len(), frame.len());
+        } else {
+            println!("{name}: frame {} bytes", frame.len());
+        }
+        std::fs::write(dir.join(format!("{name}.bin")), frame)?;
+    }
+    println!("wrote {} ({n} policies)", dir.display());
+    Ok(())
+}
