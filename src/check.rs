@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-use crate::authn::{Authenticator, AuthnError, Identities};
+use crate::authn::{Authenticator, AuthnError, Credential, Identities};
 use crate::authz::{self, CedarMapping};
 use crate::config::{Config, HeaderNames, Limits};
 use crate::decision::{Decision, Status};
@@ -117,7 +117,7 @@ impl Checker {
         };
         // An anonymous caller that is denied could succeed with a credential: 401, not 403.
         if ids.is_anonymous()
-            && let Some(ch) = self.challenge(None)
+            && let Some(ch) = self.challenge()
         {
             d.status = Status::Unauthorized;
             d.reason = "credential_required";
@@ -126,14 +126,10 @@ impl Checker {
         d
     }
 
-    fn challenge(&self, error: Option<(&str, &str)>) -> Option<String> {
+    /// The challenge for an anonymous caller: the scheme a credential could be sent with.
+    fn challenge(&self) -> Option<String> {
         if self.bearer_configured {
-            Some(match error {
-                Some((code, desc)) => {
-                    format!("Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{desc}\"")
-                }
-                None => format!("Bearer realm=\"{REALM}\""),
-            })
+            Some(format!("Bearer realm=\"{REALM}\""))
         } else if self.api_keys_configured {
             Some(format!("ApiKey realm=\"{REALM}\""))
         } else {
@@ -145,17 +141,14 @@ impl Checker {
         let d = Decision::deny(Status::Unauthorized, e.label(), rid);
         match e {
             AuthnError::InvalidToken(je) => {
-                let desc = je.to_string();
-                d.with_challenge(format!(
-                    "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{desc}\""
-                ))
+                d.with_challenge(scheme_challenge(Credential::BearerToken, "invalid_token", Some(&je.to_string())))
             }
-            AuthnError::InvalidApiKey => d.with_challenge(format!("ApiKey realm=\"{REALM}\", error=\"invalid_key\"")),
+            AuthnError::InvalidApiKey => d.with_challenge(scheme_challenge(Credential::ApiKey, "invalid_key", None)),
             AuthnError::KeysUnavailable => Decision { status: Status::Unavailable, ..d }.with_retry_after(5),
-            // Only API keys report this (a duplicated bearer token is an `invalid_token`).
-            AuthnError::DuplicateCredential(_) => Decision {
+            // RFC 6750 §3.1: a credential sent twice is an `invalid_request` (400) in its own scheme.
+            AuthnError::DuplicateCredential(kind) => Decision {
                 status: Status::BadRequest,
-                ..d.with_challenge(format!("ApiKey realm=\"{REALM}\", error=\"invalid_request\""))
+                ..d.with_challenge(scheme_challenge(*kind, "invalid_request", None))
             },
             AuthnError::UntrustedPeer(_) => Decision { status: Status::Forbidden, ..d },
         }
@@ -186,6 +179,18 @@ impl Checker {
         }
         d.upstream_headers = set;
         d.remove_headers = remove;
+    }
+}
+
+/// `WWW-Authenticate` for a refused credential, in that credential's scheme.
+fn scheme_challenge(kind: Credential, error: &str, description: Option<&str>) -> String {
+    let scheme = match kind {
+        Credential::BearerToken => "Bearer",
+        Credential::ApiKey => "ApiKey",
+    };
+    match description {
+        Some(desc) => format!("{scheme} realm=\"{REALM}\", error=\"{error}\", error_description=\"{desc}\""),
+        None => format!("{scheme} realm=\"{REALM}\", error=\"{error}\""),
     }
 }
 

@@ -131,7 +131,12 @@ async fn jwt_outcomes_on_the_wire() {
     let r = server.check(check_request(&[("authorization", &dup), ("authorization", &dup)])).await;
     let (status, headers) = denied(&r);
     assert_eq!(status, 400);
-    assert!(header(&headers, "www-authenticate").is_some_and(|c| c.contains(r#"error="invalid_request""#)));
+    // In the Bearer scheme: the duplicated credential is a bearer token, not an API key.
+    assert!(
+        header(&headers, "www-authenticate")
+            .is_some_and(|c| c.starts_with("Bearer ") && c.contains(r#"error="invalid_request""#)),
+        "{headers:?}"
+    );
 
     // The other issuer's provider answers 500 and nothing is cached: 503 + Retry-After, not 401.
     let r = server.check(bearer(&key.token(&claims(&down.issuer, AUD, "bob")))).await;

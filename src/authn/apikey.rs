@@ -51,7 +51,7 @@ impl ApiKeyAuthenticator {
         match req.header_count(&self.header) {
             0 => return Ok(None),
             1 => {}
-            _ => return Err(AuthnError::DuplicateCredential("api_key")),
+            _ => return Err(AuthnError::DuplicateCredential(super::Credential::ApiKey)),
         }
         let Some(key) = req.header(&self.header).filter(|k| !k.is_empty()) else {
             return Ok(None);

@@ -264,7 +264,9 @@ impl JwtAuthenticator {
                 self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
                 // RFC 6750 §3.1: more than one token is `invalid_request` (400), not a bad token.
                 Err(match e {
-                    AuthnError::InvalidToken(JwtError::Duplicate) => AuthnError::DuplicateCredential("bearer token"),
+                    AuthnError::InvalidToken(JwtError::Duplicate) => {
+                        AuthnError::DuplicateCredential(super::Credential::BearerToken)
+                    }
                     e => e,
                 })
             }

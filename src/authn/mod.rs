@@ -57,8 +57,8 @@ pub enum AuthnError {
     #[error("signing keys for issuer unavailable")]
     KeysUnavailable,
     /// The request carries a credential more than once, which is ambiguous (400).
-    #[error("credential header `{0}` appears more than once")]
-    DuplicateCredential(&'static str),
+    #[error("{0} appears more than once")]
+    DuplicateCredential(Credential),
     /// An API key was presented that matches no client (401).
     #[error("unknown API key")]
     InvalidApiKey,
@@ -77,6 +77,22 @@ impl AuthnError {
             AuthnError::InvalidApiKey => "invalid_api_key",
             AuthnError::UntrustedPeer(_) => "untrusted_peer",
         }
+    }
+}
+
+/// A kind of credential, so a refusal can name the right authentication scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    BearerToken,
+    ApiKey,
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::BearerToken => "bearer token",
+            Credential::ApiKey => "API key",
+        })
     }
 }
 
