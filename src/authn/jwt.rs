@@ -437,6 +437,23 @@ impl JwtAuthenticator {
     }
 }
 
+#[cfg(test)]
+impl JwtIdentity {
+    /// An identity as if a token had verified (for authorization tests).
+    pub(crate) fn for_tests(issuer: &str, subject: &str, groups: &[&str], claims: &[(&str, &str)]) -> Self {
+        JwtIdentity {
+            issuer: issuer.into(),
+            subject: subject.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers: Vec::new(),
+            expires_at: u64::MAX,
+            kid: None,
+            key_fingerprint: [0; 16],
+        }
+    }
+}
+
 const RESERVED: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
 /// The HTTP client for discovery and JWKS fetches; `ca_file` adds trusted roots for one issuer.

@@ -4,20 +4,23 @@
 //! and treats any evaluation error as a deny.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, RestrictedExpression, Schema,
 };
 
 use crate::authn::{Identities, PeerIdentity};
 use crate::policy::PolicySnapshot;
 use crate::request::RequestView;
+
+pub mod index;
+
+pub use index::PolicyIndex;
+use index::{Facts, FitsSchema, PrincipalFacts, PrincipalKind, Shape, Unfit};
 
 /// Why an authorization request could not even be evaluated (each is a deny).
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +45,10 @@ pub struct AuthzOutcome {
     pub resource: String,
 }
 
-/// Which request headers to expose as `Route` tags, and the per-snapshot policy slices.
+/// Which request headers to expose as `Route` tags.
 #[derive(Debug, Clone, Default)]
 pub struct CedarMapping {
     pub context_headers: Vec<String>,
-    slices: Slices,
 }
 
 impl CedarMapping {
@@ -57,84 +59,62 @@ impl CedarMapping {
             .map(|h| h.to_ascii_lowercase())
             .filter(|h| !credential_headers.contains(h) && h != "cookie")
             .collect();
-        Self { context_headers, slices: Slices::default() }
+        Self { context_headers }
     }
 }
 
-/// At most this many (action, principal type) slices are kept per snapshot. Only actions the
-/// schema declares get here (the request is validated first), so this is never reached in
-/// practice; it only bounds memory.
-const MAX_SLICES: usize = 256;
-
-/// Cedar evaluates every policy of a set, and building each policy's condition clones its
-/// expression, so cost grows with the whole policy set even when most policies are scoped to
-/// other actions or principal types. A slice holds only the policies whose scope (`principal
-/// is T`, `action == A`, `action in [..]`, `resource is T`) can match a request with a given
-/// action and principal type. The policies left out are exactly those whose scope is false for
-/// that request: Cedar would evaluate their condition to `false` without touching the body, so
-/// the decision, the determining policies and the errors are the same.
-#[derive(Clone, Default)]
-struct Slices(Arc<ArcSwap<SliceMemo>>);
-
-impl fmt::Debug for Slices {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slices").field("cached", &self.0.load().sets.len()).finish()
-    }
+/// Builds a snapshot's [`PolicyIndex`], once, when the snapshot is built. `enum_types` are the
+/// schema's enumerated entity types (`Type` or `Namespace::Type`).
+pub fn index(
+    policies: &PolicySet,
+    schema: &Schema,
+    entities: &Entities,
+    enum_types: &HashSet<String>,
+) -> Result<PolicyIndex, AuthzError> {
+    let t = types()?;
+    // Whether a request fits the schema depends only on its action, principal type and context
+    // shape, and so is checked once per slice, unless a type built per request is an
+    // enumeration: then it depends on entity ids and every request is validated.
+    let validate_each_request = [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route]
+        .iter()
+        .any(|ty| enum_types.contains(&ty.to_string()));
+    let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &t.action).cloned().collect();
+    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(t, schema, action, kind, shape);
+    let principal_types = PrincipalKind::ALL.map(|k| t.of(k).clone());
+    Ok(PolicyIndex::build(
+        policies,
+        base_entities(entities),
+        entities,
+        &actions,
+        (&principal_types, &t.route),
+        (!validate_each_request).then_some(&fits as &FitsSchema<'_>),
+    ))
 }
 
-/// Slices for one snapshot, keyed by its content version (same version, same policies), and
-/// the snapshot's static entities without those that cannot change an answer.
-struct SliceMemo {
-    version: String,
-    source: String,
-    entities: Arc<Entities>,
-    sets: HashMap<(EntityUid, EntityTypeName), Arc<PolicySet>>,
-}
-
-impl Default for SliceMemo {
-    fn default() -> Self {
-        Self {
-            version: String::new(),
-            source: String::new(),
-            entities: Arc::new(Entities::empty()),
-            sets: HashMap::new(),
-        }
-    }
-}
-
-/// What one request is evaluated against.
-type Evaluation = (Arc<PolicySet>, Arc<Entities>);
-
-impl Slices {
-    fn get(&self, snapshot: &PolicySnapshot, action: &EntityUid, principal: &EntityTypeName) -> Evaluation {
-        let mut memo = self.0.load_full();
-        if memo.version != snapshot.version || memo.source != snapshot.source {
-            memo = Arc::new(SliceMemo {
-                version: snapshot.version.clone(),
-                source: snapshot.source.clone(),
-                entities: Arc::new(base_entities(snapshot)),
-                sets: HashMap::new(),
-            });
-            self.0.store(memo.clone());
-        }
-        let key = (action.clone(), principal.clone());
-        if let Some(set) = memo.sets.get(&key) {
-            return (set.clone(), memo.entities.clone());
-        }
-        let set = Arc::new(slice(snapshot, action, principal));
-        // Readers never wait: a racing writer may drop this entry, which is only recomputed.
-        if memo.sets.len() < MAX_SLICES {
-            let mut sets = memo.sets.clone();
-            sets.insert(key, set.clone());
-            self.0.store(Arc::new(SliceMemo {
-                version: memo.version.clone(),
-                source: memo.source.clone(),
-                entities: memo.entities.clone(),
-                sets,
-            }));
-        }
-        (set, memo.entities.clone())
-    }
+/// Cedar's request validation for a request of this action, principal kind and context shape.
+fn sample_fits(
+    t: &Types,
+    schema: &Schema,
+    action: &EntityUid,
+    kind: PrincipalKind,
+    shape: Shape,
+) -> Result<(), String> {
+    let peer = uid(&t.service, "spiffe://sample/ns/sample/sa/sample");
+    let context = context(&ContextParts {
+        method: "GET",
+        path: "/",
+        query: "",
+        host: "sample",
+        scheme: "http",
+        request_id: "",
+        authn: if shape.authn { &["jwt"] } else { &[] },
+        source_ip: shape.source_ip.then_some(IpAddr::from([127, 0, 0, 1])),
+        peer: shape.peer.then_some(&peer),
+    })
+    .map_err(|e| e.to_string())?;
+    Request::new(uid(t.of(kind), "sample"), action.clone(), uid(&t.route, "sample"), context, Some(schema))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Cedar re-walks every entity of the store for each entity added to it, so every request paid
@@ -143,7 +123,7 @@ impl Slices {
 /// either way, and reading an attribute or tag is an error either way (strict validation
 /// rejects such reads anyway). Those are left out, except for the types built per request, so
 /// a conflict between a static and a per-request entity is still refused as before.
-fn base_entities(snapshot: &PolicySnapshot) -> Entities {
+fn base_entities(entities: &Entities) -> Entities {
     let per_request = |ty: &EntityTypeName| {
         types().map_or(true, |t| [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route].contains(&ty))
     };
@@ -152,50 +132,9 @@ fn base_entities(snapshot: &PolicySnapshot) -> Entities {
         per_request(uid.type_name())
             || e.attrs().next().is_some()
             || e.tags().next().is_some()
-            || snapshot.entities.ancestors(&uid).is_some_and(|mut a| a.next().is_some())
+            || entities.ancestors(&uid).is_some_and(|mut a| a.next().is_some())
     };
-    Entities::from_entities(snapshot.entities.iter().filter(informative).cloned(), None)
-        .unwrap_or_else(|_| snapshot.entities.clone())
-}
-
-fn slice(snapshot: &PolicySnapshot, action: &EntityUid, principal: &EntityTypeName) -> PolicySet {
-    let route = types().ok().map(|t| &t.route);
-    let mut set = PolicySet::new();
-    for p in snapshot.policies.policies() {
-        if scope_may_match(p, action, principal, route, &snapshot.entities) && set.add(p.clone()).is_err() {
-            // Cannot happen (ids are unique in the source set); fall back to every policy.
-            return snapshot.policies.clone();
-        }
-    }
-    set
-}
-
-/// False only when the policy's scope is certainly false for this action and principal type.
-fn scope_may_match(
-    p: &Policy,
-    action: &EntityUid,
-    principal: &EntityTypeName,
-    route: Option<&EntityTypeName>,
-    entities: &Entities,
-) -> bool {
-    let principal_ok = match p.principal_constraint() {
-        // `principal in X` depends on the principal's groups, known only per request.
-        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
-        PrincipalConstraint::Eq(u) => u.type_name() == principal,
-        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == principal,
-    };
-    let action_ok = match p.action_constraint() {
-        ActionConstraint::Any => true,
-        ActionConstraint::Eq(a) => &a == action,
-        ActionConstraint::In(list) => list.iter().any(|a| a == action || entities.is_ancestor_of(a, action)),
-    };
-    // The resource is always a `Route`.
-    let resource_ok = match (p.resource_constraint(), route) {
-        (_, None) | (ResourceConstraint::Any | ResourceConstraint::In(_), _) => true,
-        (ResourceConstraint::Eq(u), Some(r)) => u.type_name() == r,
-        (ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _), Some(r)) => &t == r,
-    };
-    principal_ok && action_ok && resource_ok
+    Entities::from_entities(entities.iter().filter(informative).cloned(), None).unwrap_or_else(|_| entities.clone())
 }
 
 /// The entity type names of the Cedar model, parsed once: parsing a name runs Cedar's full
@@ -222,6 +161,17 @@ static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
         route: t("Route")?,
     })
 });
+
+impl Types {
+    fn of(&self, kind: PrincipalKind) -> &EntityTypeName {
+        match kind {
+            PrincipalKind::User => &self.user,
+            PrincipalKind::Service => &self.service,
+            PrincipalKind::ApiClient => &self.api_client,
+            PrincipalKind::Anonymous => &self.anonymous,
+        }
+    }
+}
 
 fn types() -> Result<&'static Types, AuthzError> {
     TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
@@ -283,6 +233,42 @@ fn groups(t: &Types, names: &[String]) -> HashSet<EntityUid> {
     names.iter().map(|g| uid(&t.group, g)).collect()
 }
 
+/// The values of a request's Cedar context.
+struct ContextParts<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    host: &'a str,
+    scheme: &'a str,
+    request_id: &'a str,
+    authn: &'a [&'static str],
+    source_ip: Option<IpAddr>,
+    peer: Option<&'a EntityUid>,
+}
+
+/// The one place a Cedar context is built: for requests, and for the samples the index checks
+/// against the schema, so both have the same shape.
+fn context(c: &ContextParts<'_>) -> Result<Context, AuthzError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut ctx: Vec<(String, RestrictedExpression)> = vec![
+        ("method".into(), s(c.method)),
+        ("path".into(), s(c.path)),
+        ("query".into(), s(c.query)),
+        ("host".into(), s(c.host)),
+        ("scheme".into(), s(c.scheme)),
+        ("request_id".into(), s(c.request_id)),
+        ("authn".into(), RestrictedExpression::new_set(c.authn.iter().map(|m| s(m)))),
+        ("time".into(), RestrictedExpression::new_long(now)),
+    ];
+    if let Some(ip) = c.source_ip {
+        ctx.push(("source_ip".into(), ip_expression(ip)));
+    }
+    if let Some(p) = c.peer {
+        ctx.push(("peer".into(), RestrictedExpression::new_entity_uid(p.clone())));
+    }
+    Context::from_pairs(ctx).map_err(|e| AuthzError::Request(e.to_string()))
+}
+
 /// Evaluates one request against one snapshot.
 pub fn authorize(
     snapshot: &PolicySnapshot,
@@ -290,16 +276,16 @@ pub fn authorize(
     ids: &Identities,
     mapping: &CedarMapping,
 ) -> Result<AuthzOutcome, AuthzError> {
-    authorize_with(snapshot, req, ids, mapping, |action, principal| mapping.slices.get(snapshot, action, principal))
+    authorize_with(snapshot, req, ids, mapping, false)
 }
 
-/// [`authorize`] with the policy set chosen by `policies` (tests compare slices with the whole set).
+/// [`authorize`], or with `whole` against every policy and static entity (tests compare).
 fn authorize_with(
     snapshot: &PolicySnapshot,
     req: &RequestView<'_>,
     ids: &Identities,
     mapping: &CedarMapping,
-    evaluation: impl FnOnce(&EntityUid, &EntityTypeName) -> Evaluation,
+    whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
     let t = types()?;
     let mut extra: Vec<Entity> = Vec::with_capacity(3);
@@ -314,23 +300,29 @@ fn authorize_with(
         None => None,
     };
 
-    let principal = if let Some(jwt) = &ids.jwt {
+    let (principal, kind, principal_facts) = if let Some(jwt) = &ids.jwt {
         let u = uid(&t.user, &jwt.subject);
         let tags = jwt.claims.iter().map(|(k, v)| (k.clone(), s(v)));
         let e = Entity::new_with_tags(u.clone(), [("issuer".to_owned(), s(&jwt.issuer))], groups(t, &jwt.groups), tags)
             .map_err(|e| AuthzError::Entity(e.to_string()))?;
         extra.push(e);
-        u
+        (u, PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer })
     } else if let Some(client) = &ids.api_client {
         let u = uid(&t.api_client, &client.client);
         extra.push(Entity::new_no_attrs(u.clone(), groups(t, &client.groups)));
-        u
-    } else if let Some(p) = &peer {
-        p.clone()
+        (u, PrincipalKind::ApiClient, PrincipalFacts::None)
+    } else if let (Some(u), Some(p)) = (&peer, &ids.peer) {
+        let facts = PrincipalFacts::Service {
+            spiffe_id: &p.spiffe_id,
+            trust_domain: &p.trust_domain,
+            namespace: &p.namespace,
+            service_account: &p.service_account,
+        };
+        (u.clone(), PrincipalKind::Service, facts)
     } else {
         let u = uid(&t.anonymous, "anonymous");
         extra.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
-        u
+        (u, PrincipalKind::Anonymous, PrincipalFacts::None)
     };
 
     let action = uid(&t.action, &req.method);
@@ -349,30 +341,47 @@ fn authorize_with(
         .map_err(|e| AuthzError::Entity(e.to_string()))?,
     );
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let mut ctx: Vec<(String, RestrictedExpression)> = vec![
-        ("method".into(), s(&req.method)),
-        ("path".into(), s(&req.path)),
-        ("query".into(), s(req.query)),
-        ("host".into(), s(&req.host)),
-        ("scheme".into(), s(req.scheme)),
-        ("request_id".into(), s(req.request_id)),
-        ("authn".into(), RestrictedExpression::new_set(ids.methods().into_iter().map(s))),
-        ("time".into(), RestrictedExpression::new_long(now)),
-    ];
-    if let Some(ip) = req.source_ip {
-        ctx.push(("source_ip".into(), ip_expression(ip)));
-    }
-    if let Some(p) = &peer {
-        ctx.push(("peer".into(), RestrictedExpression::new_entity_uid(p.clone())));
-    }
-    let context = Context::from_pairs(ctx).map_err(|e| AuthzError::Request(e.to_string()))?;
-    let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, Some(&snapshot.schema))
+    let methods = ids.methods();
+    let context = context(&ContextParts {
+        method: &req.method,
+        path: &req.path,
+        query: req.query,
+        host: &req.host,
+        scheme: req.scheme,
+        request_id: req.request_id,
+        authn: &methods,
+        source_ip: req.source_ip,
+        peer: peer.as_ref(),
+    })?;
+    let index = &snapshot.index;
+    let schema = index.validates_each_request().then_some(&snapshot.schema);
+    let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
         .map_err(|e| AuthzError::Request(e.to_string()))?;
+    let shape = Shape { source_ip: req.source_ip.is_some(), peer: peer.is_some(), authn: !methods.is_empty() };
+    let facts = Facts {
+        route_host: &req.host,
+        route_path: &req.path,
+        route_service: service,
+        method: &req.method,
+        path: &req.path,
+        query: req.query,
+        host: &req.host,
+        scheme: req.scheme,
+        request_id: req.request_id,
+        principal: principal_facts,
+    };
+    let policies = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
+        Unfit::Action => AuthzError::Request(format!(
+            "the schema declares no action {action} for principal type {}",
+            principal.type_name()
+        )),
+        Unfit::Schema(m) => AuthzError::Request(m),
+    })?;
     // Per-request entities are built by us from verified data; the static ones were
     // schema-checked at load.
-    let (policies, base) = evaluation(&action, principal.type_name());
-    let entities = (*base).clone().add_entities(extra, None).map_err(|e| AuthzError::Entity(e.to_string()))?;
+    let (policies, base) =
+        if whole { (index.whole(), snapshot.entities.clone()) } else { (policies, Entities::clone(index.entities())) };
+    let entities = base.add_entities(extra, None).map_err(|e| AuthzError::Entity(e.to_string()))?;
 
     let response = Authorizer::new().is_authorized(&request, &policies, &entities);
     let diag = response.diagnostics();
@@ -394,6 +403,8 @@ fn authorize_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::authn::ApiClientIdentity;
     use crate::config::Limits;
     use crate::policy::{DocKind, PolicyDocument};
@@ -459,39 +470,256 @@ mod tests {
         assert_eq!(out.policies, vec!["writes-frozen".to_owned()]);
     }
 
+    /// The ids of the policies the index hands Cedar for a request with no guards involved.
+    fn selected(snap: &PolicySnapshot, method: &str, kind: PrincipalKind) -> Vec<String> {
+        let facts = Facts {
+            route_host: "h",
+            route_path: "/",
+            route_service: "h",
+            method,
+            path: "/",
+            query: "",
+            host: "h",
+            scheme: "http",
+            request_id: "",
+            principal: PrincipalFacts::None,
+        };
+        let shape = Shape { source_ip: false, peer: false, authn: kind != PrincipalKind::Anonymous };
+        let set = snap.index.select(method, kind, shape, &facts).expect("fits the schema");
+        let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
     #[test]
     fn slices_leave_out_only_policies_scoped_to_other_actions_or_principal_types() {
         let snap = snapshot(MIXED);
-        let t = types().expect("types");
-        let kept = |method: &str, ty: &EntityTypeName| -> Vec<String> {
-            let mut ids: Vec<String> =
-                slice(&snap, &uid(&t.action, method), ty).policies().map(|p| p.id().to_string()).collect();
-            ids.sort();
-            ids
-        };
-        assert_eq!(kept("GET", &t.api_client), ["batch-group", "get-only"]);
-        assert_eq!(kept("POST", &t.api_client), ["batch-group", "route-only", "writes-frozen"]);
-        assert_eq!(kept("DELETE", &t.service), ["batch-group", "service-only", "writes-frozen"]);
-        assert_eq!(kept("HEAD", &t.anonymous), ["batch-group"]);
+        assert_eq!(selected(&snap, "GET", PrincipalKind::ApiClient), ["batch-group", "get-only"]);
+        assert_eq!(selected(&snap, "POST", PrincipalKind::ApiClient), ["batch-group", "route-only", "writes-frozen"]);
+        assert_eq!(selected(&snap, "DELETE", PrincipalKind::Service), ["batch-group", "service-only", "writes-frozen"]);
+        assert_eq!(selected(&snap, "HEAD", PrincipalKind::Anonymous), ["batch-group"]);
     }
 
     #[test]
     fn sliced_decisions_match_evaluating_every_policy() {
         let snap = snapshot(MIXED);
-        let sliced = CedarMapping::default();
+        let mapping = CedarMapping::default();
         for method in ["GET", "HEAD", "POST", "DELETE", "OPTIONS"] {
             for ids in [Identities::default(), client("batch", &["batch"]), client("other", &[])] {
-                let out = decide(&snap, &sliced, method, &ids);
+                let out = decide(&snap, &mapping, method, &ids);
                 // The same request against the whole policy set, without slicing.
                 let req = request(method, "/api/orders");
                 let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
-                let full = authorize_with(&snap, &view, &ids, &sliced, |_, _| {
-                    (Arc::new(snap.policies.clone()), Arc::new(snap.entities.clone()))
-                })
-                .expect("evaluates");
+                let full = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
                 assert_eq!((out.allowed, &out.policies), (full.allowed, &full.policies), "{method} {ids:?}");
             }
         }
+    }
+
+    /// Policies whose leading conjuncts the index reads (equality, `like`, negation, `unless`,
+    /// principal attributes) mixed with ones it must leave to Cedar (`||`, tags, and an
+    /// overflow: an evaluation error, so a deny, when its guard holds).
+    const GUARDED: &str = r#"
+        @id("api") permit (principal, action in Action::"read", resource) when { resource.path like "/api/*" };
+        @id("evil") forbid (principal, action, resource) when { resource.host == "evil.example" };
+        @id("tenant") permit (principal is User, action == Action::"GET", resource)
+            when { resource.host == "a.svc" && principal.hasTag("tenant") && principal.getTag("tenant") == "t1" };
+        @id("err") permit (principal is User, action, resource)
+            when { resource.path like "/err*" && context.time * 1000000000000 > 0 };
+        @id("https-only") forbid (principal, action, resource)
+            when { resource.service == "secure" } unless { context.scheme == "https" };
+        @id("frontend") permit (principal is Service, action, resource)
+            when { principal.namespace == "frontend" && resource.path like "/svc/*" };
+        @id("post-orders") permit (principal, action, resource)
+            when { context.method == "POST" && resource.service == "orders" };
+        @id("json") permit (principal, action in Action::"read", resource)
+            when { !(resource.path like "/private*") && resource.path like "*.json" };
+        @id("star") permit (principal, action, resource) when { context.path like "/p\*x*" };
+        @id("either") permit (principal, action, resource)
+            when { resource.path == "/exact" || resource.path == "/other" };
+        @id("admins") permit (principal in Group::"admins", action, resource) when { resource.path like "/admin*" };
+        @id("unicode") permit (principal, action, resource) when { resource.path like "/\u{fc}*\u{df}" };
+        @id("issuer") forbid (principal is User, action, resource)
+            when { principal.issuer == "https://bad" && context.host like "*.svc" };
+        @id("query") permit (principal, action == Action::"DELETE", resource)
+            when { context.query == "confirm=1" && resource.host like "*.svc" };
+    "#;
+
+    fn user(issuer: &str, groups: &[&str], claims: &[(&str, &str)]) -> Identities {
+        Identities {
+            jwt: Some(Arc::new(crate::authn::JwtIdentity::for_tests(issuer, "alice", groups, claims))),
+            ..Default::default()
+        }
+    }
+
+    fn peer(ns: &str) -> crate::authn::PeerIdentity {
+        crate::authn::PeerIdentity {
+            spiffe_id: format!("spiffe://cluster.local/ns/{ns}/sa/web"),
+            trust_domain: "cluster.local".into(),
+            namespace: ns.into(),
+            service_account: "web".into(),
+        }
+    }
+
+    fn callers() -> Vec<Identities> {
+        let via_peer = |mut ids: Identities, ns: &str| {
+            ids.peer = Some(peer(ns));
+            ids
+        };
+        vec![
+            Identities::default(),
+            client("batch", &[]),
+            client("ops", &["admins"]),
+            user("https://idp", &[], &[]),
+            user("https://idp", &["admins"], &[("tenant", "t1")]),
+            user("https://bad", &[], &[("tenant", "t2"), ("missing", "x")]),
+            via_peer(Identities::default(), "frontend"),
+            via_peer(Identities::default(), "backend"),
+            via_peer(user("https://idp", &[], &[("tenant", "t1")]), "frontend"),
+        ]
+    }
+
+    #[test]
+    fn guarded_selection_decides_exactly_as_every_policy_would() {
+        let snap = snapshot(GUARDED);
+        let mapping = CedarMapping::default();
+        let hosts = ["a.svc", "evil.example", "orders.svc", "secure.svc", "b.other"];
+        let paths = [
+            "/api/x",
+            "/api",
+            "/err1",
+            "/ok",
+            "/svc/1",
+            "/private/a.json",
+            "/pub/a.json",
+            "/p*x/y",
+            "/pax",
+            "/exact",
+            "/other",
+            "/admin/x",
+            "/\u{fc}a\u{df}",
+            "/\u{fc}",
+            "/a*b",
+        ];
+        let mut compared = 0;
+        let mut outcomes = HashSet::new();
+        for method in ["GET", "POST", "DELETE"] {
+            for host in hosts {
+                for path in paths {
+                    for (scheme, query) in [("http", ""), ("https", "confirm=1")] {
+                        let mut req = request(method, path);
+                        if let Some(http) =
+                            req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut())
+                        {
+                            http.host = host.into();
+                            http.scheme = scheme.into();
+                            http.query = query.into();
+                        }
+                        let Ok(view) = RequestView::from_check(&req, &Limits::default()) else { continue };
+                        for ids in callers() {
+                            let got = authorize(&snap, &view, &ids, &mapping).expect("evaluates");
+                            let want = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
+                            assert_eq!(
+                                (got.allowed, &got.policies, &got.errors),
+                                (want.allowed, &want.policies, &want.errors),
+                                "{method} {host}{path} {scheme} {ids:?}"
+                            );
+                            outcomes.insert((got.allowed, got.policies.clone(), !got.errors.is_empty()));
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 1000, "only {compared} requests compared");
+        // The corpus reaches allows, forbids, no-permit denials and evaluation errors.
+        assert!(outcomes.len() > 15, "too few distinct outcomes: {outcomes:?}");
+        assert!(outcomes.iter().any(|(_, _, err)| *err), "no request hit an evaluation error");
+    }
+
+    #[test]
+    fn the_index_hands_cedar_only_the_policies_whose_guards_hold() {
+        let snap = snapshot(GUARDED);
+        let facts = |host, path| Facts {
+            route_host: host,
+            route_path: path,
+            route_service: host.split('.').next().unwrap_or(""),
+            method: "GET",
+            path,
+            query: "",
+            host,
+            scheme: "http",
+            request_id: "",
+            principal: PrincipalFacts::User { issuer: "https://idp" },
+        };
+        let shape = Shape { source_ip: false, peer: false, authn: true };
+        let ids = |host, path| -> Vec<String> {
+            let set = snap.index.select("GET", PrincipalKind::User, shape, &facts(host, path)).expect("fits");
+            let mut v: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+            v.sort();
+            v
+        };
+        // `either` (a disjunction) is always left to Cedar; the rest only when their guards hold.
+        assert_eq!(ids("b.other", "/ok"), ["either"]);
+        assert_eq!(ids("b.other", "/api/x"), ["api", "either"]);
+        assert_eq!(ids("a.svc", "/a.json"), ["either", "json", "tenant"]);
+        assert_eq!(ids("evil.example", "/err"), ["either", "err", "evil"]);
+    }
+
+    fn snapshot_with_schema(schema: String, policies: &str) -> PolicySnapshot {
+        let docs = [
+            PolicyDocument { origin: "s.cedarschema".into(), kind: DocKind::Schema, text: schema },
+            PolicyDocument { origin: "p.cedar".into(), kind: DocKind::Policies, text: policies.into() },
+        ];
+        PolicySnapshot::build(&docs, "test").expect("test policies build")
+    }
+
+    #[test]
+    fn requests_whose_shape_the_schema_does_not_declare_are_refused() {
+        // This schema's context has no `source_ip`: a request that carries one does not fit it.
+        let snap = snapshot_with_schema(
+            SCHEMA.replace("source_ip?: ipaddr,", ""),
+            r#"@id("open") permit (principal, action, resource);"#,
+        );
+        let mapping = CedarMapping::default();
+        assert!(decide(&snap, &mapping, "GET", &Identities::default()).allowed);
+        let mut req = request("GET", "/api/orders");
+        if let Some(a) = req.attributes.as_mut() {
+            use crate::proto::core::{Address, SocketAddress, address};
+            a.source = Some(attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.0.0.1".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            });
+        }
+        let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+        let err = authorize(&snap, &view, &Identities::default(), &mapping).expect_err("does not fit");
+        assert!(err.to_string().contains("context"), "{err}");
+        // Undeclared actions are refused too.
+        let propfind = request("PROPFIND", "/");
+        let view = RequestView::from_check(&propfind, &Limits::default()).expect("valid");
+        assert!(authorize(&snap, &view, &Identities::default(), &mapping).is_err());
+    }
+
+    #[test]
+    fn enumerated_principal_types_are_validated_on_every_request() {
+        // Whether an `ApiClient` fits now depends on its id, which no per-slice check can know.
+        let snap = snapshot_with_schema(
+            SCHEMA.replace("entity ApiClient in [Group];", r#"entity ApiClient enum ["batch"];"#),
+            r#"@id("open") permit (principal, action, resource);"#,
+        );
+        assert!(snap.index.validates_each_request());
+        let mapping = CedarMapping::default();
+        assert!(decide(&snap, &mapping, "GET", &client("batch", &[])).allowed);
+        let get = request("GET", "/");
+        let view = RequestView::from_check(&get, &Limits::default()).expect("valid");
+        assert!(authorize(&snap, &view, &client("intruder", &[]), &mapping).is_err(), "not a declared client");
+        // The demo schema has no enumerations: requests are checked once per slice.
+        assert!(!snapshot(MIXED).index.validates_each_request());
     }
 
     #[test]
@@ -554,7 +782,7 @@ mod tests {
             },
         ];
         let snap = PolicySnapshot::build(&docs, "test").expect("builds");
-        let kept: Vec<String> = base_entities(&snap).iter().map(|e| e.uid().to_string()).collect();
+        let kept: Vec<String> = base_entities(&snap.entities).iter().map(|e| e.uid().to_string()).collect();
         assert!(kept.contains(&r#"Group::"batch""#.to_owned()), "{kept:?}");
         assert!(!kept.iter().any(|u| u.contains("bare")), "{kept:?}");
         let mapping = CedarMapping::default();

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{Entities, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator};
 use miette::Diagnostic;
+
+use crate::authz::{self, PolicyIndex};
 use sha2::{Digest, Sha256};
 
 /// What a document holds, from its name.
@@ -105,6 +107,8 @@ pub struct PolicySnapshot {
     pub origins: HashMap<String, String>,
     /// Schema validation warnings (not fatal).
     pub warnings: Vec<String>,
+    /// What authorization precomputes once per snapshot (which policies each request needs).
+    pub index: PolicyIndex,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -115,6 +119,25 @@ impl fmt::Debug for PolicySnapshot {
             .field("policy_count", &self.policy_count)
             .finish()
     }
+}
+
+/// Entity types the schema declares as enumerations (`entity Color enum ["red"]`), as
+/// `Type` or `Namespace::Type`.
+fn enum_entity_types(fragments: &[SchemaFragment]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for frag in fragments {
+        let Ok(json) = frag.clone().to_json_value() else { continue };
+        let Some(namespaces) = json.as_object() else { continue };
+        for (ns, body) in namespaces {
+            let Some(types) = body.get("entityTypes").and_then(|t| t.as_object()) else { continue };
+            for (name, def) in types {
+                if def.get("enum").is_some() {
+                    out.insert(if ns.is_empty() { name.clone() } else { format!("{ns}::{name}") });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Content hash of a document set, independent of order.
@@ -153,6 +176,7 @@ impl PolicySnapshot {
                 "no schema (*.cedarschema) found; policies are always validated strictly",
             ));
         }
+        let enum_types = enum_entity_types(&fragments);
         let schema = match Schema::from_schema_fragments(fragments) {
             Ok(s) => Some(s),
             Err(e) if errors.is_empty() => {
@@ -244,8 +268,11 @@ impl PolicySnapshot {
         let (Some(schema), Some(entities)) = (schema, entities) else {
             return Err(vec![LoadError::whole(source, "incomplete policy set")]);
         };
+        let index = authz::index(&policies, &schema, &entities, &enum_types)
+            .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
         let owned: Vec<PolicyDocument> = docs.into_iter().cloned().collect();
         Ok(PolicySnapshot {
+            index,
             policy_count: policies.policies().count(),
             policies,
             schema,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use cedar_policy::{Entities, PolicySet, Schema};
 
 use super::snapshot::{DocKind, LoadError, PolicyDocument, PolicySnapshot, format_errors, version_of};
+use crate::authz;
 use crate::config::EmptyPolicy;
 
 /// What the admin endpoint shows about policy loading.
@@ -165,10 +166,15 @@ impl PolicyStore {
 fn empty_snapshot(docs: &[PolicyDocument], source: &str) -> Result<PolicySnapshot, Vec<LoadError>> {
     let schema = Schema::from_schema_fragments(Vec::new())
         .map_err(|e| vec![LoadError::whole(source, format!("empty schema: {e}"))])?;
+    let policies = PolicySet::new();
+    let entities = Entities::empty();
+    let index = authz::index(&policies, &schema, &entities, &Default::default())
+        .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
     Ok(PolicySnapshot {
-        policies: PolicySet::new(),
+        index,
+        policies,
         schema,
-        entities: Entities::empty(),
+        entities,
         version: version_of(docs),
         source: source.to_owned(),
         loaded_at: SystemTime::now(),

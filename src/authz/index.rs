@@ -1,0 +1,561 @@
+//! The policies that can matter for one request, found before Cedar runs.
+//!
+//! Cedar evaluates every policy of the set it is given, and clones each policy's condition to do
+//! so: its cost grows with the whole policy set, even when nearly every policy is about another
+//! route. The index is built once per snapshot and narrows the set in two exact steps:
+//!
+//! 1. **Scope.** A slice per (action, principal type) holds only the policies whose scope can
+//!    match that action and principal type (`action ==`/`in`, `principal is`/`==`, `resource is`).
+//! 2. **Guards.** Cedar evaluates a policy's condition (scope, then each `when`, then each
+//!    `!unless`) left to right and stops at the first false conjunct. The leading conjuncts that
+//!    compare a request attribute we always set with a string literal (`resource.path like
+//!    "/api/*"`, `resource.host == "…"`, `context.method == "GET"`, `principal.namespace == "…"`
+//!    for a `Service`, or the negation of one) can never raise an error, so when one of them is
+//!    false Cedar would answer `false` for the policy, with no error: the policy is left out.
+//!
+//! The policies left out are exactly some of those Cedar would find unsatisfied without error, so
+//! the decision, the determining policies and the errors do not change (tests compare against
+//! evaluating every policy). Anything the index does not understand is kept for Cedar.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint,
+};
+use serde_json::Value;
+
+/// The principal types authorization builds, one slice each per action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    User,
+    Service,
+    ApiClient,
+    Anonymous,
+}
+
+impl PrincipalKind {
+    pub const ALL: [PrincipalKind; 4] =
+        [PrincipalKind::User, PrincipalKind::Service, PrincipalKind::ApiClient, PrincipalKind::Anonymous];
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// What varies in a request's Cedar context, and so in whether it fits the schema: optional
+/// attributes present or not, and whether the `authn` set is empty (an empty set fits any set
+/// type). Everything else in the context has one fixed type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub source_ip: bool,
+    pub peer: bool,
+    pub authn: bool,
+}
+
+impl Shape {
+    const ALL: [Shape; 8] = {
+        let mut all = [Shape { source_ip: false, peer: false, authn: false }; 8];
+        let mut i = 0;
+        while i < 8 {
+            all[i] = Shape { source_ip: i & 1 != 0, peer: i & 2 != 0, authn: i & 4 != 0 };
+            i += 1;
+        }
+        all
+    };
+
+    fn slot(self) -> usize {
+        usize::from(self.source_ip) | usize::from(self.peer) << 1 | usize::from(self.authn) << 2
+    }
+}
+
+/// The request values guards read: the same strings authorization puts into the Cedar request.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub route_host: &'a str,
+    pub route_path: &'a str,
+    pub route_service: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    pub request_id: &'a str,
+    pub principal: PrincipalFacts<'a>,
+}
+
+/// The principal's attributes, when its type has any.
+#[derive(Debug, Clone, Copy)]
+pub enum PrincipalFacts<'a> {
+    User { issuer: &'a str },
+    Service { spiffe_id: &'a str, trust_domain: &'a str, namespace: &'a str, service_account: &'a str },
+    None,
+}
+
+/// A request attribute that is set on every request of a slice, always as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    RouteHost,
+    RoutePath,
+    RouteService,
+    Method,
+    Path,
+    Query,
+    Host,
+    Scheme,
+    RequestId,
+    Issuer,
+    SpiffeId,
+    TrustDomain,
+    Namespace,
+    ServiceAccount,
+}
+
+impl Field {
+    /// `var.attr`, if it is always a string for this principal kind.
+    fn of(var: &str, attr: &str, principal: PrincipalKind) -> Option<Field> {
+        Some(match (var, attr, principal) {
+            ("resource", "host", _) => Field::RouteHost,
+            ("resource", "path", _) => Field::RoutePath,
+            ("resource", "service", _) => Field::RouteService,
+            ("context", "method", _) => Field::Method,
+            ("context", "path", _) => Field::Path,
+            ("context", "query", _) => Field::Query,
+            ("context", "host", _) => Field::Host,
+            ("context", "scheme", _) => Field::Scheme,
+            ("context", "request_id", _) => Field::RequestId,
+            ("principal", "issuer", PrincipalKind::User) => Field::Issuer,
+            ("principal", "spiffe_id", PrincipalKind::Service) => Field::SpiffeId,
+            ("principal", "trust_domain", PrincipalKind::Service) => Field::TrustDomain,
+            ("principal", "namespace", PrincipalKind::Service) => Field::Namespace,
+            ("principal", "service_account", PrincipalKind::Service) => Field::ServiceAccount,
+            _ => return None,
+        })
+    }
+
+    fn read<'a>(self, f: &Facts<'a>) -> Option<&'a str> {
+        Some(match (self, f.principal) {
+            (Field::RouteHost, _) => f.route_host,
+            (Field::RoutePath, _) => f.route_path,
+            (Field::RouteService, _) => f.route_service,
+            (Field::Method, _) => f.method,
+            (Field::Path, _) => f.path,
+            (Field::Query, _) => f.query,
+            (Field::Host, _) => f.host,
+            (Field::Scheme, _) => f.scheme,
+            (Field::RequestId, _) => f.request_id,
+            (Field::Issuer, PrincipalFacts::User { issuer }) => issuer,
+            (Field::SpiffeId, PrincipalFacts::Service { spiffe_id, .. }) => spiffe_id,
+            (Field::TrustDomain, PrincipalFacts::Service { trust_domain, .. }) => trust_domain,
+            (Field::Namespace, PrincipalFacts::Service { namespace, .. }) => namespace,
+            (Field::ServiceAccount, PrincipalFacts::Service { service_account, .. }) => service_account,
+            _ => return None,
+        })
+    }
+}
+
+/// Cedar's `like`: `*` matches any run of characters, everything else itself. Kept as the
+/// literal runs between wildcards (one run means no wildcard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Glob {
+    runs: Vec<String>,
+}
+
+impl Glob {
+    fn matches(&self, text: &str) -> bool {
+        let (first, last) = match (self.runs.first(), self.runs.last()) {
+            (Some(f), Some(l)) => (f.as_str(), l.as_str()),
+            _ => return text.is_empty(),
+        };
+        if self.runs.len() == 1 {
+            return text == first;
+        }
+        if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+            return false;
+        }
+        // Runs are whole characters, so the byte offsets below are character boundaries, and
+        // matching bytes is matching characters (UTF-8 cannot match inside a character).
+        let mut rest = &text[first.len()..text.len() - last.len()];
+        for run in &self.runs[1..self.runs.len() - 1] {
+            match rest.find(run.as_str()) {
+                // The leftmost occurrence leaves the most room for the runs after it.
+                Some(at) => rest = &rest[at + run.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Test {
+    Eq(String),
+    Like(Glob),
+}
+
+/// One leading conjunct: `field == "lit"` or `field like "pat"`, possibly negated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Atom {
+    field: Field,
+    test: Test,
+    negated: bool,
+}
+
+impl Atom {
+    /// `None` when the value is not known for this request: the policy is then kept.
+    fn holds(&self, facts: &Facts<'_>) -> Option<bool> {
+        let v = self.field.read(facts)?;
+        let r = match &self.test {
+            Test::Eq(lit) => v == lit,
+            Test::Like(g) => g.matches(v),
+        };
+        Some(r != self.negated)
+    }
+}
+
+/// The leading conjuncts of a policy's condition that the index can evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Guard(Vec<Atom>);
+
+impl Guard {
+    /// False only when Cedar would certainly find the policy's condition false, without error.
+    fn may_hold(&self, facts: &Facts<'_>) -> bool {
+        self.0.iter().all(|a| a.holds(facts).unwrap_or(true))
+    }
+
+    /// From the policy's JSON form: its conditions (`when` bodies and negated `unless` bodies)
+    /// flattened along `&&` in evaluation order, and the atoms up to the first one not
+    /// understood. `None` when there is no such atom.
+    fn of(policy: &Policy, principal: PrincipalKind) -> Option<Guard> {
+        let json = policy.to_json().ok()?;
+        let mut conjuncts: Vec<(&Value, bool)> = Vec::new();
+        for cond in json.get("conditions")?.as_array()? {
+            let body = cond.get("body")?;
+            match cond.get("kind")?.as_str()? {
+                "when" => flatten(body, &mut conjuncts),
+                // `unless { e }` is `!e`: one conjunct, whatever `e` is.
+                "unless" => conjuncts.push((body, true)),
+                _ => return None,
+            }
+        }
+        let mut atoms = Vec::new();
+        for (expr, negated) in conjuncts {
+            match atom(expr, negated, principal) {
+                Some(a) => atoms.push(a),
+                None => break,
+            }
+        }
+        (!atoms.is_empty()).then_some(Guard(atoms))
+    }
+}
+
+/// `a && b && …` in the order Cedar evaluates it (left first, whatever the nesting).
+fn flatten<'a>(e: &'a Value, out: &mut Vec<(&'a Value, bool)>) {
+    match e.get("&&") {
+        Some(and) => match (and.get("left"), and.get("right")) {
+            (Some(l), Some(r)) => {
+                flatten(l, out);
+                flatten(r, out);
+            }
+            _ => out.push((e, false)),
+        },
+        None => out.push((e, false)),
+    }
+}
+
+fn atom(e: &Value, negated: bool, principal: PrincipalKind) -> Option<Atom> {
+    if let Some(not) = e.get("!") {
+        return atom(not.get("arg")?, !negated, principal);
+    }
+    if let Some(eq) = e.get("==") {
+        let (l, r) = (eq.get("left")?, eq.get("right")?);
+        let (field, lit) = match (attribute(l, principal), attribute(r, principal)) {
+            (Some(f), None) => (f, r),
+            (None, Some(f)) => (f, l),
+            _ => return None,
+        };
+        let lit = lit.get("Value")?.as_str()?;
+        return Some(Atom { field, test: Test::Eq(lit.to_owned()), negated });
+    }
+    if let Some(like) = e.get("like") {
+        let field = attribute(like.get("left")?, principal)?;
+        let mut runs = vec![String::new()];
+        for elem in like.get("pattern")?.as_array()? {
+            match elem {
+                Value::String(w) if w == "Wildcard" => runs.push(String::new()),
+                Value::Object(o) => runs.last_mut()?.push_str(o.get("Literal")?.as_str()?),
+                _ => return None,
+            }
+        }
+        return Some(Atom { field, test: Test::Like(Glob { runs }), negated });
+    }
+    None
+}
+
+/// `principal.x`, `resource.x`, `context.x` for an always-present string attribute.
+fn attribute(e: &Value, principal: PrincipalKind) -> Option<Field> {
+    let get = e.get(".")?;
+    let var = get.get("left")?.get("Var")?.as_str()?;
+    Field::of(var, get.get("attr")?.as_str()?, principal)
+}
+
+/// Memoized policy sets are bounded in number per slice and in policies held per index, so no
+/// sequence of requests can grow them without limit.
+const MAX_SETS_PER_SLICE: usize = 256;
+const MAX_MEMO_POLICIES: usize = 65_536;
+
+/// The policies that can match one (action, principal type).
+struct Slice {
+    policies: Vec<Policy>,
+    /// Indices into `policies` with no guard: always handed to Cedar.
+    unguarded: Vec<u32>,
+    guarded: Vec<(u32, Guard)>,
+    /// Whether a request of each [`Shape`] fits the schema (checked once, at build).
+    fits: [Result<(), String>; 8],
+    /// Policy sets by the guarded policies they hold.
+    sets: ArcSwap<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+}
+
+/// Whether a request of an action, principal kind and shape passes the schema's validation.
+pub type FitsSchema<'a> = dyn Fn(&EntityUid, PrincipalKind, Shape) -> Result<(), String> + 'a;
+
+/// Built once per snapshot: the slices, and the static entities every request starts from.
+pub struct PolicyIndex {
+    /// By action id (`Action::"<id>"`), one slot per [`PrincipalKind`].
+    slices: HashMap<String, [Option<Slice>; 4]>,
+    /// Static entities without those that cannot change an answer.
+    entities: Arc<Entities>,
+    whole: Arc<PolicySet>,
+    memo_policies: AtomicUsize,
+    validate_each_request: bool,
+}
+
+impl std::fmt::Debug for PolicyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyIndex").field("actions", &self.slices.len()).finish()
+    }
+}
+
+/// Why a request cannot be evaluated against a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfit {
+    /// The schema declares no such action, or not for this principal type.
+    Action,
+    /// Cedar's request validation refused this shape of request; its message.
+    Schema(String),
+}
+
+impl PolicyIndex {
+    /// `actions` are the schema's `Action` entities; `principal_types` the type of each
+    /// [`PrincipalKind`] (in `PrincipalKind::ALL` order). `fits` says whether a request of an
+    /// action, principal kind and shape passes the schema's request validation; `None` when that
+    /// cannot be known ahead and every request is validated instead.
+    pub fn build(
+        policies: &PolicySet,
+        entities: Entities,
+        action_entities: &Entities,
+        actions: &[EntityUid],
+        (principal_types, route): (&[EntityTypeName; 4], &EntityTypeName),
+        fits: Option<&FitsSchema<'_>>,
+    ) -> PolicyIndex {
+        let all: Vec<&Policy> = policies.policies().collect();
+        let mut slices = HashMap::new();
+        for action in actions {
+            let per_kind = PrincipalKind::ALL.map(|kind| {
+                let fits = Shape::ALL.map(|shape| fits.map_or(Ok(()), |f| f(action, kind, shape)));
+                if fits.iter().all(Result::is_err) {
+                    // Never evaluated: keep only the reasons.
+                    return Some(Slice::unfit(fits));
+                }
+                let ty = &principal_types[kind.slot()];
+                let policies: Vec<Policy> = all
+                    .iter()
+                    .filter(|p| scope_may_match(p, action, ty, route, action_entities))
+                    .map(|p| (*p).clone())
+                    .collect();
+                Some(Slice::new(policies, kind, fits))
+            });
+            slices.insert(action.id().unescaped().to_owned(), per_kind);
+        }
+        PolicyIndex {
+            slices,
+            entities: Arc::new(entities),
+            whole: Arc::new(policies.clone()),
+            memo_policies: AtomicUsize::new(0),
+            validate_each_request: fits.is_none(),
+        }
+    }
+
+    /// True when requests must be validated against the schema one by one.
+    pub fn validates_each_request(&self) -> bool {
+        self.validate_each_request
+    }
+
+    /// The static entities a request's own entities are added to.
+    pub fn entities(&self) -> &Arc<Entities> {
+        &self.entities
+    }
+
+    /// The policies to evaluate a request with. Errors when the request does not fit the schema.
+    pub fn select(
+        &self,
+        action: &str,
+        kind: PrincipalKind,
+        shape: Shape,
+        facts: &Facts<'_>,
+    ) -> Result<Arc<PolicySet>, Unfit> {
+        let slice = self.slices.get(action).and_then(|s| s[kind.slot()].as_ref()).ok_or(Unfit::Action)?;
+        slice.fits[shape.slot()].clone().map_err(Unfit::Schema)?;
+        Ok(slice.select(facts, &self.memo_policies).unwrap_or_else(|| self.whole.clone()))
+    }
+
+    /// Every policy, as an alternative to [`PolicyIndex::select`] (tests compare the two).
+    pub fn whole(&self) -> Arc<PolicySet> {
+        self.whole.clone()
+    }
+}
+
+impl Slice {
+    fn unfit(fits: [Result<(), String>; 8]) -> Slice {
+        Slice {
+            policies: Vec::new(),
+            unguarded: Vec::new(),
+            guarded: Vec::new(),
+            fits,
+            sets: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    fn new(policies: Vec<Policy>, kind: PrincipalKind, fits: [Result<(), String>; 8]) -> Slice {
+        let mut unguarded = Vec::new();
+        let mut guarded = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            let i = i as u32;
+            match Guard::of(p, kind) {
+                Some(g) => guarded.push((i, g)),
+                None => unguarded.push(i),
+            }
+        }
+        Slice { policies, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
+    }
+
+    /// `None` only if a set could not be built (ids are unique, so never): use every policy.
+    fn select(&self, facts: &Facts<'_>, budget: &AtomicUsize) -> Option<Arc<PolicySet>> {
+        let key: Vec<u32> = self.guarded.iter().filter(|(_, g)| g.may_hold(facts)).map(|(i, _)| *i).collect();
+        if let Some(set) = self.sets.load().get(key.as_slice()) {
+            return Some(set.clone());
+        }
+        let chosen = self.unguarded.iter().chain(&key).filter_map(|i| self.policies.get(*i as usize)).cloned();
+        let set = Arc::new(PolicySet::from_policies(chosen).ok()?);
+        let size = self.unguarded.len() + key.len();
+        let current = self.sets.load();
+        if current.len() < MAX_SETS_PER_SLICE && budget.fetch_add(size, Ordering::Relaxed) + size <= MAX_MEMO_POLICIES {
+            // Copy-on-write: readers never wait; a racing insert may be lost and is redone.
+            let mut next = HashMap::clone(&current);
+            next.insert(key.into_boxed_slice(), set.clone());
+            self.sets.store(Arc::new(next));
+        }
+        Some(set)
+    }
+}
+
+/// False only when the policy's scope is certainly false for this action and principal type.
+fn scope_may_match(
+    p: &Policy,
+    action: &EntityUid,
+    principal: &EntityTypeName,
+    route: &EntityTypeName,
+    action_entities: &Entities,
+) -> bool {
+    let principal_ok = match p.principal_constraint() {
+        // `principal in X` depends on the principal's groups, known only per request.
+        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+        PrincipalConstraint::Eq(u) => u.type_name() == principal,
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == principal,
+    };
+    let action_ok = match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => &a == action,
+        ActionConstraint::In(list) => list.iter().any(|a| a == action || action_entities.is_ancestor_of(a, action)),
+    };
+    // The resource is always a `Route`.
+    let resource_ok = match p.resource_constraint() {
+        ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+        ResourceConstraint::Eq(u) => u.type_name() == route,
+        ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == route,
+    };
+    principal_ok && action_ok && resource_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn glob(p: &str) -> Glob {
+        let set =
+            PolicySet::from_str(&format!("permit (principal, action, resource) when {{ context.path like \"{p}\" }};"))
+                .expect("parses");
+        let policy = set.policies().next().expect("one policy");
+        match Guard::of(policy, PrincipalKind::Anonymous).map(|g| g.0) {
+            Some(atoms) if atoms.len() == 1 => match &atoms[0].test {
+                Test::Like(g) => g.clone(),
+                t => panic!("not a like: {t:?}"),
+            },
+            g => panic!("no guard: {g:?}"),
+        }
+    }
+
+    #[test]
+    fn glob_follows_cedar_like() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/api/*", "/api/", true),
+            ("/api/*", "/api", false),
+            ("/api/*", "/api/x/y", true),
+            ("*", "", true),
+            ("", "", true),
+            ("", "x", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "ab", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("*ab*ab", "xabyab", true),
+            ("*ab*ab", "xab", false),
+            (r"/lit\*", "/lit*", true),
+            (r"/lit\*", "/litx", false),
+            ("é*ö", "éxyö", true),
+            ("é*ö", "é", false),
+            ("**", "anything", true),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob(p).matches(t), *want, "{p:?} like {t:?}");
+        }
+    }
+
+    #[test]
+    fn guards_stop_at_the_first_conjunct_not_understood() {
+        let set = PolicySet::from_str(
+            r#"
+            permit (principal, action, resource)
+            when { resource.host == "a" && principal.getTag("t") == "x" && resource.path like "/p*" };
+            permit (principal, action, resource)
+            when { "b" == context.method } unless { resource.path like "/admin*" };
+            permit (principal, action, resource) when { principal.namespace == "ns" };
+            permit (principal, action, resource) when { resource.hasTag("x") && resource.host == "a" };
+            "#,
+        )
+        .expect("parses");
+        let mut policies: Vec<&Policy> = set.policies().collect();
+        policies.sort_by_key(|p| p.id().to_string());
+        let fields = |p: &Policy, k| -> Vec<(Field, bool)> {
+            Guard::of(p, k).map(|g| g.0.iter().map(|a| (a.field, a.negated)).collect()).unwrap_or_default()
+        };
+        assert_eq!(fields(policies[0], PrincipalKind::User), [(Field::RouteHost, false)]);
+        assert_eq!(fields(policies[1], PrincipalKind::User), [(Field::Method, false), (Field::RoutePath, true)]);
+        // `namespace` is an attribute of a Service only.
+        assert_eq!(fields(policies[2], PrincipalKind::Service), [(Field::Namespace, false)]);
+        assert!(fields(policies[2], PrincipalKind::User).is_empty());
+        assert!(fields(policies[3], PrincipalKind::User).is_empty());
+    }
+}
