@@ -227,8 +227,7 @@ impl Guard {
     /// From the policy's JSON form: its conditions (`when` bodies and negated `unless` bodies)
     /// flattened along `&&` in evaluation order, and the atoms up to the first one not
     /// understood. `None` when there is no such atom.
-    fn of(policy: &Policy, principal: PrincipalKind) -> Option<Guard> {
-        let json = policy.to_json().ok()?;
+    fn of(json: &Value, principal: PrincipalKind) -> Option<Guard> {
         let mut conjuncts: Vec<(&Value, bool)> = Vec::new();
         for cond in json.get("conditions")?.as_array()? {
             let body = cond.get("body")?;
@@ -359,7 +358,8 @@ impl PolicyIndex {
         (principal_types, route): (&[EntityTypeName; 4], &EntityTypeName),
         fits: Option<&FitsSchema<'_>>,
     ) -> PolicyIndex {
-        let all: Vec<&Policy> = policies.policies().collect();
+        // The JSON form of a policy is re-parsed from its text on every call: once per policy.
+        let all: Vec<(&Policy, Option<Value>)> = policies.policies().map(|p| (p, p.to_json().ok())).collect();
         let mut slices = HashMap::new();
         for action in actions {
             let per_kind = PrincipalKind::ALL.map(|kind| {
@@ -369,12 +369,8 @@ impl PolicyIndex {
                     return Some(Slice::unfit(fits));
                 }
                 let ty = &principal_types[kind.slot()];
-                let policies: Vec<Policy> = all
-                    .iter()
-                    .filter(|p| scope_may_match(p, action, ty, route, action_entities))
-                    .map(|p| (*p).clone())
-                    .collect();
-                Some(Slice::new(policies, kind, fits))
+                let in_scope = all.iter().filter(|(p, _)| scope_may_match(p, action, ty, route, action_entities));
+                Some(Slice::new(in_scope, kind, fits))
             });
             slices.insert(action.id().unescaped().to_owned(), per_kind);
         }
@@ -427,15 +423,21 @@ impl Slice {
         }
     }
 
-    fn new(policies: Vec<Policy>, kind: PrincipalKind, fits: [Result<(), String>; 8]) -> Slice {
+    fn new<'p>(
+        in_scope: impl Iterator<Item = &'p (&'p Policy, Option<Value>)>,
+        kind: PrincipalKind,
+        fits: [Result<(), String>; 8],
+    ) -> Slice {
+        let mut policies = Vec::new();
         let mut unguarded = Vec::new();
         let mut guarded = Vec::new();
-        for (i, p) in policies.iter().enumerate() {
+        for (i, (p, json)) in in_scope.enumerate() {
             let i = i as u32;
-            match Guard::of(p, kind) {
+            match json.as_ref().and_then(|j| Guard::of(j, kind)) {
                 Some(g) => guarded.push((i, g)),
                 None => unguarded.push(i),
             }
+            policies.push((*p).clone());
         }
         Slice { policies, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
     }
@@ -498,7 +500,7 @@ mod tests {
             PolicySet::from_str(&format!("permit (principal, action, resource) when {{ context.path like \"{p}\" }};"))
                 .expect("parses");
         let policy = set.policies().next().expect("one policy");
-        match Guard::of(policy, PrincipalKind::Anonymous).map(|g| g.0) {
+        match policy.to_json().ok().and_then(|j| Guard::of(&j, PrincipalKind::Anonymous)).map(|g| g.0) {
             Some(atoms) if atoms.len() == 1 => match &atoms[0].test {
                 Test::Like(g) => g.clone(),
                 t => panic!("not a like: {t:?}"),
@@ -549,7 +551,8 @@ mod tests {
         let mut policies: Vec<&Policy> = set.policies().collect();
         policies.sort_by_key(|p| p.id().to_string());
         let fields = |p: &Policy, k| -> Vec<(Field, bool)> {
-            Guard::of(p, k).map(|g| g.0.iter().map(|a| (a.field, a.negated)).collect()).unwrap_or_default()
+            let json = p.to_json().expect("json form");
+            Guard::of(&json, k).map(|g| g.0.iter().map(|a| (a.field, a.negated)).collect()).unwrap_or_default()
         };
         assert_eq!(fields(policies[0], PrincipalKind::User), [(Field::RouteHost, false)]);
         assert_eq!(fields(policies[1], PrincipalKind::User), [(Field::Method, false), (Field::RoutePath, true)]);
