@@ -193,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
-            crate::telemetry::init(&cfg.log);
+            let _log = crate::telemetry::init(&cfg.log);
             runtime()?.block_on(crate::server::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
