@@ -328,6 +328,8 @@ pub struct PolicyIndex {
     whole: Arc<PolicySet>,
     memo_policies: AtomicUsize,
     validate_each_request: bool,
+    /// Some static entity has an ancestor of a type built per request.
+    static_below_request_types: bool,
 }
 
 impl std::fmt::Debug for PolicyIndex {
@@ -353,6 +355,7 @@ impl PolicyIndex {
     pub fn build(
         policies: &PolicySet,
         entities: Entities,
+        static_below_request_types: bool,
         action_entities: &Entities,
         actions: &[EntityUid],
         (principal_types, route): (&[EntityTypeName; 4], &EntityTypeName),
@@ -380,7 +383,14 @@ impl PolicyIndex {
             whole: Arc::new(policies.clone()),
             memo_policies: AtomicUsize::new(0),
             validate_each_request: fits.is_none(),
+            static_below_request_types,
         }
+    }
+
+    /// True when a static entity could be a member of a per-request entity, so adding the
+    /// request's entities can change the static entities' ancestors.
+    pub fn static_entities_reach_request_types(&self) -> bool {
+        self.static_below_request_types
     }
 
     /// True when requests must be validated against the schema one by one.

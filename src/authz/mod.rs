@@ -3,15 +3,21 @@
 //! nothing of gRPC; never decides on anything but Cedar's answer (default deny, forbid wins),
 //! and treats any evaluation error as a deny.
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema,
+use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
+use cedar_policy_core::ast::{
+    Context as CoreContext, Eid, Entity, EntityType, EntityUID, EntityUIDEntry, Name, PartialValue,
+    PolicySet as CorePolicySet, Request as CoreRequest, RestrictedExpr, Value,
 };
+use cedar_policy_core::authorizer::{Authorizer as CoreAuthorizer, Decision as CoreDecision};
+use cedar_policy_core::entities::{Dereference, Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::RestrictedEvaluator;
+use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::validator::ValidatorSchema;
 
 use crate::authn::{Identities, PeerIdentity};
 use crate::policy::PolicySnapshot;
@@ -79,11 +85,18 @@ pub fn index(
         .iter()
         .any(|ty| enum_types.contains(&ty.to_string()));
     let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &t.action).cloned().collect();
-    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(t, schema, action, kind, shape);
+    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(schema, action, kind, shape);
     let principal_types = PrincipalKind::ALL.map(|k| t.of(k).clone());
+    // Per-request entities get their ancestors from the static ones; only if a static entity
+    // could be a member of a per-request one must Cedar recompute the closure per request.
+    let per_request = [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route];
+    let static_below_request_types = entities
+        .iter()
+        .any(|e| entities.ancestors(&e.uid()).is_some_and(|mut a| a.any(|u| per_request.contains(&u.type_name()))));
     Ok(PolicyIndex::build(
         policies,
         base_entities(entities),
+        static_below_request_types,
         entities,
         &actions,
         (&principal_types, &t.route),
@@ -92,13 +105,8 @@ pub fn index(
 }
 
 /// Cedar's request validation for a request of this action, principal kind and context shape.
-fn sample_fits(
-    t: &Types,
-    schema: &Schema,
-    action: &EntityUid,
-    kind: PrincipalKind,
-    shape: Shape,
-) -> Result<(), String> {
+fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: Shape) -> Result<(), String> {
+    let t = core_types().map_err(|e| e.to_string())?;
     let peer = uid(&t.service, "spiffe://sample/ns/sample/sa/sample");
     let context = context(&ContextParts {
         method: "GET",
@@ -112,9 +120,18 @@ fn sample_fits(
         peer: shape.peer.then_some(&peer),
     })
     .map_err(|e| e.to_string())?;
-    Request::new(uid(t.of(kind), "sample"), action.clone(), uid(&t.route, "sample"), context, Some(schema))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let action = uid(&t.action, action.id().unescaped());
+    let schema: &ValidatorSchema = schema.as_ref();
+    CoreRequest::new(
+        (uid(t.of(kind), "sample"), None),
+        (action, None),
+        (uid(&t.route, "sample"), None),
+        context,
+        Some(schema),
+        Extensions::all_available(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// Cedar re-walks every entity of the store for each entity added to it, so every request paid
@@ -127,7 +144,7 @@ fn base_entities(entities: &Entities) -> Entities {
     let per_request = |ty: &EntityTypeName| {
         types().map_or(true, |t| [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route].contains(&ty))
     };
-    let informative = |e: &&Entity| {
+    let informative = |e: &&cedar_policy::Entity| {
         let uid = e.uid();
         per_request(uid.type_name())
             || e.attrs().next().is_some()
@@ -141,7 +158,6 @@ fn base_entities(entities: &Entities) -> Entities {
 /// parser, which cost more than the rest of building a request's entities.
 struct Types {
     user: EntityTypeName,
-    group: EntityTypeName,
     service: EntityTypeName,
     api_client: EntityTypeName,
     anonymous: EntityTypeName,
@@ -153,7 +169,6 @@ static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
     let t = |name: &str| name.parse::<EntityTypeName>().map_err(|e| format!("entity type {name}: {e}"));
     Ok(Types {
         user: t("User")?,
-        group: t("Group")?,
         service: t("Service")?,
         api_client: t("ApiClient")?,
         anonymous: t("Anonymous")?,
@@ -177,60 +192,112 @@ fn types() -> Result<&'static Types, AuthzError> {
     TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
 }
 
+/// The same names as [`Types`], as cedar-policy-core types, for building requests.
+struct CoreTypes {
+    user: EntityType,
+    group: EntityType,
+    service: EntityType,
+    api_client: EntityType,
+    anonymous: EntityType,
+    action: EntityType,
+    route: EntityType,
+}
+
+static CORE_TYPES: LazyLock<Result<CoreTypes, String>> = LazyLock::new(|| {
+    let t = |name: &str| EntityType::from_normalized_str(name).map_err(|e| format!("entity type {name}: {e}"));
+    Ok(CoreTypes {
+        user: t("User")?,
+        group: t("Group")?,
+        service: t("Service")?,
+        api_client: t("ApiClient")?,
+        anonymous: t("Anonymous")?,
+        action: t("Action")?,
+        route: t("Route")?,
+    })
+});
+
+impl CoreTypes {
+    fn of(&self, kind: PrincipalKind) -> &EntityType {
+        match kind {
+            PrincipalKind::User => &self.user,
+            PrincipalKind::Service => &self.service,
+            PrincipalKind::ApiClient => &self.api_client,
+            PrincipalKind::Anonymous => &self.anonymous,
+        }
+    }
+}
+
+fn core_types() -> Result<&'static CoreTypes, AuthzError> {
+    CORE_TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
+}
+
 /// Source addresses kept per worker thread; the map is emptied when full, so it stays bounded
 /// whatever addresses arrive.
 const MAX_CACHED_IPS: usize = 1024;
 
 thread_local! {
-    static IPS: RefCell<HashMap<IpAddr, RestrictedExpression>> = RefCell::new(HashMap::new());
+    static IPS: RefCell<HashMap<IpAddr, Value>> = RefCell::new(HashMap::new());
 }
 
-/// `ip("…")` for a source address. Cedar parses the extension's name on every
-/// `RestrictedExpression::new_ip`, which cost as much as the rest of the context: callers
-/// repeat, so each address is built once per thread.
-fn ip_expression(ip: IpAddr) -> RestrictedExpression {
+/// `ip("…")` for a source address. Building the value runs Cedar's extension function (and
+/// parses its name), which cost as much as the rest of the context: callers repeat, so each
+/// address is built once per thread.
+fn ip_value(ip: IpAddr) -> Result<Value, AuthzError> {
     IPS.with(|cell| {
         let mut ips = cell.borrow_mut();
-        if let Some(e) = ips.get(&ip) {
-            return e.clone();
+        if let Some(v) = ips.get(&ip) {
+            return Ok(v.clone());
         }
+        let name: Name = "ip".parse().map_err(|e| AuthzError::Request(format!("ip extension: {e}")))?;
+        let call = RestrictedExpr::call_extension_fn(name, [RestrictedExpr::val(ip.to_string())]);
+        let v = RestrictedEvaluator::new(Extensions::all_available())
+            .interpret(call.as_borrowed())
+            .map_err(|e| AuthzError::Request(format!("source address {ip}: {e}")))?;
         if ips.len() >= MAX_CACHED_IPS {
             ips.clear();
         }
-        let e = RestrictedExpression::new_ip(ip.to_string());
-        ips.insert(ip, e.clone());
-        e
+        ips.insert(ip, v.clone());
+        Ok(v)
     })
 }
 
-fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+fn uid(ty: &EntityType, id: &str) -> EntityUID {
+    EntityUID::from_components(ty.clone(), Eid::new(id), None)
 }
 
-fn s(v: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(v.to_owned())
+fn s(v: &str) -> PartialValue {
+    PartialValue::from(v)
 }
 
-fn service_entity(t: &Types, p: &PeerIdentity) -> Result<(EntityUid, Entity), AuthzError> {
+fn service_entity(t: &CoreTypes, p: &PeerIdentity) -> (EntityUID, Entity) {
     let u = uid(&t.service, &p.spiffe_id);
-    let e = Entity::new(
+    let e = Entity::new_with_attr_partial_value(
         u.clone(),
         [
-            ("spiffe_id".to_owned(), s(&p.spiffe_id)),
-            ("trust_domain".to_owned(), s(&p.trust_domain)),
-            ("namespace".to_owned(), s(&p.namespace)),
-            ("service_account".to_owned(), s(&p.service_account)),
-        ]
-        .into_iter()
-        .collect(),
+            ("spiffe_id".into(), s(&p.spiffe_id)),
+            ("trust_domain".into(), s(&p.trust_domain)),
+            ("namespace".into(), s(&p.namespace)),
+            ("service_account".into(), s(&p.service_account)),
+        ],
         HashSet::new(),
-    )
-    .map_err(|e| AuthzError::Entity(e.to_string()))?;
-    Ok((u, e))
+        HashSet::new(),
+        [],
+    );
+    (u, e)
 }
 
-fn groups(t: &Types, names: &[String]) -> HashSet<EntityUid> {
-    names.iter().map(|g| uid(&t.group, g)).collect()
+/// A per-request principal's parents (its groups) and, from the static entities, every
+/// ancestor of those: the transitive closure Cedar would otherwise recompute over the whole
+/// store for every request.
+fn group_ancestry(t: &CoreTypes, names: &[String], base: &CoreEntities) -> (HashSet<EntityUID>, HashSet<EntityUID>) {
+    let parents: HashSet<EntityUID> = names.iter().map(|g| uid(&t.group, g)).collect();
+    let mut indirect = HashSet::new();
+    for p in &parents {
+        if let Dereference::Data(e) = base.entity(p) {
+            indirect.extend(e.ancestors().filter(|a| !parents.contains(*a)).cloned());
+        }
+    }
+    (indirect, parents)
 }
 
 /// The values of a request's Cedar context.
@@ -243,30 +310,30 @@ struct ContextParts<'a> {
     request_id: &'a str,
     authn: &'a [&'static str],
     source_ip: Option<IpAddr>,
-    peer: Option<&'a EntityUid>,
+    peer: Option<&'a EntityUID>,
 }
 
 /// The one place a Cedar context is built: for requests, and for the samples the index checks
 /// against the schema, so both have the same shape.
-fn context(c: &ContextParts<'_>) -> Result<Context, AuthzError> {
+fn context(c: &ContextParts<'_>) -> Result<CoreContext, AuthzError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let mut ctx: Vec<(String, RestrictedExpression)> = vec![
-        ("method".into(), s(c.method)),
-        ("path".into(), s(c.path)),
-        ("query".into(), s(c.query)),
-        ("host".into(), s(c.host)),
-        ("scheme".into(), s(c.scheme)),
-        ("request_id".into(), s(c.request_id)),
-        ("authn".into(), RestrictedExpression::new_set(c.authn.iter().map(|m| s(m)))),
-        ("time".into(), RestrictedExpression::new_long(now)),
-    ];
+    let mut ctx: BTreeMap<_, Value> = BTreeMap::from([
+        ("method".into(), c.method.into()),
+        ("path".into(), c.path.into()),
+        ("query".into(), c.query.into()),
+        ("host".into(), c.host.into()),
+        ("scheme".into(), c.scheme.into()),
+        ("request_id".into(), c.request_id.into()),
+        ("authn".into(), Value::set(c.authn.iter().map(|m| Value::from(*m)), None)),
+        ("time".into(), now.into()),
+    ]);
     if let Some(ip) = c.source_ip {
-        ctx.push(("source_ip".into(), ip_expression(ip)));
+        ctx.insert("source_ip".into(), ip_value(ip)?);
     }
     if let Some(p) = c.peer {
-        ctx.push(("peer".into(), RestrictedExpression::new_entity_uid(p.clone())));
+        ctx.insert("peer".into(), p.clone().into());
     }
-    Context::from_pairs(ctx).map_err(|e| AuthzError::Request(e.to_string()))
+    Ok(CoreContext::Value(Arc::new(ctx)))
 }
 
 /// Evaluates one request against one snapshot.
@@ -287,29 +354,35 @@ fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
-    let t = types()?;
-    let mut extra: Vec<Entity> = Vec::with_capacity(3);
+    let t = core_types()?;
+    let index = &snapshot.index;
+    let base: &CoreEntities = if whole { snapshot.entities.as_ref() } else { (**index.entities()).as_ref() };
+    let mut extra: Vec<Arc<Entity>> = Vec::with_capacity(3);
 
     // The peer is an entity of its own whenever present, so `context.peer` can point at it.
-    let peer = match &ids.peer {
-        Some(p) => {
-            let (u, e) = service_entity(t, p)?;
-            extra.push(e);
-            Some(u)
-        }
-        None => None,
-    };
+    let peer = ids.peer.as_ref().map(|p| {
+        let (u, e) = service_entity(t, p);
+        extra.push(Arc::new(e));
+        u
+    });
 
     let (principal, kind, principal_facts) = if let Some(jwt) = &ids.jwt {
         let u = uid(&t.user, &jwt.subject);
-        let tags = jwt.claims.iter().map(|(k, v)| (k.clone(), s(v)));
-        let e = Entity::new_with_tags(u.clone(), [("issuer".to_owned(), s(&jwt.issuer))], groups(t, &jwt.groups), tags)
-            .map_err(|e| AuthzError::Entity(e.to_string()))?;
-        extra.push(e);
+        let (indirect, parents) = group_ancestry(t, &jwt.groups, base);
+        let tags = jwt.claims.iter().map(|(k, v)| (k.as_str().into(), s(v)));
+        let e = Entity::new_with_attr_partial_value(
+            u.clone(),
+            [("issuer".into(), s(&jwt.issuer))],
+            indirect,
+            parents,
+            tags,
+        );
+        extra.push(Arc::new(e));
         (u, PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer })
     } else if let Some(client) = &ids.api_client {
         let u = uid(&t.api_client, &client.client);
-        extra.push(Entity::new_no_attrs(u.clone(), groups(t, &client.groups)));
+        let (indirect, parents) = group_ancestry(t, &client.groups, base);
+        extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], indirect, parents, [])));
         (u, PrincipalKind::ApiClient, PrincipalFacts::None)
     } else if let (Some(u), Some(p)) = (&peer, &ids.peer) {
         let facts = PrincipalFacts::Service {
@@ -321,7 +394,7 @@ fn authorize_with(
         (u.clone(), PrincipalKind::Service, facts)
     } else {
         let u = uid(&t.anonymous, "anonymous");
-        extra.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
+        extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], HashSet::new(), HashSet::new(), [])));
         (u, PrincipalKind::Anonymous, PrincipalFacts::None)
     };
 
@@ -330,16 +403,15 @@ fn authorize_with(
     let resource = uid(&t.route, &format!("{}{}", req.host, req.path));
     // All copies of a header, joined: a policy must not match on the first copy of a header
     // whose second copy the upstream may read.
-    let route_tags = mapping.context_headers.iter().filter_map(|h| req.header_joined(h).map(|v| (h.clone(), s(&v))));
-    extra.push(
-        Entity::new_with_tags(
-            resource.clone(),
-            [("host".to_owned(), s(&req.host)), ("path".to_owned(), s(&req.path)), ("service".to_owned(), s(service))],
-            [],
-            route_tags,
-        )
-        .map_err(|e| AuthzError::Entity(e.to_string()))?,
-    );
+    let route_tags =
+        mapping.context_headers.iter().filter_map(|h| req.header_joined(h).map(|v| (h.as_str().into(), s(&v))));
+    extra.push(Arc::new(Entity::new_with_attr_partial_value(
+        resource.clone(),
+        [("host".into(), s(&req.host)), ("path".into(), s(&req.path)), ("service".into(), s(service))],
+        HashSet::new(),
+        HashSet::new(),
+        route_tags,
+    )));
 
     let methods = ids.methods();
     let context = context(&ContextParts {
@@ -353,10 +425,25 @@ fn authorize_with(
         source_ip: req.source_ip,
         peer: peer.as_ref(),
     })?;
-    let index = &snapshot.index;
-    let schema = index.validates_each_request().then_some(&snapshot.schema);
-    let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
-        .map_err(|e| AuthzError::Request(e.to_string()))?;
+    let request = if index.validates_each_request() {
+        let schema: &ValidatorSchema = snapshot.schema.as_ref();
+        CoreRequest::new(
+            (principal.clone(), None),
+            (action.clone(), None),
+            (resource.clone(), None),
+            context,
+            Some(schema),
+            Extensions::all_available(),
+        )
+        .map_err(|e| AuthzError::Request(e.to_string()))?
+    } else {
+        CoreRequest::new_unchecked(
+            EntityUIDEntry::known(principal.clone(), None),
+            EntityUIDEntry::known(action.clone(), None),
+            EntityUIDEntry::known(resource.clone(), None),
+            Some(context),
+        )
+    };
     let shape = Shape { source_ip: req.source_ip.is_some(), peer: peer.is_some(), authn: !methods.is_empty() };
     let facts = Facts {
         route_host: &req.host,
@@ -373,23 +460,30 @@ fn authorize_with(
     let policies = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
         Unfit::Action => AuthzError::Request(format!(
             "the schema declares no action {action} for principal type {}",
-            principal.type_name()
+            principal.entity_type()
         )),
         Unfit::Schema(m) => AuthzError::Request(m),
     })?;
-    // Per-request entities are built by us from verified data; the static ones were
-    // schema-checked at load.
-    let (policies, base) =
-        if whole { (index.whole(), snapshot.entities.clone()) } else { (policies, Entities::clone(index.entities())) };
-    let entities = base.add_entities(extra, None).map_err(|e| AuthzError::Entity(e.to_string()))?;
+    let policies = if whole { index.whole() } else { policies };
+    // Per-request entities are leaves built by us from verified data, with their ancestors
+    // already complete (group_ancestry), unless a static entity could sit below one of them.
+    let tc = if whole || index.static_entities_reach_request_types() {
+        TCComputation::ComputeNow
+    } else {
+        TCComputation::AssumeAlreadyComputed
+    };
+    let entities = base
+        .clone()
+        .add_entities(extra, None::<&NoEntitiesSchema>, tc, Extensions::all_available())
+        .map_err(|e| AuthzError::Entity(e.to_string()))?;
 
-    let response = Authorizer::new().is_authorized(&request, &policies, &entities);
-    let diag = response.diagnostics();
-    let errors: Vec<String> = diag.errors().map(|e| e.to_string()).collect();
+    let pset: &CorePolicySet = (*policies).as_ref();
+    let response = CoreAuthorizer::new().is_authorized(request, pset, &entities);
+    let errors: Vec<String> = response.diagnostics.errors.iter().map(|e| e.to_string()).collect();
     // Cedar reports them from a hash set: sort, so logs and headers are stable.
-    let mut policies: Vec<String> = diag.reason().map(|p| p.to_string()).collect();
+    let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
     policies.sort_unstable();
-    let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+    let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
     Ok(AuthzOutcome {
         allowed,
         policies,
