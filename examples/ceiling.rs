@@ -39,14 +39,14 @@ async fn main() -> anyhow::Result<()> {
     let svc = AuthorizationServer::new(AlwaysAllow);
 
     let listener = tokio::net::TcpListener::bind(tcp).await?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let tcp_server = tonic::transport::Server::builder().add_service(svc.clone()).serve_with_incoming(incoming);
+    let tcp_server = tonic::transport::Server::builder()
+        .add_service(svc.clone())
+        .serve_with_incoming(portcullis::net::tcp_incoming(listener));
 
     let _ = std::fs::remove_file(&unix);
     let ul = tokio::net::UnixListener::bind(&unix)?;
-    let uds_server = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(ul));
+    let uds_server =
+        tonic::transport::Server::builder().add_service(svc).serve_with_incoming(portcullis::net::unix_incoming(ul));
     eprintln!("ceiling listening on {tcp} and unix:{}", unix.display());
     tokio::select! {
         r = tcp_server => r?,

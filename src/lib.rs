@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod proto;
 pub mod ratelimit;

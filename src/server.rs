@@ -188,7 +188,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some(addr) = cfg.listen.grpc {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding gRPC on {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = crate::net::tcp_incoming(listener);
         let stop = stopped(shutdown_rx.clone());
         let server = router().serve_with_incoming_shutdown(incoming, stop);
         tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
@@ -210,7 +210,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         }
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let incoming = crate::net::unix_incoming(listener);
         let server = router().serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
         tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
         tracing::info!(path = %path.display(), "ext_authz gRPC listening on Unix socket");
