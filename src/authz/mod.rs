@@ -78,35 +78,37 @@ pub fn index(
     enum_types: &HashSet<String>,
 ) -> Result<PolicyIndex, AuthzError> {
     let t = types()?;
+    let per_request_core = [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route];
+    let per_request = per_request_core.map(public).into_iter().collect::<Result<Vec<_>, _>>()?;
     // Whether a request fits the schema depends only on its action, principal type and context
     // shape, and so is checked once per slice, unless a type built per request is an
     // enumeration: then it depends on entity ids and every request is validated.
-    let validate_each_request = [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route]
-        .iter()
-        .any(|ty| enum_types.contains(&ty.to_string()));
-    let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &t.action).cloned().collect();
+    let validate_each_request = per_request_core.iter().any(|ty| enum_types.contains(&ty.to_string()));
+    let action_type = public(&t.action)?;
+    let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &action_type).cloned().collect();
     let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(schema, action, kind, shape);
-    let principal_types = PrincipalKind::ALL.map(|k| t.of(k).clone());
+    let [user, service, api_client, anonymous] = PrincipalKind::ALL.map(|k| public(t.of(k)));
+    let principal_types = [user?, service?, api_client?, anonymous?];
+    let route = public(&t.route)?;
     // Per-request entities get their ancestors from the static ones; only if a static entity
     // could be a member of a per-request one must Cedar recompute the closure per request.
-    let per_request = [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route];
     let static_below_request_types = entities
         .iter()
-        .any(|e| entities.ancestors(&e.uid()).is_some_and(|mut a| a.any(|u| per_request.contains(&u.type_name()))));
+        .any(|e| entities.ancestors(&e.uid()).is_some_and(|mut a| a.any(|u| per_request.contains(u.type_name()))));
     Ok(PolicyIndex::build(
         policies,
-        base_entities(entities),
+        base_entities(entities, &per_request),
         static_below_request_types,
         entities,
         &actions,
-        (&principal_types, &t.route),
+        (&principal_types, &route),
         (!validate_each_request).then_some(&fits as &FitsSchema<'_>),
     ))
 }
 
 /// Cedar's request validation for a request of this action, principal kind and context shape.
 fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: Shape) -> Result<(), String> {
-    let t = core_types().map_err(|e| e.to_string())?;
+    let t = types().map_err(|e| e.to_string())?;
     let peer = uid(&t.service, "spiffe://sample/ns/sample/sa/sample");
     let context = context(&ContextParts {
         method: "GET",
@@ -140,13 +142,10 @@ fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: 
 /// either way, and reading an attribute or tag is an error either way (strict validation
 /// rejects such reads anyway). Those are left out, except for the types built per request, so
 /// a conflict between a static and a per-request entity is still refused as before.
-fn base_entities(entities: &Entities) -> Entities {
-    let per_request = |ty: &EntityTypeName| {
-        types().map_or(true, |t| [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route].contains(&ty))
-    };
+fn base_entities(entities: &Entities, per_request: &[EntityTypeName]) -> Entities {
     let informative = |e: &&cedar_policy::Entity| {
         let uid = e.uid();
-        per_request(uid.type_name())
+        per_request.contains(uid.type_name())
             || e.attrs().next().is_some()
             || e.tags().next().is_some()
             || entities.ancestors(&uid).is_some_and(|mut a| a.next().is_some())
@@ -157,43 +156,6 @@ fn base_entities(entities: &Entities) -> Entities {
 /// The entity type names of the Cedar model, parsed once: parsing a name runs Cedar's full
 /// parser, which cost more than the rest of building a request's entities.
 struct Types {
-    user: EntityTypeName,
-    service: EntityTypeName,
-    api_client: EntityTypeName,
-    anonymous: EntityTypeName,
-    action: EntityTypeName,
-    route: EntityTypeName,
-}
-
-static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
-    let t = |name: &str| name.parse::<EntityTypeName>().map_err(|e| format!("entity type {name}: {e}"));
-    Ok(Types {
-        user: t("User")?,
-        service: t("Service")?,
-        api_client: t("ApiClient")?,
-        anonymous: t("Anonymous")?,
-        action: t("Action")?,
-        route: t("Route")?,
-    })
-});
-
-impl Types {
-    fn of(&self, kind: PrincipalKind) -> &EntityTypeName {
-        match kind {
-            PrincipalKind::User => &self.user,
-            PrincipalKind::Service => &self.service,
-            PrincipalKind::ApiClient => &self.api_client,
-            PrincipalKind::Anonymous => &self.anonymous,
-        }
-    }
-}
-
-fn types() -> Result<&'static Types, AuthzError> {
-    TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
-}
-
-/// The same names as [`Types`], as cedar-policy-core types, for building requests.
-struct CoreTypes {
     user: EntityType,
     group: EntityType,
     service: EntityType,
@@ -203,9 +165,9 @@ struct CoreTypes {
     route: EntityType,
 }
 
-static CORE_TYPES: LazyLock<Result<CoreTypes, String>> = LazyLock::new(|| {
+static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
     let t = |name: &str| EntityType::from_normalized_str(name).map_err(|e| format!("entity type {name}: {e}"));
-    Ok(CoreTypes {
+    Ok(Types {
         user: t("User")?,
         group: t("Group")?,
         service: t("Service")?,
@@ -216,7 +178,7 @@ static CORE_TYPES: LazyLock<Result<CoreTypes, String>> = LazyLock::new(|| {
     })
 });
 
-impl CoreTypes {
+impl Types {
     fn of(&self, kind: PrincipalKind) -> &EntityType {
         match kind {
             PrincipalKind::User => &self.user,
@@ -227,8 +189,13 @@ impl CoreTypes {
     }
 }
 
-fn core_types() -> Result<&'static CoreTypes, AuthzError> {
-    CORE_TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
+/// An entity type as the public API names it (at load only: this runs Cedar's parser).
+fn public(ty: &EntityType) -> Result<EntityTypeName, AuthzError> {
+    ty.to_string().parse().map_err(|e| AuthzError::Entity(format!("entity type {ty}: {e}")))
+}
+
+fn types() -> Result<&'static Types, AuthzError> {
+    TYPES.as_ref().map_err(|e| AuthzError::Entity(e.clone()))
 }
 
 /// Source addresses kept per worker thread; the map is emptied when full, so it stays bounded
@@ -269,7 +236,7 @@ fn s(v: &str) -> PartialValue {
     PartialValue::from(v)
 }
 
-fn service_entity(t: &CoreTypes, p: &PeerIdentity) -> (EntityUID, Entity) {
+fn service_entity(t: &Types, p: &PeerIdentity) -> (EntityUID, Entity) {
     let u = uid(&t.service, &p.spiffe_id);
     let e = Entity::new_with_attr_partial_value(
         u.clone(),
@@ -289,7 +256,7 @@ fn service_entity(t: &CoreTypes, p: &PeerIdentity) -> (EntityUID, Entity) {
 /// A per-request principal's parents (its groups) and, from the static entities, every
 /// ancestor of those: the transitive closure Cedar would otherwise recompute over the whole
 /// store for every request.
-fn group_ancestry(t: &CoreTypes, names: &[String], base: &CoreEntities) -> (HashSet<EntityUID>, HashSet<EntityUID>) {
+fn group_ancestry(t: &Types, names: &[String], base: &CoreEntities) -> (HashSet<EntityUID>, HashSet<EntityUID>) {
     let parents: HashSet<EntityUID> = names.iter().map(|g| uid(&t.group, g)).collect();
     let mut indirect = HashSet::new();
     for p in &parents {
@@ -354,7 +321,7 @@ fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
-    let t = core_types()?;
+    let t = types()?;
     let index = &snapshot.index;
     let base: &CoreEntities = if whole { snapshot.entities.as_ref() } else { (**index.entities()).as_ref() };
     let mut extra: Vec<Arc<Entity>> = Vec::with_capacity(3);
@@ -876,7 +843,11 @@ mod tests {
             },
         ];
         let snap = PolicySnapshot::build(&docs, "test").expect("builds");
-        let kept: Vec<String> = base_entities(&snap.entities).iter().map(|e| e.uid().to_string()).collect();
+        let t = types().expect("types");
+        let per_request =
+            [&t.user, &t.service, &t.api_client, &t.anonymous, &t.route].map(|ty| public(ty).expect("name"));
+        let kept: Vec<String> =
+            base_entities(&snap.entities, &per_request).iter().map(|e| e.uid().to_string()).collect();
         assert!(kept.contains(&r#"Group::"batch""#.to_owned()), "{kept:?}");
         assert!(!kept.iter().any(|u| u.contains("bare")), "{kept:?}");
         let mapping = CedarMapping::default();
