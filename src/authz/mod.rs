@@ -857,6 +857,42 @@ mod tests {
     }
 
     #[test]
+    fn static_entities_below_a_per_request_principal_still_get_its_groups() {
+        // A static group sits below an API client, which is built per request in another group:
+        // `inner in outer` holds only through the per-request entity, so the closure must be
+        // recomputed per request for such a schema.
+        let docs = [
+            PolicyDocument {
+                origin: "s.cedarschema".into(),
+                kind: DocKind::Schema,
+                text: SCHEMA.replace("entity Group;", "entity Group in [ApiClient];"),
+            },
+            PolicyDocument {
+                origin: "g.entities.json".into(),
+                kind: DocKind::Entities,
+                text: r#"[
+                    {"uid": {"type": "Group", "id": "inner"}, "attrs": {},
+                     "parents": [{"type": "ApiClient", "id": "batch"}]}
+                ]"#
+                .into(),
+            },
+            PolicyDocument {
+                origin: "p.cedar".into(),
+                kind: DocKind::Policies,
+                text:
+                    r#"@id("nested") permit (principal, action, resource) when { Group::"inner" in Group::"outer" };"#
+                        .into(),
+            },
+        ];
+        let snap = PolicySnapshot::build(&docs, "test").expect("builds");
+        assert!(snap.index.static_entities_reach_request_types());
+        let mapping = CedarMapping::default();
+        assert!(decide(&snap, &mapping, "GET", &client("batch", &["outer"])).allowed);
+        assert!(!decide(&snap, &mapping, "GET", &client("batch", &[])).allowed);
+        assert!(!snapshot(MIXED).index.static_entities_reach_request_types());
+    }
+
+    #[test]
     fn a_new_snapshot_is_never_answered_from_the_old_ones_slices() {
         let mapping = CedarMapping::default();
         let ids = client("batch", &[]);
