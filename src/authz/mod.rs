@@ -381,7 +381,7 @@ fn authorize_with(
     )));
 
     let methods = ids.methods();
-    let context = context(&ContextParts {
+    let parts = ContextParts {
         method: &req.method,
         path: &req.path,
         query: req.query,
@@ -391,7 +391,8 @@ fn authorize_with(
         authn: &methods,
         source_ip: req.source_ip,
         peer: peer.as_ref(),
-    })?;
+    };
+    let context = context(&parts)?;
     let request = if index.validates_each_request() {
         let schema: &ValidatorSchema = snapshot.schema.as_ref();
         CoreRequest::new(
@@ -411,17 +412,19 @@ fn authorize_with(
             Some(context),
         )
     };
-    let shape = Shape { source_ip: req.source_ip.is_some(), peer: peer.is_some(), authn: !methods.is_empty() };
+    // Guards read the very values the context and the `Route` entity were built from.
+    let shape =
+        Shape { source_ip: parts.source_ip.is_some(), peer: parts.peer.is_some(), authn: !parts.authn.is_empty() };
     let facts = Facts {
-        route_host: &req.host,
-        route_path: &req.path,
+        route_host: parts.host,
+        route_path: parts.path,
         route_service: service,
-        method: &req.method,
-        path: &req.path,
-        query: req.query,
-        host: &req.host,
-        scheme: req.scheme,
-        request_id: req.request_id,
+        method: parts.method,
+        path: parts.path,
+        query: parts.query,
+        host: parts.host,
+        scheme: parts.scheme,
+        request_id: parts.request_id,
         principal: principal_facts,
     };
     let policies = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
