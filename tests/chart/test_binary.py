@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_helm_test_commands_pass_against_the_rendered_config(scenario, tmp_path)
         cfg["listen"]["grpc"] = f"127.0.0.1:{port}"
         server_addr = f"http://127.0.0.1:{port}"
     cfg["listen"]["admin"] = f"127.0.0.1:{admin}"
+    # The chart renders listen.diagnostics on 127.0.0.1 (the binary refuses anything else); only
+    # the port moves, so parallel runs do not collide.
+    diag_host, _ = hostport(cfg["listen"]["diagnostics"])
+    assert diag_host == "127.0.0.1"
+    diagnostics = free_port()
+    cfg["listen"]["diagnostics"] = f"127.0.0.1:{diagnostics}"
     cfg["policy"]["dir"] = str(CHART / "policies")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     requests = rendered.one("ConfigMap", "-test-requests")["data"]
@@ -84,6 +91,15 @@ def test_helm_test_commands_pass_against_the_rendered_config(scenario, tmp_path)
             assert time.monotonic() < deadline, "not ready after 30s:\n" + (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:
+            assert r.status == 200
+        # The policy set is served on the loopback diagnostics listener only, not on the admin
+        # port that probes and Prometheus reach on the pod IP.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/policy", timeout=2)
+        assert refused.value.code == 404
+        with urllib.request.urlopen(f"http://127.0.0.1:{diagnostics}/policy", timeout=2) as r:
             assert r.status == 200
 
         for c in rendered.test_pod()["spec"]["containers"]:

@@ -227,7 +227,7 @@ def test_ext_authz_values_reach_the_filter():
         "default",
         "envoy.extAuthz.timeout=0.2s",
         "envoy.extAuthz.statusOnError=Forbidden",
-        "envoy.extAuthz.allowedHeaders={authorization,X-Api-Key}",
+        "envoy.extAuthz.extraAllowedHeaders={X-Debug-Thing}",
         "envoy.extAuthz.withRequestBody.enabled=true",
         "envoy.extAuthz.withRequestBody.maxRequestBytes=4096",
     )
@@ -236,10 +236,221 @@ def test_ext_authz_values_reach_the_filter():
     f = ext_authz_filter(envoy)
     assert f["grpc_service"]["timeout"] == "0.2s"
     assert f["status_on_error"] == {"code": "Forbidden"}
-    assert f["allowed_headers"] == {"patterns": [{"exact": "authorization"}, {"exact": "x-api-key"}]}
+    assert allowed_headers(f) == expected_allowed_headers(rendered.portcullis_config()) + ["x-debug-thing"]
     assert f["with_request_body"] == {"max_request_bytes": 4096, "allow_partial_message": True, "pack_as_bytes": False}
     assert f["failure_mode_allow"] is False
     assert "with_request_body" not in ext_authz_filter(render().envoy_config())
+
+
+# What Envoy sends portcullis ------------------------------------------------------------------
+
+TRACING = ["traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3"]
+
+
+def allowed_headers(ext_authz: dict) -> list[str]:
+    """The ext_authz allowed_headers as a list of names; only exact, lower-case matchers."""
+    patterns = ext_authz["allowed_headers"]["patterns"]
+    for p in patterns:
+        assert set(p) == {"exact"}, f"only exact matchers: {p}"
+        assert p["exact"] == p["exact"].lower(), f"Envoy lower-cases header names: {p}"
+    return [p["exact"] for p in patterns]
+
+
+def expected_allowed_headers(cfg: dict) -> list[str]:
+    """docs/security.md's rule, written independently of the chart: every header portcullis
+    reads for this config, first occurrence kept."""
+    authn = cfg.get("authn") or {}
+    out: list[str] = []
+    for iss in authn.get("issuers") or []:
+        for src in iss.get("from", [{"header": "authorization", "prefix": "Bearer "}]):
+            out.append(src["header"].lower() if "header" in src else "cookie")
+    keys = authn.get("api_keys") or {}
+    if keys.get("keys"):
+        out.append(keys.get("header", "x-api-key").lower())
+    if (cfg.get("headers") or {}).get("strip_foreign_credentials"):
+        out.append("authorization")
+    out += [h.lower() for h in (cfg.get("cedar") or {}).get("context_headers", [])]
+    out += ["x-request-id"] + TRACING
+    return list(dict.fromkeys(out))
+
+
+KEY_SHA = "a" * 64
+ALLOWED_HEADER_CASES = {
+    # name: (values overrides, headers that must be sent, headers that must not)
+    "no credentials configured": ([], ["x-request-id", *TRACING], ["authorization", "x-api-key", "cookie"]),
+    "default token header": (
+        ['json:issuers=[{"issuer":"https://id.example.com"}]'],
+        ["authorization"],
+        ["x-api-key", "cookie"],
+    ),
+    "custom token header, two issuers": (
+        [
+            'json:issuers=[{"issuer":"https://a.example.com","from":[{"header":"X-Auth-Token"}]},'
+            '{"issuer":"https://b.example.com","group_claims":[],"from":[{"header":"x-auth-token"},{"header":"authorization","prefix":"Bearer "}]}]'
+        ],
+        ["x-auth-token", "authorization"],
+        ["cookie", "x-api-key"],
+    ),
+    "cookie source": (
+        ['json:issuers=[{"issuer":"https://id.example.com","from":[{"cookie":"session"}]}]'],
+        ["cookie"],
+        ["authorization"],
+    ),
+    "api keys with a renamed header": (
+        [f'json:config.authn.api_keys={{"header":"X-Team-Key","keys":[{{"client":"ci","sha256":"{KEY_SHA}"}}]}}'],
+        ["x-team-key"],
+        ["x-api-key", "authorization"],
+    ),
+    "api key header without keys is not read": (
+        ['json:config.authn.api_keys={"header":"x-team-key","keys":[]}'],
+        [],
+        ["x-team-key", "x-api-key"],
+    ),
+    "context headers": (
+        ['json:config.cedar.context_headers=["X-Tenant","x-region","x-request-id"]'],
+        ["x-tenant", "x-region"],
+        ["authorization"],
+    ),
+    "strip foreign credentials": (
+        ["config.headers.strip_foreign_credentials=true"],
+        ["authorization"],
+        [],
+    ),
+    "everything at once": (
+        [
+            'json:issuers=[{"issuer":"https://id.example.com","from":[{"header":"authorization","prefix":"Bearer "},{"cookie":"sid"}]}]',
+            f'json:config.authn.api_keys={{"keys":[{{"client":"ci","sha256":"{KEY_SHA}"}}]}}',
+            'json:config.cedar.context_headers=["x-tenant","Authorization"]',
+            "envoy.extAuthz.extraAllowedHeaders={x-tenant,B3}",
+        ],
+        ["authorization", "cookie", "x-api-key", "x-tenant"],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ALLOWED_HEADER_CASES))
+def test_allowed_headers_are_derived_from_the_credential_sources(case):
+    sets, present, absent = ALLOWED_HEADER_CASES[case]
+    rendered = render("default", *sets)
+    envoy = rendered.envoy_config()
+    strict_bootstrap(envoy)
+    got = allowed_headers(ext_authz_filter(envoy))
+    assert len(got) == len(set(got)), f"duplicates in allowed_headers: {got}"
+    extra = [h.lower() for h in rendered_extra(sets)]
+    assert got == list(dict.fromkeys(expected_allowed_headers(rendered.portcullis_config()) + extra))
+    for h in present + ["x-request-id", *TRACING]:
+        assert h in got, f"{h} is not sent to portcullis: {got}"
+    for h in absent:
+        assert h not in got, f"{h} is sent to portcullis although this config does not read it: {got}"
+
+
+def rendered_extra(sets) -> list[str]:
+    for s in sets:
+        if s.startswith("envoy.extAuthz.extraAllowedHeaders="):
+            return s.split("=", 1)[1].strip("{}").split(",")
+    return []
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if render(s).envoy_config() is not None])
+def test_every_envoy_scenario_sends_what_its_config_reads(scenario):
+    rendered = render(scenario)
+    got = allowed_headers(ext_authz_filter(rendered.envoy_config()))
+    assert got == expected_allowed_headers(rendered.portcullis_config())
+
+
+def test_envoy_refuses_ambiguous_paths_and_underscore_headers():
+    # The settings docs/security.md's contract assumes of the proxy in front of portcullis.
+    for scenario in ("default", "envoy-tcp"):
+        envoy = render(scenario).envoy_config()
+        (listener,) = envoy["static_resources"]["listeners"]
+        (hcm,) = [f["typed_config"] for c in listener["filter_chains"] for f in c["filters"]]
+        assert hcm["normalize_path"] is True
+        assert hcm["merge_slashes"] is True
+        assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+        assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+
+
+def test_envoy_image_is_the_tested_release():
+    ec = container(pod_spec(render().deployment()), "envoy")
+    assert ec["image"] == "envoyproxy/envoy:v1.40.0"
+
+
+def test_several_grouping_issuers_need_a_group_namespace():
+    two = 'issuers=[{"issuer":"https://a.example.com"},{"issuer":"https://b.example.com"}]'
+    err = render_refused("--set-json", two)
+    assert "groupNamespace" in err
+    for choice in ("shared", "per_issuer"):
+        cfg = render("default", "json:" + two, f"groupNamespace={choice}").portcullis_config()
+        assert cfg["authn"]["group_namespace"] == choice
+    # Set through config directly, or only one issuer mapping groups: no refusal.
+    render("default", "json:" + two, "config.authn.group_namespace=per_issuer")
+    one_grouping = 'issuers=[{"issuer":"https://a.example.com"},{"issuer":"https://b.example.com","group_claims":[]}]'
+    assert "group_namespace" not in render("default", "json:" + one_grouping).portcullis_config()["authn"]
+
+
+# Admin surface ----------------------------------------------------------------------------------
+
+
+@scenarios
+def test_admin_on_the_pod_ip_and_diagnostics_on_loopback(scenario):
+    rendered = render(scenario)
+    cfg = rendered.portcullis_config()
+    host, port = hostport(cfg["listen"]["admin"])
+    assert host == "0.0.0.0", "probes and scrapes reach the admin listener on the pod IP"
+    dhost, dport = hostport(cfg["listen"]["diagnostics"])
+    assert dhost == "127.0.0.1" and dport != port
+    for obj in rendered.of_kind("Deployment") + rendered.of_kind("Pod"):
+        pc = container(pod_spec(obj), "portcullis")
+        # Nothing advertises the loopback-only port.
+        assert dport not in [p["containerPort"] for p in pc.get("ports", [])]
+    envoy = rendered.envoy_config()
+    if envoy is not None:
+        # Plain Envoy: the admin port is not behind Envoy (docs say: NetworkPolicy), and Envoy
+        # routes nothing to portcullis's admin or diagnostics ports.
+        text = yaml.safe_dump(envoy)
+        assert f"port_value: {port}\n" not in text and f"port_value: {dport}\n" not in text
+        assert "NetworkPolicy" in notes(scenario)
+
+
+def test_diagnostics_can_be_turned_off_and_moved():
+    assert render("default", "diagnostics.enabled=false").portcullis_config()["listen"]["diagnostics"] is None
+    assert render("default", "diagnostics.port=9400").portcullis_config()["listen"]["diagnostics"] == "127.0.0.1:9400"
+    # Whatever config.listen says, the chart derives listen (the bind address is not a value).
+    cfg = render("default", "config.listen.diagnostics=0.0.0.0:9092").portcullis_config()
+    assert cfg["listen"]["diagnostics"] == "127.0.0.1:9092"
+
+
+@pytest.mark.parametrize("scenario", ["istio", "istio-existing-workload"])
+def test_istio_mesh_reaches_only_probes_and_metrics_on_portcullis_ports(scenario):
+    rendered = render(scenario)
+    cfg = rendered.portcullis_config()
+    _, admin_port = hostport(cfg["listen"]["admin"])
+    _, diag_port = hostport(cfg["listen"]["diagnostics"])
+    deny = rendered.one("AuthorizationPolicy", "-admin")
+    custom = rendered.one("AuthorizationPolicy", "-portcullis")
+    assert deny["apiVersion"] == "security.istio.io/v1"
+    # DENY, not ALLOW: an ALLOW policy would deny every request it does not list, app port included.
+    assert deny["spec"]["action"] == "DENY" and "provider" not in deny["spec"]
+    assert deny["spec"]["selector"] == custom["spec"]["selector"]
+    assert deny["spec"]["rules"] == [
+        {"to": [{"operation": {"ports": [str(admin_port)], "notPaths": ["/healthz", "/readyz", "/metrics"]}}]},
+        {"to": [{"operation": {"ports": [str(diag_port)]}}]},
+    ]
+    # The probes and the scrape path are exactly the ones the DENY policy leaves open.
+    for obj in rendered.of_kind("Deployment"):
+        pc = container(pod_spec(obj), "portcullis")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert pc[probe]["httpGet"]["path"] in ("/healthz", "/readyz")
+        assert obj["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert render(scenario, "istio.adminPolicy.create=false").maybe("AuthorizationPolicy", "-admin") is None
+
+
+def test_istio_notes_print_the_path_normalization():
+    text = notes("istio")
+    block = text[text.index("\n    pathNormalization:") + 1 :]
+    parsed = yaml.safe_load("\n".join(l[4:] for l in block.splitlines()[:2]))
+    assert parsed == {"pathNormalization": {"normalization": "MERGE_SLASHES"}}
 
 
 # Istio ----------------------------------------------------------------------------------------
@@ -284,7 +495,7 @@ def test_istio_pieces_agree_with_each_other(scenario):
     assert se["spec"]["endpoints"] == [{"address": "127.0.0.1"}]
     assert [(p["number"], p["protocol"]) for p in se["spec"]["ports"]] == [(port, "GRPC")]
 
-    ap = rendered.one("AuthorizationPolicy")
+    ap = rendered.one("AuthorizationPolicy", "-portcullis")
     assert ap["apiVersion"] == "security.istio.io/v1"
     assert ap["spec"]["action"] == "CUSTOM"
     assert ap["spec"]["provider"] == {"name": provider["name"]}
@@ -307,12 +518,12 @@ def test_istio_pieces_agree_with_each_other(scenario):
 
 def test_istio_policy_checks_the_app_port_by_default():
     rendered = render("default", "mode=istio")
-    ap = rendered.one("AuthorizationPolicy")
+    ap = rendered.one("AuthorizationPolicy", "-portcullis")
     app_port = named_port(container(pod_spec(rendered.deployment()), "app"), "app")
     # The app's port only: Prometheus scraping portcullis's admin port is not sent to portcullis.
     assert ap["spec"]["rules"] == [{"to": [{"operation": {"ports": [str(app_port)]}}]}]
     everything = render("default", "mode=istio", "json:istio.authorizationPolicy.rules=[{}]")
-    assert everything.one("AuthorizationPolicy")["spec"]["rules"] == [{}]
+    assert everything.one("AuthorizationPolicy", "-portcullis")["spec"]["rules"] == [{}]
 
 
 def test_istio_mode_refuses_the_unix_socket():
@@ -478,6 +689,12 @@ REFUSED = [
     (["--set", "envoy.extAuthz.statusOnError=Teapot"], "statusOnError"),
     (["--set", "issuers[0].audiences={api}"], "issuer"),
     (["--set", "issuers[0].issuer=not-a-url"], "issuer"),
+    (["--set", "issuers[0].issuer=https://a.example.com", "--set", "issuers[0].allow_insecure_http=yes"], "allow_insecure_http"),
+    (["--set-json", 'issuers=[{"issuer":"https://a.example.com","from":[{"header":"x_token"}]}]'], "header"),
+    (["--set-json", 'issuers=[{"issuer":"https://a.example.com","from":[{"heder":"x-token"}]}]'], "heder"),
+    (["--set", "groupNamespace=per-issuer"], "groupNamespace"),
+    (["--set", "envoy.extAuthz.allowedHeaders={authorization}"], "allowedHeaders"),
+    (["--set", "diagnostics.port=0"], "port"),
     (["--set-json", 'tests.cases=[{"name":"x","expect":"maybe","request":{"method":"GET","path":"/"}}]'], "expect"),
     (["--set-json", 'tests.cases=[{"name":"x","expect":"allow","request":{"method":"GET","path":"no-slash"}}]'], "path"),
     (["--set-json", 'tests.cases=[{"name":"x","expect":"allow","request":{"methd":"GET","path":"/"}}]'], "methd"),
@@ -501,4 +718,6 @@ def test_the_refusals_are_not_blanket():
     # The same keys with good values render, so each refusal above is about the value.
     render("default", "workload.replicas=0", "grpc.port=9000", "transport=tcp", "policies.source=kubernetes")
     render("default", "issuers[0].issuer=https://id.example.com")
+    render("default", "issuers[0].issuer=http://keycloak.idp.svc", "issuers[0].allow_insecure_http=true")
+    render("default", 'json:issuers=[{"issuer":"https://a.example.com","from":[{"header":"x-token"}]}]')
     render("default", 'json:tests.cases=[{"name":"x","expect":"deny","request":{"method":"GET","path":"/"}}]')

@@ -36,7 +36,7 @@ from envoycheck import (
     portcullis_cluster_address,
     strict_bootstrap,
 )
-from test_chart import validate_k8s
+from test_chart import TRACING, allowed_headers, expected_allowed_headers, validate_k8s
 
 OVERLAYS = sorted(p.name for p in (DEPLOY / "kustomize" / "overlays").iterdir() if p.is_dir())
 
@@ -77,8 +77,10 @@ def test_envoy_yaml_ext_authz_is_configured_as_recommended():
     assert f["status_on_error"]["code"] in ("ServiceUnavailable", "Forbidden")
     assert re.fullmatch(r"0\.[0-9]+s|[1-9][0-9]*ms", f["grpc_service"]["timeout"])
     assert "http_service" not in f
-    headers = {p["exact"] for p in f["allowed_headers"]["patterns"]}
-    assert {"authorization", "x-api-key", "traceparent", "x-request-id"} <= headers
+    # The list is the rule applied to the config this file goes with (the envoy overlay's).
+    overlay_cfg = yaml.safe_load((DEPLOY / "kustomize/overlays/envoy/config.yaml").read_text())
+    assert allowed_headers(f) == expected_allowed_headers(overlay_cfg)
+    assert {"x-request-id", *TRACING} <= set(allowed_headers(f))
     assert "with_request_body" not in f, "body buffering is opt-in"
     # ext_authz runs before the router, and nothing but it may come first.
     names = [h["name"] for h in http_filters(config)]
@@ -91,6 +93,20 @@ def test_envoy_yaml_ext_authz_is_configured_as_recommended():
     assert portcullis_cluster_address(config) == {"pipe": {"path": "/var/run/portcullis/ext_authz.sock"}}
     # Envoy's admin interface is not reachable from outside the pod.
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_envoy_yaml_refuses_ambiguous_paths_and_underscore_headers():
+    (listener,) = load_deploy_envoy()["static_resources"]["listeners"]
+    (hcm,) = [f["typed_config"] for c in listener["filter_chains"] for f in c["filters"]]
+    assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert hcm["common_http_protocol_options"] == {"headers_with_underscores_action": "REJECT_REQUEST"}
+
+
+def test_envoy_yaml_states_the_allowed_headers_rule():
+    text = (DEPLOY / "envoy.yaml").read_text()
+    for words in ("`from` header", "cookie", "api_keys.header", "context_headers", "traceparent", "B3"):
+        assert words in text, f"deploy/envoy.yaml does not state the allowed_headers rule ({words!r})"
 
 
 def test_envoy_yaml_uses_the_charts_socket_and_ports():
@@ -130,6 +146,15 @@ def test_istio_examples_agree():
     ap = yaml.safe_load((DEPLOY / "istio/authorizationpolicy.yaml").read_text())
     assert ap["spec"]["action"] == "CUSTOM" and ap["spec"]["provider"]["name"] == provider["name"]
     assert ap["spec"]["rules"]
+    # What the path contract assumes of the mesh's proxies (docs/security.md).
+    assert mesh["meshConfig"]["pathNormalization"] == {"normalization": "MERGE_SLASHES"}
+    # The mesh reaches only probes and /metrics on the admin port, nothing on diagnostics.
+    deny = yaml.safe_load((DEPLOY / "istio/admin-authorizationpolicy.yaml").read_text())
+    assert deny["spec"]["action"] == "DENY" and deny["spec"]["selector"] == ap["spec"]["selector"]
+    assert deny["spec"]["rules"] == [
+        {"to": [{"operation": {"ports": ["9090"], "notPaths": ["/healthz", "/readyz", "/metrics"]}}]},
+        {"to": [{"operation": {"ports": ["9092"]}}]},
+    ]
     # The chart's Istio defaults are the same provider.
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["istio"]["provider"]["name"] == provider["name"]
@@ -178,6 +203,10 @@ def test_overlay_renders_valid_restricted_objects(overlay):
     cfg_cm = next(c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].startswith("portcullis-config"))
     cfg = yaml.safe_load(cfg_cm["data"]["config.yaml"])
     assert named_port(pc, "admin") == hostport(cfg["listen"]["admin"])[1]
+    # Probes and scrapes on the pod IP; /policy on loopback only, and not advertised.
+    assert hostport(cfg["listen"]["admin"])[0] == "0.0.0.0"
+    dhost, dport = hostport(cfg["listen"]["diagnostics"])
+    assert dhost == "127.0.0.1" and dport not in [p["containerPort"] for p in pc["ports"]]
     # Every ConfigMap the pod mounts is rendered (kustomize rewrote the hashed names).
     names = {c["metadata"]["name"] for c in rendered.of_kind("ConfigMap")}
     assert {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v} <= names
@@ -201,6 +230,8 @@ def test_envoy_overlay_wires_the_socket():
     (svc,) = rendered.of_kind("Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     assert named_port(ec, "http") == envoy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    # Same Envoy release as the chart (and as the tests run).
+    assert ec["image"] == container(pod_spec(render().deployment()), "envoy")["image"] == "envoyproxy/envoy:v1.40.0"
     # Policies: no hash suffix, so kubelet updates them in place and portcullis reloads.
     assert "portcullis-policies" in {c["metadata"]["name"] for c in rendered.of_kind("ConfigMap")}
 
@@ -217,9 +248,13 @@ def test_istio_overlay_wires_the_provider():
     host, port = hostport(cfg["listen"]["grpc"])
     assert host == "127.0.0.1" and cfg["listen"]["unix"] is None
     (se,) = rendered.of_kind("ServiceEntry")
-    (ap,) = rendered.of_kind("AuthorizationPolicy")
+    (ap,) = [a for a in rendered.of_kind("AuthorizationPolicy") if a["spec"]["action"] == "CUSTOM"]
+    (deny,) = [a for a in rendered.of_kind("AuthorizationPolicy") if a["spec"]["action"] == "DENY"]
     assert se["spec"]["ports"][0]["number"] == port == named_port(container(spec, "portcullis"), "grpc")
-    assert ap["spec"]["action"] == "CUSTOM"
+    assert deny["spec"]["selector"] == ap["spec"]["selector"]
+    (admin_rule, diag_rule) = deny["spec"]["rules"]
+    assert admin_rule["to"][0]["operation"]["ports"] == [str(hostport(cfg["listen"]["admin"])[1])]
+    assert diag_rule["to"][0]["operation"]["ports"] == [str(hostport(cfg["listen"]["diagnostics"])[1])]
     assert ap["spec"]["selector"]["matchLabels"].items() <= labels.items()
     app_port = named_port(container(spec, "app"), "app")
     assert ap["spec"]["rules"] == [{"to": [{"operation": {"ports": [str(app_port)]}}]}]

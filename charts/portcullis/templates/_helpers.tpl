@@ -63,6 +63,15 @@ app.kubernetes.io/part-of: portcullis
 {{- if and (eq .Values.policies.source "files") (not .Values.policies.existingConfigMap) (not .Values.policies.bundled) (not .Values.policies.files) -}}
 {{- fail "policies.source=files needs policies: keep policies.bundled, set policies.files, or name policies.existingConfigMap" -}}
 {{- end -}}
+{{- /* portcullis refuses this config at start; say so at install time, naming the value. */ -}}
+{{- $authn := default (dict) (include "portcullis.config" . | fromYaml).authn -}}
+{{- $grouping := 0 -}}
+{{- range $iss := (default (list) $authn.issuers) -}}
+{{- if or (not (hasKey $iss "group_claims")) $iss.group_claims -}}{{- $grouping = add1 $grouping -}}{{- end -}}
+{{- end -}}
+{{- if and (gt $grouping 1) (not $authn.group_namespace) -}}
+{{- fail "groupNamespace: more than one issuer maps group claims (group_claims defaults to [groups, roles]); set groupNamespace to shared (any issuer may grant any group) or per_issuer" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "unix" or "tcp": transport, or by default unix for plain Envoy and tcp for Istio. */}}
@@ -112,6 +121,12 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- define "portcullis.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $listen := dict "admin" (printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port)) -}}
+{{- /* /policy and later diagnostics: loopback only (portcullis refuses anything else). */ -}}
+{{- if .Values.diagnostics.enabled -}}
+{{- $_ := set $listen "diagnostics" (printf "127.0.0.1:%d" (int .Values.diagnostics.port)) -}}
+{{- else -}}
+{{- $_ := set $listen "diagnostics" nil -}}
+{{- end -}}
 {{- if eq (include "portcullis.transport" .) "unix" -}}
 {{- $_ := set $listen "unix" .Values.socket.path -}}
 {{- $_ := set $listen "grpc" nil -}}
@@ -130,7 +145,53 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $authn "issuers" .Values.issuers -}}
 {{- $_ := set $cfg "authn" $authn -}}
 {{- end -}}
+{{- if .Values.groupNamespace -}}
+{{- $authn := default (dict) $cfg.authn -}}
+{{- $_ := set $authn "group_namespace" .Values.groupNamespace -}}
+{{- $_ := set $cfg "authn" $authn -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+Envoy's ext_authz allowed_headers, derived from the rendered portcullis config so that every
+header portcullis reads reaches it (a credential header that does not would be judged anonymous
+while the app still receives the unverified credential), and nothing else does. JSON list of
+lower-case names, first occurrence kept:
+  every issuer's `from` headers (default authorization), cookie if an issuer reads a cookie;
+  authn.api_keys.header (default x-api-key) when keys are configured;
+  authorization when headers.strip_foreign_credentials is on;
+  cedar.context_headers; x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
+*/}}
+{{- define "portcullis.allowedHeaders" -}}
+{{- $cfg := include "portcullis.config" . | fromYaml -}}
+{{- $authn := default (dict) $cfg.authn -}}
+{{- $out := list -}}
+{{- range $iss := (default (list) $authn.issuers) -}}
+{{- $from := list (dict "header" "authorization") -}}
+{{- if hasKey $iss "from" -}}{{- $from = $iss.from -}}{{- end -}}
+{{- range $src := $from -}}
+{{- if $src.header -}}{{- $out = append $out (lower $src.header) -}}{{- end -}}
+{{- if $src.cookie -}}{{- $out = append $out "cookie" -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $keys := default (dict) $authn.api_keys -}}
+{{- if $keys.keys -}}
+{{- $out = append $out (lower (default "x-api-key" $keys.header)) -}}
+{{- end -}}
+{{- $headers := default (dict) $cfg.headers -}}
+{{- if $headers.strip_foreign_credentials -}}
+{{- $out = append $out "authorization" -}}
+{{- end -}}
+{{- $cedar := default (dict) $cfg.cedar -}}
+{{- range (default (list) $cedar.context_headers) -}}
+{{- $out = append $out (lower .) -}}
+{{- end -}}
+{{- $out = concat $out (list "x-request-id" "traceparent" "tracestate" "x-b3-traceid" "x-b3-spanid" "x-b3-parentspanid" "x-b3-sampled" "x-b3-flags" "b3") -}}
+{{- range (default (list) .Values.envoy.extAuthz.extraAllowedHeaders) -}}
+{{- $out = append $out (lower .) -}}
+{{- end -}}
+{{- toJson (uniq $out) -}}
 {{- end -}}
 
 {{/* Pod-level pieces ------------------------------------------------------- */}}
