@@ -22,6 +22,7 @@ fn authenticator(idp: &Idp, issuer_extra: &str, jwks_yaml: &str) -> (Arc<Authent
     let cfg = config(&format!(
         "  issuers:
     - issuer: {iss}
+      allow_insecure_http: true
       audiences: [{AUD}]
       algorithms: [RS256, ES256, EdDSA]
 {issuer_extra}  jwks:
@@ -171,7 +172,7 @@ async fn provider_down_from_the_start_is_unavailable_and_not_hammered() {
         l.local_addr().unwrap()
     };
     let cfg = config(&format!(
-        "  issuers:\n    - issuer: https://down.example\n      jwks_uri: http://{closed}/jwks\n      audiences: [{AUD}]\n"
+        "  issuers:\n    - issuer: https://down.example\n      jwks_uri: http://{closed}/jwks\n      allow_insecure_http: true\n      audiences: [{AUD}]\n"
     ));
     let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
     let t = rsa.token(&claims("https://down.example", AUD, "alice"));
@@ -337,7 +338,9 @@ async fn discovery_document_naming_another_issuer_is_not_trusted() {
     let idp = Idp::start(vec![rsa.jwk.clone()]).await;
     // Same discovery URL, but the document names the issuer without the trailing slash.
     let iss = format!("{}/", idp.issuer);
-    let cfg = config(&format!("  issuers:\n    - issuer: {iss}\n      audiences: [{AUD}]\n"));
+    let cfg = config(&format!(
+        "  issuers:\n    - issuer: {iss}\n      allow_insecure_http: true\n      audiences: [{AUD}]\n"
+    ));
     let mut registry = Registry::default();
     let a = Authenticator::new(&cfg, &mut registry).unwrap();
     let t = rsa.token(&claims(&iss, AUD, "alice"));

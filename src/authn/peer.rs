@@ -21,11 +21,17 @@ pub struct PeerIdentity {
 pub struct PeerAuthenticator {
     enabled: bool,
     trust_domains: Vec<String>,
+    /// Only from an explicit `any_trust_domain: true`; an empty list alone accepts nothing.
+    any_trust_domain: bool,
 }
 
 impl PeerAuthenticator {
     pub fn new(cfg: &PeerConfig) -> Self {
-        Self { enabled: cfg.enabled, trust_domains: cfg.trust_domains.iter().map(|d| d.to_ascii_lowercase()).collect() }
+        Self {
+            enabled: cfg.enabled,
+            trust_domains: cfg.trust_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            any_trust_domain: cfg.any_trust_domain,
+        }
     }
 
     /// `Ok(None)` without a peer principal; an error for one that is malformed or untrusted.
@@ -37,7 +43,7 @@ impl PeerAuthenticator {
             return Ok(None);
         };
         let id = parse_spiffe_id(principal).ok_or(AuthnError::UntrustedPeer("not_a_spiffe_id"))?;
-        if !self.trust_domains.is_empty() && !self.trust_domains.contains(&id.trust_domain) {
+        if !self.any_trust_domain && !self.trust_domains.contains(&id.trust_domain) {
             return Err(AuthnError::UntrustedPeer("trust_domain"));
         }
         Ok(Some(id))
