@@ -91,6 +91,46 @@ mod tests {
         );
     }
 
+    fn check(cfg: &PeerConfig, principal: &str) -> Result<Option<PeerIdentity>, &'static str> {
+        use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer { principal: principal.into(), ..Default::default() }),
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/".into(),
+                        host: "a.example".into(),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        };
+        let view = RequestView::from_check(&req, &crate::config::Limits::default()).expect("request view");
+        PeerAuthenticator::new(cfg).authenticate(&view).map_err(|e| e.label())
+    }
+
+    #[test]
+    fn only_cluster_local_is_trusted_by_default() {
+        let cfg = PeerConfig::default();
+        let ok = check(&cfg, "spiffe://cluster.local/ns/shop/sa/web").unwrap().expect("peer");
+        assert_eq!(ok.trust_domain, "cluster.local");
+        // Before: an empty default list accepted every trust domain.
+        assert_eq!(check(&cfg, "spiffe://evil.example/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+        assert_eq!(check(&cfg, "spiffe://cluster.local.evil/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+    }
+
+    #[test]
+    fn an_empty_list_trusts_nothing_unless_any_trust_domain_is_set() {
+        let empty = PeerConfig { trust_domains: Vec::new(), ..PeerConfig::default() };
+        assert_eq!(check(&empty, "spiffe://cluster.local/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+        let any = PeerConfig { trust_domains: Vec::new(), any_trust_domain: true, ..PeerConfig::default() };
+        assert!(check(&any, "spiffe://elsewhere.example/ns/a/sa/b").unwrap().is_some());
+        assert_eq!(check(&any, "spiffe://Elsewhere/x").unwrap_err(), "untrusted_peer", "still a valid SPIFFE id");
+    }
+
     #[test]
     fn malformed_ids_are_refused() {
         for bad in [
