@@ -61,6 +61,8 @@ def test_helm_test_commands_pass_against_the_rendered_config(scenario, tmp_path)
         cfg["listen"]["grpc"] = f"127.0.0.1:{port}"
         server_addr = f"http://127.0.0.1:{port}"
     cfg["listen"]["admin"] = f"127.0.0.1:{admin}"
+    # The default diagnostics port (127.0.0.1:9092) could clash with another run on this machine.
+    cfg["listen"]["diagnostics"] = f"127.0.0.1:{free_port()}"
     cfg["policy"]["dir"] = str(CHART / "policies")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     requests = rendered.one("ConfigMap", "-test-requests")["data"]
