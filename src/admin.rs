@@ -1,5 +1,8 @@
-//! The admin HTTP port: `/healthz` (alive), `/readyz` (a policy snapshot is live and we are not
-//! draining), `/metrics` (OpenMetrics), `/policy` (live version, source, last reload error).
+//! Two HTTP listeners. The admin port serves only what kubelet and scrapers need from the pod
+//! network: `/healthz` (alive), `/readyz` (a policy snapshot is live and we are not draining),
+//! `/metrics` (OpenMetrics). The diagnostics port (loopback only, enforced by config validation)
+//! serves `/policy` (live version, source, last reload error), which names files, ConfigMaps and
+//! parse errors an attacker in the mesh has no business reading.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +43,8 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn policy(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    Json(s.store.status())
+async fn policy(State(store): State<Arc<PolicyStore>>) -> impl IntoResponse {
+    Json(store.status())
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -51,21 +54,43 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
-/// Binds and serves the admin port until shutdown.
+/// Binds and serves the admin port (probes and metrics) until shutdown.
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/policy", get(policy))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_router("admin", addr, app, shutdown).await
+}
+
+/// Binds and serves the diagnostics port (`/policy`) until shutdown. The caller has checked
+/// that `addr` is a loopback address.
+pub async fn serve_diagnostics(
+    addr: SocketAddr,
+    store: Arc<PolicyStore>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    // Defence in depth: config validation already refuses this.
+    anyhow::ensure!(addr.ip().is_loopback(), "diagnostics address {addr} is not a loopback address");
+    let app = Router::new().route("/policy", get(policy)).with_state(store);
+    serve_router("diagnostics", addr, app, shutdown).await
+}
+
+async fn serve_router(
+    what: &'static str,
+    addr: SocketAddr,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {what} on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(addr = %bound, "admin HTTP listening");
+    tracing::info!(addr = %bound, "{what} HTTP listening");
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -64,9 +64,14 @@ pub struct ListenConfig {
     /// Unix domain socket path of the ext_authz gRPC server.
     #[serde(default)]
     pub unix: Option<PathBuf>,
-    /// Admin HTTP address: /healthz, /readyz, /metrics, /policy.
+    /// Admin HTTP address: only the probes (/healthz, /readyz) and /metrics, so it can be
+    /// reached from the pod network by kubelet and scrapers.
     #[serde(default = "default_admin")]
     pub admin: Option<SocketAddr>,
+    /// Diagnostics HTTP address (/policy and later diagnostics). Must be a loopback address:
+    /// what it shows (policy source, reload errors) is for operators on the node, not the mesh.
+    #[serde(default = "default_diagnostics")]
+    pub diagnostics: Option<SocketAddr>,
     /// How long in-flight checks may take to finish after SIGTERM.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -78,13 +83,22 @@ fn default_grpc() -> Option<SocketAddr> {
 fn default_admin() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
+fn default_diagnostics() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9092)))
+}
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { grpc: default_grpc(), unix: None, admin: default_admin(), drain_timeout: default_drain() }
+        Self {
+            grpc: default_grpc(),
+            unix: None,
+            admin: default_admin(),
+            diagnostics: default_diagnostics(),
+            drain_timeout: default_drain(),
+        }
     }
 }
 
@@ -201,6 +215,33 @@ pub struct AuthnConfig {
     /// API keys.
     #[serde(default)]
     pub api_keys: ApiKeyConfig,
+    /// How token groups map to `Group` entities: `shared` (absent: `Group::"<group>"` for every
+    /// issuer) or `per_issuer` (`Group::"<issuer>#<group>"`). Must be chosen when more than one
+    /// issuer has non-empty `group_claims`.
+    #[serde(default)]
+    pub group_namespace: Option<GroupNamespace>,
+}
+
+/// The namespace of `Group` entities built from token claims.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupNamespace {
+    /// `Group::"<group>"`: every trusted issuer can grant every group.
+    #[default]
+    Shared,
+    /// `Group::"<issuer>#<group>"`: a group is only the issuer's own. Issuers may not contain
+    /// `#` (OIDC issuers have no fragment), so the first `#` always ends the issuer.
+    PerIssuer,
+}
+
+impl GroupNamespace {
+    /// The `Group` entity id for `group` from a token of `issuer`.
+    pub fn group_id(self, issuer: &str, group: &str) -> String {
+        match self {
+            GroupNamespace::Shared => group.to_owned(),
+            GroupNamespace::PerIssuer => format!("{issuer}#{group}"),
+        }
+    }
 }
 
 /// One trusted JWT issuer.
@@ -243,6 +284,10 @@ pub struct IssuerConfig {
     /// Claims whose values become the user's parent `Group` entities.
     #[serde(default = "default_group_claims")]
     pub group_claims: Vec<String>,
+    /// Allow `http://` for every URL fetched for this issuer (discovery, `jwks_uri`, the
+    /// discovered `jwks_uri`). Off: plain HTTP lets anyone on the path swap the signing keys.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -363,14 +408,21 @@ pub struct PeerConfig {
     /// Use the peer principal at all.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Accepted SPIFFE trust domains; empty accepts any.
-    #[serde(default)]
+    /// Accepted SPIFFE trust domains. Empty only together with `any_trust_domain: true`.
+    #[serde(default = "default_trust_domains")]
     pub trust_domains: Vec<String>,
+    /// Accept a peer of any trust domain (needs `trust_domains: []`, so the choice is explicit).
+    #[serde(default)]
+    pub any_trust_domain: bool,
+}
+
+fn default_trust_domains() -> Vec<String> {
+    vec!["cluster.local".into()]
 }
 
 impl Default for PeerConfig {
     fn default() -> Self {
-        Self { enabled: true, trust_domains: Vec::new() }
+        Self { enabled: true, trust_domains: default_trust_domains(), any_trust_domain: false }
     }
 }
 
@@ -570,6 +622,14 @@ impl Config {
         if self.listen.grpc.is_none() && self.listen.unix.is_none() {
             return Err(ConfigError::invalid("listen", "enable at least one of `grpc` or `unix`"));
         }
+        if let Some(a) = self.listen.diagnostics
+            && !a.ip().is_loopback()
+        {
+            return Err(ConfigError::invalid(
+                "listen.diagnostics",
+                format!("`{a}` is not a loopback address; diagnostics are served on loopback only (or null)"),
+            ));
+        }
         match (&self.policy.dir, &self.policy.kubernetes) {
             (None, None) => {
                 return Err(ConfigError::invalid("policy", "set `dir` or `kubernetes`"));
@@ -629,6 +689,37 @@ impl Config {
             for h in iss.claims_to_headers.values() {
                 check_header_name(&field("claims_to_headers"), h)?;
             }
+            check_issuer_urls(i, iss)?;
+            if self.authn.group_namespace == Some(GroupNamespace::PerIssuer) && iss.issuer.contains('#') {
+                return Err(ConfigError::invalid(
+                    field("issuer"),
+                    "must not contain `#` with `group_namespace: per_issuer` (it separates issuer and group)",
+                ));
+            }
+        }
+        let mapping_groups = self.authn.issuers.iter().filter(|i| !i.group_claims.is_empty()).count();
+        if mapping_groups > 1 && self.authn.group_namespace.is_none() {
+            return Err(ConfigError::invalid(
+                "authn.group_namespace",
+                "more than one issuer maps `group_claims`: choose `shared` (any issuer may grant any group) \
+                 or `per_issuer` (groups become `<issuer>#<group>`)",
+            ));
+        }
+        let peer = &self.authn.peer;
+        if peer.trust_domains.is_empty() && !peer.any_trust_domain {
+            return Err(ConfigError::invalid(
+                "authn.peer.trust_domains",
+                "must list at least one trust domain (or set `any_trust_domain: true` to accept any)",
+            ));
+        }
+        if !peer.trust_domains.is_empty() && peer.any_trust_domain {
+            return Err(ConfigError::invalid(
+                "authn.peer.any_trust_domain",
+                "accepts every trust domain; set `trust_domains: []` with it, or list the domains instead",
+            ));
+        }
+        if let Some(i) = peer.trust_domains.iter().position(|d| d.trim().is_empty()) {
+            return Err(ConfigError::invalid(format!("authn.peer.trust_domains[{i}]"), "must not be empty"));
         }
         let h = &self.headers;
         for (name, v) in [
@@ -671,6 +762,39 @@ impl Config {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+/// The URLs fetched for an issuer must be `https://` (or `http://` with `allow_insecure_http`).
+/// The issuer itself is fetched only when discovery is used (no `jwks_uri`/`jwks_file`/HMAC).
+fn check_issuer_urls(i: usize, iss: &IssuerConfig) -> Result<(), ConfigError> {
+    let fetched = if iss.hmac_secret_file.is_some() || iss.jwks_file.is_some() {
+        None
+    } else if let Some(u) = &iss.jwks_uri {
+        Some(("jwks_uri", u.as_str()))
+    } else {
+        Some(("issuer", iss.issuer.as_str()))
+    };
+    let Some((name, url)) = fetched else { return Ok(()) };
+    let field = format!("authn.issuers[{i}].{name}");
+    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid(&field, format!("`{url}`: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if iss.allow_insecure_http => Ok(()),
+        "http" => Err(ConfigError::invalid(
+            field,
+            format!("`{url}` is plain HTTP; use https, or set `allow_insecure_http: true` on this issuer"),
+        )),
+        other => Err(ConfigError::invalid(field, format!("unsupported scheme `{other}`; use https"))),
+    }
+}
+
+/// True when `url` may be fetched for an issuer: https, or http when allowed.
+pub fn fetchable_url(url: &reqwest::Url, allow_insecure_http: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => allow_insecure_http,
+        _ => false,
     }
 }
 
@@ -749,5 +873,84 @@ mod tests {
         std::fs::write(&path, "policy: {kubernetes: {kubeconfig: kc}}\n").unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.policy.kubernetes.unwrap().kubeconfig, Some(dir.path().join("kc")));
+    }
+
+    #[test]
+    fn diagnostics_must_be_loopback() {
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(c.listen.diagnostics, Some(SocketAddr::from(([127, 0, 0, 1], 9092))));
+        for bad in ["0.0.0.0:9092", "10.0.0.7:9092", "'[::]:9092'"] {
+            let err = parse(&format!("policy: {{dir: x}}\nlisten: {{diagnostics: {bad}}}\n")).unwrap_err();
+            assert!(err.contains("listen.diagnostics"), "{bad}: {err}");
+        }
+        parse("policy: {dir: x}\nlisten: {diagnostics: '[::1]:9092'}\n").unwrap();
+        let c = parse("policy: {dir: x}\nlisten: {diagnostics: null}\n").unwrap();
+        assert!(c.listen.diagnostics.is_none());
+    }
+
+    #[test]
+    fn plain_http_issuer_urls_need_allow_insecure_http() {
+        let issuer = |extra: &str| format!("policy: {{dir: x}}\nauthn:\n  issuers:\n    - {extra}\n");
+        // Discovery fetches the issuer URL.
+        let err = parse(&issuer("issuer: http://idp.example")).unwrap_err();
+        assert!(err.contains("authn.issuers[0].issuer") && err.contains("allow_insecure_http"), "{err}");
+        let err = parse(&issuer("{issuer: https://idp.example, jwks_uri: 'http://idp.example/jwks'}")).unwrap_err();
+        assert!(err.contains("authn.issuers[0].jwks_uri"), "{err}");
+        let err = parse(&issuer("{issuer: https://idp.example, jwks_uri: 'ftp://idp.example/jwks'}")).unwrap_err();
+        assert!(err.contains("authn.issuers[0].jwks_uri") && err.contains("scheme"), "{err}");
+        let err = parse(&issuer("{issuer: https://idp.example, jwks_uri: 'not a url'}")).unwrap_err();
+        assert!(err.contains("authn.issuers[0].jwks_uri"), "{err}");
+        parse(&issuer("{issuer: http://idp.example, allow_insecure_http: true}")).unwrap();
+        parse(&issuer("{issuer: https://idp.example, jwks_uri: 'http://j/k', allow_insecure_http: true}")).unwrap();
+        parse(&issuer("issuer: https://idp.example")).unwrap();
+        // With an explicit JWKS URL the issuer is only compared, never fetched.
+        parse(&issuer("{issuer: http://idp.example, jwks_uri: 'https://idp.example/jwks'}")).unwrap();
+    }
+
+    #[test]
+    fn peer_trust_domains_default_to_cluster_local_and_any_must_be_explicit() {
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(c.authn.peer.trust_domains, ["cluster.local"]);
+        assert!(!c.authn.peer.any_trust_domain);
+        let err = parse("policy: {dir: x}\nauthn: {peer: {trust_domains: []}}\n").unwrap_err();
+        assert!(err.contains("authn.peer.trust_domains"), "{err}");
+        // `any_trust_domain` alone still has the default list: contradictory, so refused.
+        let err = parse("policy: {dir: x}\nauthn: {peer: {any_trust_domain: true}}\n").unwrap_err();
+        assert!(err.contains("authn.peer.any_trust_domain"), "{err}");
+        let c = parse("policy: {dir: x}\nauthn: {peer: {trust_domains: [], any_trust_domain: true}}\n").unwrap();
+        assert!(c.authn.peer.any_trust_domain);
+    }
+
+    #[test]
+    fn two_issuers_mapping_groups_must_choose_a_group_namespace() {
+        let two = |ns: &str, b_claims: &str| {
+            format!(
+                "policy: {{dir: x}}\nauthn:\n{ns}  issuers:\n    - issuer: https://a.example\n    \
+                 - {{issuer: https://b.example{b_claims}}}\n"
+            )
+        };
+        let err = parse(&two("", "")).unwrap_err();
+        assert!(err.contains("authn.group_namespace"), "{err}");
+        // Only one issuer maps groups: nothing to choose.
+        parse(&two("", ", group_claims: []")).unwrap();
+        let c = parse(&two("  group_namespace: shared\n", "")).unwrap();
+        assert_eq!(c.authn.group_namespace, Some(GroupNamespace::Shared));
+        let c = parse(&two("  group_namespace: per_issuer\n", "")).unwrap();
+        assert_eq!(c.authn.group_namespace, Some(GroupNamespace::PerIssuer));
+        let err = parse(&two("  group_namespace: global\n", "")).unwrap_err();
+        assert!(err.contains("global"), "{err}");
+    }
+
+    #[test]
+    fn per_issuer_group_ids_cannot_collide() {
+        let ns = GroupNamespace::PerIssuer;
+        assert_eq!(ns.group_id("https://a.example", "admins"), "https://a.example#admins");
+        assert_eq!(GroupNamespace::Shared.group_id("https://a.example", "admins"), "admins");
+        // An issuer with `#` could make `a#b` + `c` equal `a` + `b#c`: refused.
+        let err = parse(
+            "policy: {dir: x}\nauthn:\n  group_namespace: per_issuer\n  issuers:\n    - issuer: 'https://a.example#x'\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("authn.issuers[0].issuer") && err.contains('#'), "{err}");
     }
 }

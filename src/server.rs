@@ -1,5 +1,6 @@
 //! Wiring: the ext_authz gRPC service over TCP and a Unix socket, gRPC health (NOT_SERVING until
-//! a policy snapshot is live) and reflection, the admin HTTP port, the policy source, and one
+//! a policy snapshot is live) and reflection, the admin HTTP port (probes, metrics), the loopback
+//! diagnostics port (`/policy`), the policy source, and one
 //! shutdown signal that every task selects on. On SIGTERM readiness goes false first, then
 //! in-flight checks drain.
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     pub unix_path: Option<PathBuf>,
     pub admin_addr: Option<SocketAddr>,
+    /// The loopback diagnostics listener (`/policy`).
+    pub diagnostics_addr: Option<SocketAddr>,
     pub store: Arc<PolicyStore>,
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
@@ -217,6 +220,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         unix_path = Some(path);
     }
 
+    let mut diagnostics_addr = None;
+    if let Some(addr) = cfg.listen.diagnostics {
+        let (bound, task) = admin::serve_diagnostics(addr, store.clone(), shutdown_rx.clone()).await?;
+        diagnostics_addr = Some(bound);
+        tasks.push(task);
+    }
+
     let mut admin_addr = None;
     if let Some(addr) = cfg.listen.admin {
         let state = Arc::new(AdminState { store: store.clone(), registry, draining: draining.clone() });
@@ -225,7 +235,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks.push(task);
     }
 
-    Ok(Running { grpc_addr, unix_path, admin_addr, store, shutdown: shutdown_tx, draining, tasks })
+    Ok(Running { grpc_addr, unix_path, admin_addr, diagnostics_addr, store, shutdown: shutdown_tx, draining, tasks })
 }
 
 /// Resolves when the shutdown flag flips (or its sender is gone).

@@ -61,6 +61,7 @@ listen:
   grpc: "127.0.0.1:0"
   unix: "{sock}"
   admin: "127.0.0.1:0"
+  diagnostics: "127.0.0.1:0"
   drain_timeout: 2s
 log:
   format: json

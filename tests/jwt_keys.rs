@@ -22,6 +22,7 @@ fn authenticator(idp: &Idp, issuer_extra: &str, jwks_yaml: &str) -> (Arc<Authent
     let cfg = config(&format!(
         "  issuers:
     - issuer: {iss}
+      allow_insecure_http: true
       audiences: [{AUD}]
       algorithms: [RS256, ES256, EdDSA]
 {issuer_extra}  jwks:
@@ -171,7 +172,7 @@ async fn provider_down_from_the_start_is_unavailable_and_not_hammered() {
         l.local_addr().unwrap()
     };
     let cfg = config(&format!(
-        "  issuers:\n    - issuer: https://down.example\n      jwks_uri: http://{closed}/jwks\n      audiences: [{AUD}]\n"
+        "  issuers:\n    - issuer: https://down.example\n      jwks_uri: http://{closed}/jwks\n      allow_insecure_http: true\n      audiences: [{AUD}]\n"
     ));
     let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
     let t = rsa.token(&claims("https://down.example", AUD, "alice"));
@@ -337,7 +338,9 @@ async fn discovery_document_naming_another_issuer_is_not_trusted() {
     let idp = Idp::start(vec![rsa.jwk.clone()]).await;
     // Same discovery URL, but the document names the issuer without the trailing slash.
     let iss = format!("{}/", idp.issuer);
-    let cfg = config(&format!("  issuers:\n    - issuer: {iss}\n      audiences: [{AUD}]\n"));
+    let cfg = config(&format!(
+        "  issuers:\n    - issuer: {iss}\n      allow_insecure_http: true\n      audiences: [{AUD}]\n"
+    ));
     let mut registry = Registry::default();
     let a = Authenticator::new(&cfg, &mut registry).unwrap();
     let t = rsa.token(&claims(&iss, AUD, "alice"));
@@ -364,4 +367,77 @@ async fn cache_control_shorter_than_min_ttl_does_not_cause_refetches() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(idp.jwks_fetches(), 1, "no-store is raised to min_ttl");
+}
+
+/// Plain settings; a failed fetch is not retried within a test.
+const JWKS: &str = "    unknown_kid_refresh_interval: 1h\n";
+
+fn fetch_results(registry: &Registry, issuer: &str, result: &str) -> bool {
+    let text = portcullis::metrics::encode(registry);
+    text.contains(&format!(r#"jwks_fetches_total{{issuer="{issuer}",result="{result}"}}"#))
+}
+
+#[tokio::test]
+async fn jwks_redirect_to_another_origin_is_not_followed() {
+    let rsa = TestKey::rsa1();
+    // The real keys live on another port; the configured URL redirects there.
+    let elsewhere = Idp::start(vec![rsa.jwk.clone()]).await;
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    idp.set_redirect(&elsewhere.jwks_uri());
+    let (a, registry) = authenticator(&idp, &format!("      jwks_uri: {}/redirect\n", idp.issuer), JWKS);
+    let t = rsa.token(&claims(&idp.issuer, AUD, "alice"));
+    assert!(matches!(check(&a, &t).await, Err(AuthnError::KeysUnavailable)));
+    assert_eq!(elsewhere.jwks_fetches(), 0, "the other origin is never asked");
+    assert!(fetch_results(&registry, &idp.issuer, "redirect_refused"), "{}", portcullis::metrics::encode(&registry));
+
+    // Same host and port but another scheme is another origin too (no https→http downgrade
+    // either): the redirect target is refused before any connection.
+    let other_scheme = idp.jwks_uri().replacen("http://", "https://", 1);
+    idp.set_redirect(&other_scheme);
+    let (a, registry) = authenticator(&idp, &format!("      jwks_uri: {}/redirect\n", idp.issuer), JWKS);
+    assert!(matches!(check(&a, &t).await, Err(AuthnError::KeysUnavailable)));
+    assert!(fetch_results(&registry, &idp.issuer, "redirect_refused"));
+    assert_eq!(idp.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn same_origin_redirects_are_followed_up_to_three_hops() {
+    let rsa = TestKey::rsa1();
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    let t = rsa.token(&claims(&idp.issuer, AUD, "alice"));
+    // An absolute same-origin Location, and a chain of three relative ones.
+    idp.set_redirect(&idp.jwks_uri());
+    let (a, _) = authenticator(&idp, &format!("      jwks_uri: {}/redirect\n", idp.issuer), JWKS);
+    assert_eq!(check(&a, &t).await.unwrap(), "alice");
+    let (a, _) = authenticator(&idp, &format!("      jwks_uri: {}\n", idp.jwks_after_hops(3)), JWKS);
+    assert_eq!(check(&a, &t).await.unwrap(), "alice");
+    assert_eq!(idp.jwks_fetches(), 2);
+    // A fourth hop is refused.
+    let (a, registry) = authenticator(&idp, &format!("      jwks_uri: {}\n", idp.jwks_after_hops(4)), JWKS);
+    assert!(matches!(check(&a, &t).await, Err(AuthnError::KeysUnavailable)));
+    assert!(fetch_results(&registry, &idp.issuer, "redirect_refused"));
+    assert_eq!(idp.jwks_fetches(), 2, "the JWKS was not reached on the fourth hop");
+}
+
+#[tokio::test]
+async fn discovered_jwks_uri_must_be_https_unless_the_issuer_allows_http() {
+    use portcullis::authn::jwks::{IssuerKeys, JwksError, JwksMetrics, KeySource};
+    let rsa = TestKey::rsa1();
+    let idp = Idp::start(vec![rsa.jwk.clone()]).await;
+    let fetcher = |source: KeySource, allow_http: bool| {
+        let cfg = portcullis::config::JwksConfig::default();
+        IssuerKeys::new(idp.issuer.clone(), source, cfg, reqwest::Client::new(), allow_http, JwksMetrics::default())
+    };
+    // Without allow_insecure_http an http URL is never contacted, wherever it came from.
+    let keys = fetcher(KeySource::Uri(idp.jwks_uri()), false);
+    assert!(matches!(keys.fetch().await, Err(JwksError::InsecureUrl { .. })));
+    let keys = fetcher(KeySource::Discovery { issuer: idp.issuer.clone() }, false);
+    assert!(matches!(keys.fetch().await, Err(JwksError::InsecureUrl { .. })));
+    assert_eq!((idp.discovery_fetches(), idp.jwks_fetches()), (0, 0));
+    // Allowed for this issuer: works; but a discovered URL of another scheme is still refused.
+    let keys = fetcher(KeySource::Discovery { issuer: idp.issuer.clone() }, true);
+    assert_eq!(keys.fetch().await.expect("keys").len(), 1);
+    idp.set_discovered_jwks_uri("file:///etc/passwd");
+    let keys = fetcher(KeySource::Discovery { issuer: idp.issuer.clone() }, true);
+    assert!(matches!(keys.fetch().await, Err(JwksError::InsecureUrl { .. })));
 }

@@ -29,6 +29,7 @@ async fn fixture_with(extra_issuer_yaml: &str, extra_yaml: &str) -> Fixture {
     let cfg = config(&format!(
         "  issuers:
     - issuer: {iss}
+      allow_insecure_http: true
       audiences: [{AUD}, other-api]
       algorithms: [RS256, PS256, ES256, EdDSA]
       leeway: 5s
@@ -152,10 +153,13 @@ async fn token_of_one_issuer_cannot_use_the_keys_of_another() {
     let a = Idp::start(vec![rsa1.jwk.clone()]).await;
     let b = Idp::start(vec![rsa2.jwk.clone()]).await;
     let cfg = config(&format!(
-        "  issuers:
+        "  group_namespace: shared
+  issuers:
     - issuer: {}
+      allow_insecure_http: true
       audiences: [{AUD}]
     - issuer: {}
+      allow_insecure_http: true
       audiences: [{AUD}]
 ",
         a.issuer, b.issuer
@@ -326,7 +330,10 @@ async fn keys_not_marked_for_signatures_are_not_used() {
     enc["use"] = json!("enc");
     enc["kid"] = json!("rsa1-enc");
     let idp = Idp::start(vec![enc, TestKey::ed25519().jwk]).await;
-    let cfg = config(&format!("  issuers:\n    - issuer: {}\n      audiences: [{AUD}]\n", idp.issuer));
+    let cfg = config(&format!(
+        "  issuers:\n    - issuer: {}\n      allow_insecure_http: true\n      audiences: [{AUD}]\n",
+        idp.issuer
+    ));
     let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
     let header = with(rsa.header(), "kid", json!("rsa1-enc"));
     let token = rsa.sign(&header, &claims(&idp.issuer, AUD, "alice"));
@@ -339,7 +346,10 @@ async fn algorithm_outside_the_issuer_allow_list_is_refused() {
     let ec = TestKey::ec256();
     let idp = Idp::start(vec![rsa.jwk.clone(), ec.jwk.clone()]).await;
     // Default allow list: RS256 only.
-    let cfg = config(&format!("  issuers:\n    - issuer: {}\n      audiences: [{AUD}]\n", idp.issuer));
+    let cfg = config(&format!(
+        "  issuers:\n    - issuer: {}\n      allow_insecure_http: true\n      audiences: [{AUD}]\n",
+        idp.issuer
+    ));
     let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
     let c = claims(&idp.issuer, AUD, "alice");
     authn(&a, &bearer(&rsa.token(&c))).await.unwrap();
@@ -409,10 +419,13 @@ async fn token_is_only_accepted_from_its_own_issuers_sources() {
     let a = Idp::start(vec![rsa.jwk.clone()]).await;
     let b = Idp::start(vec![ed.jwk.clone()]).await;
     let cfg = config(&format!(
-        "  issuers:
+        "  group_namespace: shared
+  issuers:
     - issuer: {}
+      allow_insecure_http: true
       audiences: [{AUD}]
     - issuer: {}
+      allow_insecure_http: true
       audiences: [{AUD}]
       algorithms: [EdDSA]
       from: [{{cookie: session}}]
@@ -497,7 +510,7 @@ async fn pss_and_other_rsa_algorithms_verify_with_a_jwk_that_pins_no_alg() {
     jwk.as_object_mut().unwrap().remove("alg");
     let idp = Idp::start(vec![jwk]).await;
     let cfg = config(&format!(
-        "  issuers:\n    - issuer: {}\n      audiences: [{AUD}]\n      algorithms: [RS256, RS384, RS512, PS256, PS384, PS512]\n",
+        "  issuers:\n    - issuer: {}\n      allow_insecure_http: true\n      audiences: [{AUD}]\n      algorithms: [RS256, RS384, RS512, PS256, PS384, PS512]\n",
         idp.issuer
     ));
     let a = Authenticator::new(&cfg, &mut Registry::default()).unwrap();
@@ -511,4 +524,73 @@ async fn pss_and_other_rsa_algorithms_verify_with_a_jwk_that_pins_no_alg() {
     let header = json!({"alg": "EdDSA", "kid": rsa.kid});
     let e = authn(&a, &bearer(&ed.sign(&header, &claims(&idp.issuer, AUD, "x")))).await.unwrap_err();
     assert_eq!(e.label(), "alg_not_allowed");
+}
+
+/// A Checker over two discovery issuers and a tiny policy set, for group-namespace decisions.
+async fn two_issuer_checker(
+    a: &Idp,
+    b: &Idp,
+    namespace: &str,
+    policies: &str,
+) -> (portcullis::check::Checker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/policies/portcullis.cedarschema");
+    std::fs::copy(schema, dir.path().join("portcullis.cedarschema")).unwrap();
+    std::fs::write(dir.path().join("groups.cedar"), policies).unwrap();
+    let text = format!(
+        "policy: {{dir: {dir}, watch: false}}
+authn:
+{namespace}  issuers:
+    - issuer: {}
+      allow_insecure_http: true
+      audiences: [{AUD}]
+    - issuer: {}
+      allow_insecure_http: true
+      audiences: [{AUD}]
+",
+        a.issuer,
+        b.issuer,
+        dir = dir.path().display()
+    );
+    let cfg = portcullis::config::Config::from_yaml(&text).unwrap();
+    cfg.validate().unwrap();
+    let mut registry = Registry::default();
+    let store = std::sync::Arc::new(portcullis::policy::PolicyStore::new(cfg.policy.on_empty, &mut registry));
+    portcullis::policy::files::load_into(dir.path(), &store).expect("policies load");
+    let checker = portcullis::check::Checker::new(&cfg, store, &mut registry).expect("checker");
+    (checker, dir)
+}
+
+#[tokio::test]
+async fn per_issuer_groups_do_not_grant_another_issuers_group() {
+    let (rsa1, rsa2) = (TestKey::rsa1(), TestKey::rsa2());
+    let a = Idp::start(vec![rsa1.jwk.clone()]).await;
+    let b = Idp::start(vec![rsa2.jwk.clone()]).await;
+    let policies = format!(
+        "@id(\"shared-admins\")\npermit (principal in Group::\"admins\", action, resource);\n\
+         @id(\"a-admins\")\npermit (principal in Group::\"{}#admins\", action, resource);\n",
+        a.issuer
+    );
+    let admins = |key: &TestKey, idp: &Idp| {
+        let mut c = claims(&idp.issuer, AUD, "mallory");
+        c["groups"] = json!(["admins"]);
+        bearer(&key.token(&c))
+    };
+
+    let (per_issuer, _d1) = two_issuer_checker(&a, &b, "  group_namespace: per_issuer\n", &policies).await;
+    // B says "admins": that is B's admins, not `Group::"admins"` and not A's.
+    let d = per_issuer.check(&admins(&rsa2, &b)).await;
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(d.status.http(), 403, "{d:?}");
+    assert!(d.policies.is_empty(), "{d:?}");
+    // A's admins are `Group::"<A>#admins"` only.
+    let d = per_issuer.check(&admins(&rsa1, &a)).await;
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policies, ["a-admins"]);
+
+    // Shared (today's behaviour, chosen explicitly): any trusted issuer grants `admins`.
+    let (shared, _d2) = two_issuer_checker(&a, &b, "  group_namespace: shared\n", &policies).await;
+    let d = shared.check(&admins(&rsa2, &b)).await;
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policies, ["shared-admins"]);
 }

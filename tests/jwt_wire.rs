@@ -28,14 +28,17 @@ impl Server {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/policies/portcullis.cedarschema");
         std::fs::copy(schema, dir.path().join("portcullis.cedarschema")).unwrap();
         let yaml = format!(
-            "listen: {{grpc: '127.0.0.1:0', admin: null}}
+            "listen: {{grpc: '127.0.0.1:0', admin: null, diagnostics: null}}
 policy: {{dir: {dir}, watch: false}}
 authn:
+  group_namespace: shared
   issuers:
     - issuer: {up}
+      allow_insecure_http: true
       audiences: [{AUD}]
       algorithms: [RS256, EdDSA]
     - issuer: {down}
+      allow_insecure_http: true
       audiences: [{AUD}]
   jwks:
     unknown_kid_refresh_interval: 1h

@@ -61,7 +61,7 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     let cfg_path = tmp.path().join("config.yaml");
     std::fs::write(
         &cfg_path,
-        "listen:\n  grpc: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+        "listen:\n  grpc: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  diagnostics: 127.0.0.1:0\n\
          policy:\n  debounce: 50ms\n  kubernetes:\n    namespaces: [policies]\n\
          \x20   selector: portcullis.dev/policy=true\n    kubeconfig: kubeconfig\n",
     )
@@ -75,6 +75,7 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     let running = server::start(cfg).await.expect("server starts");
     let grpc = format!("http://{}", running.grpc_addr.expect("grpc"));
     let admin = format!("http://{}", running.admin_addr.expect("admin"));
+    let diag = format!("http://{}", running.diagnostics_addr.expect("diagnostics"));
     eventually(10, "a list attempt", || api.lists() >= 1).await;
     assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 503, "not ready before a complete list");
     assert_ne!(check_public(&grpc).await, 0, "no snapshot yet: fail closed");
@@ -95,13 +96,13 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(code, 7, "PERMISSION_DENIED after the update");
-    let (_, good) = get_json(&format!("{admin}/policy")).await;
+    let (_, good) = get_json(&format!("{diag}/policy")).await;
 
     // A broken update is refused: decision unchanged, the failure visible at /policy, in
     // metrics and as an Event on the ConfigMap.
     api.put("policies", "rules", SELECTED, &[("policy.cedar", "permit (principal, action, resource) when { 1 };")]);
     eventually(10, "rejection", || running.store.status().last_error.is_some()).await;
-    let (_, status) = get_json(&format!("{admin}/policy")).await;
+    let (_, status) = get_json(&format!("{diag}/policy")).await;
     assert_eq!(status["version"], good["version"]);
     let err = status["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("configmap/policies/rules/policy.cedar:1:"), "{err}");
@@ -120,7 +121,7 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     api.delete("policies", "rules");
     api.delete("policies", "schema");
     eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.schema.entity_types().count() == 0)).await;
-    let (_, status) = get_json(&format!("{admin}/policy")).await;
+    let (_, status) = get_json(&format!("{diag}/policy")).await;
     assert_eq!(status["deny_all"], true);
     assert_eq!(check_public_full(&grpc).await, (7, "deny_all".to_owned()));
     assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 200);

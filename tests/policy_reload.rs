@@ -21,7 +21,7 @@ const BROKEN_SCHEMA: &str =
     "@id(\"no-such-attr\")\npermit (principal, action, resource) when { resource.owner == \"x\" };\n";
 
 async fn policy_status(s: &Sidecar) -> serde_json::Value {
-    let (code, body) = s.admin_get("/policy").await;
+    let (code, body) = s.diagnostics_get("/policy").await;
     assert_eq!(code, 200);
     serde_json::from_str(&body).expect("/policy is JSON")
 }
@@ -244,5 +244,22 @@ async fn no_valid_policy_means_not_serving_and_every_check_is_503() {
     let (ready, _) = s.admin_get("/readyz").await;
     assert_eq!(ready, 200);
     assert!(is_allowed(&s.check(req("GET", "/public/status").build()).await));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_status_is_served_on_loopback_diagnostics_only() {
+    let s = Sidecar::start().await;
+    // The admin port (reachable from the pod network) serves probes and metrics, never /policy.
+    let (code, _) = s.admin_get("/policy").await;
+    assert_eq!(code, 404, "/policy is not on the admin port");
+    assert_eq!(s.admin_get("/healthz").await.0, 200);
+    assert_eq!(s.admin_get("/metrics").await.0, 200);
+    // The diagnostics port has /policy, bound on loopback, and nothing else.
+    assert!(s.running().diagnostics_addr.expect("diagnostics").ip().is_loopback());
+    let status = policy_status(&s).await;
+    assert!(status["version"].is_string(), "{status}");
+    assert_eq!(s.diagnostics_get("/metrics").await.0, 404);
+    assert_eq!(s.diagnostics_get("/readyz").await.0, 404);
     s.stop().await;
 }

@@ -13,7 +13,7 @@ fn request(ip: &str) -> portcullis::proto::auth::CheckRequest {
 async fn a_caller_over_quota_gets_429_with_retry_after_and_others_do_not() {
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/policies");
     let yaml = format!(
-        "listen: {{grpc: '127.0.0.1:0', admin: null}}\npolicy: {{dir: '{}', watch: false}}\n\
+        "listen: {{grpc: '127.0.0.1:0', admin: null, diagnostics: null}}\npolicy: {{dir: '{}', watch: false}}\n\
          rate_limit: {{requests_per_second: 1, burst: 2}}\n",
         policies.display()
     );

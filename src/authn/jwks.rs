@@ -9,6 +9,9 @@
 //!   the provider.
 //! - Fetches have a timeout and a response-size bound; a key that vanishes from the JWKS is gone
 //!   from the next key set.
+//! - Every URL fetched for an issuer must be `https://` (or `http://` with the issuer's
+//!   `allow_insecure_http`), and a redirect is followed only to the same origin (scheme, host,
+//!   port), at most three hops: a JWKS answer from anywhere else would let that host mint tokens.
 //! - With nothing cached (first start, or past `max_stale`), a failed fetch is not retried more
 //!   often than `unknown_kid_refresh_interval` either: callers get "unavailable" at once instead
 //!   of each waiting a full fetch timeout on a provider that is down.
@@ -48,6 +51,10 @@ pub enum JwksError {
     Read { path: PathBuf, message: String },
     #[error("not retrying yet: the last attempt failed less than the refresh interval ago")]
     Backoff,
+    #[error("fetch of {url} refused: {message}")]
+    Redirect { url: String, message: String },
+    #[error("{url} is not an https URL (set `allow_insecure_http` on the issuer to allow http)")]
+    InsecureUrl { url: String },
 }
 
 impl JwksError {
@@ -60,6 +67,8 @@ impl JwksError {
             JwksError::Parse { .. } | JwksError::IssuerMismatch { .. } => "invalid",
             JwksError::NoUsableKeys { .. } => "no_keys",
             JwksError::Backoff => "backoff",
+            JwksError::Redirect { .. } => "redirect_refused",
+            JwksError::InsecureUrl { .. } => "insecure_url",
         }
     }
 }
@@ -196,6 +205,7 @@ pub struct IssuerKeys {
     source: KeySource,
     settings: JwksConfig,
     client: reqwest::Client,
+    allow_insecure_http: bool,
     cache: moka::future::Cache<(), Arc<KeySet>>,
     discovered_uri: Mutex<Option<String>>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -211,6 +221,7 @@ impl IssuerKeys {
         source: KeySource,
         settings: JwksConfig,
         client: reqwest::Client,
+        allow_insecure_http: bool,
         metrics: JwksMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -218,6 +229,7 @@ impl IssuerKeys {
             source,
             settings,
             client,
+            allow_insecure_http,
             cache: moka::future::Cache::builder().max_capacity(1).expire_after(ServeUntil).build(),
             discovered_uri: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -457,16 +469,24 @@ impl IssuerKeys {
     }
 
     async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
+        // Checked here, not only in config: a discovered `jwks_uri` comes from the network.
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| JwksError::Fetch { url: url.to_owned(), message: e.to_string() })?;
+        if !crate::config::fetchable_url(&parsed, self.allow_insecure_http) {
+            return Err(JwksError::InsecureUrl { url: url.to_owned() });
+        }
         let limit = self.settings.max_response_bytes;
         let fetch_err = |e: reqwest::Error| {
             if e.is_timeout() {
                 JwksError::Timeout { url: url.to_owned() }
+            } else if e.is_redirect() {
+                JwksError::Redirect { url: url.to_owned(), message: error_chain(&e) }
             } else {
                 JwksError::Fetch { url: url.to_owned(), message: e.to_string() }
             }
         };
         let fut = async {
-            let mut resp = self.client.get(url).send().await.map_err(fetch_err)?;
+            let mut resp = self.client.get(parsed).send().await.map_err(fetch_err)?;
             if !resp.status().is_success() {
                 return Err(JwksError::Status { url: url.to_owned(), status: resp.status().as_u16() });
             }
@@ -492,6 +512,40 @@ impl IssuerKeys {
             .await
             .unwrap_or_else(|_| Err(JwksError::Timeout { url: url.to_owned() }))
     }
+}
+
+/// The redirect policy for discovery and JWKS fetches: same origin as the first URL only, at most
+/// `MAX_REDIRECTS` hops. Anything else is an error, so the fetch fails closed.
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.error("redirect without an initial URL");
+        };
+        if attempt.url().origin() != first.origin() {
+            let msg = format!("cross-origin redirect to {}", attempt.url().origin().ascii_serialization());
+            return attempt.error(msg);
+        }
+        // `previous` holds the initial URL plus every hop already followed.
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        attempt.follow()
+    })
+}
+
+/// Most same-origin redirects followed in one discovery or JWKS fetch.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// An error with its sources, so "cross-origin redirect" is visible in the log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 async fn read_bounded(path: &PathBuf, limit: usize) -> Result<Vec<u8>, JwksError> {

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuthnError;
 use super::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey};
-use crate::config::{AuthnConfig, IssuerConfig, Limits, TokenSource};
+use crate::config::{AuthnConfig, GroupNamespace, IssuerConfig, Limits, TokenSource};
 use crate::request::RequestView;
 
 /// What a verified token proved.
@@ -26,7 +26,8 @@ use crate::request::RequestView;
 pub struct JwtIdentity {
     pub issuer: Arc<str>,
     pub subject: String,
-    /// Values of the issuer's group claims: become parent `Group` entities.
+    /// Values of the issuer's group claims, as `Group` entity ids (`<issuer>#<group>` under
+    /// `group_namespace: per_issuer`): become parent `Group` entities.
     pub groups: Vec<String>,
     /// Scalar claims not mapped elsewhere, as strings: become tags on the `User` entity.
     pub claims: Vec<(String, String)>,
@@ -133,6 +134,7 @@ struct Issuer {
     validations: HashMap<Algorithm, Validation>,
     required_claims: Vec<String>,
     group_claims: Vec<String>,
+    group_namespace: GroupNamespace,
     claims_to_headers: Vec<(String, String)>,
 }
 
@@ -417,7 +419,10 @@ impl JwtAuthenticator {
         let identity = JwtIdentity {
             issuer: issuer.name.clone(),
             subject,
-            groups: collect_groups(&claims, &issuer.group_claims),
+            groups: collect_groups(&claims, &issuer.group_claims)
+                .into_iter()
+                .map(|g| issuer.group_namespace.group_id(&issuer.name, &g))
+                .collect(),
             headers: issuer
                 .claims_to_headers
                 .iter()
@@ -461,7 +466,7 @@ fn http_client(cfg: &AuthnConfig, ca_file: Option<&std::path::Path>) -> anyhow::
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.jwks.fetch_timeout)
         .timeout(cfg.jwks.fetch_timeout)
-        .redirect(reqwest::redirect::Policy::limited(3));
+        .redirect(super::jwks::same_origin_redirects());
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading ca_file {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -525,10 +530,11 @@ fn build_issuer(
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
         sources: Vec::new(),
-        keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, metrics),
+        keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, ic.allow_insecure_http, metrics),
         validations,
         required_claims: ic.required_claims.clone(),
         group_claims: ic.group_claims.clone(),
+        group_namespace: cfg.group_namespace.unwrap_or_default(),
         claims_to_headers: ic.claims_to_headers.iter().map(|(c, h)| (c.clone(), h.to_ascii_lowercase())).collect(),
     })
 }

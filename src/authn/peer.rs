@@ -21,11 +21,17 @@ pub struct PeerIdentity {
 pub struct PeerAuthenticator {
     enabled: bool,
     trust_domains: Vec<String>,
+    /// Only from an explicit `any_trust_domain: true`; an empty list alone accepts nothing.
+    any_trust_domain: bool,
 }
 
 impl PeerAuthenticator {
     pub fn new(cfg: &PeerConfig) -> Self {
-        Self { enabled: cfg.enabled, trust_domains: cfg.trust_domains.iter().map(|d| d.to_ascii_lowercase()).collect() }
+        Self {
+            enabled: cfg.enabled,
+            trust_domains: cfg.trust_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            any_trust_domain: cfg.any_trust_domain,
+        }
     }
 
     /// `Ok(None)` without a peer principal; an error for one that is malformed or untrusted.
@@ -37,7 +43,7 @@ impl PeerAuthenticator {
             return Ok(None);
         };
         let id = parse_spiffe_id(principal).ok_or(AuthnError::UntrustedPeer("not_a_spiffe_id"))?;
-        if !self.trust_domains.is_empty() && !self.trust_domains.contains(&id.trust_domain) {
+        if !self.any_trust_domain && !self.trust_domains.contains(&id.trust_domain) {
             return Err(AuthnError::UntrustedPeer("trust_domain"));
         }
         Ok(Some(id))
@@ -83,6 +89,46 @@ mod tests {
             (p.trust_domain.as_str(), p.namespace.as_str(), p.service_account.as_str()),
             ("cluster.local", "shop", "web")
         );
+    }
+
+    fn check(cfg: &PeerConfig, principal: &str) -> Result<Option<PeerIdentity>, &'static str> {
+        use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(attribute_context::Peer { principal: principal.into(), ..Default::default() }),
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/".into(),
+                        host: "a.example".into(),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        };
+        let view = RequestView::from_check(&req, &crate::config::Limits::default()).expect("request view");
+        PeerAuthenticator::new(cfg).authenticate(&view).map_err(|e| e.label())
+    }
+
+    #[test]
+    fn only_cluster_local_is_trusted_by_default() {
+        let cfg = PeerConfig::default();
+        let ok = check(&cfg, "spiffe://cluster.local/ns/shop/sa/web").unwrap().expect("peer");
+        assert_eq!(ok.trust_domain, "cluster.local");
+        // Before: an empty default list accepted every trust domain.
+        assert_eq!(check(&cfg, "spiffe://evil.example/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+        assert_eq!(check(&cfg, "spiffe://cluster.local.evil/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+    }
+
+    #[test]
+    fn an_empty_list_trusts_nothing_unless_any_trust_domain_is_set() {
+        let empty = PeerConfig { trust_domains: Vec::new(), ..PeerConfig::default() };
+        assert_eq!(check(&empty, "spiffe://cluster.local/ns/shop/sa/web").unwrap_err(), "untrusted_peer");
+        let any = PeerConfig { trust_domains: Vec::new(), any_trust_domain: true, ..PeerConfig::default() };
+        assert!(check(&any, "spiffe://elsewhere.example/ns/a/sa/b").unwrap().is_some());
+        assert_eq!(check(&any, "spiffe://Elsewhere/x").unwrap_err(), "untrusted_peer", "still a valid SPIFFE id");
     }
 
     #[test]

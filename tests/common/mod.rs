@@ -81,6 +81,7 @@ listen:
   grpc: "127.0.0.1:0"
   unix: "{sock}"
   admin: "127.0.0.1:0"
+  diagnostics: "127.0.0.1:0"
   drain_timeout: 2s
 policy:
   dir: "{policies}"
@@ -127,6 +128,10 @@ cedar:
         format!("http://{}{path}", self.running().admin_addr.expect("admin listener"))
     }
 
+    pub fn diagnostics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().diagnostics_addr.expect("diagnostics listener"))
+    }
+
     pub fn unix_path(&self) -> PathBuf {
         self.running().unix_path.clone().expect("unix listener")
     }
@@ -150,6 +155,13 @@ cedar:
         let r = reqwest::Client::new().get(self.admin_url(path)).timeout(WAIT).send().await.expect("admin answers");
         let status = r.status().as_u16();
         (status, r.text().await.expect("admin body"))
+    }
+
+    /// GET on the loopback diagnostics port: (status, body).
+    pub async fn diagnostics_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::Client::new().get(self.diagnostics_url(path)).timeout(WAIT).send().await.expect("answers");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("diagnostics body"))
     }
 
     pub async fn stop(mut self) {

@@ -50,6 +50,10 @@ struct IdpState {
     delay: Mutex<Duration>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
+    /// Where `/redirect` sends its caller (any URL, any origin).
+    redirect_to: Mutex<Option<String>>,
+    /// A `jwks_uri` the discovery document names instead of this provider's own.
+    discovered_jwks_uri: Mutex<Option<String>>,
 }
 
 /// A running provider; stops when dropped.
@@ -74,10 +78,14 @@ impl Idp {
             delay: Mutex::new(Duration::ZERO),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
+            redirect_to: Mutex::new(None),
+            discovered_jwks_uri: Mutex::new(None),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .route("/redirect", get(redirect))
+            .route("/hops/{n}", get(hops))
             .with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -107,6 +115,22 @@ impl Idp {
         *self.state.delay.lock().unwrap() = d;
     }
 
+    /// Makes `/redirect` answer 302 to `url`.
+    pub fn set_redirect(&self, url: &str) {
+        *self.state.redirect_to.lock().unwrap() = Some(url.to_owned());
+    }
+
+    /// Makes the discovery document name `uri` as its `jwks_uri`.
+    pub fn set_discovered_jwks_uri(&self, uri: &str) {
+        *self.state.discovered_jwks_uri.lock().unwrap() = Some(uri.to_owned());
+    }
+
+    /// A URL on this provider that redirects (same origin, relative `Location`) `n` times
+    /// before the JWKS answers.
+    pub fn jwks_after_hops(&self, n: usize) -> String {
+        format!("{}/hops/{n}", self.issuer)
+    }
+
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
@@ -124,9 +148,10 @@ impl Drop for Idp {
 
 async fn discovery(State(s): State<Arc<IdpState>>) -> Response {
     s.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+    let jwks_uri = s.discovered_jwks_uri.lock().unwrap().clone().unwrap_or_else(|| format!("{}/jwks", s.issuer));
     axum::Json(json!({
         "issuer": s.issuer,
-        "jwks_uri": format!("{}/jwks", s.issuer),
+        "jwks_uri": jwks_uri,
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
     }))
     .into_response()
@@ -159,6 +184,18 @@ async fn jwks(State(s): State<Arc<IdpState>>) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&cc).unwrap());
     }
     (headers, axum::Json(json!({ "keys": keys }))).into_response()
+}
+
+async fn redirect(State(s): State<Arc<IdpState>>) -> Response {
+    let to = s.redirect_to.lock().unwrap().clone().unwrap_or_else(|| "/jwks".into());
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+}
+
+async fn hops(State(s): State<Arc<IdpState>>, axum::extract::Path(n): axum::extract::Path<usize>) -> Response {
+    match n {
+        0 => jwks(State(s)).await,
+        n => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("/hops/{}", n - 1))]).into_response(),
+    }
 }
 
 /// The real keys plus enough padding to reach `n` bytes: only the size is wrong with it.

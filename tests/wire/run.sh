@@ -73,6 +73,8 @@ free_port() {
 grpc_port="$(free_port)"
 admin_port="$(free_port)"
 while [[ "$admin_port" == "$grpc_port" ]]; do admin_port="$(free_port)"; done
+diag_port="$(free_port)"
+while [[ "$diag_port" == "$grpc_port" || "$diag_port" == "$admin_port" ]]; do diag_port="$(free_port)"; done
 sock="$work/authz.sock"
 
 mkdir -p "$work/policies"
@@ -82,6 +84,7 @@ listen:
   grpc: "127.0.0.1:$grpc_port"
   unix: "$sock"
   admin: "127.0.0.1:$admin_port"
+  diagnostics: "127.0.0.1:$diag_port"
   drain_timeout: 2s
 log:
   format: json
@@ -139,6 +142,7 @@ export PORTCULLIS_BIN="$bin"
 export PORTCULLIS_GRPC="127.0.0.1:$grpc_port"
 export PORTCULLIS_UNIX="$sock"
 export PORTCULLIS_ADMIN="127.0.0.1:$admin_port"
+export PORTCULLIS_DIAGNOSTICS="127.0.0.1:$diag_port"
 export PORTCULLIS_DEMO_KEY="$repo/examples/demo/keys/demo-signing-key.pem"
 export PORTCULLIS_OTHER_KEY="$repo/tests/fixtures/keys/rsa2.pem"
 
