@@ -679,7 +679,10 @@ mod tests {
             &[(":method", "GET"), (":path", "/a/b?x=1"), (":authority", "API.example.com:443")],
         );
         let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
-        assert_eq!((v.method.as_str(), v.path.as_str(), v.query, v.host.as_str()), ("GET", "/a/b", "x=1", "api.example.com"));
+        assert_eq!(
+            (v.method.as_str(), v.path.as_str(), v.query, v.host.as_str()),
+            ("GET", "/a/b", "x=1", "api.example.com")
+        );
         // Proxyless clients send only the header map.
         let req = request("", "", "", &[(":method", "GET"), (":path", "/p"), (":authority", "h.example")]);
         let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
@@ -706,7 +709,13 @@ mod tests {
     #[test]
     fn a_pseudo_header_or_host_sent_twice_is_refused() {
         for dup in [":path", ":method", ":authority", "host", ":scheme"] {
-            let v = if dup == ":method" { "GET" } else if dup == ":path" { "/p" } else { "a.example" };
+            let v = if dup == ":method" {
+                "GET"
+            } else if dup == ":path" {
+                "/p"
+            } else {
+                "a.example"
+            };
             let r = request("GET", "/p", "a.example", &[(dup, v), (dup, v)]);
             assert_eq!(view_err(&r), RequestError::DuplicatePseudoHeader, "{dup}");
         }
