@@ -394,7 +394,7 @@ pub fn normalize_path(raw: &str, matrix: MatrixParameters) -> Result<String, Req
     for (i, seg) in segments.into_iter().enumerate() {
         let seg = match seg.split_once(';') {
             None => seg,
-            Some((base, _)) if matches!(base, "." | "..") => return Err(RequestError::DotSegmentParameter),
+            Some(("." | "..", _)) => return Err(RequestError::DotSegmentParameter),
             Some((base, _)) => match matrix {
                 MatrixParameters::Refuse => return Err(RequestError::PathParameter),
                 MatrixParameters::Strip => base,
@@ -662,7 +662,6 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 
