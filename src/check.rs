@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 
 use crate::authn::{Authenticator, AuthnError, Credential, Identities};
 use crate::authz::{self, CedarMapping};
-use crate::config::{Config, HeaderNames, Limits};
+use crate::config::{Config, HeaderNames, Limits, MatrixParameters};
 use crate::decision::{Decision, Status};
 use crate::policy::PolicyStore;
 use crate::proto::auth::CheckRequest;
@@ -21,6 +21,7 @@ pub struct Checker {
     authn: Authenticator,
     store: Arc<PolicyStore>,
     limits: Limits,
+    matrix: MatrixParameters,
     mapping: CedarMapping,
     names: HeaderNames,
     identity_headers: Vec<String>,
@@ -43,6 +44,7 @@ impl Checker {
             authn,
             store,
             limits: cfg.limits.clone(),
+            matrix: cfg.request.matrix_parameters,
             names: cfg.headers.clone(),
             identity_headers: cfg.identity_header_names(),
             credential_headers,
@@ -58,7 +60,7 @@ impl Checker {
 
     /// Decides one wire request.
     pub async fn check(&self, req: &CheckRequest) -> Decision {
-        match RequestView::from_check(req, &self.limits) {
+        match RequestView::from_check_with(req, &self.limits, self.matrix) {
             Ok(view) => self.check_view(&view).await,
             Err(e) => Decision::deny(Status::BadRequest, e.label(), bounded(crate::request::raw_request_id(req))),
         }

@@ -49,6 +49,9 @@ pub struct Config {
     /// Bounds on request input.
     #[serde(default)]
     pub limits: Limits,
+    /// How request paths are canonicalized.
+    #[serde(default)]
+    pub request: RequestConfig,
     /// Per-caller rate limit (429 with `Retry-After`); off when absent.
     #[serde(default)]
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
@@ -571,6 +574,27 @@ impl Default for Limits {
     }
 }
 
+/// Request canonicalization choices.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// What a `;` (or `%3B`) in a path segment means: `refuse` (400, default) or `strip`, where
+    /// policies see each segment with its `;…` removed, as servlet containers route it.
+    #[serde(default)]
+    pub matrix_parameters: MatrixParameters,
+}
+
+/// Handling of matrix (path) parameters, `/a;jsessionid=1/b`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MatrixParameters {
+    /// Refused with 400: upstreams disagree on what `;` means.
+    #[default]
+    Refuse,
+    /// Removed from each segment before policies see the path.
+    Strip,
+}
+
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved
     /// against the file's directory, so the example runs from any working directory.
@@ -844,6 +868,18 @@ mod tests {
         let err =
             parse("policy: {dir: x}\nauthn:\n  api_keys:\n    keys: [{client: ci, sha256: hunter2}]\n").unwrap_err();
         assert!(err.contains("sha256"), "{err}");
+    }
+
+    #[test]
+    fn matrix_parameters_default_to_refuse_and_only_known_modes_parse() {
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(c.request.matrix_parameters, MatrixParameters::Refuse);
+        let c = parse("policy: {dir: x}\nrequest: {matrix_parameters: strip}\n").unwrap();
+        assert_eq!(c.request.matrix_parameters, MatrixParameters::Strip);
+        let err = parse("policy: {dir: x}\nrequest: {matrix_parameters: keep}\n").unwrap_err();
+        assert!(err.contains("keep"), "{err}");
+        let err = parse("policy: {dir: x}\nrequest: {matrix: strip}\n").unwrap_err();
+        assert!(err.contains("matrix"), "{err}");
     }
 
     #[test]

@@ -270,8 +270,9 @@ async fn path_tricks_are_normalized_or_refused_on_the_wire() {
         assert_eq!(http_status(&r), 400, "{p}: {r:?}");
         assert_eq!(meta(&r, "reason"), "dot_segment_parameter");
     }
-    // A parameter on an ordinary segment is just part of it.
-    assert_allow(&s.check(req("GET", "/public/status;v=1").build()).await, "public-read");
+    // A parameter on any other segment is refused too (request.matrix_parameters: refuse).
+    let r = s.check(req("GET", "/public/status;v=1").build()).await;
+    assert_eq!((http_status(&r), meta(&r, "reason").as_str()), (400, "path_parameter"));
 
     // Oversized input is refused before any work.
     let long = format!("/public/{}", "a".repeat(9000));
