@@ -59,6 +59,10 @@ pub enum AuthnError {
     /// The request carries a credential more than once, which is ambiguous (400).
     #[error("{0} appears more than once")]
     DuplicateCredential(Credential),
+    /// A configured credential source is present but does not parse: our scheme with bad
+    /// spacing, an empty value, a value that is not UTF-8 (401 in that credential's scheme).
+    #[error("{0} is malformed")]
+    MalformedCredential(Credential),
     /// An API key was presented that matches no client (401).
     #[error("unknown API key")]
     InvalidApiKey,
@@ -74,6 +78,7 @@ impl AuthnError {
             AuthnError::InvalidToken(e) => e.label(),
             AuthnError::KeysUnavailable => "jwks_unavailable",
             AuthnError::DuplicateCredential(_) => "duplicate_credential",
+            AuthnError::MalformedCredential(_) => "malformed_credential",
             AuthnError::InvalidApiKey => "invalid_api_key",
             AuthnError::UntrustedPeer(_) => "untrusted_peer",
         }
@@ -125,6 +130,12 @@ impl Authenticator {
     /// The JWT authenticator, for warm-up and tests.
     pub fn jwt(&self) -> &jwt::JwtAuthenticator {
         &self.jwt
+    }
+
+    /// Authorization-style headers of this request that hold a scheme we do not read (e.g.
+    /// `Basic`): not our credentials, stripped on allow only when configured to be.
+    pub fn foreign_credential_headers(&self, req: &RequestView<'_>) -> Vec<String> {
+        self.jwt.foreign_credential_headers(req)
     }
 
     /// Header names that carry credentials (never exposed to policies, optionally stripped).
