@@ -877,4 +877,93 @@ mod tests {
         let c = Config::load(&path).unwrap();
         assert_eq!(c.policy.kubernetes.unwrap().kubeconfig, Some(dir.path().join("kc")));
     }
+
+    fn claim_target(target: &str, extra: &str) -> Result<Config, String> {
+        parse(&format!(
+            "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n      \
+             from: [{{header: authorization, prefix: 'Bearer '}}, {{header: x-token}}]\n      \
+             claims_to_headers: {{email: '{target}'}}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn claims_never_target_identity_credential_framing_or_stripped_headers() {
+        for target in [
+            "x-portcullis-subject",
+            "X_Portcullis_Principal",
+            "x-portcullis_client",
+            "authorization",
+            "Proxy-Authorization",
+            "x-token",
+            "x_token",
+            "x-api-key",
+            "x_api_key",
+            ":authority",
+            ":path",
+            "host",
+            "Host",
+            "connection",
+            "keep-alive",
+            "keep_alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "content-length",
+            "cookie",
+            "x-http-method-override",
+            "X_Original_URL",
+        ] {
+            let err = claim_target(target, "").unwrap_err();
+            assert!(err.contains("`authn.issuers[0].claims_to_headers.email`"), "{target}: {err}");
+        }
+        // A renamed identity header and a custom strip entry are covered too.
+        let err = claim_target("x-who", "headers: {subject: x_who}\n").unwrap_err();
+        assert!(err.contains("claims_to_headers.email") && err.contains("identity header"), "{err}");
+        let err = claim_target("x-debug", "headers: {strip_on_allow: [x_debug]}\n").unwrap_err();
+        assert!(err.contains("claims_to_headers.email") && err.contains("strip_on_allow"), "{err}");
+        // Two claims of one issuer onto one header (in any spelling) would race: refused.
+        let err = parse(
+            "policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://i\n      \
+             claims_to_headers: {email: x-mail, mail: x_mail}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("authn.issuers[0].claims_to_headers.mail"), "{err}");
+        // An ordinary target is fine.
+        assert!(claim_target("x-user-email", "").is_ok());
+    }
+
+    #[test]
+    fn owned_header_names_are_bounded_in_separators() {
+        let nine = "a-b-c-d-e-f-g-h-i-j";
+        let err = parse(&format!("policy: {{dir: x}}\nheaders: {{subject: {nine}}}\n")).unwrap_err();
+        assert!(err.contains("`headers.subject`") && err.contains("separators"), "{err}");
+        let err = parse(&format!("policy: {{dir: x}}\nheaders: {{strip_on_allow: [x, {nine}]}}\n")).unwrap_err();
+        assert!(err.contains("`headers.strip_on_allow[1]`"), "{err}");
+        let err = parse(&format!(
+            "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n      claims_to_headers: {{e: {nine}}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("`authn.issuers[0].claims_to_headers.e`"), "{err}");
+        // A credential header is owned only when it is removed.
+        let y = format!("policy: {{dir: x}}\nauthn: {{api_keys: {{header: {nine}}}}}\n");
+        assert!(parse(&y).is_ok());
+        let err = parse(&format!("{y}headers: {{remove_credentials: true}}\n")).unwrap_err();
+        assert!(err.contains("`authn.api_keys.header`"), "{err}");
+        assert!(parse("policy: {dir: x}\nheaders: {subject: a-b-c-d-e-f-g-h-i}\n").is_ok(), "8 is the limit");
+    }
+
+    #[test]
+    fn spellings_cover_every_separator_combination() {
+        assert_eq!(separator_spellings("X-a_B"), vec!["x-a-b", "x-a_b", "x_a-b", "x_a_b"]);
+        assert_eq!(separator_spellings("host"), vec!["host"]);
+        assert_eq!(separator_spellings("a-b-c-d-e-f-g-h-i").len(), 256);
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(
+            c.headers.strip_on_allow,
+            ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"]
+        );
+        assert!(!c.headers.strip_foreign_credentials);
+    }
 }

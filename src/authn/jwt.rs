@@ -738,4 +738,26 @@ mod tests {
         let c: Map<String, Value> = serde_json::from_str(r#"{"groups":["b","a"],"roles":"x y"}"#).unwrap();
         assert_eq!(collect_groups(&c, &["groups".into(), "roles".into()]), vec!["a", "b", "x", "y"]);
     }
+
+    #[test]
+    fn header_tokens_parse_only_as_scheme_space_token68() {
+        use HeaderToken::*;
+        let b = Some("Bearer ");
+        assert_eq!(parse_header_token("Bearer abc.def-_~+/==", b), Token("abc.def-_~+/=="));
+        assert_eq!(parse_header_token("bEARER abc", b), Token("abc"));
+        for v in ["Bearer\tabc", "Bearer", "bearer  abc", "Bearer abc def", "Bearer abc ", " Bearer abc", "Bearer ="] {
+            assert_eq!(parse_header_token(v, b), Malformed, "{v:?}");
+        }
+        for v in ["", " ", "\t"] {
+            assert_eq!(parse_header_token(v, b), Malformed, "{v:?}");
+            assert_eq!(parse_header_token(v, None), Malformed, "{v:?}");
+        }
+        for v in ["Basic abc", "Digest a=b", "Bearerx abc", "Bearer-x abc", "DPoP abc"] {
+            assert_eq!(parse_header_token(v, b), NotOurs, "{v:?}");
+        }
+        // A scheme configured without its trailing space reads the same.
+        assert_eq!(parse_header_token("DPoP abc", Some("DPoP")), Token("abc"));
+        assert_eq!(parse_header_token("abc", None), Token("abc"));
+        assert_eq!(parse_header_token("abc ", None), Malformed);
+    }
 }
