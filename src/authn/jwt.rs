@@ -345,6 +345,10 @@ impl JwtAuthenticator {
                         HeaderToken::Token(t) => t,
                         // Another scheme (e.g. Basic) is not our credential.
                         HeaderToken::NotOurs => continue,
+                        // Size is judged first, as for a well-formed token.
+                        HeaderToken::Malformed if v.len() > self.max_token_bytes => {
+                            return Err(JwtError::TooLarge.into());
+                        }
                         HeaderToken::Malformed => return Err(malformed()),
                     }
                 }
