@@ -114,8 +114,12 @@ impl Checker {
             d.status = Status::Ok;
             d.reason = "allowed";
             self.identity_headers_for(&ids, &mut d);
-            if self.names.strip_foreign_credentials && !self.names.remove_credentials {
-                d.remove_headers.extend(self.authn.foreign_credential_headers(view));
+            if self.names.strip_foreign_credentials || self.names.remove_credentials {
+                for h in self.authn.foreign_credential_headers(view) {
+                    if !d.remove_headers.contains(&h) {
+                        d.remove_headers.push(h);
+                    }
+                }
             }
             return d;
         }
@@ -343,6 +347,10 @@ mod tests {
                 assert!(d.remove_headers.contains(&"authorization".to_owned()), "{v} {flag}: {:?}", d.remove_headers);
             }
         }
+        // Even where no source reads `authorization` at all, remove_credentials strips a foreign one.
+        let c = checker("{remove_credentials: true}", "[{cookie: session}]");
+        let d = c.check(&request(&[("authorization", b"Basic dXNlcjpwYXNz")])).await;
+        assert!(d.allowed && d.remove_headers.contains(&"authorization".to_owned()), "{d:?}");
         // The strip flag does not touch an allowed request without any authorization header.
         let c = checker("{strip_foreign_credentials: true}", r#"[{header: authorization, prefix: "Bearer "}]"#);
         let d = c.check(&request(&[])).await;
