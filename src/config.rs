@@ -489,7 +489,66 @@ pub struct HeaderNames {
     /// Remove the credential (`authorization` / API key header) before the request goes upstream.
     #[serde(default)]
     pub remove_credentials: bool,
+    /// Remove an `authorization` header holding a scheme no token source reads (e.g. `Basic`)
+    /// on allow. Off: such a header is not our credential and is forwarded untouched.
+    #[serde(default)]
+    pub strip_foreign_credentials: bool,
+    /// Headers removed from the upstream request on every allow, in every `-`/`_` spelling:
+    /// by default the method-override and URL-override family, which some frameworks act on.
+    #[serde(default = "h_strip_on_allow")]
+    pub strip_on_allow: Vec<String>,
 }
+
+/// Owned header names with more separators than this are refused: every `-`/`_` spelling of
+/// an owned header is removed on allow, and there are 2^separators of them.
+pub const MAX_HEADER_SEPARATORS: usize = 8;
+
+/// Every spelling of a header name that an upstream could read as the same name once `-` and
+/// `_` are treated alike (CGI, WSGI, PHP, Rack): all 2^n combinations, lower case, sorted.
+/// Separators beyond [`MAX_HEADER_SEPARATORS`] (refused by config validation) are kept as is.
+pub fn separator_spellings(name: &str) -> Vec<String> {
+    let lower = name.to_ascii_lowercase();
+    let pos: Vec<usize> = lower
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'-' | b'_'))
+        .map(|(i, _)| i)
+        .take(MAX_HEADER_SEPARATORS)
+        .collect();
+    let mut out: Vec<String> = (0u32..(1 << pos.len()))
+        .filter_map(|mask| {
+            let mut b = lower.clone().into_bytes();
+            for (bit, &p) in pos.iter().enumerate() {
+                b[p] = if mask & (1 << bit) == 0 { b'-' } else { b'_' };
+            }
+            String::from_utf8(b).ok()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One spelling per name for comparisons: lower case, `_` read as `-`.
+fn header_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Headers a claim may never be written to, whatever else is configured: pseudo-headers are
+/// refused as invalid names already.
+const NEVER_CLAIM_TARGETS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "cookie",
+    "authorization",
+    "proxy-authorization",
+];
 
 fn h_principal() -> String {
     "x-portcullis-principal".into()
@@ -506,6 +565,12 @@ fn h_peer() -> String {
 fn h_client() -> String {
     "x-portcullis-client".into()
 }
+fn h_strip_on_allow() -> Vec<String> {
+    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
 
 impl Default for HeaderNames {
     fn default() -> Self {
@@ -517,6 +582,8 @@ impl Default for HeaderNames {
             client: h_client(),
             policy_ids: None,
             remove_credentials: false,
+            strip_foreign_credentials: false,
+            strip_on_allow: h_strip_on_allow(),
         }
     }
 }
@@ -710,9 +777,6 @@ impl Config {
             if iss.from.is_empty() {
                 return Err(ConfigError::invalid(field("from"), "must list at least one token source"));
             }
-            for h in iss.claims_to_headers.values() {
-                check_header_name(&field("claims_to_headers"), h)?;
-            }
             check_issuer_urls(i, iss)?;
             if self.authn.group_namespace == Some(GroupNamespace::PerIssuer) && iss.issuer.contains('#') {
                 return Err(ConfigError::invalid(
@@ -745,16 +809,7 @@ impl Config {
         if let Some(i) = peer.trust_domains.iter().position(|d| d.trim().is_empty()) {
             return Err(ConfigError::invalid(format!("authn.peer.trust_domains[{i}]"), "must not be empty"));
         }
-        let h = &self.headers;
-        for (name, v) in [
-            ("headers.principal", &h.principal),
-            ("headers.subject", &h.subject),
-            ("headers.issuer", &h.issuer),
-            ("headers.peer", &h.peer),
-            ("headers.client", &h.client),
-        ] {
-            check_header_name(name, v)?;
-        }
+        self.validate_owned_headers()?;
         for (i, k) in self.authn.api_keys.keys.iter().enumerate() {
             let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {
@@ -769,6 +824,78 @@ impl Config {
         }
         for (i, hname) in self.cedar.context_headers.iter().enumerate() {
             check_header_name(&format!("cedar.context_headers[{i}]"), hname)?;
+        }
+        Ok(())
+    }
+
+    /// Header names portcullis owns: valid, at most [`MAX_HEADER_SEPARATORS`] separators, and
+    /// a claim never written over an identity, credential, framing or stripped header.
+    fn validate_owned_headers(&self) -> Result<(), ConfigError> {
+        let owned_name = |field: &str, v: &str| -> Result<(), ConfigError> {
+            check_header_name(field, v)?;
+            if v.bytes().filter(|b| matches!(b, b'-' | b'_')).count() > MAX_HEADER_SEPARATORS {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("`{v}` has more than {MAX_HEADER_SEPARATORS} `-`/`_` separators"),
+                ));
+            }
+            Ok(())
+        };
+        let h = &self.headers;
+        let identity = [
+            ("headers.principal", &h.principal),
+            ("headers.subject", &h.subject),
+            ("headers.issuer", &h.issuer),
+            ("headers.peer", &h.peer),
+            ("headers.client", &h.client),
+        ];
+        for (name, v) in identity {
+            owned_name(name, v)?;
+        }
+        for (i, v) in h.strip_on_allow.iter().enumerate() {
+            owned_name(&format!("headers.strip_on_allow[{i}]"), v)?;
+        }
+        let mut credential: Vec<(String, &str)> =
+            vec![("authn.api_keys.header".to_owned(), self.authn.api_keys.header.as_str())];
+        for (i, iss) in self.authn.issuers.iter().enumerate() {
+            for (j, src) in iss.from.iter().enumerate() {
+                if let TokenSource::Header { header, .. } = src {
+                    credential.push((format!("authn.issuers[{i}].from[{j}].header"), header.as_str()));
+                }
+            }
+        }
+        if h.remove_credentials {
+            for (field, v) in &credential {
+                owned_name(field, v)?;
+            }
+        }
+        for (i, iss) in self.authn.issuers.iter().enumerate() {
+            let mut targets: Vec<String> = Vec::new();
+            for (claim, target) in &iss.claims_to_headers {
+                let field = format!("authn.issuers[{i}].claims_to_headers.{claim}");
+                if target.starts_with(':') {
+                    return Err(ConfigError::invalid(field, format!("`{target}` is a pseudo-header")));
+                }
+                owned_name(&field, target)?;
+                let key = header_key(target);
+                let refuse = |why: &str| Err(ConfigError::invalid(&field, format!("`{target}` {why}")));
+                if NEVER_CLAIM_TARGETS.contains(&key.as_str()) {
+                    return refuse("is a request framing, routing or credential header");
+                }
+                if let Some((f, _)) = identity.iter().find(|(_, v)| header_key(v) == key) {
+                    return refuse(&format!("is an identity header (`{f}`)"));
+                }
+                if let Some((f, _)) = credential.iter().find(|(_, v)| header_key(v) == key) {
+                    return refuse(&format!("is a credential header (`{f}`)"));
+                }
+                if h.strip_on_allow.iter().any(|v| header_key(v) == key) {
+                    return refuse("is listed in `headers.strip_on_allow`");
+                }
+                if targets.contains(&key) {
+                    return refuse("is the target of another claim of this issuer");
+                }
+                targets.push(key);
+            }
         }
         Ok(())
     }
@@ -988,5 +1115,94 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("authn.issuers[0].issuer") && err.contains('#'), "{err}");
+    }
+
+    fn claim_target(target: &str, extra: &str) -> Result<Config, String> {
+        parse(&format!(
+            "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n      \
+             from: [{{header: authorization, prefix: 'Bearer '}}, {{header: x-token}}]\n      \
+             claims_to_headers: {{email: '{target}'}}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn claims_never_target_identity_credential_framing_or_stripped_headers() {
+        for target in [
+            "x-portcullis-subject",
+            "X_Portcullis_Principal",
+            "x-portcullis_client",
+            "authorization",
+            "Proxy-Authorization",
+            "x-token",
+            "x_token",
+            "x-api-key",
+            "x_api_key",
+            ":authority",
+            ":path",
+            "host",
+            "Host",
+            "connection",
+            "keep-alive",
+            "keep_alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "content-length",
+            "cookie",
+            "x-http-method-override",
+            "X_Original_URL",
+        ] {
+            let err = claim_target(target, "").unwrap_err();
+            assert!(err.contains("`authn.issuers[0].claims_to_headers.email`"), "{target}: {err}");
+        }
+        // A renamed identity header and a custom strip entry are covered too.
+        let err = claim_target("x-who", "headers: {subject: x_who}\n").unwrap_err();
+        assert!(err.contains("claims_to_headers.email") && err.contains("identity header"), "{err}");
+        let err = claim_target("x-debug", "headers: {strip_on_allow: [x_debug]}\n").unwrap_err();
+        assert!(err.contains("claims_to_headers.email") && err.contains("strip_on_allow"), "{err}");
+        // Two claims of one issuer onto one header (in any spelling) would race: refused.
+        let err = parse(
+            "policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://i\n      \
+             claims_to_headers: {email: x-mail, mail: x_mail}\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("authn.issuers[0].claims_to_headers.mail"), "{err}");
+        // An ordinary target is fine.
+        assert!(claim_target("x-user-email", "").is_ok());
+    }
+
+    #[test]
+    fn owned_header_names_are_bounded_in_separators() {
+        let nine = "a-b-c-d-e-f-g-h-i-j";
+        let err = parse(&format!("policy: {{dir: x}}\nheaders: {{subject: {nine}}}\n")).unwrap_err();
+        assert!(err.contains("`headers.subject`") && err.contains("separators"), "{err}");
+        let err = parse(&format!("policy: {{dir: x}}\nheaders: {{strip_on_allow: [x, {nine}]}}\n")).unwrap_err();
+        assert!(err.contains("`headers.strip_on_allow[1]`"), "{err}");
+        let err = parse(&format!(
+            "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n      claims_to_headers: {{e: {nine}}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("`authn.issuers[0].claims_to_headers.e`"), "{err}");
+        // A credential header is owned only when it is removed.
+        let y = format!("policy: {{dir: x}}\nauthn: {{api_keys: {{header: {nine}}}}}\n");
+        assert!(parse(&y).is_ok());
+        let err = parse(&format!("{y}headers: {{remove_credentials: true}}\n")).unwrap_err();
+        assert!(err.contains("`authn.api_keys.header`"), "{err}");
+        assert!(parse("policy: {dir: x}\nheaders: {subject: a-b-c-d-e-f-g-h-i}\n").is_ok(), "8 is the limit");
+    }
+
+    #[test]
+    fn spellings_cover_every_separator_combination() {
+        assert_eq!(separator_spellings("X-a_B"), vec!["x-a-b", "x-a_b", "x_a-b", "x_a_b"]);
+        assert_eq!(separator_spellings("host"), vec!["host"]);
+        assert_eq!(separator_spellings("a-b-c-d-e-f-g-h-i").len(), 256);
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(
+            c.headers.strip_on_allow,
+            ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"]
+        );
+        assert!(!c.headers.strip_foreign_credentials);
     }
 }

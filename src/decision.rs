@@ -36,7 +36,7 @@ pub struct Decision {
     pub allowed: bool,
     pub status: Status,
     /// Bounded reason label: `allowed`, `no_permit`, `forbidden_by_policy`, `credential_required`,
-    /// `token_expired`, `jwks_unavailable`, `no_policy`, …
+    /// `malformed_credential`, `token_expired`, `jwks_unavailable`, `no_policy`, …
     pub reason: &'static str,
     /// Determining Cedar policy ids.
     pub policies: Vec<String>,

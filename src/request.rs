@@ -92,6 +92,8 @@ pub struct RequestView<'a> {
     /// `http` / `https`, as Envoy reported it.
     pub scheme: &'a str,
     headers: Vec<(&'a str, &'a str)>,
+    /// Names of `header_map` entries whose `raw_value` is not UTF-8 (read as `""` above).
+    invalid_values: Vec<&'a str>,
     /// `attributes.source.principal` (SPIFFE id under Istio), if any.
     pub source_principal: Option<&'a str>,
     /// `attributes.destination.principal`, if any.
@@ -119,7 +121,7 @@ impl<'a> RequestView<'a> {
     ) -> Result<Self, RequestError> {
         let attrs: &'a AttributeContext = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or(RequestError::MissingHttp)?;
-        let headers = collect_headers(http, limits.max_headers)?;
+        let (headers, invalid_values) = collect_headers(http, limits.max_headers)?;
         let lookup = |name: &str| {
             headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v).filter(|v| !v.is_empty())
         };
@@ -184,6 +186,7 @@ impl<'a> RequestView<'a> {
             request_id: non_empty(&http.id).or_else(|| lookup("x-request-id")).unwrap_or(""),
             traceparent: lookup("traceparent"),
             headers,
+            invalid_values,
         })
     }
 
@@ -212,6 +215,13 @@ impl<'a> RequestView<'a> {
     /// How many times a header occurs (raw `header_map` keeps duplicates).
     pub fn header_count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
+    }
+
+    /// Whether some copy of a header arrived as bytes that are not UTF-8 (Envoy `raw_value`).
+    /// Such a copy is counted by [`Self::header_count`] and reads as `""`; a credential in it
+    /// must be refused, never read as absent.
+    pub fn has_invalid_value(&self, name: &str) -> bool {
+        self.invalid_values.iter().any(|k| k.eq_ignore_ascii_case(name))
     }
 
     /// All headers, in arrival order.
@@ -244,15 +254,30 @@ fn non_empty(s: &str) -> Option<&str> {
     if s.is_empty() { None } else { Some(s) }
 }
 
-fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<Vec<(&str, &str)>, RequestError> {
+/// Headers in arrival order, and the names of those whose raw value is not UTF-8 (kept in the
+/// list with an empty value, so they are still counted and never mistaken for absent).
+type Collected<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<Collected<'_>, RequestError> {
     let raw = http.header_map.as_ref().map(|m| m.headers.as_slice()).unwrap_or(&[]);
     if raw.len() + http.headers.len() > max {
         return Err(RequestError::TooManyHeaders);
     }
     let mut out = Vec::with_capacity(raw.len() + http.headers.len());
+    let mut invalid = Vec::new();
     for h in raw {
         // Envoy puts the value in `raw_value` when `encode_raw_headers` is on.
-        let v = if h.value.is_empty() { std::str::from_utf8(&h.raw_value).unwrap_or("") } else { h.value.as_str() };
+        let v = if h.value.is_empty() {
+            match std::str::from_utf8(&h.raw_value) {
+                Ok(v) => v,
+                Err(_) => {
+                    invalid.push(h.key.as_str());
+                    ""
+                }
+            }
+        } else {
+            h.value.as_str()
+        };
         out.push((h.key.as_str(), v));
     }
     // Only fall back to the merged map when the raw one is absent, so a header is not seen twice.
@@ -261,7 +286,7 @@ fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<
             out.push((k.as_str(), v.as_str()));
         }
     }
-    Ok(out)
+    Ok((out, invalid))
 }
 
 fn ip_of(addr: &Address) -> Option<IpAddr> {

@@ -384,7 +384,7 @@ async fn other_schemes_and_empty_bearer_are_handled() {
     let ids = authn(&f.authn, &check_request(&[("authorization", "Basic YWxpY2U6cHc=")])).await.unwrap();
     assert!(ids.jwt.is_none());
     let e = f.reject_req(&check_request(&[("authorization", "Bearer ")])).await;
-    assert_eq!(e.label(), "token_malformed");
+    assert_eq!(e.label(), "malformed_credential");
     // The scheme is case-insensitive.
     let lower = format!("bearer {}", f.rsa.token(&f.claims()));
     assert!(authn(&f.authn, &check_request(&[("authorization", &lower)])).await.unwrap().jwt.is_some());

@@ -53,9 +53,15 @@ impl ApiKeyAuthenticator {
             1 => {}
             _ => return Err(AuthnError::DuplicateCredential(super::Credential::ApiKey)),
         }
-        let Some(key) = req.header(&self.header).filter(|k| !k.is_empty()) else {
-            return Ok(None);
-        };
+        // Present but unreadable (empty, or not UTF-8) is refused, never read as "no key".
+        let malformed = || AuthnError::MalformedCredential(super::Credential::ApiKey);
+        if req.has_invalid_value(&self.header) {
+            return Err(malformed());
+        }
+        let key = req.header(&self.header).unwrap_or("");
+        if key.trim_matches([' ', '\t']).is_empty() {
+            return Err(malformed());
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         match self.by_digest.get(&digest) {
             Some(id) => Ok(Some(id.clone())),

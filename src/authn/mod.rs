@@ -59,6 +59,10 @@ pub enum AuthnError {
     /// The request carries a credential more than once, which is ambiguous (400).
     #[error("{0} appears more than once")]
     DuplicateCredential(Credential),
+    /// A configured credential source is present but does not parse: our scheme with bad
+    /// spacing, an empty value, a value that is not UTF-8 (401 in that credential's scheme).
+    #[error("{0} is malformed")]
+    MalformedCredential(Credential),
     /// An API key was presented that matches no client (401).
     #[error("unknown API key")]
     InvalidApiKey,
@@ -74,6 +78,7 @@ impl AuthnError {
             AuthnError::InvalidToken(e) => e.label(),
             AuthnError::KeysUnavailable => "jwks_unavailable",
             AuthnError::DuplicateCredential(_) => "duplicate_credential",
+            AuthnError::MalformedCredential(_) => "malformed_credential",
             AuthnError::InvalidApiKey => "invalid_api_key",
             AuthnError::UntrustedPeer(_) => "untrusted_peer",
         }
@@ -127,6 +132,12 @@ impl Authenticator {
         &self.jwt
     }
 
+    /// Authorization-style headers of this request that hold a scheme we do not read (e.g.
+    /// `Basic`): not our credentials, stripped on allow only when configured to be.
+    pub fn foreign_credential_headers(&self, req: &RequestView<'_>) -> Vec<String> {
+        self.jwt.foreign_credential_headers(req)
+    }
+
     /// Header names that carry credentials (never exposed to policies, optionally stripped).
     pub fn credential_headers(&self) -> Vec<String> {
         let mut v = self.jwt.token_headers();
@@ -144,4 +155,112 @@ pub fn fingerprint(secret: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(secret);
     hex::encode(&d[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+    use crate::proto::core::{HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    fn authenticator() -> Authenticator {
+        let cfg = Config::from_yaml(
+            "policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://issuer.test\n      \
+             jwks_file: /nonexistent/jwks.json\n      from: [{header: authorization, prefix: 'Bearer '}, \
+             {cookie: session}]\n  api_keys:\n    keys: [{client: c, sha256: \"\
+             b8ce88d57f4916859bcecb01b98b041299a759313987af89f9fc6608d7440537\"}]\n",
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        Authenticator::new(&cfg, &mut Registry::default()).expect("authenticator")
+    }
+
+    fn request(headers: Vec<(&str, Vec<u8>)>) -> CheckRequest {
+        let mut all: Vec<HeaderValue> = vec![
+            HeaderValue { key: ":method".into(), value: "GET".into(), raw_value: Vec::new() },
+            HeaderValue { key: ":path".into(), value: "/".into(), raw_value: Vec::new() },
+        ];
+        all.extend(headers.into_iter().map(|(k, v)| HeaderValue { key: k.into(), value: String::new(), raw_value: v }));
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        header_map: Some(HeaderMap { headers: all }),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Independent of the extractor: is this `authorization` value ours (the Bearer scheme in
+    /// any case and spacing, empty, or unreadable)?
+    fn bearer_is_ours(v: &[u8]) -> bool {
+        let Ok(s) = std::str::from_utf8(v) else { return true };
+        let t = s.trim_start_matches([' ', '\t']);
+        if t.is_empty() {
+            return true;
+        }
+        let word_end = t.bytes().position(|b| !(b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)));
+        t[..word_end.unwrap_or(t.len())].eq_ignore_ascii_case("bearer")
+    }
+
+    /// Values that sit near the parser's edges: scheme spellings, separators, arbitrary tails.
+    fn near_miss() -> impl Strategy<Value = Vec<u8>> {
+        let scheme =
+            prop::sample::select(vec!["Bearer", "bearer", "BEARER", "Basic", "", "Bearerx", " Bearer", "Bear"]);
+        let sep = prop::sample::select(vec!["", " ", "\t", "  ", " \t", "\u{a0}"]);
+        let tail = prop::collection::vec(any::<u8>(), 0..24);
+        prop_oneof![
+            (scheme, sep, tail).prop_map(|(a, b, c)| [a.as_bytes(), b.as_bytes(), &c].concat()),
+            prop::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes in `authorization`, `cookie` and the API-key header never panic, and
+        /// a value that is ours never authenticates as anonymous.
+        #[test]
+        fn arbitrary_credential_bytes_never_become_anonymous(
+            auth in prop::option::of(near_miss()),
+            cookie in prop::option::of(prop_oneof![
+                near_miss().prop_map(|v| [b"session=".as_slice(), &v].concat()),
+                near_miss(),
+            ]),
+            key in prop::option::of(near_miss()),
+        ) {
+            let ours = auth.as_deref().is_some_and(bearer_is_ours)
+                || key.is_some()
+                || cookie.as_deref().is_some_and(|c| match std::str::from_utf8(c) {
+                    Ok(s) => s.split(';').any(|p| p.split_once('=').is_some_and(|(n, _)| n.trim() == "session")),
+                    Err(_) => true,
+                });
+            let mut headers = Vec::new();
+            if let Some(v) = auth { headers.push(("authorization", v)); }
+            if let Some(v) = cookie { headers.push(("cookie", v)); }
+            if let Some(v) = key { headers.push(("x-api-key", v)); }
+            let req = request(headers);
+            let view = RequestView::from_check(&req, &crate::config::Limits::default()).expect("valid request");
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let res = rt.block_on(authenticator_once().authenticate(&view));
+            if ours {
+                prop_assert!(res.as_ref().map_or(true, |ids| !ids.is_anonymous()), "ours but anonymous: {res:?}");
+            }
+        }
+    }
+
+    fn authenticator_once() -> &'static Authenticator {
+        static A: std::sync::OnceLock<Authenticator> = std::sync::OnceLock::new();
+        A.get_or_init(authenticator)
+    }
 }
