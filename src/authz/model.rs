@@ -161,3 +161,135 @@ pub(super) fn types() -> Result<&'static Types, AuthzError> {
 pub(super) fn public(ty: &EntityType) -> Result<EntityTypeName, AuthzError> {
     ty.to_string().parse().map_err(|e| AuthzError::Entity(format!("entity type {ty}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use cedar_policy::SchemaFragment;
+    use serde_json::Value;
+
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../charts/portcullis/policies/portcullis.cedarschema");
+
+    fn names<'a>(v: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+        v.into_iter().map(str::to_owned).collect()
+    }
+
+    /// A record type's attributes as (name, required), resolving a common-type reference.
+    fn record(ty: &Value, common: &Value) -> Option<BTreeSet<(String, bool)>> {
+        let ty = match ty.get("attributes") {
+            Some(_) => ty,
+            // A reference: `{"type": "Name"}`, or `{"type": "EntityOrCommon", "name": "Name"}`.
+            None => common.get(ty.get("name").or_else(|| ty.get("type"))?.as_str()?)?,
+        };
+        let attrs = ty.get("attributes")?.as_object()?;
+        Some(
+            attrs
+                .iter()
+                .map(|(k, a)| (k.clone(), a.get("required").and_then(Value::as_bool).unwrap_or(true)))
+                .collect(),
+        )
+    }
+
+    /// Every way a schema text differs from the model (empty when they agree).
+    fn drift(schema: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let json = match SchemaFragment::from_cedarschema_str(schema).map(|(f, _)| f.to_json_value()) {
+            Ok(Ok(j)) => j,
+            Ok(Err(e)) => return vec![format!("to json: {e}")],
+            Err(e) => return vec![format!("parse: {e}")],
+        };
+        let ns = &json[""];
+        let (types, actions, common) = (&ns["entityTypes"], &ns["actions"], &ns["commonTypes"]);
+
+        let declared: BTreeSet<String> = types.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let wanted = names(ENTITY_TYPES.iter().map(|(n, _, _)| *n));
+        if declared != wanted {
+            out.push(format!("entity types: schema {declared:?}, model {wanted:?}"));
+        }
+        for (name, attrs, tagged) in ENTITY_TYPES {
+            let def = &types[name];
+            let got = def.get("shape").map(|s| record(s, common).unwrap_or_default()).unwrap_or_default();
+            let want: BTreeSet<(String, bool)> = attrs.iter().map(|a| ((*a).to_owned(), true)).collect();
+            if got != want {
+                out.push(format!("{name} attributes: schema {got:?}, model {want:?}"));
+            }
+            if def.get("tags").is_some() != tagged {
+                out.push(format!("{name} tags: schema {}, model {tagged}", def.get("tags").is_some()));
+            }
+        }
+
+        let context: BTreeSet<(String, bool)> = CONTEXT_KEYS.iter().map(|(k, opt)| ((*k).to_owned(), !opt)).collect();
+        let principals = names(PrincipalKind::ALL.map(PrincipalKind::type_name));
+        let declared: BTreeSet<String> = actions.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let wanted =
+            names(ACTION_GROUPS.iter().flat_map(|(g, members)| std::iter::once(*g).chain(members.iter().copied())));
+        if declared != wanted {
+            out.push(format!("actions: schema {declared:?}, model {wanted:?}"));
+        }
+        for (group, members) in ACTION_GROUPS {
+            for m in members {
+                let a = &actions[m];
+                let parents: BTreeSet<String> = a["memberOf"]
+                    .as_array()
+                    .map(|ps| ps.iter().filter_map(|p| p["id"].as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                if parents != names([group]) {
+                    out.push(format!("action {m}: member of {parents:?}, model {group}"));
+                }
+                let applies = &a["appliesTo"];
+                let list = |k: &str| -> BTreeSet<String> {
+                    applies[k]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default()
+                };
+                if list("principalTypes") != principals {
+                    out.push(format!("action {m} principals: {:?}", list("principalTypes")));
+                }
+                if list("resourceTypes") != names([ROUTE]) {
+                    out.push(format!("action {m} resources: {:?}", list("resourceTypes")));
+                }
+                let got = record(&applies["context"], common).unwrap_or_default();
+                if got != context {
+                    out.push(format!("action {m} context: schema {got:?}, model {context:?}"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_shipped_schema_declares_exactly_the_model() {
+        assert_eq!(drift(SHIPPED), Vec::<String>::new());
+        // The three shipped copies are one schema.
+        assert_eq!(SHIPPED, include_str!("../../deploy/kustomize/base/policies/portcullis.cedarschema"));
+        assert_eq!(SHIPPED, include_str!("../../examples/demo/policies/portcullis.cedarschema"));
+    }
+
+    #[test]
+    fn a_schema_that_drifts_from_the_model_is_caught() {
+        let changed = |from: &str, to: &str| {
+            assert!(SHIPPED.contains(from), "the shipped schema has no `{from}`");
+            drift(&SHIPPED.replace(from, to))
+        };
+        for (from, to) in [
+            ("  issuer: String,", "  iss: String,"),
+            ("  service: String,\n", ""),
+            ("  request_id: String,", "  request_id: String,\n  tenant: String,"),
+            ("source_ip?: ipaddr", "source_ip: ipaddr"),
+            ("entity Anonymous;", "entity Anonymous;\nentity Robot;"),
+            ("} tags String;\n\ntype", "};\n\ntype"),
+            (r#""GET", "HEAD", "OPTIONS""#, r#""GET", "HEAD""#),
+            (r#""POST", "PUT", "PATCH", "DELETE" in ["write"]"#, r#""POST", "PUT", "PATCH", "DELETE" in ["read"]"#),
+            (
+                "principal: [User, Service, ApiClient, Anonymous],\n  resource: [Route],\n  context: RequestContext,\n};\n\naction \"POST\"",
+                "principal: [User, Service, ApiClient],\n  resource: [Route],\n  context: RequestContext,\n};\n\naction \"POST\"",
+            ),
+        ] {
+            assert!(!changed(from, to).is_empty(), "`{from}` → `{to}` went unnoticed");
+        }
+    }
+}
