@@ -196,10 +196,13 @@ mod tests {
     /// Every way a schema text differs from the model (empty when they agree).
     fn drift(schema: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let json = match SchemaFragment::from_cedarschema_str(schema).map(|(f, _)| f.to_json_value()) {
-            Ok(Ok(j)) => j,
-            Ok(Err(e)) => return vec![format!("to json: {e}")],
+        let fragment = match SchemaFragment::from_cedarschema_str(schema) {
+            Ok((f, _warnings)) => f,
             Err(e) => return vec![format!("parse: {e}")],
+        };
+        let json = match fragment.to_json_value() {
+            Ok(j) => j,
+            Err(e) => return vec![format!("to json: {e}")],
         };
         let ns = &json[""];
         let (types, actions, common) = (&ns["entityTypes"], &ns["actions"], &ns["commonTypes"]);
