@@ -7,7 +7,7 @@
 //! compiles them and evaluates requests, with `entities` and `context` building the request
 //! and `index` (with its `guard` compiler) choosing the policies that can matter.
 mod context;
-pub mod documents;
+mod documents;
 mod engine;
 mod entities;
 mod guard;
