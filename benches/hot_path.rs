@@ -76,13 +76,13 @@ fn cedar(c: &mut Criterion) {
     let mut group = c.benchmark_group("cedar");
     for n in [10usize, 100, 1000] {
         let snap = Arc::new(support::snapshot(n));
-        let out = authz::authorize(&snap, &view, &ids, &mapping).expect("evaluates");
+        let out = authz::authorize(&snap.engine, &view, &ids, &mapping).expect("evaluates");
         assert!(out.allowed, "bench user must be allowed: {out:?}");
         group.bench_function(BenchmarkId::new("authorize_jwt_user", n), |b| {
-            b.iter(|| authz::authorize(&snap, black_box(&view), &ids, &mapping).expect("evaluates"))
+            b.iter(|| authz::authorize(&snap.engine, black_box(&view), &ids, &mapping).expect("evaluates"))
         });
         group.bench_function(BenchmarkId::new("authorize_spiffe_peer", n), |b| {
-            b.iter(|| authz::authorize(&snap, black_box(&peer_view), &peer_ids, &mapping).expect("evaluates"))
+            b.iter(|| authz::authorize(&snap.engine, black_box(&peer_view), &peer_ids, &mapping).expect("evaluates"))
         });
     }
     group.finish();

@@ -94,7 +94,7 @@ impl Checker {
         if snapshot.policy_count == 0 {
             return Decision::deny(Status::Forbidden, "deny_all", rid);
         }
-        let outcome = match authz::authorize(&snapshot, view, &ids, &self.mapping) {
+        let outcome = match authz::authorize(&snapshot.engine, view, &ids, &self.mapping) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(request_id = rid, error = %e, "request could not be evaluated; denied");

@@ -62,10 +62,11 @@ impl Source {
         let principal = EntityUid::from_str(&format!("User::\"{user}\"")).expect("uid");
         let action = EntityUid::from_str("Action::\"GET\"").expect("uid");
         let resource = EntityUid::from_str("Route::\"r\"").expect("uid");
-        let Ok(req) = Request::new(principal, action, resource, Context::empty(), Some(&snap.schema)) else {
+        let Ok(req) = Request::new(principal, action, resource, Context::empty(), Some(snap.engine.schema())) else {
             return false;
         };
-        Authorizer::new().is_authorized(&req, &snap.policies, &snap.entities).decision() == Decision::Allow
+        Authorizer::new().is_authorized(&req, snap.engine.policies(), snap.engine.entities()).decision()
+            == Decision::Allow
     }
 
     fn version(&self) -> Option<String> {
@@ -254,7 +255,9 @@ async fn deleting_every_policy_configmap_is_an_explicit_deny_all() {
     api.delete(NS, "schema");
     eventually(10, "empty set applied", || src.store.status().policy_count == 0 && src.store.load().is_some()).await;
     eventually(10, "schema gone too", || {
-        src.store.load().is_some_and(|s| s.source.starts_with("kubernetes:") && s.schema.entity_types().count() == 0)
+        src.store
+            .load()
+            .is_some_and(|s| s.source.starts_with("kubernetes:") && s.engine.schema().entity_types().count() == 0)
     })
     .await;
     assert!(src.store.status().deny_all);

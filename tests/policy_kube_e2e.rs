@@ -120,7 +120,8 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     // still ready, never allow-all.
     api.delete("policies", "rules");
     api.delete("policies", "schema");
-    eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.schema.entity_types().count() == 0)).await;
+    eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.engine.schema().entity_types().count() == 0))
+        .await;
     let (_, status) = get_json(&format!("{diag}/policy")).await;
     assert_eq!(status["deny_all"], true);
     assert_eq!(check_public_full(&grpc).await, (7, "deny_all".to_owned()));

@@ -10,10 +10,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use cedar_policy::{Entities, PolicySet, Schema};
-
 use super::snapshot::{DocKind, LoadError, PolicyDocument, PolicySnapshot, format_errors, version_of};
-use crate::authz;
 use crate::config::EmptyPolicy;
 
 /// What the admin endpoint shows about policy loading.
@@ -106,7 +103,7 @@ impl PolicyStore {
         // No schema and no policies at all (every ConfigMap or file deleted): that is an empty
         // set, not a broken one, so `on_empty` decides; it is never allow-all.
         let nothing = !docs.iter().any(|d| matches!(d.kind, DocKind::Schema | DocKind::Policies));
-        let built = if nothing { empty_snapshot(docs, source) } else { PolicySnapshot::build(docs, source) };
+        let built = if nothing { PolicySnapshot::empty(docs, source) } else { PolicySnapshot::build(docs, source) };
         let built = built.and_then(|s| {
             if s.policy_count == 0 && self.on_empty == EmptyPolicy::KeepLast && self.is_ready() {
                 Err(vec![LoadError::whole(
@@ -160,28 +157,6 @@ impl PolicyStore {
             st.last_error = None;
         }
     }
-}
-
-/// A snapshot with no policies (and an empty schema): Cedar denies every request.
-fn empty_snapshot(docs: &[PolicyDocument], source: &str) -> Result<PolicySnapshot, Vec<LoadError>> {
-    let schema = Schema::from_schema_fragments(Vec::new())
-        .map_err(|e| vec![LoadError::whole(source, format!("empty schema: {e}"))])?;
-    let policies = PolicySet::new();
-    let entities = Entities::empty();
-    let index = authz::index(&policies, &schema, &entities, &Default::default())
-        .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
-    Ok(PolicySnapshot {
-        index,
-        policies,
-        schema,
-        entities,
-        version: version_of(docs),
-        source: source.to_owned(),
-        loaded_at: SystemTime::now(),
-        policy_count: 0,
-        origins: Default::default(),
-        warnings: Vec::new(),
-    })
 }
 
 fn unix(t: SystemTime) -> u64 {

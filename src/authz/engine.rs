@@ -1,0 +1,282 @@
+//! The [`Engine`]: everything authorization compiles once from a validated document set (policy
+//! set, schema, static entities, the index, schema facts), and the evaluation of one request
+//! against it.
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
+use cedar_policy_core::ast::{Entity, EntityUIDEntry, PolicySet as CorePolicySet, Request as CoreRequest};
+use cedar_policy_core::authorizer::{Authorizer as CoreAuthorizer, Decision as CoreDecision};
+use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::validator::ValidatorSchema;
+
+use super::context::{ContextParts, context};
+use super::documents::{self, LoadError, PolicyDocument};
+use super::entities::{self, base_entities, service_entity, uid};
+use super::guard::Facts;
+use super::index::{FitsSchema, PolicyIndex, Shape, Unfit};
+use super::model::{PrincipalKind, public, types};
+use super::{AuthzError, AuthzOutcome, CedarMapping};
+use crate::authn::Identities;
+use crate::request::RequestView;
+
+/// A compiled, immutable policy set: what every request of one snapshot evaluates against.
+pub struct Engine {
+    policies: PolicySet,
+    schema: Schema,
+    entities: Entities,
+    policy_count: usize,
+    /// What authorization precomputes once (which policies each request needs).
+    pub(super) index: PolicyIndex,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("policy_count", &self.policy_count).field("index", &self.index).finish()
+    }
+}
+
+/// A compiled engine with what the documents said about their policies.
+#[derive(Debug)]
+pub struct Compiled {
+    pub engine: Engine,
+    /// Policy id → the document it came from.
+    pub origins: HashMap<String, String>,
+    /// Schema validation warnings (not fatal).
+    pub warnings: Vec<String>,
+}
+
+impl Engine {
+    /// Parses and strictly validates a whole document set, then compiles it. Every problem is
+    /// reported, with file and position; nothing partial is ever returned.
+    pub fn compile(docs: &[PolicyDocument], source: &str) -> Result<Compiled, Vec<LoadError>> {
+        let v = documents::validate(docs, source)?;
+        let engine = Self::new(v.policies, v.schema, v.entities, &v.enum_types, source)?;
+        Ok(Compiled { engine, origins: v.origins, warnings: v.warnings })
+    }
+
+    /// No policies (and an empty schema): Cedar denies every request.
+    pub fn empty(source: &str) -> Result<Engine, Vec<LoadError>> {
+        let schema = Schema::from_schema_fragments(Vec::new())
+            .map_err(|e| vec![LoadError::whole(source, format!("empty schema: {e}"))])?;
+        Self::new(PolicySet::new(), schema, Entities::empty(), &HashSet::new(), source)
+    }
+
+    fn new(
+        policies: PolicySet,
+        schema: Schema,
+        entities: Entities,
+        enum_types: &HashSet<String>,
+        source: &str,
+    ) -> Result<Engine, Vec<LoadError>> {
+        let index = index(&policies, &schema, &entities, enum_types)
+            .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
+        Ok(Engine { policy_count: policies.policies().count(), policies, schema, entities, index })
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The schema the policies were strictly validated against.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Static entities, plus the schema's action entities.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+}
+
+/// Builds the [`PolicyIndex`], once per engine. `enum_types` are the schema's enumerated entity
+/// types (`Type` or `Namespace::Type`).
+fn index(
+    policies: &PolicySet,
+    schema: &Schema,
+    entities: &Entities,
+    enum_types: &HashSet<String>,
+) -> Result<PolicyIndex, AuthzError> {
+    let t = types()?;
+    let per_request_core = t.per_request();
+    let per_request = per_request_core.map(public).into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Whether a request fits the schema depends only on its action, principal type and context
+    // shape, and so is checked once per slice, unless a type built per request is an
+    // enumeration: then it depends on entity ids and every request is validated.
+    let validate_each_request = per_request_core.iter().any(|ty| enum_types.contains(&ty.to_string()));
+    let action_type = public(&t.action)?;
+    let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &action_type).cloned().collect();
+    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(schema, action, kind, shape);
+    let [user, service, api_client, anonymous] = PrincipalKind::ALL.map(|k| public(t.of(k)));
+    let principal_types = [user?, service?, api_client?, anonymous?];
+    let route = public(&t.route)?;
+    // Per-request entities get their ancestors from the static ones; only if a static entity
+    // could be a member of a per-request one must Cedar recompute the closure per request.
+    let static_below_request_types = entities
+        .iter()
+        .any(|e| entities.ancestors(&e.uid()).is_some_and(|mut a| a.any(|u| per_request.contains(u.type_name()))));
+    Ok(PolicyIndex::build(
+        policies,
+        base_entities(entities, &per_request),
+        static_below_request_types,
+        entities,
+        &actions,
+        (&principal_types, &route),
+        (!validate_each_request).then_some(&fits as &FitsSchema<'_>),
+    ))
+}
+
+/// Cedar's request validation for a request of this action, principal kind and context shape.
+fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: Shape) -> Result<(), String> {
+    let t = types().map_err(|e| e.to_string())?;
+    let peer = uid(&t.service, "spiffe://sample/ns/sample/sa/sample");
+    let context = context(&ContextParts {
+        method: "GET",
+        path: "/",
+        query: "",
+        host: "sample",
+        scheme: "http",
+        request_id: "",
+        authn: if shape.authn { &["jwt"] } else { &[] },
+        source_ip: shape.source_ip.then_some(IpAddr::from([127, 0, 0, 1])),
+        peer: shape.peer.then_some(&peer),
+    })
+    .map_err(|e| e.to_string())?;
+    let action = uid(&t.action, action.id().unescaped());
+    let schema: &ValidatorSchema = schema.as_ref();
+    CoreRequest::new(
+        (uid(t.of(kind), "sample"), None),
+        (action, None),
+        (uid(&t.route, "sample"), None),
+        context,
+        Some(schema),
+        Extensions::all_available(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Evaluates one request against one engine.
+pub fn authorize(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+) -> Result<AuthzOutcome, AuthzError> {
+    authorize_with(engine, req, ids, mapping, false)
+}
+
+/// [`authorize`], or with `whole` against every policy and static entity (tests compare).
+pub(super) fn authorize_with(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+    whole: bool,
+) -> Result<AuthzOutcome, AuthzError> {
+    let t = types()?;
+    let index = &engine.index;
+    let base: &CoreEntities = if whole { engine.entities.as_ref() } else { (**index.entities()).as_ref() };
+    let mut extra: Vec<Arc<Entity>> = Vec::with_capacity(3);
+
+    // The peer is an entity of its own whenever present, so `context.peer` can point at it.
+    let peer = ids.peer.as_ref().map(|p| {
+        let (u, e) = service_entity(t, p);
+        extra.push(Arc::new(e));
+        u
+    });
+    let (principal, kind, principal_facts) = entities::principal(t, ids, peer.as_ref(), base, &mut extra);
+    let action = uid(&t.action, &req.method);
+    let service = req.host.split('.').next().unwrap_or("");
+    let resource = entities::route(t, req, service, mapping, &mut extra);
+
+    let methods = ids.methods();
+    let parts = ContextParts {
+        method: &req.method,
+        path: &req.path,
+        query: req.query,
+        host: &req.host,
+        scheme: req.scheme,
+        request_id: req.request_id,
+        authn: &methods,
+        source_ip: req.source_ip,
+        peer: peer.as_ref(),
+    };
+    let context = context(&parts)?;
+    let request = if index.validates_each_request() {
+        let schema: &ValidatorSchema = engine.schema.as_ref();
+        CoreRequest::new(
+            (principal.clone(), None),
+            (action.clone(), None),
+            (resource.clone(), None),
+            context,
+            Some(schema),
+            Extensions::all_available(),
+        )
+        .map_err(|e| AuthzError::Request(e.to_string()))?
+    } else {
+        CoreRequest::new_unchecked(
+            EntityUIDEntry::known(principal.clone(), None),
+            EntityUIDEntry::known(action.clone(), None),
+            EntityUIDEntry::known(resource.clone(), None),
+            Some(context),
+        )
+    };
+    // Guards read the very values the context and the `Route` entity were built from.
+    let shape =
+        Shape { source_ip: parts.source_ip.is_some(), peer: parts.peer.is_some(), authn: !parts.authn.is_empty() };
+    let facts = Facts {
+        route_host: parts.host,
+        route_path: parts.path,
+        route_service: service,
+        method: parts.method,
+        path: parts.path,
+        query: parts.query,
+        host: parts.host,
+        scheme: parts.scheme,
+        request_id: parts.request_id,
+        principal: principal_facts,
+    };
+    let policies = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
+        Unfit::Action => AuthzError::Request(format!(
+            "the schema declares no action {action} for principal type {}",
+            principal.entity_type()
+        )),
+        Unfit::Schema(m) => AuthzError::Request(m),
+    })?;
+    let policies = if whole { index.whole() } else { policies };
+    // Per-request entities are leaves built by us from verified data, with their ancestors
+    // already complete (group_ancestry), unless a static entity could sit below one of them.
+    let tc = if whole || index.static_entities_reach_request_types() {
+        TCComputation::ComputeNow
+    } else {
+        TCComputation::AssumeAlreadyComputed
+    };
+    let entities = base
+        .clone()
+        .add_entities(extra, None::<&NoEntitiesSchema>, tc, Extensions::all_available())
+        .map_err(|e| AuthzError::Entity(e.to_string()))?;
+
+    let pset: &CorePolicySet = (*policies).as_ref();
+    let response = CoreAuthorizer::new().is_authorized(request, pset, &entities);
+    let errors: Vec<String> = response.diagnostics.errors.iter().map(|e| e.to_string()).collect();
+    // Cedar reports them from a hash set: sort, so logs and headers are stable.
+    let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
+    policies.sort_unstable();
+    let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
+    Ok(AuthzOutcome {
+        allowed,
+        policies,
+        errors,
+        principal: principal.to_string(),
+        action: action.to_string(),
+        resource: resource.to_string(),
+    })
+}
