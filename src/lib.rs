@@ -22,3 +22,4 @@ pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod watch;

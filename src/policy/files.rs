@@ -4,20 +4,27 @@
 //! `..data`. We resolve `..data` ONCE per read and read every file from that one timestamped
 //! directory: reading the visible names one by one could mix two updates if a swap lands
 //! between two reads. A half-written update is never seen, and the whole set is re-read on any
-//! event. Bursts of events are debounced.
+//! change. Only changes count (our own reads are not), and bursts of them are debounced by
+//! [`crate::watch`], which also re-reads every [`POLL_EVERY`] in case events were dropped.
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::snapshot::{DocKind, LoadError, PolicyDocument};
 use super::store::PolicyStore;
+use super::target::StoreTarget;
+use crate::watch;
 
 /// Largest single policy file accepted.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// Re-read even without events, in case the platform drops some (e.g. some overlay filesystems).
+/// Re-read even without events, in case the platform drops some (e.g. network filesystems changed
+/// from another host); an unchanged directory is then an `unchanged` reload, twice a minute.
 const POLL_EVERY: Duration = Duration::from_secs(30);
 
 /// Kubelet's symlink to the current timestamped directory of a ConfigMap volume.
@@ -95,7 +102,7 @@ fn read_plain_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
 
 /// Loads `dir` once into the store.
 pub fn load_into(dir: &Path, store: &PolicyStore) -> Result<(), Vec<LoadError>> {
-    let source = format!("dir:{}", dir.display());
+    let source = source_name(dir);
     let docs = read_dir(dir).inspect_err(|errs| {
         for e in errs {
             tracing::error!(%source, error = %e, "policy directory unreadable; last good snapshot stays");
@@ -105,41 +112,112 @@ pub fn load_into(dir: &Path, store: &PolicyStore) -> Result<(), Vec<LoadError>> 
 }
 
 /// Watches `dir` and reloads on change until `shutdown` flips. Returns the task's handle.
+/// Bursts are debounced by `debounce`, for at most [`watch::MAX_WAIT_FACTOR`] of it.
 pub fn spawn_watch(
     dir: PathBuf,
     store: Arc<PolicyStore>,
     debounce: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let (tx, rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Only changes count: filtered here, before the channel coalesces, so an ignored event
+        // can never take the place of a change.
+        if res.is_ok_and(|ev| is_change(&ev.kind)) {
             // A full channel already means "reload pending": coalesce.
             let _ = tx.try_send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(tokio::spawn(async move {
-        let _watcher = watcher; // dropped (and unwatched) when the task ends
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                ev = rx.recv() => {
-                    if ev.is_none() { break; }
-                    // Debounce: wait for quiet, folding further events into this reload.
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(debounce) => break,
-                            more = rx.recv() => if more.is_none() { break },
-                        }
-                    }
-                }
-                _ = tokio::time::sleep(POLL_EVERY) => {}
+    let source = DirSource { dir: dir.clone(), _watcher: watcher };
+    let target = Arc::new(StoreTarget { store, source: source_name(&dir) });
+    let events = ReceiverStream::new(rx);
+    let timing = watch::Timing::from_quiet(debounce).with_poll(POLL_EVERY);
+    Ok(tokio::spawn(watch::run(source, target, events, timing, shutdown)))
+}
+
+/// The store's `source` string for a directory.
+fn source_name(dir: &Path) -> String {
+    format!("dir:{}", dir.display())
+}
+
+/// Whether a file event may have changed what a read sees. Our own reads arrive as access
+/// events (open, read, close without writing): counting them made every reload trigger the
+/// next one, forever. A writer closing its file does count.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Other => true,
+    }
+}
+
+/// The directory as a [`watch::Source`]; the notify watcher lives (and watches) as long as it.
+struct DirSource {
+    dir: PathBuf,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl watch::Source for DirSource {
+    type Event = ();
+    type Target = StoreTarget;
+
+    fn observe(&mut self, _: ()) -> bool {
+        true
+    }
+
+    fn collect(&mut self) -> impl FnOnce() -> Option<Vec<PolicyDocument>> + Send + 'static {
+        let dir = self.dir.clone();
+        move || read_logged(&dir)
+    }
+
+    /// The store logs, counts and records the outcome itself.
+    fn report(&mut self, _: watch::Applied<StoreTarget>) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+/// Reads `dir`, logging why not: an unreadable directory keeps the last good snapshot.
+fn read_logged(dir: &Path) -> Option<Vec<PolicyDocument>> {
+    read_dir(dir)
+        .inspect_err(|errs| {
+            let source = source_name(dir);
+            for e in errs {
+                tracing::error!(%source, error = %e, "policy directory unreadable; last good snapshot stays");
             }
-            let dir = dir.clone();
-            let store = store.clone();
-            // File reads and Cedar validation are blocking work.
-            let _ = tokio::task::spawn_blocking(move || load_into(&dir, &store)).await;
+        })
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_and_writes_are() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ] {
+            assert!(!is_change(&read), "{read:?}");
         }
-    }))
+        for write in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            // Unknown kinds, such as the rescan after a queue overflow: re-read to be safe.
+            EventKind::Other,
+            EventKind::Any,
+        ] {
+            assert!(is_change(&write), "{write:?}");
+        }
+    }
 }

@@ -1,87 +1,16 @@
-//! Policies from Kubernetes ConfigMaps selected by a label selector, watched through the API
-//! server (kube-runtime `watcher`). Watch events feed an in-memory [`Index`]; after a quiet
-//! period the whole document set is rebuilt from the index and handed to
-//! [`PolicyStore::apply`], which validates it before swapping. Nothing is applied before every
-//! namespace has completed its first list, so readiness means "the complete set was valid".
-//! A refused set keeps the last good snapshot and is reported as a Kubernetes Event on the
-//! offending ConfigMap(s).
+//! The selected ConfigMaps by namespace and name: a pure view fed by watch events, turned into
+//! the complete document set and into per-ConfigMap refusal notes. No client and no runtime:
+//! everything here is tested with `mk_*` fixtures.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, Resource as _, ResourceExt as _};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family};
-use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use kube::runtime::watcher;
+use kube::{Resource as _, ResourceExt as _};
 
-use super::snapshot::{DocKind, LoadError, PolicyDocument};
-use super::store::PolicyStore;
-use crate::config::KubernetesSource;
+use crate::policy::snapshot::{DocKind, LoadError, PolicyDocument};
 
 /// Kubernetes Event notes are limited to 1 kB.
 const MAX_EVENT_NOTE: usize = 1024;
-/// A burst of changes is folded for at most this many debounce periods.
-const MAX_DEBOUNCES: u32 = 8;
-/// Reporting controller name on the Events we post.
-const CONTROLLER: &str = "portcullis";
-
-/// Why the Kubernetes source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    #[error("reading kubeconfig {path}: {message}")]
-    Kubeconfig { path: String, message: String },
-    #[error("no Kubernetes client configuration (in-cluster or kubeconfig): {0}")]
-    Infer(String),
-    #[error("building the Kubernetes client: {0}")]
-    Client(String),
-}
-
-/// A kube client from `kubeconfig` if set, else in-cluster service account / `$KUBECONFIG`.
-pub async fn client(src: &KubernetesSource) -> Result<Client, KubeSourceError> {
-    let config = match &src.kubeconfig {
-        Some(path) => from_kubeconfig_file(path).await?,
-        None => kube::Config::infer().await.map_err(|e| KubeSourceError::Infer(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(|e| KubeSourceError::Client(e.to_string()))
-}
-
-async fn from_kubeconfig_file(path: &Path) -> Result<kube::Config, KubeSourceError> {
-    let err = |e: &dyn std::fmt::Display| KubeSourceError::Kubeconfig {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let kc = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| err(&e))
-}
-
-/// Namespaces to watch: the configured ones, else `POD_NAMESPACE`, else the client's default
-/// namespace (the service account's namespace in-cluster, the context's namespace otherwise).
-pub fn namespaces(src: &KubernetesSource, client: &Client) -> Vec<String> {
-    let mut ns: Vec<String> = src.namespaces.iter().map(|n| n.trim().to_owned()).collect();
-    if ns.is_empty() {
-        ns.push(
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or_else(|| client.default_namespace().to_owned()),
-        );
-    }
-    ns.sort();
-    ns.dedup();
-    ns
-}
-
-/// The store's `source` string: `kubernetes:<ns,...>/<selector>`.
-pub fn source_name(namespaces: &[String], selector: &str) -> String {
-    format!("kubernetes:{}/{}", namespaces.join(","), selector)
-}
 
 /// `configmap/<ns>/<name>/<key>`: shown in errors and in unannotated policy ids.
 pub fn origin(namespace: &str, name: &str, key: &str) -> String {
@@ -94,7 +23,7 @@ pub fn configmap_of(origin: &str) -> Option<(&str, &str)> {
 }
 
 /// `configmap/<ns>/<name>/<key>` back into its parts.
-fn split_origin(origin: &str) -> Option<(&str, &str, &str)> {
+pub(super) fn split_origin(origin: &str) -> Option<(&str, &str, &str)> {
     let rest = origin.strip_prefix("configmap/")?;
     let mut parts = rest.splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
@@ -258,7 +187,7 @@ impl Index {
     }
 
     /// Forget the blame list once a set has been applied.
-    fn settled(&mut self) {
+    pub(super) fn settled(&mut self) {
         self.changed.clear();
     }
 }
@@ -272,150 +201,6 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NamespaceLabel {
-    namespace: String,
-}
-
-/// The running Kubernetes policy source.
-pub struct KubeSource {
-    client: Client,
-    namespaces: Vec<String>,
-    selector: String,
-    debounce: Duration,
-    recorder: Option<Recorder>,
-    watch_errors: Family<NamespaceLabel, Counter>,
-}
-
-impl KubeSource {
-    /// Prepares the source; `registry` receives its metrics (`watch_errors`).
-    pub fn new(client: Client, src: &KubernetesSource, debounce: Duration, registry: &mut Registry) -> Self {
-        let namespaces = namespaces(src, &client);
-        let recorder = src.events.then(|| {
-            let reporter = Reporter {
-                controller: CONTROLLER.into(),
-                instance: std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()),
-            };
-            Recorder::new(client.clone(), reporter)
-        });
-        let watch_errors = Family::<NamespaceLabel, Counter>::default();
-        registry.register(
-            "watch_errors",
-            "Kubernetes ConfigMap watch errors (each is retried with backoff)",
-            watch_errors.clone(),
-        );
-        Self { client, namespaces, selector: src.selector.clone(), debounce, recorder, watch_errors }
-    }
-
-    /// The watched namespaces.
-    pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
-    }
-
-    /// Watches until `shutdown` flips.
-    pub fn spawn(self, store: Arc<PolicyStore>, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(store, shutdown))
-    }
-
-    async fn run(self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
-        let source = source_name(&self.namespaces, &self.selector);
-        tracing::info!(%source, namespaces = ?self.namespaces, selector = %self.selector, "watching policy ConfigMaps");
-        let streams = self.namespaces.iter().map(|ns| {
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-            let ns = ns.clone();
-            // default_backoff: errors (failed list, 410 Gone, dropped connection) are retried
-            // with client-go's exponential backoff; the watcher re-lists when it must.
-            watcher(api, watcher::Config::default().labels(&self.selector))
-                .default_backoff()
-                .map(move |ev| (ns.clone(), ev))
-                .boxed()
-        });
-        let mut events = futures::stream::select_all(streams);
-        let mut index = Index::new(&self.namespaces);
-        let mut due: Option<tokio::time::Instant> = None;
-        // A steady stream of changes must not postpone the rebuild forever.
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let wait = async {
-                match due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                ev = events.next() => match ev {
-                    None => break,
-                    Some((ns, Ok(ev))) => {
-                        // Debounce: every change pushes the rebuild back by the quiet period.
-                        if index.apply(&ns, ev) {
-                            let now = tokio::time::Instant::now();
-                            let latest = *deadline.get_or_insert(now + self.debounce * MAX_DEBOUNCES);
-                            due = Some((now + self.debounce).min(latest));
-                        }
-                    }
-                    Some((ns, Err(e))) => {
-                        self.watch_errors.get_or_create(&NamespaceLabel { namespace: ns.clone() }).inc();
-                        tracing::warn!(namespace = %ns, error = %e, "policy ConfigMap watch failed; retrying with backoff");
-                    }
-                },
-                _ = wait, if index.is_synced() => {
-                    (due, deadline) = (None, None);
-                    self.rebuild(&mut index, &store, &source).await;
-                }
-            }
-        }
-    }
-
-    async fn rebuild(&self, index: &mut Index, store: &Arc<PolicyStore>, source: &str) {
-        let docs = index.documents();
-        tracing::debug!(%source, configmaps = index.configmaps(), documents = docs.len(), "rebuilding policy set");
-        let (s, src) = (store.clone(), source.to_owned());
-        // Cedar parsing and validation are CPU work.
-        let result = tokio::task::spawn_blocking(move || s.apply(&docs, &src)).await;
-        match result {
-            Ok(Ok(_)) => index.settled(),
-            Ok(Err(errors)) => {
-                for e in &errors {
-                    // Problems of the set as a whole (e.g. no schema) name no ConfigMap.
-                    let (ns, name, key) = split_origin(&e.origin).unwrap_or(("", "", ""));
-                    tracing::error!(
-                        namespace = ns, configmap = name, key, line = e.line, column = e.column,
-                        error = %e.message, "policy ConfigMap refused"
-                    );
-                }
-                self.report(index.blame(&errors));
-            }
-            Err(e) => tracing::error!(error = %e, "policy rebuild task failed; last good snapshot stays"),
-        }
-    }
-
-    /// Posts a Warning Event on each blamed ConfigMap, in the background: the API server being
-    /// slow must not hold up the watch.
-    fn report(&self, notes: Vec<(ObjectReference, String)>) {
-        let Some(recorder) = self.recorder.clone() else { return };
-        tokio::spawn(async move {
-            for (reference, note) in notes {
-                let ev = KubeEvent {
-                    type_: EventType::Warning,
-                    reason: "PolicyRejected".into(),
-                    note: Some(note),
-                    action: "ValidatePolicy".into(),
-                    secondary: None,
-                };
-                if let Err(e) = recorder.publish(&ev, &reference).await {
-                    tracing::warn!(
-                        namespace = reference.namespace.as_deref().unwrap_or(""),
-                        configmap = reference.name.as_deref().unwrap_or(""),
-                        error = %e,
-                        "could not post the PolicyRejected event"
-                    );
-                }
-            }
-        });
-    }
 }
 
 #[cfg(test)]
