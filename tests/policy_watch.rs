@@ -69,10 +69,10 @@ fn allows(store: &PolicyStore, user: &str) -> bool {
     let principal = EntityUid::from_str(&format!("User::\"{user}\"")).expect("uid");
     let action = EntityUid::from_str("Action::\"GET\"").expect("uid");
     let resource = EntityUid::from_str("Route::\"r\"").expect("uid");
-    let Ok(req) = Request::new(principal, action, resource, Context::empty(), Some(&snap.schema)) else {
+    let Ok(req) = Request::new(principal, action, resource, Context::empty(), Some(snap.engine.schema())) else {
         return false;
     };
-    Authorizer::new().is_authorized(&req, &snap.policies, &snap.entities).decision() == Decision::Allow
+    Authorizer::new().is_authorized(&req, snap.engine.policies(), snap.engine.entities()).decision() == Decision::Allow
 }
 
 /// Replaces `name` atomically (a hidden temporary renamed over it), as editors and config
