@@ -54,7 +54,7 @@ pub struct Config {
     pub request: RequestConfig,
     /// Per-caller rate limit (429 with `Retry-After`); off when absent.
     #[serde(default)]
-    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Listeners. Any of them may be disabled with `null`, but at least one of `grpc`/`unix` is needed.
@@ -271,7 +271,7 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     /// Allowed algorithms.
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
     /// Clock skew allowed on `exp`/`nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -293,8 +293,85 @@ pub struct IssuerConfig {
     pub allow_insecure_http: bool,
 }
 
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into()]
+fn default_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256]
+}
+
+/// A JWS signature algorithm an issuer may allow (RFC 7518 names). `none` is not one: an
+/// unsigned token is never accepted, so there is no way to configure it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, in the order they are documented.
+    pub const ALL: [JwtAlgorithm; 12] = [
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+    ];
+
+    /// The RFC 7518 name, exactly as written in config and in a token's `alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Parses an exact (case-sensitive) name; `none` and unknown names are `None`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// HMAC algorithms verify with a shared secret, never with a public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512)
+    }
+}
+
+impl<'de> Deserialize<'de> for JwtAlgorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::from_name(&s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+            serde::de::Error::custom(format!(
+                "`algorithms`: unsupported algorithm `{s}` (expected one of {})",
+                names.join(", ")
+            ))
+        })
+    }
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
@@ -662,6 +739,24 @@ pub enum MatrixParameters {
     Strip,
 }
 
+/// Rate-limit settings (off unless configured).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second allowed per caller.
+    pub requests_per_second: u32,
+    /// Burst above the sustained rate.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Most callers tracked at once (bounded memory).
+    #[serde(default = "d_max_tracked")]
+    pub max_tracked: usize,
+}
+
+fn d_max_tracked() -> usize {
+    100_000
+}
+
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved
     /// against the file's directory, so the example runs from any working directory.
@@ -758,16 +853,13 @@ impl Config {
                 return Err(ConfigError::invalid(field("algorithms"), "must list at least one algorithm"));
             }
             for a in &iss.algorithms {
-                let alg = crate::authn::jwt::parse_algorithm(a)
-                    .ok_or_else(|| ConfigError::invalid(field("algorithms"), format!("unsupported algorithm `{a}`")))?;
-                let hmac = matches!(alg.family(), jsonwebtoken::AlgorithmFamily::Hmac);
-                if hmac && iss.hmac_secret_file.is_none() {
+                if a.is_hmac() && iss.hmac_secret_file.is_none() {
                     return Err(ConfigError::invalid(
                         field("algorithms"),
-                        format!("`{a}` needs `hmac_secret_file`; HMAC is never verified with a public key"),
+                        format!("`{}` needs `hmac_secret_file`; HMAC is never verified with a public key", a.name()),
                     ));
                 }
-                if !hmac && iss.hmac_secret_file.is_some() {
+                if !a.is_hmac() && iss.hmac_secret_file.is_some() {
                     return Err(ConfigError::invalid(
                         field("algorithms"),
                         "an issuer with `hmac_secret_file` may only allow HS256/HS384/HS512",
@@ -982,6 +1074,29 @@ mod tests {
         let err = parse("policy: {dir: x}\nauthn:\n  issuers:\n    - issuer: https://i\n      algorithms: [none]\n")
             .unwrap_err();
         assert!(err.contains("unsupported algorithm"), "{err}");
+    }
+
+    #[test]
+    fn algorithms_parse_once_into_their_exact_names_and_nothing_else() {
+        let algs = |list: &str| {
+            parse(&format!(
+                "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n      algorithms: {list}\n"
+            ))
+        };
+        let c = algs("[RS256, PS512, ES384, EdDSA]").unwrap();
+        let want = [JwtAlgorithm::RS256, JwtAlgorithm::PS512, JwtAlgorithm::ES384, JwtAlgorithm::EdDSA];
+        assert_eq!(c.authn.issuers[0].algorithms, want);
+        for a in JwtAlgorithm::ALL {
+            assert_eq!(JwtAlgorithm::from_name(a.name()), Some(a));
+        }
+        // `none` in any spelling, other cases and unknown names are refused, naming the field.
+        for bad in ["none", "None", "NONE", "rs256", "HS257", "'RS256 '", "''"] {
+            let err = algs(&format!("[{bad}]")).unwrap_err();
+            assert!(err.contains("`algorithms`") && err.contains("unsupported algorithm"), "{bad}: {err}");
+        }
+        assert!(JwtAlgorithm::from_name("none").is_none());
+        let err = algs("[]").unwrap_err();
+        assert!(err.contains("authn.issuers[0].algorithms"), "{err}");
     }
 
     #[test]

@@ -6,30 +6,11 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::authn::Identities;
+use crate::config::RateLimitConfig;
+use crate::request::RequestView;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use serde::{Deserialize, Serialize};
-
-use crate::authn::Identities;
-use crate::request::RequestView;
-
-/// Rate-limit settings (off unless configured).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained requests per second allowed per caller.
-    pub requests_per_second: u32,
-    /// Burst above the sustained rate.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Most callers tracked at once (bounded memory).
-    #[serde(default = "d_max_tracked")]
-    pub max_tracked: usize,
-}
-
-fn d_max_tracked() -> usize {
-    100_000
-}
 
 /// The bucket key used while the table is full.
 const OVERFLOW: &str = "\u{0}overflow";

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuthnError;
 use super::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey};
-use crate::config::{AuthnConfig, GroupNamespace, IssuerConfig, Limits, TokenSource};
+use crate::config::{AuthnConfig, GroupNamespace, IssuerConfig, JwtAlgorithm, Limits, TokenSource};
 use crate::request::RequestView;
 
 /// What a verified token proved.
@@ -156,23 +156,22 @@ fn parse_header_token<'a>(v: &'a str, prefix: Option<&str>) -> HeaderToken<'a> {
     }
 }
 
-/// Parses an algorithm name from config. `none` and unknown names are `None`.
-pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
-    Some(match s {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        _ => return None,
-    })
+/// The jsonwebtoken algorithm for a configured one (the names are the same RFC 7518 names).
+pub fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::RS384 => Algorithm::RS384,
+        JwtAlgorithm::RS512 => Algorithm::RS512,
+        JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::PS384 => Algorithm::PS384,
+        JwtAlgorithm::PS512 => Algorithm::PS512,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::ES384 => Algorithm::ES384,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::HS384 => Algorithm::HS384,
+        JwtAlgorithm::HS512 => Algorithm::HS512,
+    }
 }
 
 struct Issuer {
@@ -601,7 +600,7 @@ fn build_issuer(
     };
     let mut validations = HashMap::new();
     for a in &ic.algorithms {
-        let alg = parse_algorithm(a).ok_or_else(|| anyhow::anyhow!("unsupported algorithm {a}"))?;
+        let alg = algorithm(*a);
         let mut v = Validation::new(alg);
         v.set_issuer(&[ic.issuer.as_str()]);
         if ic.audiences.is_empty() {
@@ -656,7 +655,7 @@ fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError> {
     if h.get("kid").is_some_and(|k| !k.is_string()) {
         return Err(JwtError::Malformed);
     }
-    parse_algorithm(alg).ok_or(JwtError::UnsupportedAlgorithm)
+    JwtAlgorithm::from_name(alg).map(algorithm).ok_or(JwtError::UnsupportedAlgorithm)
 }
 
 /// The key must be of the token's family and, if the JWK pins an `alg`, that exact alg.
@@ -741,6 +740,17 @@ mod tests {
         assert_eq!(check_header(&hdr(r#"{"alg":"RS256","crit":["exp"]}"#)), Err(JwtError::UnknownCritical));
         assert_eq!(check_header(&hdr(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#)), Err(JwtError::Encrypted));
         assert_eq!(check_header(&hdr(r#"{"alg":"RS256"}"#)), Ok(Algorithm::RS256));
+    }
+
+    #[test]
+    fn every_configured_algorithm_maps_to_the_jsonwebtoken_one_of_the_same_name() {
+        for a in JwtAlgorithm::ALL {
+            assert_eq!(a.name().parse::<Algorithm>().ok(), Some(algorithm(a)), "{a:?}");
+            assert_eq!(a.is_hmac(), algorithm(a).family() == AlgorithmFamily::Hmac, "{a:?}");
+        }
+        // A token's `alg` goes through the same exact-name table.
+        assert_eq!(check_header(&hdr(r#"{"alg":"rs256"}"#)), Err(JwtError::UnsupportedAlgorithm));
+        assert_eq!(check_header(&hdr(r#"{"alg":"EdDSA"}"#)), Ok(Algorithm::EdDSA));
     }
 
     #[test]
