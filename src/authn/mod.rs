@@ -25,7 +25,35 @@ pub struct Identities {
     pub api_client: Option<Arc<ApiClientIdentity>>,
 }
 
+/// The principal a request acts as, chosen by [`Identities::principal`]: what was proven, by
+/// reference, so callers (Cedar entities, rate-limit keys) need not repeat the precedence rule.
+#[derive(Debug, Clone, Copy)]
+pub enum PrincipalRef<'a> {
+    /// A verified JWT: `User::"<sub>"`.
+    User(&'a JwtIdentity),
+    /// A known API key: `ApiClient::"<client>"`.
+    ApiClient(&'a ApiClientIdentity),
+    /// A trusted mTLS peer: `Service::"<spiffe id>"`.
+    Service(&'a PeerIdentity),
+    /// No credential proved anything.
+    Anonymous,
+}
+
 impl Identities {
+    /// The single precedence rule: User > ApiClient > Service > Anonymous. A user token wins
+    /// over the workload that carries it (a service calling on behalf of a user acts as the user).
+    pub fn principal(&self) -> PrincipalRef<'_> {
+        if let Some(j) = &self.jwt {
+            PrincipalRef::User(j)
+        } else if let Some(c) = &self.api_client {
+            PrincipalRef::ApiClient(c)
+        } else if let Some(p) = &self.peer {
+            PrincipalRef::Service(p)
+        } else {
+            PrincipalRef::Anonymous
+        }
+    }
+
     /// True when no credential proved anything.
     pub fn is_anonymous(&self) -> bool {
         self.jwt.is_none() && self.peer.is_none() && self.api_client.is_none()
@@ -164,6 +192,48 @@ mod tests {
     use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
     use crate::proto::core::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
+
+    #[test]
+    fn the_principal_is_user_then_api_client_then_service_then_anonymous() {
+        let user = Arc::new(JwtIdentity::for_tests("https://i", "alice", &[], &[]));
+        let client = Arc::new(ApiClientIdentity { client: "ci".into(), groups: Vec::new() });
+        let peer = PeerIdentity {
+            spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            trust_domain: "cluster.local".into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        let ids = |j: bool, c: bool, p: bool| Identities {
+            jwt: j.then(|| user.clone()),
+            api_client: c.then(|| client.clone()),
+            peer: p.then(|| peer.clone()),
+        };
+        // Every combination: the strongest present identity wins, whatever else is present.
+        for j in [false, true] {
+            for c in [false, true] {
+                for p in [false, true] {
+                    let ids = ids(j, c, p);
+                    // Which identity was chosen, by address: the very one authentication proved.
+                    let got = match ids.principal() {
+                        PrincipalRef::User(u) => ("user", std::ptr::eq(u, &*user)),
+                        PrincipalRef::ApiClient(a) => ("api_client", std::ptr::eq(a, &*client)),
+                        PrincipalRef::Service(s) => ("service", ids.peer.as_ref().is_some_and(|p| std::ptr::eq(s, p))),
+                        PrincipalRef::Anonymous => ("anonymous", true),
+                    };
+                    let want = if j {
+                        "user"
+                    } else if c {
+                        "api_client"
+                    } else if p {
+                        "service"
+                    } else {
+                        "anonymous"
+                    };
+                    assert_eq!(got, (want, true), "jwt={j} api_client={c} peer={p}");
+                }
+            }
+        }
+    }
 
     fn authenticator() -> Authenticator {
         let cfg = Config::from_yaml(
