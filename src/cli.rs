@@ -251,7 +251,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Token { key, alg, kid, iss, sub, aud, groups, claims, ttl, jwks } => {
-            let alg = crate::authn::jwt::parse_algorithm(&alg).context("unsupported algorithm")?;
+            let alg = crate::config::JwtAlgorithm::from_name(&alg)
+                .map(crate::authn::jwt::algorithm)
+                .context("unsupported algorithm")?;
             if jwks {
                 println!("{}", serde_json::to_string_pretty(&crate::token::jwks_for(&key, alg, &kid)?)?);
                 return Ok(ExitCode::SUCCESS);

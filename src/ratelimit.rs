@@ -6,30 +6,11 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::authn::{Identities, PrincipalRef};
+use crate::config::RateLimitConfig;
+use crate::request::RequestView;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use serde::{Deserialize, Serialize};
-
-use crate::authn::Identities;
-use crate::request::RequestView;
-
-/// Rate-limit settings (off unless configured).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained requests per second allowed per caller.
-    pub requests_per_second: u32,
-    /// Burst above the sustained rate.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Most callers tracked at once (bounded memory).
-    #[serde(default = "d_max_tracked")]
-    pub max_tracked: usize,
-}
-
-fn d_max_tracked() -> usize {
-    100_000
-}
 
 /// The bucket key used while the table is full.
 const OVERFLOW: &str = "\u{0}overflow";
@@ -91,31 +72,48 @@ impl RateLimiter {
     }
 }
 
-/// The strongest proven identity, else the source address.
+/// The principal (by the one precedence rule in authn), else the source address.
 fn caller_key(req: &RequestView<'_>, ids: &Identities) -> String {
-    if let Some(j) = &ids.jwt {
-        format!("jwt:{}|{}", j.issuer, j.subject)
-    } else if let Some(c) = &ids.api_client {
-        format!("key:{}", c.client)
-    } else if let Some(p) = &ids.peer {
-        format!("peer:{}", p.spiffe_id)
-    } else {
-        match req.source_ip {
+    match ids.principal() {
+        PrincipalRef::User(j) => format!("jwt:{}|{}", j.issuer, j.subject),
+        PrincipalRef::ApiClient(c) => format!("key:{}", c.client),
+        PrincipalRef::Service(p) => format!("peer:{}", p.spiffe_id),
+        PrincipalRef::Anonymous => match req.source_ip {
             Some(ip) => format!("ip:{ip}"),
             None => "anonymous".to_owned(),
-        }
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::cli::RequestSpec;
-    use crate::config::Limits;
+    use std::sync::Arc;
 
-    fn spec(ip: &str) -> crate::proto::auth::CheckRequest {
-        let y = format!("path: /x\nsource: {{address: {ip}}}\n");
-        serde_saphyr::from_str::<RequestSpec>(&y).unwrap().to_check_request()
+    use super::*;
+    use crate::config::Limits;
+    use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+    use crate::proto::core::{Address, SocketAddress, address, socket_address};
+
+    /// `GET /x` from `ip` (built by hand: ratelimit does not depend on the CLI).
+    fn spec(ip: &str) -> CheckRequest {
+        let source = attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.to_owned(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        };
+        let http = attribute_context::HttpRequest { method: "GET".into(), path: "/x".into(), ..Default::default() };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(source),
+                request: Some(attribute_context::Request { time: None, http: Some(http) }),
+                ..Default::default()
+            }),
+        }
     }
 
     #[test]
@@ -147,6 +145,38 @@ mod tests {
             let _ = rl.check(&v, &ids);
         }
         assert!(rl.tracked() <= 51, "tracked {}", rl.tracked());
+    }
+
+    #[test]
+    fn callers_are_keyed_by_their_principal_before_their_address() {
+        let rl =
+            RateLimiter::new(&RateLimitConfig { requests_per_second: 1, burst: Some(1), max_tracked: 10 }).unwrap();
+        let (a, b) = (spec("10.0.0.1"), spec("10.0.0.2"));
+        let va = RequestView::from_check(&a, &Limits::default()).unwrap();
+        let vb = RequestView::from_check(&b, &Limits::default()).unwrap();
+        let user = Identities {
+            jwt: Some(Arc::new(crate::authn::JwtIdentity::for_tests("https://i", "alice", &[], &[]))),
+            ..Identities::default()
+        };
+        let peer = crate::authn::PeerIdentity {
+            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            trust_domain: "cluster.local".into(),
+            namespace: "a".into(),
+            service_account: "b".into(),
+        };
+        let user_via_peer = Identities { peer: Some(peer.clone()), ..user.clone() };
+        assert_eq!(caller_key(&va, &user), "jwt:https://i|alice");
+        assert_eq!(caller_key(&va, &user_via_peer), "jwt:https://i|alice");
+        assert_eq!(
+            caller_key(&va, &Identities { peer: Some(peer), ..Identities::default() }),
+            "peer:spiffe://cluster.local/ns/a/sa/b"
+        );
+        assert_eq!(caller_key(&va, &Identities::default()), "ip:10.0.0.1");
+        // One user from two addresses, with or without a peer, shares one bucket.
+        assert!(rl.check(&va, &user).is_ok());
+        assert!(rl.check(&vb, &user_via_peer).is_err());
+        // The address alone is its own caller.
+        assert!(rl.check(&vb, &Identities::default()).is_ok());
     }
 
     #[test]

@@ -289,7 +289,7 @@ pub fn alg_name(a: Algorithm) -> &'static str {
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {
-    portcullis::authn::jwt::parse_algorithm(s)
+    portcullis::config::JwtAlgorithm::from_name(s).map(portcullis::authn::jwt::algorithm)
 }
 
 /// `b64(header).b64(claims).sig` with the signature made by `key` under `alg`.

@@ -1,0 +1,219 @@
+//! One issuer's key set in moka: served while fresh, refreshed in the background near the end of
+//! its lifetime, kept through provider outages until `max_stale`, and refreshed on an unknown
+//! `kid` at most once per interval.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use super::{IssuerLabel, IssuerResult, JwksError, JwksMetrics, KeyLookupError, KeySet, KeySource, VerifyKey};
+use crate::config::JwksConfig;
+
+struct ServeUntil;
+
+impl Expiry<(), Arc<KeySet>> for ServeUntil {
+    fn expire_after_create(&self, _: &(), v: &Arc<KeySet>, now: Instant) -> Option<Duration> {
+        Some(v.serve_until.saturating_duration_since(now))
+    }
+    fn expire_after_update(&self, _: &(), v: &Arc<KeySet>, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(v.serve_until.saturating_duration_since(now))
+    }
+}
+
+/// The keys of one issuer.
+pub struct IssuerKeys {
+    pub(super) issuer: String,
+    pub(super) source: KeySource,
+    pub(super) settings: JwksConfig,
+    pub(super) client: reqwest::Client,
+    pub(super) allow_insecure_http: bool,
+    pub(super) cache: moka::future::Cache<(), Arc<KeySet>>,
+    pub(super) discovered_uri: Mutex<Option<String>>,
+    pub(super) refresh_lock: tokio::sync::Mutex<()>,
+    pub(super) last_attempt: Mutex<Option<Instant>>,
+    pub(super) background: AtomicBool,
+    pub(super) generation: AtomicU64,
+    pub(super) metrics: JwksMetrics,
+}
+
+impl IssuerKeys {
+    pub fn new(
+        issuer: String,
+        source: KeySource,
+        settings: JwksConfig,
+        client: reqwest::Client,
+        allow_insecure_http: bool,
+        metrics: JwksMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            issuer,
+            source,
+            settings,
+            client,
+            allow_insecure_http,
+            cache: moka::future::Cache::builder().max_capacity(1).expire_after(ServeUntil).build(),
+            discovered_uri: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            last_attempt: Mutex::new(None),
+            background: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// The key set currently served, without fetching.
+    pub async fn current(&self) -> Option<Arc<KeySet>> {
+        self.cache.get(&()).await
+    }
+
+    /// The key set currently served, starting a background refresh when one is due. Used by
+    /// the verified-token cache, so that tokens answered from it alone still keep keys fresh
+    /// (and so notice a removed key) instead of riding the old set until `max_stale`.
+    pub async fn serving(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        let set = self.cache.get(&()).await?;
+        if set.refresh_due(Instant::now()) {
+            self.spawn_background_refresh();
+        }
+        Some(set)
+    }
+
+    /// Loads the key set if nothing is cached yet (no unknown-kid refresh). True if keys are held.
+    pub async fn warm(self: &Arc<Self>) -> bool {
+        self.load().await.is_some()
+    }
+
+    fn count_lookup(&self, result: &'static str) {
+        self.metrics.lookups.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).inc();
+    }
+
+    /// Finds the key for a token's `kid`, fetching or refreshing as the rules above allow.
+    pub async fn key_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<VerifyKey>, KeyLookupError> {
+        let (set, cached) = match self.serving().await {
+            Some(set) => (set, true),
+            None => {
+                self.count_lookup("miss");
+                (self.load().await.ok_or(KeyLookupError::Unavailable)?, false)
+            }
+        };
+        if let Some(k) = set.find(kid) {
+            if cached {
+                self.count_lookup("hit");
+            }
+            return Ok(k.clone());
+        }
+        if cached {
+            self.count_lookup("miss");
+        }
+        // Unknown kid: maybe the issuer rotated. At most one fetch at a time, rate-limited.
+        match self.refresh_after(set.generation).await {
+            Some(newer) => newer.find(kid).cloned().ok_or(KeyLookupError::UnknownKid),
+            None => Err(KeyLookupError::UnknownKid),
+        }
+    }
+
+    /// The cached set, or one fetch shared by every concurrent caller when nothing is cached.
+    async fn load(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        if let Some(s) = self.cache.get(&()).await {
+            return Some(s);
+        }
+        let this = self.clone();
+        let res = self
+            .cache
+            .try_get_with((), async move {
+                // Concurrent callers share this one future; after a failed attempt, later ones
+                // fail fast until the interval has passed.
+                if !this.attempt_allowed() {
+                    return Err(JwksError::Backoff);
+                }
+                this.fetch().await.map(Arc::new)
+            })
+            .await;
+        match res {
+            Ok(s) => Some(s),
+            Err(e) => {
+                if !matches!(*e, JwksError::Backoff) {
+                    tracing::warn!(issuer = %self.issuer, error = %e, "no signing keys available");
+                }
+                None
+            }
+        }
+    }
+
+    fn attempt_allowed(&self) -> bool {
+        let Ok(mut g) = self.last_attempt.lock() else { return false };
+        let now = Instant::now();
+        match *g {
+            Some(t) if now.duration_since(t) < self.settings.unknown_kid_refresh_interval => false,
+            _ => {
+                *g = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Refreshes unless another caller already did since `seen_generation`. Returns the newer
+    /// set, or `None` if no newer set could be had (rate-limited or the fetch failed).
+    async fn refresh_after(&self, seen_generation: u64) -> Option<Arc<KeySet>> {
+        let _guard = self.refresh_lock.lock().await;
+        if let Some(cur) = self.cache.get(&()).await
+            && cur.generation != seen_generation
+        {
+            return Some(cur);
+        }
+        if !self.attempt_allowed() {
+            return None;
+        }
+        self.refresh_now().await
+    }
+
+    async fn refresh_now(&self) -> Option<Arc<KeySet>> {
+        match self.fetch().await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                self.cache.insert((), set.clone()).await;
+                Some(set)
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping last good keys");
+                None
+            }
+        }
+    }
+
+    fn spawn_background_refresh(self: &Arc<Self>) {
+        if self.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = this.refresh_lock.lock().await;
+            if this.attempt_allowed() {
+                this.refresh_now().await;
+            }
+            this.background.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fetches and parses the key set once. Records the result in metrics.
+    pub async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let res = self.fetch_inner().await;
+        if res.is_err()
+            && matches!(self.source, KeySource::Discovery { .. })
+            && let Ok(mut g) = self.discovered_uri.lock()
+        {
+            // The provider may have moved its JWKS; discover again on the next attempt.
+            *g = None;
+        }
+        let result = match &res {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics.fetches.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).inc();
+        if let Ok(set) = &res {
+            self.metrics.keys.get_or_create(&IssuerLabel { issuer: self.issuer.clone() }).set(set.len() as i64);
+            tracing::info!(issuer = %self.issuer, keys = set.len(), generation = set.generation, "signing keys loaded");
+        }
+        res
+    }
+}

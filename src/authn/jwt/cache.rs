@@ -1,0 +1,78 @@
+//! The verified-token cache: keyed by the token's digest, kept until (at most) its `exp`, and
+//! dropped as soon as its key leaves the issuer's JWKS.
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::Expiry;
+use prometheus_client::encoding::EncodeLabelSet;
+use sha2::{Digest, Sha256};
+
+use super::{JwtAuthenticator, JwtError, JwtIdentity};
+use crate::authn::AuthnError;
+
+#[derive(Clone)]
+pub(super) struct CachedToken {
+    pub(super) identity: Arc<JwtIdentity>,
+    pub(super) issuer: usize,
+}
+
+pub(super) struct UntilExp {
+    pub(super) max_ttl: Duration,
+}
+
+impl Expiry<[u8; 32], CachedToken> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: Instant) -> Option<Duration> {
+        let left = v.identity.expires_at.saturating_sub(unix_now());
+        Some(Duration::from_secs(left).min(self.max_ttl))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct CacheLabel {
+    pub(super) result: &'static str,
+}
+
+impl JwtAuthenticator {
+    /// Verifies one token; with `source`, its issuer must accept tokens from that source.
+    pub(super) async fn verify_from(&self, token: &str, source: Option<usize>) -> Result<Arc<JwtIdentity>, AuthnError> {
+        // Size first: nothing is parsed from an oversized token.
+        if token.len() > self.max_token_bytes {
+            return Err(JwtError::TooLarge.into());
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&digest).await {
+                if self.still_valid(&hit).await {
+                    self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    self.check_source(hit.issuer, source)?;
+                    return Ok(hit.identity);
+                }
+                cache.invalidate(&digest).await;
+            }
+            self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
+        }
+        let (identity, issuer) = self.verify_uncached(token, source).await?;
+        if let Some(cache) = &self.cache {
+            cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
+        }
+        Ok(identity)
+    }
+
+    /// A cached token stays good only while unexpired and while its exact key is still served.
+    async fn still_valid(&self, hit: &CachedToken) -> bool {
+        if unix_now() >= hit.identity.expires_at {
+            return false;
+        }
+        let Some(iss) = self.issuers.get(hit.issuer) else { return false };
+        match iss.keys.serving().await {
+            Some(set) => {
+                set.find(hit.identity.kid.as_deref()).is_some_and(|k| k.fingerprint == hit.identity.key_fingerprint)
+            }
+            None => false,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

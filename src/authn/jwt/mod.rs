@@ -1,0 +1,248 @@
+//! JWT bearer tokens (RFC 7519) verified per RFC 8725: the token's `iss` selects a configured
+//! issuer; only that issuer's algorithms and keys are tried; nothing the token says about keys
+//! (`jwk`, `jku`, `x5u`, `x5c`) is trusted. Verified tokens are cached by digest until (at most)
+//! their `exp`, and a cached token is dropped as soon as its key leaves the JWKS.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::registry::Registry;
+
+use super::AuthnError;
+use super::jwks::{JwksMetrics, http_client};
+use crate::config::{AuthnConfig, Limits, TokenSource};
+use crate::request::RequestView;
+
+mod cache;
+mod extract;
+mod verify;
+
+use cache::{CacheLabel, CachedToken, UntilExp};
+use verify::{Issuer, build_issuer};
+
+pub use verify::algorithm;
+
+/// What a verified token proved.
+#[derive(Debug, Clone)]
+pub struct JwtIdentity {
+    pub issuer: Arc<str>,
+    pub subject: String,
+    /// Values of the issuer's group claims, as `Group` entity ids (`<issuer>#<group>` under
+    /// `group_namespace: per_issuer`): become parent `Group` entities.
+    pub groups: Vec<String>,
+    /// Scalar claims not mapped elsewhere, as strings: become tags on the `User` entity.
+    pub claims: Vec<(String, String)>,
+    /// `(header, value)` pairs from the issuer's `claims_to_headers`.
+    pub headers: Vec<(String, String)>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    kid: Option<String>,
+    key_fingerprint: [u8; 16],
+}
+
+/// Why a token was refused. Each maps to a 401 `invalid_token` whose description names only the
+/// class of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is larger than allowed")]
+    TooLarge,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("encrypted tokens (JWE) are not accepted")]
+    Encrypted,
+    #[error("unsigned tokens are not accepted")]
+    AlgNone,
+    #[error("token algorithm is not supported")]
+    UnsupportedAlgorithm,
+    #[error("token algorithm is not allowed for this issuer")]
+    AlgorithmNotAllowed,
+    #[error("token carries its own key or key URL")]
+    EmbeddedKey,
+    #[error("token has an unsupported critical header")]
+    UnknownCritical,
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token key is not known")]
+    UnknownKey,
+    #[error("token does not match its key")]
+    KeyMismatch,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    BadAudience,
+    #[error("token lacks a required claim")]
+    MissingClaim,
+    #[error("more than one token in the request")]
+    Duplicate,
+    #[error("token was sent where its issuer does not accept it")]
+    WrongSource,
+}
+
+impl JwtError {
+    /// Bounded label for metrics and deny reasons.
+    pub fn label(&self) -> &'static str {
+        match self {
+            JwtError::TooLarge => "token_too_large",
+            JwtError::Malformed => "token_malformed",
+            JwtError::Encrypted => "token_encrypted",
+            JwtError::AlgNone => "alg_none",
+            JwtError::UnsupportedAlgorithm => "alg_unsupported",
+            JwtError::AlgorithmNotAllowed => "alg_not_allowed",
+            JwtError::EmbeddedKey => "embedded_key",
+            JwtError::UnknownCritical => "unknown_crit",
+            JwtError::UnknownIssuer => "unknown_issuer",
+            JwtError::UnknownKey => "unknown_kid",
+            JwtError::KeyMismatch => "key_mismatch",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::Expired => "token_expired",
+            JwtError::NotYetValid => "token_not_yet_valid",
+            JwtError::BadAudience => "bad_audience",
+            JwtError::MissingClaim => "missing_claim",
+            JwtError::Duplicate => "duplicate_token",
+            JwtError::WrongSource => "wrong_token_source",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Verifies bearer tokens against the configured issuers.
+pub struct JwtAuthenticator {
+    issuers: Vec<Issuer>,
+    by_name: HashMap<String, usize>,
+    sources: Vec<TokenSource>,
+    max_token_bytes: usize,
+    cache: Option<moka::future::Cache<[u8; 32], CachedToken>>,
+    rejections: Family<ReasonLabel, Counter>,
+    cache_lookups: Family<CacheLabel, Counter>,
+}
+
+impl JwtAuthenticator {
+    pub fn new(cfg: &AuthnConfig, limits: &Limits, registry: &mut Registry) -> anyhow::Result<Self> {
+        let client = http_client(cfg, None)?;
+        let jwks_metrics = JwksMetrics::register(registry);
+        let mut issuers = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut sources: Vec<TokenSource> = Vec::new();
+        for ic in &cfg.issuers {
+            let mut issuer = build_issuer(ic, cfg, client.clone(), jwks_metrics.clone())?;
+            for s in &ic.from {
+                let idx = match sources.iter().position(|x| x == s) {
+                    Some(i) => i,
+                    None => {
+                        sources.push(s.clone());
+                        sources.len() - 1
+                    }
+                };
+                issuer.sources.push(idx);
+            }
+            by_name.insert(ic.issuer.clone(), issuers.len());
+            issuers.push(issuer);
+        }
+        let cache = (cfg.token_cache.max_entries > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(cfg.token_cache.max_entries)
+                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
+                .build()
+        });
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
+        let cache_lookups = Family::<CacheLabel, Counter>::default();
+        registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
+        Ok(Self {
+            issuers,
+            by_name,
+            sources,
+            max_token_bytes: limits.max_token_bytes,
+            cache,
+            rejections,
+            cache_lookups,
+        })
+    }
+
+    /// Header names tokens are read from.
+    pub fn token_headers(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|s| match s {
+                TokenSource::Header { header, .. } => Some(header.to_ascii_lowercase()),
+                TokenSource::Cookie { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Fetches every issuer's keys once, so the first request does not pay for it.
+    pub async fn warm_up(&self) {
+        for iss in &self.issuers {
+            if !iss.keys.warm().await {
+                tracing::warn!(issuer = %iss.name, "signing keys not available at start-up");
+            }
+        }
+    }
+
+    /// Number of tokens in the verified-token cache, after pending evictions have run.
+    pub async fn cached_tokens(&self) -> u64 {
+        match &self.cache {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                c.entry_count()
+            }
+            None => 0,
+        }
+    }
+
+    /// `Ok(None)` when the request carries no token; an error for a present-but-bad one.
+    pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Option<Arc<JwtIdentity>>, AuthnError> {
+        if self.issuers.is_empty() {
+            return Ok(None);
+        }
+        let res = match self.extract(req) {
+            Ok(None) => return Ok(None),
+            Ok(Some((token, source))) => self.verify_from(token, Some(source)).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                self.rejections.get_or_create(&ReasonLabel { reason: e.label() }).inc();
+                // RFC 6750 §3.1: more than one token is `invalid_request` (400), not a bad token.
+                Err(match e {
+                    AuthnError::InvalidToken(JwtError::Duplicate) => {
+                        AuthnError::DuplicateCredential(super::Credential::BearerToken)
+                    }
+                    e => e,
+                })
+            }
+        }
+    }
+
+    /// Verifies one token from any source (or answers from the verified-token cache).
+    pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, AuthnError> {
+        self.verify_from(token, None).await
+    }
+}
+
+#[cfg(test)]
+impl JwtIdentity {
+    /// An identity as if a token had verified (for authorization tests).
+    pub(crate) fn for_tests(issuer: &str, subject: &str, groups: &[&str], claims: &[(&str, &str)]) -> Self {
+        JwtIdentity {
+            issuer: issuer.into(),
+            subject: subject.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers: Vec::new(),
+            expires_at: u64::MAX,
+            kid: None,
+            key_fingerprint: [0; 16],
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `authn`: issuers (in `issuer.rs`), JWKS and token caches, mTLS peers, API keys.
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, IssuerConfig, yes};
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthnConfig {
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// JWKS cache behaviour, shared by all issuers.
+    #[serde(default)]
+    pub jwks: JwksConfig,
+    /// Verified-token cache.
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+    /// mTLS peer (SPIFFE) identity.
+    #[serde(default)]
+    pub peer: PeerConfig,
+    /// API keys.
+    #[serde(default)]
+    pub api_keys: ApiKeyConfig,
+    /// How token groups map to `Group` entities: `shared` (absent: `Group::"<group>"` for every
+    /// issuer) or `per_issuer` (`Group::"<issuer>#<group>"`). Must be chosen when more than one
+    /// issuer has non-empty `group_claims`.
+    #[serde(default)]
+    pub group_namespace: Option<GroupNamespace>,
+}
+
+/// The namespace of `Group` entities built from token claims.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupNamespace {
+    /// `Group::"<group>"`: every trusted issuer can grant every group.
+    #[default]
+    Shared,
+    /// `Group::"<issuer>#<group>"`: a group is only the issuer's own. Issuers may not contain
+    /// `#` (OIDC issuers have no fragment), so the first `#` always ends the issuer.
+    PerIssuer,
+}
+
+impl GroupNamespace {
+    /// The `Group` entity id for `group` from a token of `issuer`.
+    pub fn group_id(self, issuer: &str, group: &str) -> String {
+        match self {
+            GroupNamespace::Shared => group.to_owned(),
+            GroupNamespace::PerIssuer => format!("{issuer}#{group}"),
+        }
+    }
+}
+
+/// JWKS cache settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// Lower bound on a key set's freshness lifetime (from `Cache-Control: max-age`).
+    #[serde(default = "d_min_ttl", with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Upper bound on a key set's freshness lifetime.
+    #[serde(default = "d_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Lifetime when the response has no usable `Cache-Control`.
+    #[serde(default = "d_default_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Minimum time between refreshes triggered by an unknown `kid`.
+    #[serde(default = "d_refresh_min", with = "humantime_serde")]
+    pub unknown_kid_refresh_interval: Duration,
+    /// How long past its freshness lifetime a key set keeps serving while the provider fails.
+    #[serde(default = "d_max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// Timeout of one discovery or JWKS fetch.
+    #[serde(default = "d_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Largest accepted discovery or JWKS response body, in bytes.
+    #[serde(default = "d_max_jwks_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn d_min_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn d_default_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_refresh_min() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_max_stale() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d_fetch_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn d_max_jwks_bytes() -> usize {
+    256 * 1024
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            min_ttl: d_min_ttl(),
+            max_ttl: d_max_ttl(),
+            default_ttl: d_default_ttl(),
+            unknown_kid_refresh_interval: d_refresh_min(),
+            max_stale: d_max_stale(),
+            fetch_timeout: d_fetch_timeout(),
+            max_response_bytes: d_max_jwks_bytes(),
+        }
+    }
+}
+
+/// Verified-token cache settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Maximum number of cached verified tokens (0 disables the cache).
+    #[serde(default = "d_token_cache")]
+    pub max_entries: u64,
+    /// Upper bound on how long one verified token stays cached (never past its `exp`).
+    #[serde(default = "d_token_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn d_token_cache() -> u64 {
+    10_000
+}
+fn d_token_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self { max_entries: d_token_cache(), max_ttl: d_token_ttl() }
+    }
+}
+
+/// mTLS peer identity from `attributes.source.principal`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Use the peer principal at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Accepted SPIFFE trust domains. Empty only together with `any_trust_domain: true`.
+    #[serde(default = "default_trust_domains")]
+    pub trust_domains: Vec<String>,
+    /// Accept a peer of any trust domain (needs `trust_domains: []`, so the choice is explicit).
+    #[serde(default)]
+    pub any_trust_domain: bool,
+}
+
+fn default_trust_domains() -> Vec<String> {
+    vec!["cluster.local".into()]
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self { enabled: true, trust_domains: default_trust_domains(), any_trust_domain: false }
+    }
+}
+
+/// API keys, stored only as SHA-256 digests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Request header carrying the key.
+    #[serde(default = "d_api_key_header")]
+    pub header: String,
+    /// Known keys.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+fn d_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self { header: d_api_key_header(), keys: Vec::new() }
+    }
+}
+
+/// One API client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    /// Client id: becomes `ApiClient::"<client>"`.
+    pub client: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Groups the client belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl AuthnConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in self.issuers.iter().enumerate() {
+            // Empty first, then duplicates, then the issuer's own checks: the order of old.
+            if !iss.issuer.is_empty() && !seen.insert(iss.issuer.as_str()) {
+                return Err(ConfigError::invalid(format!("authn.issuers[{i}].issuer"), "duplicate issuer"));
+            }
+            iss.validate(i, self.group_namespace)?;
+        }
+        let mapping_groups = self.issuers.iter().filter(|i| !i.group_claims.is_empty()).count();
+        if mapping_groups > 1 && self.group_namespace.is_none() {
+            return Err(ConfigError::invalid(
+                "authn.group_namespace",
+                "more than one issuer maps `group_claims`: choose `shared` (any issuer may grant any group) \
+                 or `per_issuer` (groups become `<issuer>#<group>`)",
+            ));
+        }
+        let peer = &self.peer;
+        if peer.trust_domains.is_empty() && !peer.any_trust_domain {
+            return Err(ConfigError::invalid(
+                "authn.peer.trust_domains",
+                "must list at least one trust domain (or set `any_trust_domain: true` to accept any)",
+            ));
+        }
+        if !peer.trust_domains.is_empty() && peer.any_trust_domain {
+            return Err(ConfigError::invalid(
+                "authn.peer.any_trust_domain",
+                "accepts every trust domain; set `trust_domains: []` with it, or list the domains instead",
+            ));
+        }
+        if let Some(i) = peer.trust_domains.iter().position(|d| d.trim().is_empty()) {
+            return Err(ConfigError::invalid(format!("authn.peer.trust_domains[{i}]"), "must not be empty"));
+        }
+        for (i, k) in self.api_keys.keys.iter().enumerate() {
+            let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("authn.api_keys.keys[{i}].sha256"),
+                    "must be 64 hex characters (the SHA-256 of the key, never the key itself)",
+                ));
+            }
+        }
+        if self.jwks.min_ttl > self.jwks.max_ttl {
+            return Err(ConfigError::invalid("authn.jwks.min_ttl", "must not exceed `max_ttl`"));
+        }
+        Ok(())
+    }
+}

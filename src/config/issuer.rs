@@ -1,0 +1,226 @@
+//! `authn.issuers[]`: one trusted JWT issuer, its token sources and its algorithms.
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, GroupNamespace};
+
+/// One trusted JWT issuer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value; also the base URL for OIDC discovery.
+    pub issuer: String,
+    /// JWKS URL. Without it (and without `jwks_file`), OIDC discovery finds it.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// JWKS read from a file (re-read on refresh).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted, besides the system roots, for this issuer's
+    /// discovery and JWKS fetches (e.g. the Kubernetes service-account `ca.crt`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// File holding an HMAC secret; only then are HS256/384/512 accepted for this issuer.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Accepted `aud` values; empty means the token's audience is not checked (not recommended).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claims that must be present besides `exp`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Where the token is read from, tried in order.
+    #[serde(default = "default_token_sources")]
+    pub from: Vec<TokenSource>,
+    /// Claim name → upstream header name, for claims injected as identity headers.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Claims whose values become the user's parent `Group` entities.
+    #[serde(default = "default_group_claims")]
+    pub group_claims: Vec<String>,
+    /// Allow `http://` for every URL fetched for this issuer (discovery, `jwks_uri`, the
+    /// discovered `jwks_uri`). Off: plain HTTP lets anyone on the path swap the signing keys.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+fn default_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256]
+}
+
+/// A JWS signature algorithm an issuer may allow (RFC 7518 names). `none` is not one: an
+/// unsigned token is never accepted, so there is no way to configure it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, in the order they are documented.
+    pub const ALL: [JwtAlgorithm; 12] = [
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+    ];
+
+    /// The RFC 7518 name, exactly as written in config and in a token's `alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Parses an exact (case-sensitive) name; `none` and unknown names are `None`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// HMAC algorithms verify with a shared secret, never with a public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512)
+    }
+}
+
+impl<'de> Deserialize<'de> for JwtAlgorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::from_name(&s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+            serde::de::Error::custom(format!(
+                "`algorithms`: unsupported algorithm `{s}` (expected one of {})",
+                names.join(", ")
+            ))
+        })
+    }
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_group_claims() -> Vec<String> {
+    vec!["groups".into(), "roles".into()]
+}
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Header { header: "authorization".into(), prefix: Some("Bearer ".into()) }]
+}
+
+/// Where a bearer token is read from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum TokenSource {
+    /// A request header, with an optional scheme prefix (matched case-insensitively).
+    Header { header: String, prefix: Option<String> },
+    /// A cookie.
+    Cookie { cookie: String },
+}
+
+/// The URLs fetched for an issuer must be `https://` (or `http://` with `allow_insecure_http`).
+/// The issuer itself is fetched only when discovery is used (no `jwks_uri`/`jwks_file`/HMAC).
+fn check_issuer_urls(i: usize, iss: &IssuerConfig) -> Result<(), ConfigError> {
+    let fetched = if iss.hmac_secret_file.is_some() || iss.jwks_file.is_some() {
+        None
+    } else if let Some(u) = &iss.jwks_uri {
+        Some(("jwks_uri", u.as_str()))
+    } else {
+        Some(("issuer", iss.issuer.as_str()))
+    };
+    let Some((name, url)) = fetched else { return Ok(()) };
+    let field = format!("authn.issuers[{i}].{name}");
+    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::invalid(&field, format!("`{url}`: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if iss.allow_insecure_http => Ok(()),
+        "http" => Err(ConfigError::invalid(
+            field,
+            format!("`{url}` is plain HTTP; use https, or set `allow_insecure_http: true` on this issuer"),
+        )),
+        other => Err(ConfigError::invalid(field, format!("unsupported scheme `{other}`; use https"))),
+    }
+}
+
+/// True when `url` may be fetched for an issuer: https, or http when allowed.
+pub fn fetchable_url(url: &reqwest::Url, allow_insecure_http: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => allow_insecure_http,
+        _ => false,
+    }
+}
+
+impl IssuerConfig {
+    /// Checks one issuer (`authn.issuers[i]`); uniqueness is checked by the caller.
+    pub(super) fn validate(&self, i: usize, group_namespace: Option<GroupNamespace>) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("authn.issuers[{i}].{f}");
+        if self.issuer.is_empty() {
+            return Err(ConfigError::invalid(field("issuer"), "must not be empty"));
+        }
+        if self.jwks_uri.is_some() && self.jwks_file.is_some() {
+            return Err(ConfigError::invalid(field("jwks_uri"), "set only one of `jwks_uri` or `jwks_file`"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(field("algorithms"), "must list at least one algorithm"));
+        }
+        for a in &self.algorithms {
+            if a.is_hmac() && self.hmac_secret_file.is_none() {
+                return Err(ConfigError::invalid(
+                    field("algorithms"),
+                    format!("`{}` needs `hmac_secret_file`; HMAC is never verified with a public key", a.name()),
+                ));
+            }
+            if !a.is_hmac() && self.hmac_secret_file.is_some() {
+                return Err(ConfigError::invalid(
+                    field("algorithms"),
+                    "an issuer with `hmac_secret_file` may only allow HS256/HS384/HS512",
+                ));
+            }
+        }
+        if self.from.is_empty() {
+            return Err(ConfigError::invalid(field("from"), "must list at least one token source"));
+        }
+        check_issuer_urls(i, self)?;
+        if group_namespace == Some(GroupNamespace::PerIssuer) && self.issuer.contains('#') {
+            return Err(ConfigError::invalid(
+                field("issuer"),
+                "must not contain `#` with `group_namespace: per_issuer` (it separates issuer and group)",
+            ));
+        }
+        Ok(())
+    }
+}
