@@ -283,7 +283,7 @@ awk -F'\t' '
   $1 ~ /^Envoy alone/ { alone = $2 }
   $1 ~ /ceiling/ { ceil = $2 }
   END {
-    print "| through Envoy | alone p50 µs | alone p99 µs | + over Envoy alone (p50) | + over ceiling (p50) | req/s | p50 µs | p99 µs |"
+    print "| through Envoy | 1 in flight: p50 µs | p99 µs | added over Envoy alone (p50) | added over ceiling (p50) | loaded: req/s | p50 µs | p99 µs |"
     print "|---|---:|---:|---:|---:|---:|---:|---:|"
     for (i = 2; i <= n; i++) {
       oa = (name[i] ~ /^Envoy alone/) ? "-" : sprintf("%+d", s50[i] - alone)
