@@ -102,7 +102,9 @@ def direct(cfg, with_authz=True):
     return cfg
 
 
-common = dict(listen_port=int(port), admin_port=int(admin), app_port=9)  # app is never reached
+pc = yaml.safe_load(Path(out, "portcullis-cache10000.yaml").read_text())
+# app is never reached; allowed_headers gets what the portcullis config reads (the documented rule)
+common = dict(listen_port=int(port), admin_port=int(admin), app_port=9, portcullis=pc)
 configs = {
     "alone": direct(envoy_config(base, authz_socket=sock, **common), with_authz=False),
     "ceiling": direct(envoy_config(base, authz_socket=ceil_sock, **common)),

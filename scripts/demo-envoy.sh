@@ -56,7 +56,8 @@ try:
     wait_for("portcullis /readyz", lambda: http_get_status(admin_port, "/readyz") == 200, proc=pc,
              log=work / "portcullis.log")
     base = yaml.safe_load((repo / "deploy" / "envoy.yaml").read_text())
-    config = envoy_config(base, listen_port=port, admin_port=free_port(), app_port=upstream.port, authz_socket=sock)
+    config = envoy_config(base, listen_port=port, admin_port=free_port(), app_port=upstream.port, authz_socket=sock,
+                          portcullis=cfg)
     envoy = Envoy(os.environ["PORTCULLIS_ENVOY"], work, config).start()
 
     def mint(*args):

