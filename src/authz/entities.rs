@@ -10,7 +10,7 @@ use cedar_policy_core::entities::{Dereference, Entities as CoreEntities};
 use super::CedarMapping;
 use super::guard::PrincipalFacts;
 use super::model::{self, PrincipalKind, Types};
-use crate::authn::{Identities, PeerIdentity};
+use crate::authn::{Identities, PeerIdentity, PrincipalRef};
 use crate::request::RequestView;
 
 pub(super) fn uid(ty: &EntityType, id: &str) -> EntityUID {
@@ -72,7 +72,6 @@ fn group_ancestry(t: &Types, names: &[String], base: &CoreEntities) -> (HashSet<
 
 /// The request's principal: exactly one, the strongest proven identity (User > ApiClient >
 /// Service > Anonymous). Its entity goes into `extra` unless it is the peer's, already there.
-// TODO(lead): use Identities::principal() (the single precedence rule, shared with ratelimit).
 pub(super) fn principal<'a>(
     t: &Types,
     ids: &'a Identities,
@@ -80,36 +79,45 @@ pub(super) fn principal<'a>(
     base: &CoreEntities,
     extra: &mut Vec<Arc<Entity>>,
 ) -> (EntityUID, PrincipalKind, PrincipalFacts<'a>) {
-    if let Some(jwt) = &ids.jwt {
-        let u = uid(&t.user, &jwt.subject);
-        let (indirect, parents) = group_ancestry(t, &jwt.groups, base);
-        let tags = jwt.claims.iter().map(|(k, v)| (k.as_str().into(), s(v)));
-        let e = Entity::new_with_attr_partial_value(
-            u.clone(),
-            [(model::USER_ISSUER.into(), s(&jwt.issuer))],
-            indirect,
-            parents,
-            tags,
-        );
-        extra.push(Arc::new(e));
-        (u, PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer })
-    } else if let Some(client) = &ids.api_client {
-        let u = uid(&t.api_client, &client.client);
-        let (indirect, parents) = group_ancestry(t, &client.groups, base);
-        extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], indirect, parents, [])));
-        (u, PrincipalKind::ApiClient, PrincipalFacts::None)
-    } else if let (Some(u), Some(p)) = (peer, &ids.peer) {
-        let facts = PrincipalFacts::Service {
-            spiffe_id: &p.spiffe_id,
-            trust_domain: &p.trust_domain,
-            namespace: &p.namespace,
-            service_account: &p.service_account,
-        };
-        (u.clone(), PrincipalKind::Service, facts)
-    } else {
+    let anonymous = |extra: &mut Vec<Arc<Entity>>| {
         let u = uid(&t.anonymous, model::ANONYMOUS_ID);
         extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], HashSet::new(), HashSet::new(), [])));
         (u, PrincipalKind::Anonymous, PrincipalFacts::None)
+    };
+    // The precedence itself is authn's one rule (`Identities::principal`).
+    match ids.principal() {
+        PrincipalRef::User(jwt) => {
+            let u = uid(&t.user, &jwt.subject);
+            let (indirect, parents) = group_ancestry(t, &jwt.groups, base);
+            let tags = jwt.claims.iter().map(|(k, v)| (k.as_str().into(), s(v)));
+            let e = Entity::new_with_attr_partial_value(
+                u.clone(),
+                [(model::USER_ISSUER.into(), s(&jwt.issuer))],
+                indirect,
+                parents,
+                tags,
+            );
+            extra.push(Arc::new(e));
+            (u, PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer })
+        }
+        PrincipalRef::ApiClient(client) => {
+            let u = uid(&t.api_client, &client.client);
+            let (indirect, parents) = group_ancestry(t, &client.groups, base);
+            extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], indirect, parents, [])));
+            (u, PrincipalKind::ApiClient, PrincipalFacts::None)
+        }
+        // The peer's entity is already built (it is also `context.peer`).
+        PrincipalRef::Service(p) => {
+            let Some(u) = peer else { return anonymous(extra) };
+            let facts = PrincipalFacts::Service {
+                spiffe_id: &p.spiffe_id,
+                trust_domain: &p.trust_domain,
+                namespace: &p.namespace,
+                service_account: &p.service_account,
+            };
+            (u.clone(), PrincipalKind::Service, facts)
+        }
+        PrincipalRef::Anonymous => anonymous(extra),
     }
 }
 
