@@ -10,6 +10,7 @@ pub mod authn;
 pub mod authz;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod decision;
 pub mod metrics;

@@ -579,18 +579,18 @@ async fn per_issuer_groups_do_not_grant_another_issuers_group() {
 
     let (per_issuer, _d1) = two_issuer_checker(&a, &b, "  group_namespace: per_issuer\n", &policies).await;
     // B says "admins": that is B's admins, not `Group::"admins"` and not A's.
-    let d = per_issuer.check(&admins(&rsa2, &b)).await;
-    assert!(!d.allowed, "{d:?}");
-    assert_eq!(d.status.http(), 403, "{d:?}");
-    assert!(d.policies.is_empty(), "{d:?}");
+    let d = decide(&per_issuer, &admins(&rsa2, &b)).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    assert_eq!(d.http_status(), 403, "{d:?}");
+    assert!(d.policies().is_empty(), "{d:?}");
     // A's admins are `Group::"<A>#admins"` only.
-    let d = per_issuer.check(&admins(&rsa1, &a)).await;
-    assert!(d.allowed, "{d:?}");
-    assert_eq!(d.policies, ["a-admins"]);
+    let d = decide(&per_issuer, &admins(&rsa1, &a)).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.policies(), ["a-admins"]);
 
     // Shared (today's behaviour, chosen explicitly): any trusted issuer grants `admins`.
     let (shared, _d2) = two_issuer_checker(&a, &b, "  group_namespace: shared\n", &policies).await;
-    let d = shared.check(&admins(&rsa2, &b)).await;
-    assert!(d.allowed, "{d:?}");
-    assert_eq!(d.policies, ["shared-admins"]);
+    let d = decide(&shared, &admins(&rsa2, &b)).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.policies(), ["shared-admins"]);
 }
