@@ -1,10 +1,10 @@
 //! Token verification against a real identity provider (OIDC discovery + JWKS over HTTP on
 //! 127.0.0.1): accepted algorithms, claim checks, token sources, and every RFC 8725 hardening
 //! check, each with a token that would pass if that one check were missing.
-#[path = "support/idp.rs"]
-mod idp;
+mod common;
 
-use idp::{Idp, TestKey, authn, b64, bearer, check_request, claims, config, now, sign_raw};
+use common::decide;
+use common::idp::{self, Idp, TestKey, authn, b64, bearer, check_request, claims, config, now, sign_raw};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use portcullis::authn::{Authenticator, AuthnError, Identities};
 use prometheus_client::registry::Registry;

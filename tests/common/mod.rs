@@ -3,18 +3,22 @@
 //! CheckRequest builder, gRPC clients over TCP and the Unix socket, and readers for the answer.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::{BTreeMap, HashMap};
+pub mod idp;
+pub mod kube;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
-use portcullis::config::Config;
+use portcullis::check::Checker;
+use portcullis::client::CheckRequestBuilder;
+use portcullis::config::{Config, Limits, MatrixParameters};
+use portcullis::decision::Decision;
 use portcullis::proto::auth::authorization_client::AuthorizationClient;
 use portcullis::proto::auth::check_response::HttpResponse;
-use portcullis::proto::auth::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, attribute_context,
-};
-use portcullis::proto::core::{Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address};
+use portcullis::proto::auth::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use portcullis::request::RequestView;
 use portcullis::server::Running;
 use portcullis::token::TokenSpec;
 use prost_types::value::Kind;
@@ -250,124 +254,16 @@ pub fn alg_none_token(sub: &str) -> String {
     format!("{}.{}.", b64.encode(header.to_string()), b64.encode(claims.to_string()))
 }
 
-/// An Istio-shaped request builder.
-#[derive(Clone)]
-pub struct Req {
-    method: String,
-    path: String,
-    host: String,
-    headers: Vec<(String, String)>,
-    source_principal: String,
-    source_ip: Option<String>,
-    id: String,
-}
+/// An Istio-shaped request: the one builder (`portcullis::client`), with this suite's defaults.
+pub type Req = CheckRequestBuilder;
 
+/// A request to [`HOST`] from 10.1.2.3 to the `shop` workload, pseudo-headers in the merged map.
 pub fn req(method: &str, path: &str) -> Req {
-    Req {
-        method: method.into(),
-        path: path.into(),
-        host: HOST.into(),
-        headers: Vec::new(),
-        source_principal: String::new(),
-        source_ip: Some("10.1.2.3".into()),
-        id: String::new(),
-    }
-}
-
-impl Req {
-    pub fn header(mut self, k: &str, v: &str) -> Self {
-        self.headers.push((k.into(), v.into()));
-        self
-    }
-    pub fn bearer(self, t: &str) -> Self {
-        self.header("authorization", &format!("Bearer {t}"))
-    }
-    pub fn peer(mut self, spiffe: &str) -> Self {
-        self.source_principal = spiffe.into();
-        self
-    }
-    pub fn id(mut self, id: &str) -> Self {
-        self.id = id.into();
-        self
-    }
-    pub fn host(mut self, h: &str) -> Self {
-        self.host = h.into();
-        self
-    }
-
-    fn peer_msg(&self) -> attribute_context::Peer {
-        attribute_context::Peer {
-            address: self.source_ip.as_ref().map(|a| Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: a.clone(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
-                    ..Default::default()
-                })),
-            }),
-            principal: self.source_principal.clone(),
-            ..Default::default()
-        }
-    }
-
-    fn wrap(&self, http: attribute_context::HttpRequest) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(self.peer_msg()),
-                destination: Some(attribute_context::Peer {
-                    principal: "spiffe://cluster.local/ns/default/sa/shop".into(),
-                    ..Default::default()
-                }),
-                request: Some(attribute_context::Request { time: None, http: Some(http) }),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// What Envoy sends by default: the merged `headers` map plus method/path/host fields.
-    pub fn build(&self) -> CheckRequest {
-        let mut headers: HashMap<String, String> =
-            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        headers.insert(":authority".into(), self.host.clone());
-        headers.insert(":method".into(), self.method.clone());
-        headers.insert(":path".into(), self.path.clone());
-        self.wrap(attribute_context::HttpRequest {
-            id: self.id.clone(),
-            method: self.method.clone(),
-            headers,
-            path: self.path.clone(),
-            host: self.host.clone(),
-            scheme: "http".into(),
-            protocol: "HTTP/1.1".into(),
-            ..Default::default()
-        })
-    }
-
-    /// What a proxyless gRPC client sends: only `header_map` (pseudo-headers included), no
-    /// method/path/host/id fields. `raw` puts every value in `raw_value` instead of `value`.
-    pub fn build_header_map_only(&self, raw: bool) -> CheckRequest {
-        let mut all = vec![
-            (":method".to_owned(), self.method.clone()),
-            (":path".to_owned(), self.path.clone()),
-            (":authority".to_owned(), self.host.clone()),
-            (":scheme".to_owned(), "http".to_owned()),
-        ];
-        all.extend(self.headers.iter().cloned());
-        let headers = all
-            .into_iter()
-            .map(|(k, v)| {
-                if raw {
-                    HeaderValue { key: k, value: String::new(), raw_value: v.into_bytes() }
-                } else {
-                    HeaderValue { key: k, value: v, raw_value: Vec::new() }
-                }
-            })
-            .collect();
-        self.wrap(attribute_context::HttpRequest {
-            header_map: Some(HeaderMap { headers }),
-            protocol: "HTTP/2".into(),
-            ..Default::default()
-        })
-    }
+    CheckRequestBuilder::new(method, path)
+        .host(HOST)
+        .pseudo_headers()
+        .source_ip("10.1.2.3")
+        .destination("spiffe://cluster.local/ns/default/sa/shop")
 }
 
 // ---- reading the answer ---------------------------------------------------------------------
@@ -448,18 +344,47 @@ pub fn denied_header(r: &CheckResponse, name: &str) -> Option<String> {
     denied(r).headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == name).map(|h| h.value.clone())
 }
 
-/// Polls `f` until it returns `Some`, or panics after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// What a poll may return: `true`, or `Some(value)`, once the awaited state holds.
+pub trait Ready {
+    type Out;
+    fn ready(self) -> Option<Self::Out>;
+}
+
+impl Ready for bool {
+    type Out = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Out = T;
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// The one poller: calls `f` every 20 ms until it is ready, or panics after `limit`.
+pub async fn eventually<R: Ready>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> R) -> R::Out {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(v) = f().await {
+        if let Some(v) = f().await.ready() {
             return v;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Decides one wire request offline as the server does: normalize (default limits), then check.
+pub async fn decide(checker: &Checker, req: &CheckRequest) -> Decision {
+    decide_with(checker, req, &Limits::default(), MatrixParameters::Refuse).await
+}
+
+/// [`decide`] under a config's request limits and matrix-parameter mode.
+pub async fn decide_with(checker: &Checker, req: &CheckRequest, limits: &Limits, matrix: MatrixParameters) -> Decision {
+    match RequestView::from_check_with(req, limits, matrix) {
+        Ok(view) => checker.check(&view).await,
+        Err(e) => portcullis::check::invalid_request(&e),
     }
 }
