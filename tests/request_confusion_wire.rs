@@ -130,3 +130,38 @@ async fn owned_headers_are_removed_in_every_spelling_on_allow() {
     assert!(!removed.contains(&"x-portcullis-principal".to_owned()));
     s.stop().await;
 }
+
+/// The shared fixtures say what the sidecar does: the owned-header list both suites read is the
+/// one the shared config makes portcullis own, in every `-`/`_` spelling, on a real allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owned_header_fixture_is_what_the_shared_config_owns() {
+    let yaml = sidecar_yaml(&[
+        ("GRPC", "127.0.0.1:0"),
+        ("UNIX", "/nonexistent/authz.sock"),
+        ("ADMIN", "127.0.0.1:0"),
+        ("DIAGNOSTICS", "127.0.0.1:0"),
+        ("POLICY_DIR", "/nonexistent"),
+        ("ISSUER", ISSUER),
+        ("JWKS_FILE", "/nonexistent/jwks.json"),
+    ]);
+    let cfg = portcullis::config::Config::from_yaml(&yaml).expect("fixture parses");
+    cfg.validate().expect("fixture is valid");
+    let mut identity = identity_headers();
+    identity.sort();
+    assert_eq!(cfg.identity_header_names(), identity);
+    assert_eq!(cfg.headers.strip_on_allow, owned_headers("strip"));
+
+    let s = Sidecar::start().await;
+    let r = both(&s, req("GET", "/public/status").build()).await;
+    let removed = &ok(&r).headers_to_remove;
+    for name in identity_headers().into_iter().chain(owned_headers("strip")) {
+        if name == "x-portcullis-principal" {
+            assert!(upstream_headers(&r).contains_key(name), "{name} is set");
+            assert!(!removed.contains(&name.to_owned()), "{name} is set, so not removed");
+        } else {
+            assert!(removed.contains(&name.to_owned()), "{name}: {removed:?}");
+        }
+        assert!(removed.contains(&name.replace('-', "_")), "{name} with `_`: {removed:?}");
+    }
+    s.stop().await;
+}

@@ -28,15 +28,37 @@ pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "demo-api";
 pub const KID: &str = "k1";
 pub const HOST: &str = "shop.default.svc.cluster.local";
+/// The shared sidecar config template (placeholders `${NAME}`), also read by tests/wire/run.sh.
+pub const SIDECAR_YAML: &str = include_str!("../fixtures/sidecar.yaml");
+/// The headers portcullis owns with that config, also read by tests/wire/test_wire.py.
+const OWNED_HEADERS: &str = include_str!("../fixtures/owned-headers.txt");
+
+/// Owned headers of one kind (`identity` or `strip`) from tests/fixtures/owned-headers.txt.
+pub fn owned_headers(kind: &str) -> Vec<&'static str> {
+    OWNED_HEADERS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, name)| name.trim())
+        .collect()
+}
+
 /// Every identity header the test config makes portcullis set (and strip from clients).
-pub const IDENTITY_HEADERS: [&str; 6] = [
-    "x-portcullis-principal",
-    "x-portcullis-subject",
-    "x-portcullis-issuer",
-    "x-portcullis-peer",
-    "x-portcullis-client",
-    "x-portcullis-email",
-];
+pub fn identity_headers() -> Vec<&'static str> {
+    owned_headers("identity")
+}
+
+/// The shared config with its placeholders filled in.
+pub fn sidecar_yaml(vars: &[(&str, &str)]) -> String {
+    let mut yaml = SIDECAR_YAML.to_owned();
+    for (name, value) in vars {
+        yaml = yaml.replace(&format!("${{{name}}}"), value);
+    }
+    assert!(!yaml.contains("${"), "a placeholder is left in the sidecar config:\n{yaml}");
+    yaml
+}
+
 /// Upper bound on any wait in these tests; they never sleep for a fixed time to pass.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -79,41 +101,16 @@ impl Sidecar {
         let jwks = portcullis::token::jwks_for(&key("rsa1.pem"), Algorithm::RS256, KID).expect("jwks");
         let jwks_path = dir.path().join("jwks.json");
         std::fs::write(&jwks_path, serde_json::to_vec(&jwks).expect("jwks json")).expect("write jwks");
-        let yaml = format!(
-            r#"
-listen:
-  grpc: "127.0.0.1:0"
-  unix: "{sock}"
-  admin: "127.0.0.1:0"
-  diagnostics: "127.0.0.1:0"
-  drain_timeout: 2s
-policy:
-  dir: "{policies}"
-  debounce: 50ms
-authn:
-  issuers:
-    - issuer: {ISSUER}
-      jwks_file: "{jwks}"
-      audiences: [{AUDIENCE}]
-      algorithms: [RS256]
-      claims_to_headers:
-        email: x-portcullis-email
-  peer:
-    trust_domains: [cluster.local]
-  api_keys:
-    header: x-api-key
-    keys:
-      - client: batch
-        sha256: "74045098110de75482c9e34a190dab5a1dd308be1ed6e16fee2dc05e01152d74"
-headers:
-  policy_ids: x-portcullis-policy
-cedar:
-  context_headers: [x-tenant]
-"#,
-            sock = dir.path().join("authz.sock").display(),
-            policies = policy_dir.display(),
-            jwks = jwks_path.display(),
-        );
+        let sock = dir.path().join("authz.sock");
+        let yaml = sidecar_yaml(&[
+            ("GRPC", "127.0.0.1:0"),
+            ("UNIX", &sock.display().to_string()),
+            ("ADMIN", "127.0.0.1:0"),
+            ("DIAGNOSTICS", "127.0.0.1:0"),
+            ("POLICY_DIR", &policy_dir.display().to_string()),
+            ("ISSUER", ISSUER),
+            ("JWKS_FILE", &jwks_path.display().to_string()),
+        ]);
         let cfg = Config::from_yaml(&yaml).expect("test config parses");
         cfg.validate().expect("test config is valid");
         let running = portcullis::server::start(cfg).await.expect("sidecar starts");

@@ -32,14 +32,39 @@ OTHER_KEY = ENV["PORTCULLIS_OTHER_KEY"]
 
 HOST = "shop.default.svc.cluster.local"
 FRONTEND = "spiffe://cluster.local/ns/frontend/sa/web"
-IDENTITY_HEADERS = {
-    "x-portcullis-principal",
-    "x-portcullis-subject",
-    "x-portcullis-issuer",
-    "x-portcullis-peer",
-    "x-portcullis-client",
-    "x-portcullis-email",
-}
+OWNED_HEADERS_FILE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "owned-headers.txt")
+
+
+def owned_headers(kind):
+    """Owned headers of one kind (`identity` or `strip`), from the fixture the Rust suite reads too."""
+    with open(OWNED_HEADERS_FILE, encoding="utf-8") as f:
+        rows = [line.split() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    return {name for k, name in rows if k == kind}
+
+
+# Identity headers the shared config (tests/fixtures/sidecar.yaml) makes portcullis set, and the
+# method/URL-override headers it strips on every allow (`headers.strip_on_allow` default).
+IDENTITY_HEADERS = owned_headers("identity")
+STRIP_ON_ALLOW = owned_headers("strip")
+
+
+def spellings(name):
+    """Every `-`/`_` spelling of a header name: what CGI-style upstreams read as the same name."""
+    out = [""]
+    for ch in name:
+        out = [p + c for p in out for c in (("-", "_") if ch in "-_" else (ch,))]
+    return set(out)
+
+
+def expected_removals(set_names):
+    """What an allow must list in headers_to_remove: every spelling of every owned header, except
+    the exact names set on that response (Envoy removes after adding)."""
+    owned = set()
+    for h in IDENTITY_HEADERS | STRIP_ON_ALLOW:
+        owned |= spellings(h)
+    return owned - set(set_names)
+
+
 OVERWRITE = core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 TIMEOUT = 10.0
 
@@ -208,7 +233,7 @@ def test_anonymous_public_read_is_allowed_with_full_metadata(check):
     resp = check(istio_request("GET", "/public/status", {"x-portcullis-subject": "spoofed"}))
     assert resp.status.code == 0
     assert ok_headers(resp) == {"x-portcullis-principal": 'Anonymous::"anonymous"'}
-    assert set(resp.ok_response.headers_to_remove) == IDENTITY_HEADERS - {"x-portcullis-principal"}
+    assert set(resp.ok_response.headers_to_remove) == expected_removals({"x-portcullis-principal"})
     back = {h.header.key: h.header.value for h in resp.ok_response.response_headers_to_add}
     assert back == {"x-portcullis-policy": "public-read"}
     assert meta(resp) == {
@@ -231,7 +256,7 @@ def test_user_token_sets_identity_headers_over_spoofed_copies(check):
         "x-portcullis-issuer": "https://demo.portcullis.dev",
         "x-portcullis-email": "alice@example.com",
     }
-    assert set(resp.ok_response.headers_to_remove) == IDENTITY_HEADERS - set(hdrs)
+    assert set(resp.ok_response.headers_to_remove) == expected_removals(hdrs)
     assert meta(resp)["policy_ids"] == ["users-read-api"]
 
 
