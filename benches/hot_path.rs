@@ -98,15 +98,15 @@ fn render_and_check(c: &mut Criterion) {
     let rt = rt();
     let opts = ResponseOptions { policy_ids_header: Some("x-portcullis-policy".into()) };
     let allow_req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
-    let allow = rt.block_on(checker.check(&allow_req));
-    assert!(allow.allowed);
-    let deny = rt.block_on(checker.check(&check_request(&Caller::Anonymous, "rid-2")));
-    assert!(!deny.allowed);
+    let allow = rt.block_on(support::decide(&checker, &allow_req));
+    assert!(allow.is_allowed());
+    let deny = rt.block_on(support::decide(&checker, &check_request(&Caller::Anonymous, "rid-2")));
+    assert!(!deny.is_allowed());
     c.bench_function("response/render_allow", |b| b.iter(|| response::render(black_box(&allow), &opts)));
     c.bench_function("response/render_deny", |b| b.iter(|| response::render(black_box(&deny), &opts)));
     c.bench_function("check/jwt_cached_300_policies", |b| {
         b.iter(|| {
-            let d = rt.block_on(checker.check(black_box(&allow_req)));
+            let d = rt.block_on(support::decide(&checker, black_box(&allow_req)));
             response::render(&d, &opts)
         })
     });

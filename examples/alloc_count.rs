@@ -56,9 +56,9 @@ fn main() -> anyhow::Result<()> {
         let checker = support::checker(&cfg_path);
         let req = check_request(&caller, "5f0c8a1e-3b7d-4c2a-9e61-0d2b8f4a7c13");
         let one = || {
-            let d = rt.block_on(checker.check(&req));
+            let d = rt.block_on(support::decide(&checker, &req));
             std::hint::black_box(response::render(&d, &opts));
-            d.allowed
+            d.is_allowed()
         };
         // Warm up: JWKS read, token cache filled, lazy statics.
         for _ in 0..50 {

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         let t = token_with(&secret, Algorithm::HS256, None, i, 800);
         let req = check_request(&Caller::Bearer(t), "flood");
         let accepted = if i % 100 == 0 {
-            rt.block_on(checker.check(&req)).allowed
+            rt.block_on(support::decide(&checker, &req)).is_allowed()
         } else {
             let view = RequestView::from_check(&req, &limits)?;
             matches!(rt.block_on(checker.authenticator().authenticate(&view)), Ok(ids) if ids.jwt.is_some())

@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::client::CheckRequestBuilder;
 use crate::config::{Config, PolicyConfig};
 use crate::policy::{PolicySnapshot, PolicyStore, files, snapshot::format_errors};
-use crate::proto::auth::{self, AttributeContext, CheckRequest, CheckResponse, attribute_context};
-use crate::proto::core::{Address, SocketAddress, address, socket_address};
+use crate::proto::auth::{self, CheckRequest, CheckResponse};
+use crate::request::RequestView;
 
 /// Envoy ext_authz sidecar: JWT / mTLS / API-key authentication, Cedar authorization.
 #[derive(Debug, Parser)]
@@ -135,41 +136,21 @@ impl RequestSpec {
 
     /// The Istio-shaped CheckRequest Envoy would send.
     pub fn to_check_request(&self) -> CheckRequest {
-        let mut headers: std::collections::HashMap<String, String> =
-            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        if let Some(b) = &self.bearer {
-            headers.insert("authorization".into(), format!("Bearer {b}"));
+        let mut b = CheckRequestBuilder::new(&self.method, &self.path).host(&self.host).id(&self.id);
+        for (k, v) in &self.headers {
+            b = b.header(k, v);
         }
-        let source = attribute_context::Peer {
-            address: self.source.address.as_ref().map(|a| Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: a.clone(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
-                    ..Default::default()
-                })),
-            }),
-            principal: self.source.principal.clone().unwrap_or_default(),
-            ..Default::default()
-        };
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(source),
-                request: Some(attribute_context::Request {
-                    time: None,
-                    http: Some(attribute_context::HttpRequest {
-                        id: self.id.clone(),
-                        method: self.method.clone(),
-                        headers,
-                        path: self.path.clone(),
-                        host: self.host.clone(),
-                        scheme: "http".into(),
-                        protocol: "HTTP/1.1".into(),
-                        ..Default::default()
-                    }),
-                }),
-                ..Default::default()
-            }),
+        if let Some(t) = &self.bearer {
+            // Replaces any `authorization` from `headers` (the merged map keeps the last copy).
+            b = b.bearer(t);
         }
+        if let Some(a) = &self.source.address {
+            b = b.source_ip(a);
+        }
+        if let Some(p) = &self.source.principal {
+            b = b.peer(p);
+        }
+        b.build()
     }
 }
 
@@ -294,23 +275,28 @@ async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest) -> anyhow::
         anyhow::bail!("policies do not load:\n{}", format_errors(&errs));
     }
     let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
-    let d = checker.check(req).await;
-    println!("decision:  {} (HTTP {})", if d.allowed { "allow" } else { "deny" }, d.status.http());
-    println!("reason:    {}", d.reason);
-    println!("principal: {}", d.principal);
-    println!("action:    {}", d.action);
-    println!("resource:  {}", d.resource);
-    println!("policies:  {}", d.policies.join(", "));
-    for (k, v) in &d.upstream_headers {
-        println!("header:    {k}: {v}");
+    let d = match RequestView::from_check_with(req, &cfg.limits, cfg.request.matrix_parameters) {
+        Ok(view) => checker.check(&view).await,
+        Err(e) => crate::check::invalid_request(&e),
+    };
+    println!("decision:  {} (HTTP {})", d.verdict(), d.http_status());
+    println!("reason:    {}", d.reason());
+    println!("principal: {}", d.principal());
+    println!("action:    {}", d.action());
+    println!("resource:  {}", d.resource());
+    println!("policies:  {}", d.policies().join(", "));
+    if let Some(a) = d.as_allow() {
+        for (k, v) in &a.upstream_headers {
+            println!("header:    {k}: {v}");
+        }
+        for k in &a.remove_headers {
+            println!("remove:    {k}");
+        }
     }
-    for k in &d.remove_headers {
-        println!("remove:    {k}");
+    if let Some(c) = d.as_deny().and_then(|den| den.challenge.as_ref()) {
+        println!("header:    www-authenticate: {}", crate::response::challenge_header(c));
     }
-    if let Some(c) = &d.www_authenticate {
-        println!("header:    www-authenticate: {c}");
-    }
-    Ok(d.allowed)
+    Ok(d.is_allowed())
 }
 
 /// Sends a real gRPC Check over TCP (`http://host:port`) or a Unix socket (`unix:/path`).

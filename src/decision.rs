@@ -1,13 +1,13 @@
 //! The [`Decision`]: allow or deny, why (a bounded machine-readable reason), the determining
 //! policies, and the headers to set. Built once per request by `check`, rendered once by
 //! `response` (for the wire) or by the CLI (for people).
-use serde::Serialize;
+//!
+//! A sum type, so a decision cannot contradict itself: only an [`Allow`] carries upstream
+//! headers, only a [`Deny`] carries a status, a challenge or a `Retry-After`.
 
-/// HTTP status of a denial; an allow is `Ok`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// HTTP status of a denial (an allow is always 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    Ok,
     BadRequest,
     Unauthorized,
     Forbidden,
@@ -19,7 +19,6 @@ pub enum Status {
 impl Status {
     pub fn http(self) -> u16 {
         match self {
-            Status::Ok => 200,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
@@ -30,48 +29,107 @@ impl Status {
     }
 }
 
-/// The outcome of one check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    pub allowed: bool,
-    pub status: Status,
-    /// Bounded reason label: `allowed`, `no_permit`, `forbidden_by_policy`, `credential_required`,
-    /// `malformed_credential`, `token_expired`, `jwks_unavailable`, `no_policy`, …
-    pub reason: &'static str,
-    /// Determining Cedar policy ids.
-    pub policies: Vec<String>,
-    /// Cedar principal, e.g. `User::"alice"`; empty when authentication failed.
+/// The authentication scheme a challenge names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    ApiKey,
+}
+
+/// A `WWW-Authenticate` challenge as data; `response` formats it (RFC 6750 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: Scheme,
+    /// `invalid_token`, `invalid_key`, `invalid_request`; none when no credential was sent.
+    pub error: Option<&'static str>,
+    pub description: Option<String>,
+}
+
+/// An allowed request and what to tell the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    /// Cedar principal, e.g. `User::"alice"`.
     pub principal: String,
     pub action: String,
     pub resource: String,
-    /// Identity headers for the upstream (allow only), lower-case names.
+    /// Determining Cedar policy ids.
+    pub policies: Vec<String>,
+    /// Identity headers for the upstream, lower-case names.
     pub upstream_headers: Vec<(String, String)>,
-    /// Headers to remove from the upstream request (allow only).
+    /// Headers to remove from the upstream request.
     pub remove_headers: Vec<String>,
-    /// `WWW-Authenticate` challenge for 401s.
-    pub www_authenticate: Option<String>,
-    /// `Retry-After` seconds for 429/503.
-    pub retry_after: Option<u32>,
     pub request_id: String,
 }
 
-impl Decision {
+/// A denied request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub status: Status,
+    /// Bounded reason label: `no_permit`, `forbidden_by_policy`, `credential_required`,
+    /// `malformed_credential`, `token_expired`, `jwks_unavailable`, `no_policy`, …
+    pub reason: &'static str,
+    /// `WWW-Authenticate` challenge (401s, and a 400 for a duplicated credential).
+    pub challenge: Option<Challenge>,
+    /// `Retry-After` seconds for 429/503.
+    pub retry_after: Option<u32>,
+    /// Cedar principal; empty when the denial happened before authorization.
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub policies: Vec<String>,
+    pub request_id: String,
+}
+
+impl Deny {
     /// A denial that happened before authorization (no principal, action or resource yet).
-    pub fn deny(status: Status, reason: &'static str, request_id: &str) -> Self {
-        Decision {
-            allowed: false,
+    pub fn new(status: Status, reason: &'static str, request_id: &str) -> Self {
+        Deny {
             status,
             reason,
-            policies: Vec::new(),
+            challenge: None,
+            retry_after: None,
             principal: String::new(),
             action: String::new(),
             resource: String::new(),
-            upstream_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            www_authenticate: None,
-            retry_after: None,
+            policies: Vec::new(),
             request_id: request_id.to_owned(),
         }
+    }
+
+    pub fn with_challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Deny),
+}
+
+impl From<Deny> for Decision {
+    fn from(d: Deny) -> Self {
+        Decision::Deny(d)
+    }
+}
+
+impl From<Allow> for Decision {
+    fn from(a: Allow) -> Self {
+        Decision::Allow(a)
+    }
+}
+
+impl Decision {
+    /// A denial that happened before authorization.
+    pub fn deny(status: Status, reason: &'static str, request_id: &str) -> Self {
+        Deny::new(status, reason, request_id).into()
     }
 
     /// The fail-closed answer for anything unexpected.
@@ -79,13 +137,79 @@ impl Decision {
         Self::deny(Status::InternalError, "internal_error", request_id)
     }
 
-    pub fn with_challenge(mut self, challenge: String) -> Self {
-        self.www_authenticate = Some(challenge);
-        self
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
     }
 
-    pub fn with_retry_after(mut self, secs: u32) -> Self {
-        self.retry_after = Some(secs);
-        self
+    /// `allow` or `deny`, as logs, metrics and metadata spell it.
+    pub fn verdict(&self) -> &'static str {
+        if self.is_allowed() { "allow" } else { "deny" }
+    }
+
+    /// The HTTP status the client sees: 200 for an allow.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Decision::Allow(_) => 200,
+            Decision::Deny(d) => d.status.http(),
+        }
+    }
+
+    /// The bounded reason label; `allowed` for an allow.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allowed",
+            Decision::Deny(d) => d.reason,
+        }
+    }
+
+    pub fn principal(&self) -> &str {
+        match self {
+            Decision::Allow(a) => &a.principal,
+            Decision::Deny(d) => &d.principal,
+        }
+    }
+
+    pub fn action(&self) -> &str {
+        match self {
+            Decision::Allow(a) => &a.action,
+            Decision::Deny(d) => &d.action,
+        }
+    }
+
+    pub fn resource(&self) -> &str {
+        match self {
+            Decision::Allow(a) => &a.resource,
+            Decision::Deny(d) => &d.resource,
+        }
+    }
+
+    pub fn policies(&self) -> &[String] {
+        match self {
+            Decision::Allow(a) => &a.policies,
+            Decision::Deny(d) => &d.policies,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        match self {
+            Decision::Allow(a) => &a.request_id,
+            Decision::Deny(d) => &d.request_id,
+        }
+    }
+
+    /// The allow, if this is one.
+    pub fn as_allow(&self) -> Option<&Allow> {
+        match self {
+            Decision::Allow(a) => Some(a),
+            Decision::Deny(_) => None,
+        }
+    }
+
+    /// The denial, if this is one.
+    pub fn as_deny(&self) -> Option<&Deny> {
+        match self {
+            Decision::Allow(_) => None,
+            Decision::Deny(d) => Some(d),
+        }
     }
 }

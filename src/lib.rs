@@ -3,13 +3,15 @@
 //!
 //! Data flows one way: `request` (normalize) → `authn` (prove identity) → `authz` (Cedar over the
 //! current `policy` snapshot) → `decision` → `response` (render the wire answer). `check` runs that
-//! pipeline; `server` and the offline `check` command only wire it.
+//! pipeline on a normalized view; `server` and the offline `check` command normalize the wire
+//! request, call it and render the decision. `client` builds `CheckRequest`s (CLI, tests, benches).
 
 pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod decision;
 pub mod metrics;

@@ -78,6 +78,23 @@ impl RequestError {
     }
 }
 
+/// A request that could not be normalized, with the request id it arrived with (read as
+/// [`RequestView::request_id`] would be), so even a refusal (400) can be matched to Envoy's
+/// access log. The id is raw: whoever echoes it bounds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}")]
+pub struct InvalidRequest {
+    pub kind: RequestError,
+    pub request_id: String,
+}
+
+impl InvalidRequest {
+    /// Bounded label for metrics and the machine-readable reason.
+    pub fn label(&self) -> &'static str {
+        self.kind.label()
+    }
+}
+
 /// One normalized view of a check request. Header names and values borrow from the request.
 #[derive(Debug, Clone)]
 pub struct RequestView<'a> {
@@ -109,7 +126,7 @@ pub struct RequestView<'a> {
 impl<'a> RequestView<'a> {
     /// Normalizes a check request under the configured limits, refusing matrix parameters
     /// (the default `request.matrix_parameters: refuse`).
-    pub fn from_check(req: &'a CheckRequest, limits: &Limits) -> Result<Self, RequestError> {
+    pub fn from_check(req: &'a CheckRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
         Self::from_check_with(req, limits, MatrixParameters::Refuse)
     }
 
@@ -118,7 +135,12 @@ impl<'a> RequestView<'a> {
         req: &'a CheckRequest,
         limits: &Limits,
         matrix: MatrixParameters,
-    ) -> Result<Self, RequestError> {
+    ) -> Result<Self, InvalidRequest> {
+        Self::normalize(req, limits, matrix)
+            .map_err(|kind| InvalidRequest { kind, request_id: raw_request_id(req).to_owned() })
+    }
+
+    fn normalize(req: &'a CheckRequest, limits: &Limits, matrix: MatrixParameters) -> Result<Self, RequestError> {
         let attrs: &'a AttributeContext = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or(RequestError::MissingHttp)?;
         let (headers, invalid_values) = collect_headers(http, limits.max_headers)?;
@@ -231,9 +253,8 @@ impl<'a> RequestView<'a> {
 }
 
 /// The request id of a request that could not be normalized, read the same way as
-/// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`), so even a refusal can be
-/// matched to Envoy's access log.
-pub fn raw_request_id(req: &CheckRequest) -> &str {
+/// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`).
+fn raw_request_id(req: &CheckRequest) -> &str {
     let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
         return "";
     };
@@ -691,7 +712,22 @@ mod tests {
     }
 
     fn view_err(req: &CheckRequest) -> RequestError {
-        RequestView::from_check(req, &Limits::default()).expect_err("refused")
+        RequestView::from_check(req, &Limits::default()).expect_err("refused").kind
+    }
+
+    #[test]
+    fn a_refusal_carries_the_request_id_from_id_or_x_request_id() {
+        let mut req = request("GET", "/a/%2F", "h", &[("x-request-id", "from-header")]);
+        let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+        assert_eq!((e.kind, e.request_id.as_str()), (RequestError::EncodedSeparator, "from-header"));
+        if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+            http.id = "envoy-id".into();
+        }
+        let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+        assert_eq!((e.label(), e.request_id.as_str()), ("encoded_separator", "envoy-id"));
+        // Nothing to read: an empty id, never a guess.
+        let e = RequestView::from_check(&CheckRequest::default(), &Limits::default()).expect_err("refused");
+        assert_eq!((e.kind, e.request_id.as_str()), (RequestError::MissingHttp, ""));
     }
 
     #[test]

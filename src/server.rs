@@ -17,21 +17,35 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::admin::{self, AdminState};
-use crate::check::Checker;
-use crate::config::Config;
+use crate::check::{self, Checker};
+use crate::config::{Config, Limits, MatrixParameters};
 use crate::decision::Decision;
 use crate::metrics::CheckMetrics;
 use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::request::RequestView;
 use crate::response::{self, ResponseOptions};
 
 /// The `envoy.service.auth.v3.Authorization` service.
 pub struct AuthzService {
     checker: Arc<Checker>,
+    limits: Limits,
+    matrix: MatrixParameters,
     opts: ResponseOptions,
     metrics: CheckMetrics,
+}
+
+impl AuthzService {
+    /// Normalizes the wire request, then decides it; a request that does not normalize is a
+    /// 400 that still carries its request id.
+    async fn decide(&self, req: &CheckRequest) -> Decision {
+        match RequestView::from_check_with(req, &self.limits, self.matrix) {
+            Ok(view) => self.checker.check(&view).await,
+            Err(e) => check::invalid_request(&e),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -41,13 +55,12 @@ impl Authorization for AuthzService {
         let req = request.into_inner();
         // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
         // failure_mode_allow could turn into an allow).
-        let decision =
-            std::panic::AssertUnwindSafe(self.checker.check(&req)).catch_unwind().await.unwrap_or_else(|_| {
-                tracing::error!("check panicked; denied");
-                Decision::internal_error("")
-            });
+        let decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
+            tracing::error!("check panicked; denied");
+            Decision::internal_error("")
+        });
         let elapsed = start.elapsed();
-        self.metrics.record(decision.allowed, decision.reason, elapsed.as_secs_f64());
+        self.metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
         log_decision(&decision, elapsed.as_micros());
         Ok(Response::new(response::render(&decision, &self.opts)))
     }
@@ -57,14 +70,14 @@ impl Authorization for AuthzService {
 fn log_decision(d: &Decision, latency_us: u128) {
     tracing::info!(
         target: "portcullis::decision",
-        request_id = %d.request_id,
-        principal = %d.principal,
-        action = %d.action,
-        resource = %d.resource,
-        decision = if d.allowed { "allow" } else { "deny" },
-        status = d.status.http(),
-        reason = d.reason,
-        policies = ?d.policies,
+        request_id = %d.request_id(),
+        principal = %d.principal(),
+        action = %d.action(),
+        resource = %d.resource(),
+        decision = d.verdict(),
+        status = d.http_status(),
+        reason = d.reason(),
+        policies = ?d.policies(),
         latency_us = latency_us as u64,
     );
 }
@@ -175,6 +188,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .build_v1()?;
     let svc = AuthorizationServer::from_arc(Arc::new(AuthzService {
         checker,
+        limits: cfg.limits.clone(),
+        matrix: cfg.request.matrix_parameters,
         opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
         metrics,
     }))

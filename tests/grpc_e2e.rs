@@ -163,7 +163,7 @@ async fn identity_headers_overwrite_and_spoofed_copies_are_stripped() {
     let s = Sidecar::start().await;
     let alice = token("alice").claim("email", "alice@example.com").mint();
     let mut rq = req("GET", "/api/orders/42").bearer(&alice);
-    for h in IDENTITY_HEADERS {
+    for h in identity_headers() {
         rq = rq.header(h, "spoofed-by-client");
     }
     let r = s.check(rq.build()).await;
@@ -178,7 +178,7 @@ async fn identity_headers_overwrite_and_spoofed_copies_are_stripped() {
     let mut all: Vec<&str> =
         set.keys().map(String::as_str).chain(removed.iter().filter(canonical).map(String::as_str)).collect();
     all.sort();
-    let mut want = IDENTITY_HEADERS.to_vec();
+    let mut want = identity_headers();
     want.sort();
     assert_eq!(all, want, "every identity header is either set or removed, never both");
     assert!(removed.contains(&"x-portcullis-peer".to_owned()));
@@ -193,7 +193,7 @@ async fn identity_headers_overwrite_and_spoofed_copies_are_stripped() {
 
     // An anonymous allow strips every identity header but the principal.
     let mut rq = req("GET", "/public/status");
-    for h in IDENTITY_HEADERS {
+    for h in identity_headers() {
         rq = rq.header(h, "spoofed-by-client");
     }
     let r = s.check(rq.build()).await;
@@ -202,7 +202,7 @@ async fn identity_headers_overwrite_and_spoofed_copies_are_stripped() {
     let mut removed: Vec<String> = ok(&r).headers_to_remove.iter().filter(canonical).cloned().collect();
     removed.sort();
     let mut want: Vec<String> =
-        IDENTITY_HEADERS.iter().filter(|h| **h != "x-portcullis-principal").map(|h| h.to_string()).collect();
+        identity_headers().iter().filter(|h| **h != "x-portcullis-principal").map(|h| h.to_string()).collect();
     want.sort();
     assert_eq!(removed, want);
 

@@ -2,14 +2,14 @@
 //! failures and latency change while the authenticator runs: rotation, outage with stale keys and
 //! then fail-closed, single-flight refresh, timeouts, size bounds, cache bounds and metrics.
 //! Durations are tiny in config; waits are polling loops with an overall limit.
-#[path = "support/idp.rs"]
-mod idp;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idp::{Idp, Mode, TestKey, authn, bearer, claims, config, eventually, sign_raw};
+use common::eventually;
+use common::idp::{self, Idp, Mode, TestKey, authn, bearer, claims, config, sign_raw};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use portcullis::authn::{Authenticator, AuthnError};
 use prometheus_client::registry::Registry;

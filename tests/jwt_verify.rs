@@ -1,10 +1,10 @@
 //! Token verification against a real identity provider (OIDC discovery + JWKS over HTTP on
 //! 127.0.0.1): accepted algorithms, claim checks, token sources, and every RFC 8725 hardening
 //! check, each with a token that would pass if that one check were missing.
-#[path = "support/idp.rs"]
-mod idp;
+mod common;
 
-use idp::{Idp, TestKey, authn, b64, bearer, check_request, claims, config, now, sign_raw};
+use common::decide;
+use common::idp::{self, Idp, TestKey, authn, b64, bearer, check_request, claims, config, now, sign_raw};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use portcullis::authn::{Authenticator, AuthnError, Identities};
 use prometheus_client::registry::Registry;
@@ -579,18 +579,18 @@ async fn per_issuer_groups_do_not_grant_another_issuers_group() {
 
     let (per_issuer, _d1) = two_issuer_checker(&a, &b, "  group_namespace: per_issuer\n", &policies).await;
     // B says "admins": that is B's admins, not `Group::"admins"` and not A's.
-    let d = per_issuer.check(&admins(&rsa2, &b)).await;
-    assert!(!d.allowed, "{d:?}");
-    assert_eq!(d.status.http(), 403, "{d:?}");
-    assert!(d.policies.is_empty(), "{d:?}");
+    let d = decide(&per_issuer, &admins(&rsa2, &b)).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    assert_eq!(d.http_status(), 403, "{d:?}");
+    assert!(d.policies().is_empty(), "{d:?}");
     // A's admins are `Group::"<A>#admins"` only.
-    let d = per_issuer.check(&admins(&rsa1, &a)).await;
-    assert!(d.allowed, "{d:?}");
-    assert_eq!(d.policies, ["a-admins"]);
+    let d = decide(&per_issuer, &admins(&rsa1, &a)).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.policies(), ["a-admins"]);
 
     // Shared (today's behaviour, chosen explicitly): any trusted issuer grants `admins`.
     let (shared, _d2) = two_issuer_checker(&a, &b, "  group_namespace: shared\n", &policies).await;
-    let d = shared.check(&admins(&rsa2, &b)).await;
-    assert!(d.allowed, "{d:?}");
-    assert_eq!(d.policies, ["shared-admins"]);
+    let d = decide(&shared, &admins(&rsa2, &b)).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.policies(), ["shared-admins"]);
 }

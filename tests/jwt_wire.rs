@@ -2,10 +2,9 @@
 //! by real identity providers on 127.0.0.1, checked with a real gRPC client. A bad token is a 401
 //! with an RFC 6750 `invalid_token` challenge naming only the class of failure; keys that cannot
 //! be had are a 503 with Retry-After.
-#[path = "support/idp.rs"]
-mod idp;
+mod common;
 
-use idp::{Idp, Mode, TestKey, bearer, check_request, claims};
+use common::idp::{self, Idp, Mode, TestKey, bearer, check_request, claims};
 use portcullis::config::Config;
 use portcullis::proto::auth::CheckResponse;
 use portcullis::proto::auth::check_response::HttpResponse;

@@ -1,18 +1,19 @@
 //! The Kubernetes API policy source, driven by the REAL `kube` client and `kube-runtime`
-//! watcher against `support_kube::FakeApiServer`, which stands in for an API server on
+//! watcher against `common::kube::FakeApiServer`, which stands in for an API server on
 //! 127.0.0.1 (list/watch protocol for ConfigMaps, 410 Gone, dropped streams, Events).
-mod support_kube;
+mod common;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cedar_policy::{Authorizer, Context, Decision, EntityUid, Request};
+use common::eventually;
+use common::kube::FakeApiServer;
 use portcullis::config::{EmptyPolicy, KubernetesSource};
 use portcullis::policy::PolicyStore;
 use portcullis::policy::kube::KubeSource;
 use prometheus_client::registry::Registry;
-use support_kube::{FakeApiServer, eventually};
 use tokio::sync::watch;
 
 const NS: &str = "policies";
@@ -101,7 +102,7 @@ async fn initial_list_loads_every_selected_configmap_and_nothing_else() {
     api.put("elsewhere", "rules", SELECTED, &[("bob.cedar", &permit("bob"))]);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
 
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
     assert!(src.allows("alice"));
     assert!(src.allows("carol"));
     assert!(!src.allows("bob"), "an unselected ConfigMap must not contribute policies");
@@ -122,7 +123,7 @@ async fn not_ready_until_a_complete_list_has_succeeded() {
     seed(&api);
     api.fail_next_lists(2);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(20, "snapshot after failed lists are retried", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(20), "snapshot after failed lists are retried", async || src.store.is_ready()).await;
     assert!(api.lists() >= 3, "two failed lists then a good one, got {}", api.lists());
     assert!(src.metrics().contains("portcullis_policy_kubernetes_watch_errors_total{namespace=\"policies\"}"));
     assert!(src.allows("alice"));
@@ -135,12 +136,12 @@ async fn an_invalid_initial_set_never_becomes_ready_until_fixed() {
     api.put(NS, "schema", SELECTED, &[("portcullis.cedarschema", SCHEMA)]);
     api.put(NS, "rules", SELECTED, &[("policy.cedar", "permit(principal, action, resource) when { nope };")]);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "rejection recorded", || src.store.status().last_error.is_some()).await;
+    eventually(Duration::from_secs(10), "rejection recorded", async || src.store.status().last_error.is_some()).await;
     assert!(!src.store.is_ready(), "an invalid first set must not make the sidecar ready");
     assert!(!src.allows("alice"));
 
     api.put(NS, "rules", SELECTED, &[("policy.cedar", &permit("alice"))]);
-    eventually(10, "ready after the fix", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "ready after the fix", async || src.store.is_ready()).await;
     assert!(src.allows("alice"));
     src.stop().await;
 }
@@ -150,12 +151,12 @@ async fn an_update_is_picked_up_without_a_restart() {
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
     let first = src.version();
     assert!(src.allows("alice") && !src.allows("bob"));
 
     api.put(NS, "rules", SELECTED, &[("policy.cedar", &permit("bob"))]);
-    eventually(10, "bob allowed", || src.allows("bob")).await;
+    eventually(Duration::from_secs(10), "bob allowed", async || src.allows("bob")).await;
     assert!(!src.allows("alice"), "the whole set is replaced, not merged");
     assert_ne!(src.version(), first);
     src.stop().await;
@@ -166,13 +167,13 @@ async fn an_invalid_update_is_refused_decisions_stay_and_an_event_names_the_conf
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
     let good = src.version();
 
     // Line 2 has a syntax error; line 1 alone would have let bob in.
     let broken = format!("{}permit(principal action resource);\n", permit("bob"));
     api.put(NS, "rules", SELECTED, &[("policy.cedar", &broken)]);
-    eventually(10, "rejection recorded", || src.store.status().last_error.is_some()).await;
+    eventually(Duration::from_secs(10), "rejection recorded", async || src.store.status().last_error.is_some()).await;
 
     let status = src.store.status();
     let err = status.last_error.expect("last error");
@@ -182,7 +183,7 @@ async fn an_invalid_update_is_refused_decisions_stay_and_an_event_names_the_conf
     assert!(!src.allows("bob"), "nothing of the refused set leaks in");
     assert!(src.metrics().contains("portcullis_policy_reloads_total{result=\"rejected\"} 1"), "{}", src.metrics());
 
-    eventually(10, "Event posted", || !api.events().is_empty()).await;
+    eventually(Duration::from_secs(10), "Event posted", async || !api.events().is_empty()).await;
     let ev = &api.events()[0];
     assert_eq!(ev["regarding"]["kind"], "ConfigMap");
     assert_eq!(ev["regarding"]["namespace"], NS);
@@ -196,7 +197,7 @@ async fn an_invalid_update_is_refused_decisions_stay_and_an_event_names_the_conf
 
     // Fixing it swaps in and clears the error.
     api.put(NS, "rules", SELECTED, &[("policy.cedar", &permit("bob"))]);
-    eventually(10, "fix applied", || src.allows("bob")).await;
+    eventually(Duration::from_secs(10), "fix applied", async || src.allows("bob")).await;
     assert_eq!(src.store.status().last_error, None);
     src.stop().await;
 }
@@ -206,13 +207,13 @@ async fn a_dropped_watch_resumes_and_sees_changes_made_meanwhile() {
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
-    eventually(10, "watch open", || api.watches() >= 1).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "watch open", async || api.watches() >= 1).await;
     let watches = api.watches();
 
     api.drop_watches();
     api.put(NS, "rules", SELECTED, &[("policy.cedar", &permit("bob"))]);
-    eventually(20, "bob allowed after the drop", || src.allows("bob")).await;
+    eventually(Duration::from_secs(20), "bob allowed after the drop", async || src.allows("bob")).await;
     assert!(api.watches() > watches, "the watch was re-opened");
     assert_eq!(api.lists(), 1, "resumed from its resourceVersion, no re-list needed");
     src.stop().await;
@@ -224,15 +225,15 @@ async fn an_expired_resource_version_relists_and_forgets_configmaps_deleted_mean
     seed(&api);
     api.put(NS, "bob", SELECTED, &[("bob.cedar", &permit("bob"))]);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready() && src.allows("bob")).await;
-    eventually(10, "watch open", || api.watches() >= 1).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready() && src.allows("bob")).await;
+    eventually(Duration::from_secs(10), "watch open", async || api.watches() >= 1).await;
 
     // The deletion is never streamed; history is compacted; the connection drops. Only a
     // re-list after the 410 can learn that bob's ConfigMap is gone.
     api.delete_unseen(NS, "bob");
     api.compact();
     api.drop_watches();
-    eventually(20, "bob's policy gone", || !src.allows("bob")).await;
+    eventually(Duration::from_secs(20), "bob's policy gone", async || !src.allows("bob")).await;
     assert!(api.gone_sent() >= 1, "the resumed watch was told 410 Gone");
     assert!(api.lists() >= 2, "and re-listed");
     assert!(src.allows("alice"));
@@ -244,17 +245,20 @@ async fn deleting_every_policy_configmap_is_an_explicit_deny_all() {
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
 
     // Only the rules go: schema left, no policies at all.
     api.delete(NS, "rules");
-    eventually(10, "deny-all", || src.store.status().deny_all).await;
+    eventually(Duration::from_secs(10), "deny-all", async || src.store.status().deny_all).await;
     assert!(!src.allows("alice"));
 
     // Everything goes: still deny-all, never allow-all, and still ready.
     api.delete(NS, "schema");
-    eventually(10, "empty set applied", || src.store.status().policy_count == 0 && src.store.load().is_some()).await;
-    eventually(10, "schema gone too", || {
+    eventually(Duration::from_secs(10), "empty set applied", async || {
+        src.store.status().policy_count == 0 && src.store.load().is_some()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "schema gone too", async || {
         src.store
             .load()
             .is_some_and(|s| s.source.starts_with("kubernetes:") && s.engine.schema().entity_types().count() == 0)
@@ -272,12 +276,12 @@ async fn with_keep_last_deleting_every_policy_keeps_the_last_good_set() {
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::KeepLast, 50).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
     let good = src.version();
 
     api.delete(NS, "rules");
     api.delete(NS, "schema");
-    eventually(10, "empty set refused", || src.store.status().last_error.is_some()).await;
+    eventually(Duration::from_secs(10), "empty set refused", async || src.store.status().last_error.is_some()).await;
     assert!(src.store.status().last_error.unwrap_or_default().contains("empty"));
     assert_eq!(src.version(), good);
     assert!(src.allows("alice"));
@@ -289,12 +293,12 @@ async fn a_burst_of_changes_is_folded_into_one_rebuild() {
     let api = FakeApiServer::start().await;
     seed(&api);
     let src = Source::start(&api, EmptyPolicy::DenyAll, 400).await;
-    eventually(10, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(10), "first snapshot", async || src.store.is_ready()).await;
 
     for user in ["u1", "u2", "u3", "u4", "bob"] {
         api.put(NS, "rules", SELECTED, &[("policy.cedar", &permit(user))]);
     }
-    eventually(10, "last change applied", || src.allows("bob")).await;
+    eventually(Duration::from_secs(10), "last change applied", async || src.allows("bob")).await;
     let m = src.metrics();
     assert!(m.contains("portcullis_policy_reloads_total{result=\"ok\"} 2"), "initial load + one rebuild: {m}");
     src.stop().await;
@@ -373,7 +377,7 @@ async fn the_first_snapshot_waits_for_every_namespace_to_be_listed() {
     let task = source.spawn(store.clone(), rx);
     let src = Source { store, registry, stop, task };
 
-    eventually(20, "first snapshot", || src.store.is_ready()).await;
+    eventually(Duration::from_secs(20), "first snapshot", async || src.store.is_ready()).await;
     assert!(src.allows("bob"), "the first snapshot already holds the slow namespace's policies");
     assert!(src.allows("alice"));
     assert_eq!(src.store.load().expect("snapshot").source, "kubernetes:policies,team/portcullis.dev/policy=true");

@@ -1,15 +1,17 @@
 //! End to end: `server::start` with `policy.kubernetes` pointing (through a kubeconfig file
-//! written here) at `support_kube::FakeApiServer`, which stands in for the Kubernetes API
+//! written here) at `common::kube::FakeApiServer`, which stands in for the Kubernetes API
 //! server. A ConfigMap change flips a real gRPC Check decision without a restart.
-mod support_kube;
+mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use common::eventually;
+use common::kube::FakeApiServer;
 use portcullis::cli::{PeerSpec, RequestSpec, send_check};
 use portcullis::config::Config;
 use portcullis::server;
 use serde_json::Value;
-use support_kube::{FakeApiServer, eventually};
 
 const SCHEMA: &str = include_str!("../examples/demo/policies/portcullis.cedarschema");
 const SELECTED: &[(&str, &str)] = &[("portcullis.dev/policy", "true")];
@@ -76,12 +78,12 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     let grpc = format!("http://{}", running.grpc_addr.expect("grpc"));
     let admin = format!("http://{}", running.admin_addr.expect("admin"));
     let diag = format!("http://{}", running.diagnostics_addr.expect("diagnostics"));
-    eventually(10, "a list attempt", || api.lists() >= 1).await;
+    eventually(Duration::from_secs(10), "a list attempt", async || api.lists() >= 1).await;
     assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 503, "not ready before a complete list");
     assert_ne!(check_public(&grpc).await, 0, "no snapshot yet: fail closed");
 
     api.fail_next_lists(0);
-    eventually(15, "ready", || running.store.is_ready()).await;
+    eventually(Duration::from_secs(15), "ready", async || running.store.is_ready()).await;
     assert_eq!(get_json(&format!("{admin}/readyz")).await.0, 200);
     assert_eq!(check_public(&grpc).await, 0, "public-read allows");
 
@@ -101,7 +103,7 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     // A broken update is refused: decision unchanged, the failure visible at /policy, in
     // metrics and as an Event on the ConfigMap.
     api.put("policies", "rules", SELECTED, &[("policy.cedar", "permit (principal, action, resource) when { 1 };")]);
-    eventually(10, "rejection", || running.store.status().last_error.is_some()).await;
+    eventually(Duration::from_secs(10), "rejection", async || running.store.status().last_error.is_some()).await;
     let (_, status) = get_json(&format!("{diag}/policy")).await;
     assert_eq!(status["version"], good["version"]);
     let err = status["last_error"].as_str().unwrap_or_default();
@@ -109,19 +111,24 @@ async fn a_configmap_change_flips_a_grpc_check_without_a_restart() {
     assert_eq!(check_public(&grpc).await, 7);
     let metrics = reqwest::get(format!("{admin}/metrics")).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("portcullis_policy_reloads_total{result=\"rejected\"} 1"), "{metrics}");
-    eventually(10, "Event posted", || api.events().iter().any(|e| e["regarding"]["name"] == "rules")).await;
+    eventually(Duration::from_secs(10), "Event posted", async || {
+        api.events().iter().any(|e| e["regarding"]["name"] == "rules")
+    })
+    .await;
 
     // And back again, still without a restart.
     api.put("policies", "rules", SELECTED, &[("policy.cedar", PUBLIC_READ)]);
-    eventually(10, "fixed", || running.store.status().last_error.is_none()).await;
+    eventually(Duration::from_secs(10), "fixed", async || running.store.status().last_error.is_none()).await;
     assert_eq!(check_public(&grpc).await, 0);
 
     // Every policy ConfigMap deleted: an explicit deny-all (on_empty defaults to deny_all),
     // still ready, never allow-all.
     api.delete("policies", "rules");
     api.delete("policies", "schema");
-    eventually(10, "deny-all", || running.store.load().is_some_and(|s| s.engine.schema().entity_types().count() == 0))
-        .await;
+    eventually(Duration::from_secs(10), "deny-all", async || {
+        running.store.load().is_some_and(|s| s.engine.schema().entity_types().count() == 0)
+    })
+    .await;
     let (_, status) = get_json(&format!("{diag}/policy")).await;
     assert_eq!(status["deny_all"], true);
     assert_eq!(check_public_full(&grpc).await, (7, "deny_all".to_owned()));

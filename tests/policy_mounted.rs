@@ -1,6 +1,8 @@
 //! A ConfigMap mounted as a volume, updated exactly the way kubelet's AtomicWriter does it:
 //! a new timestamped directory `..2026_11_23_...`, a `..data_tmp` symlink to it renamed over
 //! `..data`, visible names as symlinks `x.cedar -> ..data/x.cedar`, the old directory removed.
+mod common;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,6 +15,8 @@ use portcullis::config::EmptyPolicy;
 use portcullis::policy::{PolicySnapshot, PolicyStore, files};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+use common::eventually;
 
 const SCHEMA: &str = r#"
     entity User;
@@ -93,14 +97,6 @@ fn allows(store: &PolicyStore, user: &str) -> bool {
     Authorizer::new().is_authorized(&req, snap.engine.policies(), snap.engine.entities()).decision() == Decision::Allow
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn store(on_empty: EmptyPolicy) -> Arc<PolicyStore> {
     Arc::new(PolicyStore::new(on_empty, &mut Registry::default()))
 }
@@ -179,13 +175,16 @@ async fn a_kubelet_swap_is_picked_up_and_a_broken_one_is_refused() {
 
     // A new key and a changed key, in one atomic swap.
     vol.swap(&[("schema.cedarschema", SCHEMA), ("policy.cedar", &permit("bob")), ("carol.cedar", &permit("carol"))]);
-    eventually("bob and carol allowed", || allows(&store, "bob") && allows(&store, "carol")).await;
+    eventually(Duration::from_secs(15), "bob and carol allowed", async || {
+        allows(&store, "bob") && allows(&store, "carol")
+    })
+    .await;
     assert!(!allows(&store, "alice"));
     let good = store.status().version;
 
     // A broken update: refused, the last good set stays, and the error names the key and line.
     vol.swap(&[("schema.cedarschema", SCHEMA), ("policy.cedar", &format!("{}permit(oops", permit("mallory")))]);
-    eventually("rejection", || store.status().last_error.is_some()).await;
+    eventually(Duration::from_secs(15), "rejection", async || store.status().last_error.is_some()).await;
     let err = store.status().last_error.unwrap_or_default();
     assert!(err.contains("policy.cedar:2:"), "{err}");
     assert_eq!(store.status().version, good);
@@ -194,7 +193,7 @@ async fn a_kubelet_swap_is_picked_up_and_a_broken_one_is_refused() {
 
     // Every key removed from the ConfigMap: deny-all, not allow-all.
     vol.swap(&[]);
-    eventually("deny-all", || store.status().deny_all).await;
+    eventually(Duration::from_secs(15), "deny-all", async || store.status().deny_all).await;
     assert!(!allows(&store, "bob"));
 
     let _ = stop.send(true);

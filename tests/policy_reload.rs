@@ -38,7 +38,7 @@ async fn a_changed_policy_file_flips_the_decision_live() {
     assert_eq!(http_status(&r), 401, "denied before the change");
 
     std::fs::write(s.policy_dir.join("open.cedar"), OPEN_STATUS).expect("write policy");
-    let r = eventually("the new policy allows", || async {
+    let r = eventually(WAIT, "the new policy allows", || async {
         let r = s.check(req("GET", "/api/status").build()).await;
         is_allowed(&r).then_some(r)
     })
@@ -51,7 +51,7 @@ async fn a_changed_policy_file_flips_the_decision_live() {
     assert!(!is_allowed(&s.check(req("GET", "/api/orders").build()).await));
 
     std::fs::remove_file(s.policy_dir.join("open.cedar")).expect("remove policy");
-    eventually("the removed policy no longer allows", || async {
+    eventually(WAIT, "the removed policy no longer allows", || async {
         (!is_allowed(&s.check(req("GET", "/api/status").build()).await)).then_some(())
     })
     .await;
@@ -110,14 +110,14 @@ async fn a_configmap_volume_symlink_swap_is_followed() {
     let mut v2 = base.to_vec();
     v2.push(("open.cedar", OPEN_STATUS));
     configmap_update(&s.policy_dir, "v2", &v2);
-    eventually("the new key is live", || async {
+    eventually(WAIT, "the new key is live", || async {
         is_allowed(&s.check(req("GET", "/api/status").build()).await).then_some(())
     })
     .await;
 
     // v3 removes it again.
     configmap_update(&s.policy_dir, "v3", &base);
-    eventually("the removed key is gone", || async {
+    eventually(WAIT, "the removed key is gone", || async {
         (!is_allowed(&s.check(req("GET", "/api/status").build()).await)).then_some(())
     })
     .await;
@@ -168,7 +168,7 @@ async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
 
     for (file, text, line) in [("broken.cedar", BROKEN_SYNTAX, 3), ("schema.cedar", BROKEN_SCHEMA, 2)] {
         std::fs::write(s.policy_dir.join(file), text).expect("write policy");
-        let err = eventually("the reload is rejected", || async {
+        let err = eventually(WAIT, "the reload is rejected", || async {
             policy_status(&s).await["last_error"].as_str().filter(|e| e.contains(file)).map(str::to_owned)
         })
         .await;
@@ -184,7 +184,7 @@ async fn an_invalid_policy_is_refused_and_the_last_good_one_stays() {
         assert_eq!(ready, 200, "a refused reload does not make a live sidecar unready");
 
         std::fs::remove_file(s.policy_dir.join(file)).expect("remove policy");
-        eventually("the error clears once the files are good again", || async {
+        eventually(WAIT, "the error clears once the files are good again", || async {
             policy_status(&s).await["last_error"].is_null().then_some(())
         })
         .await;
@@ -231,7 +231,7 @@ async fn no_valid_policy_means_not_serving_and_every_check_is_503() {
     assert_eq!(metric(&metrics, r#"portcullis_checks_total{decision="allow",reason="allowed"}"#), None);
 
     std::fs::remove_file(s.policy_dir.join("broken.cedar")).expect("fix the files");
-    eventually("health turns SERVING", || {
+    eventually(WAIT, "health turns SERVING", || {
         let mut h = health.clone();
         async move {
             let r = h.check(status("envoy.service.auth.v3.Authorization")).await.ok()?.into_inner();

@@ -35,7 +35,7 @@ async fn an_idle_server_performs_no_reloads() {
     // One real change first: its reload reads the directory, and those reads must not count as
     // changes of their own (they used to keep an idle server re-reading forever).
     std::fs::write(s.policy_dir.join("open.cedar"), OPEN_STATUS).expect("write policy");
-    eventually("the change is live", || async {
+    eventually(Duration::from_secs(10), "the change is live", async || {
         is_allowed(&s.check(req("GET", "/api/status").build()).await).then_some(())
     })
     .await;

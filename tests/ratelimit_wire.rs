@@ -1,12 +1,12 @@
 //! Rate limiting over a real gRPC connection: a caller over its quota gets 429 + Retry-After,
 //! another caller is unaffected.
-use portcullis::cli::{RequestSpec, send_check};
+use portcullis::cli::send_check;
+use portcullis::client::CheckRequestBuilder;
 use portcullis::config::Config;
 use portcullis::proto::auth::check_response::HttpResponse;
 
 fn request(ip: &str) -> portcullis::proto::auth::CheckRequest {
-    let y = format!("method: GET\npath: /public/status\nhost: shop.local\nsource: {{address: {ip}}}\n");
-    serde_saphyr::from_str::<RequestSpec>(&y).expect("request spec").to_check_request()
+    CheckRequestBuilder::new("GET", "/public/status").host("shop.local").source_ip(ip).build()
 }
 
 #[tokio::test]

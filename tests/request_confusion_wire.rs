@@ -26,21 +26,6 @@ fn assert_malformed(r: &CheckResponse, what: &str) {
     assert_eq!(denied_header(r, "www-authenticate").as_deref(), Some(BEARER_MALFORMED), "{what}");
 }
 
-/// Replaces the raw value of `name` in a header-map-only request.
-fn with_raw(mut rq: CheckRequest, name: &str, raw: &[u8]) -> CheckRequest {
-    let hm = rq
-        .attributes
-        .as_mut()
-        .and_then(|a| a.request.as_mut())
-        .and_then(|r| r.http.as_mut())
-        .and_then(|h| h.header_map.as_mut())
-        .expect("header map");
-    let h = hm.headers.iter_mut().find(|h| h.key == name).expect("header present");
-    h.value.clear();
-    h.raw_value = raw.to_vec();
-    rq
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bearer_on_an_anonymous_route_is_401_not_allow() {
     let s = Sidecar::start().await;
@@ -63,8 +48,8 @@ async fn malformed_bearer_on_an_anonymous_route_is_401_not_allow() {
     // The same in Envoy's raw header map, and a value that is not UTF-8 at all.
     let rq = req("GET", "/public/status").header("authorization", "Bearer\tx").build_header_map_only(true);
     assert_malformed(&both(&s, rq).await, "raw tab");
-    let rq = req("GET", "/public/status").header("authorization", "x").build_header_map_only(true);
-    let rq = with_raw(rq, "authorization", b"Bearer \xff\xfe\xfd");
+    let rq =
+        req("GET", "/public/status").raw_header("authorization", b"Bearer \xff\xfe\xfd").build_header_map_only(true);
     assert_malformed(&both(&s, rq).await, "non-UTF-8");
 
     // An empty API key is refused in its own scheme.
@@ -143,5 +128,40 @@ async fn owned_headers_are_removed_in_every_spelling_on_allow() {
         assert!(removed.contains(&h.to_owned()), "{h}: {removed:?}");
     }
     assert!(!removed.contains(&"x-portcullis-principal".to_owned()));
+    s.stop().await;
+}
+
+/// The shared fixtures say what the sidecar does: the owned-header list both suites read is the
+/// one the shared config makes portcullis own, in every `-`/`_` spelling, on a real allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owned_header_fixture_is_what_the_shared_config_owns() {
+    let yaml = sidecar_yaml(&[
+        ("GRPC", "127.0.0.1:0"),
+        ("UNIX", "/nonexistent/authz.sock"),
+        ("ADMIN", "127.0.0.1:0"),
+        ("DIAGNOSTICS", "127.0.0.1:0"),
+        ("POLICY_DIR", "/nonexistent"),
+        ("ISSUER", ISSUER),
+        ("JWKS_FILE", "/nonexistent/jwks.json"),
+    ]);
+    let cfg = portcullis::config::Config::from_yaml(&yaml).expect("fixture parses");
+    cfg.validate().expect("fixture is valid");
+    let mut identity = identity_headers();
+    identity.sort();
+    assert_eq!(cfg.identity_header_names(), identity);
+    assert_eq!(cfg.headers.strip_on_allow, owned_headers("strip"));
+
+    let s = Sidecar::start().await;
+    let r = both(&s, req("GET", "/public/status").build()).await;
+    let removed = &ok(&r).headers_to_remove;
+    for name in identity_headers().into_iter().chain(owned_headers("strip")) {
+        if name == "x-portcullis-principal" {
+            assert!(upstream_headers(&r).contains_key(name), "{name} is set");
+            assert!(!removed.contains(&name.to_owned()), "{name} is set, so not removed");
+        } else {
+            assert!(removed.contains(&name.to_owned()), "{name}: {removed:?}");
+        }
+        assert!(removed.contains(&name.replace('-', "_")), "{name} with `_`: {removed:?}");
+    }
     s.stop().await;
 }

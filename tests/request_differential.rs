@@ -1,15 +1,20 @@
 //! Differential test (issue 10): every spelling of a path `/p` that the canonicalization contract
 //! accepts is decided exactly as `/p` by a real policy set, and the attack spellings are 400.
 //! The policies and their schema are written here, into a temp dir; the `Checker` runs offline.
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use portcullis::check::Checker;
+use portcullis::client::CheckRequestBuilder;
 use portcullis::config::Config;
 use portcullis::decision::Decision;
 use portcullis::policy::{PolicyStore, files};
-use portcullis::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+use portcullis::proto::auth::CheckRequest;
 use prometheus_client::registry::Registry;
+
+use common::decide_with;
 
 const HOST: &str = "shop.example.com";
 
@@ -47,7 +52,19 @@ forbid (principal, action, resource) when { resource.path like "/internal/*" };
 forbid (principal, action, resource) when { resource.host == "admin.example.com" };
 "#;
 
-fn checker(dir: &Path, matrix: &str) -> Checker {
+/// A checker with the config it was built from, deciding wire requests as the server does.
+struct Offline {
+    checker: Checker,
+    cfg: Config,
+}
+
+impl Offline {
+    async fn check(&self, req: &CheckRequest) -> Decision {
+        decide_with(&self.checker, req, &self.cfg.limits, self.cfg.request.matrix_parameters).await
+    }
+}
+
+fn checker(dir: &Path, matrix: &str) -> Offline {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("policy dir");
     std::fs::write(policies.join("test.cedarschema"), SCHEMA).expect("schema");
@@ -58,36 +75,17 @@ fn checker(dir: &Path, matrix: &str) -> Checker {
     let mut registry = Registry::default();
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, &mut registry));
     files::load_into(&policies, &store).expect("policies load");
-    Checker::new(&cfg, store, &mut registry).expect("checker")
+    let checker = Checker::new(&cfg, store, &mut registry).expect("checker");
+    Offline { checker, cfg }
 }
 
 fn request(method: &str, path: &str, host: &str) -> CheckRequest {
-    let headers = [(":method", method), (":path", path), (":authority", host)]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: host.into(),
-                    headers,
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    CheckRequestBuilder::new(method, path).host(host).scheme("https").pseudo_headers().build()
 }
 
 /// What a decision says, without the per-request id.
 fn outcome(d: &Decision) -> (bool, u16, &'static str, Vec<String>, String) {
-    (d.allowed, d.status.http(), d.reason, d.policies.clone(), d.resource.clone())
+    (d.is_allowed(), d.http_status(), d.reason(), d.policies().to_vec(), d.resource().to_owned())
 }
 
 /// Every spelling of `base` the contract accepts: escapes of unreserved characters (upper- and
@@ -186,7 +184,7 @@ async fn host_spellings_decide_as_the_canonical_host() {
         }
     }
     let admin = checker.check(&request("GET", "/public/x", "admin.example.com.")).await;
-    assert_eq!((admin.allowed, admin.reason), (false, "forbidden_by_policy"));
+    assert_eq!((admin.is_allowed(), admin.reason()), (false, "forbidden_by_policy"));
 }
 
 #[tokio::test]
@@ -210,7 +208,7 @@ async fn attack_spellings_are_refused_with_400() {
         ("/public/x", "127.1", "bad_host"),
     ] {
         let d = checker.check(&request("GET", path, host)).await;
-        assert_eq!((d.allowed, d.status.http(), d.reason), (false, 400, reason), "{path} @ {host}");
+        assert_eq!((d.is_allowed(), d.http_status(), d.reason()), (false, 400, reason), "{path} @ {host}");
     }
 }
 
@@ -230,6 +228,6 @@ async fn strip_mode_decides_on_the_path_a_servlet_container_routes() {
         assert_eq!(got, expected, "{spelling} decided differently from {base}");
     }
     for path in ["/public/..;/internal/secrets", "/public/;x/../internal/secrets"] {
-        assert_eq!(checker.check(&request("GET", path, HOST)).await.status.http(), 400, "{path}");
+        assert_eq!(checker.check(&request("GET", path, HOST)).await.http_status(), 400, "{path}");
     }
 }

@@ -4,7 +4,7 @@
 //! with `#[path]`, so every measurement runs over the same inputs.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +12,13 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
 use portcullis::check::Checker;
+use portcullis::client::CheckRequestBuilder;
 use portcullis::config::Config;
+use portcullis::config::Limits;
+use portcullis::decision::Decision;
 use portcullis::policy::{DocKind, PolicyDocument, PolicySnapshot, PolicyStore, files};
-use portcullis::proto::auth::{AttributeContext, CheckRequest, attribute_context};
-use portcullis::proto::core::{Address, SocketAddress, address, socket_address};
+use portcullis::proto::auth::CheckRequest;
+use portcullis::request::RequestView;
 use portcullis::token::{TokenSpec, jwks_for, mint};
 use prost::Message as _;
 
@@ -171,10 +174,14 @@ pub enum Caller {
 
 /// An Istio-shaped request: 20 headers, Envoy's merged `headers` map, a source socket address.
 pub fn check_request(caller: &Caller, request_id: &str) -> CheckRequest {
-    let mut h: HashMap<String, String> = [
-        (":authority", HOST),
-        (":method", "GET"),
-        (":path", PATH),
+    let mut b = CheckRequestBuilder::new("GET", PATH)
+        .host(HOST)
+        .id(request_id)
+        .pseudo_headers()
+        .source_address("10.1.2.3", 48522)
+        .destination_address("10.1.9.9", 8080)
+        .destination("spiffe://cluster.local/ns/shop/sa/orders");
+    for (k, v) in [
         (":scheme", "http"),
         ("accept", "application/json, text/plain, */*"),
         ("accept-encoding", "gzip, deflate, br"),
@@ -194,61 +201,18 @@ pub fn check_request(caller: &Caller, request_id: &str) -> CheckRequest {
         ("traceparent", "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"),
         ("x-tenant", "acme"),
         ("x-request-id", request_id),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let mut principal = String::new();
+    ] {
+        b = b.header(k, v);
+    }
     match caller {
-        Caller::Anonymous => {
-            h.insert("cookie".into(), "session=none; theme=dark".into());
-        }
-        Caller::Bearer(t) => {
-            h.insert("authorization".into(), format!("Bearer {t}"));
-        }
+        Caller::Anonymous => b = b.header("cookie", "session=none; theme=dark"),
+        Caller::Bearer(t) => b = b.bearer(t),
         Caller::Peer(p) => {
-            h.insert(
-                "x-forwarded-client-cert".into(),
-                format!("By=spiffe://cluster.local/ns/shop/sa/orders;Hash=4e1f9a3c5b2d;Subject=\"\";URI={p}"),
-            );
-            principal = (*p).to_owned();
+            let xfcc = format!("By=spiffe://cluster.local/ns/shop/sa/orders;Hash=4e1f9a3c5b2d;Subject=\"\";URI={p}");
+            b = b.header("x-forwarded-client-cert", &xfcc).peer(p);
         }
     }
-    let addr = |ip: &str, port: u32| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(attribute_context::Peer {
-                address: Some(addr("10.1.2.3", 48522)),
-                principal,
-                ..Default::default()
-            }),
-            destination: Some(attribute_context::Peer {
-                address: Some(addr("10.1.9.9", 8080)),
-                principal: "spiffe://cluster.local/ns/shop/sa/orders".into(),
-                ..Default::default()
-            }),
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    id: request_id.into(),
-                    method: "GET".into(),
-                    headers: h,
-                    path: PATH.into(),
-                    host: HOST.into(),
-                    scheme: "http".into(),
-                    protocol: "HTTP/1.1".into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    b.build()
 }
 
 /// One gRPC message frame: uncompressed flag, big-endian length, protobuf body.
@@ -324,4 +288,12 @@ pub fn checker_for(cfg: &Config) -> Checker {
         files::load_into(dir, &store).expect("bench policies load");
     }
     Checker::new(cfg, store, &mut registry).expect("checker")
+}
+
+/// What the server does per check: normalize the wire request, then decide it.
+pub async fn decide(checker: &Checker, req: &CheckRequest) -> Decision {
+    match RequestView::from_check(req, &Limits::default()) {
+        Ok(view) => checker.check(&view).await,
+        Err(e) => portcullis::check::invalid_request(&e),
+    }
 }

@@ -3,18 +3,22 @@
 //! CheckRequest builder, gRPC clients over TCP and the Unix socket, and readers for the answer.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::{BTreeMap, HashMap};
+pub mod idp;
+pub mod kube;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
-use portcullis::config::Config;
+use portcullis::check::Checker;
+use portcullis::client::CheckRequestBuilder;
+use portcullis::config::{Config, Limits, MatrixParameters};
+use portcullis::decision::Decision;
 use portcullis::proto::auth::authorization_client::AuthorizationClient;
 use portcullis::proto::auth::check_response::HttpResponse;
-use portcullis::proto::auth::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, attribute_context,
-};
-use portcullis::proto::core::{Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address};
+use portcullis::proto::auth::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use portcullis::request::RequestView;
 use portcullis::server::Running;
 use portcullis::token::TokenSpec;
 use prost_types::value::Kind;
@@ -24,15 +28,37 @@ pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "demo-api";
 pub const KID: &str = "k1";
 pub const HOST: &str = "shop.default.svc.cluster.local";
+/// The shared sidecar config template (placeholders `${NAME}`), also read by tests/wire/run.sh.
+pub const SIDECAR_YAML: &str = include_str!("../fixtures/sidecar.yaml");
+/// The headers portcullis owns with that config, also read by tests/wire/test_wire.py.
+const OWNED_HEADERS: &str = include_str!("../fixtures/owned-headers.txt");
+
+/// Owned headers of one kind (`identity` or `strip`) from tests/fixtures/owned-headers.txt.
+pub fn owned_headers(kind: &str) -> Vec<&'static str> {
+    OWNED_HEADERS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, name)| name.trim())
+        .collect()
+}
+
 /// Every identity header the test config makes portcullis set (and strip from clients).
-pub const IDENTITY_HEADERS: [&str; 6] = [
-    "x-portcullis-principal",
-    "x-portcullis-subject",
-    "x-portcullis-issuer",
-    "x-portcullis-peer",
-    "x-portcullis-client",
-    "x-portcullis-email",
-];
+pub fn identity_headers() -> Vec<&'static str> {
+    owned_headers("identity")
+}
+
+/// The shared config with its placeholders filled in.
+pub fn sidecar_yaml(vars: &[(&str, &str)]) -> String {
+    let mut yaml = SIDECAR_YAML.to_owned();
+    for (name, value) in vars {
+        yaml = yaml.replace(&format!("${{{name}}}"), value);
+    }
+    assert!(!yaml.contains("${"), "a placeholder is left in the sidecar config:\n{yaml}");
+    yaml
+}
+
 /// Upper bound on any wait in these tests; they never sleep for a fixed time to pass.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -75,41 +101,16 @@ impl Sidecar {
         let jwks = portcullis::token::jwks_for(&key("rsa1.pem"), Algorithm::RS256, KID).expect("jwks");
         let jwks_path = dir.path().join("jwks.json");
         std::fs::write(&jwks_path, serde_json::to_vec(&jwks).expect("jwks json")).expect("write jwks");
-        let yaml = format!(
-            r#"
-listen:
-  grpc: "127.0.0.1:0"
-  unix: "{sock}"
-  admin: "127.0.0.1:0"
-  diagnostics: "127.0.0.1:0"
-  drain_timeout: 2s
-policy:
-  dir: "{policies}"
-  debounce: 50ms
-authn:
-  issuers:
-    - issuer: {ISSUER}
-      jwks_file: "{jwks}"
-      audiences: [{AUDIENCE}]
-      algorithms: [RS256]
-      claims_to_headers:
-        email: x-portcullis-email
-  peer:
-    trust_domains: [cluster.local]
-  api_keys:
-    header: x-api-key
-    keys:
-      - client: batch
-        sha256: "74045098110de75482c9e34a190dab5a1dd308be1ed6e16fee2dc05e01152d74"
-headers:
-  policy_ids: x-portcullis-policy
-cedar:
-  context_headers: [x-tenant]
-"#,
-            sock = dir.path().join("authz.sock").display(),
-            policies = policy_dir.display(),
-            jwks = jwks_path.display(),
-        );
+        let sock = dir.path().join("authz.sock");
+        let yaml = sidecar_yaml(&[
+            ("GRPC", "127.0.0.1:0"),
+            ("UNIX", &sock.display().to_string()),
+            ("ADMIN", "127.0.0.1:0"),
+            ("DIAGNOSTICS", "127.0.0.1:0"),
+            ("POLICY_DIR", &policy_dir.display().to_string()),
+            ("ISSUER", ISSUER),
+            ("JWKS_FILE", &jwks_path.display().to_string()),
+        ]);
         let cfg = Config::from_yaml(&yaml).expect("test config parses");
         cfg.validate().expect("test config is valid");
         let running = portcullis::server::start(cfg).await.expect("sidecar starts");
@@ -250,124 +251,16 @@ pub fn alg_none_token(sub: &str) -> String {
     format!("{}.{}.", b64.encode(header.to_string()), b64.encode(claims.to_string()))
 }
 
-/// An Istio-shaped request builder.
-#[derive(Clone)]
-pub struct Req {
-    method: String,
-    path: String,
-    host: String,
-    headers: Vec<(String, String)>,
-    source_principal: String,
-    source_ip: Option<String>,
-    id: String,
-}
+/// An Istio-shaped request: the one builder (`portcullis::client`), with this suite's defaults.
+pub type Req = CheckRequestBuilder;
 
+/// A request to [`HOST`] from 10.1.2.3 to the `shop` workload, pseudo-headers in the merged map.
 pub fn req(method: &str, path: &str) -> Req {
-    Req {
-        method: method.into(),
-        path: path.into(),
-        host: HOST.into(),
-        headers: Vec::new(),
-        source_principal: String::new(),
-        source_ip: Some("10.1.2.3".into()),
-        id: String::new(),
-    }
-}
-
-impl Req {
-    pub fn header(mut self, k: &str, v: &str) -> Self {
-        self.headers.push((k.into(), v.into()));
-        self
-    }
-    pub fn bearer(self, t: &str) -> Self {
-        self.header("authorization", &format!("Bearer {t}"))
-    }
-    pub fn peer(mut self, spiffe: &str) -> Self {
-        self.source_principal = spiffe.into();
-        self
-    }
-    pub fn id(mut self, id: &str) -> Self {
-        self.id = id.into();
-        self
-    }
-    pub fn host(mut self, h: &str) -> Self {
-        self.host = h.into();
-        self
-    }
-
-    fn peer_msg(&self) -> attribute_context::Peer {
-        attribute_context::Peer {
-            address: self.source_ip.as_ref().map(|a| Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: a.clone(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
-                    ..Default::default()
-                })),
-            }),
-            principal: self.source_principal.clone(),
-            ..Default::default()
-        }
-    }
-
-    fn wrap(&self, http: attribute_context::HttpRequest) -> CheckRequest {
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(self.peer_msg()),
-                destination: Some(attribute_context::Peer {
-                    principal: "spiffe://cluster.local/ns/default/sa/shop".into(),
-                    ..Default::default()
-                }),
-                request: Some(attribute_context::Request { time: None, http: Some(http) }),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// What Envoy sends by default: the merged `headers` map plus method/path/host fields.
-    pub fn build(&self) -> CheckRequest {
-        let mut headers: HashMap<String, String> =
-            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        headers.insert(":authority".into(), self.host.clone());
-        headers.insert(":method".into(), self.method.clone());
-        headers.insert(":path".into(), self.path.clone());
-        self.wrap(attribute_context::HttpRequest {
-            id: self.id.clone(),
-            method: self.method.clone(),
-            headers,
-            path: self.path.clone(),
-            host: self.host.clone(),
-            scheme: "http".into(),
-            protocol: "HTTP/1.1".into(),
-            ..Default::default()
-        })
-    }
-
-    /// What a proxyless gRPC client sends: only `header_map` (pseudo-headers included), no
-    /// method/path/host/id fields. `raw` puts every value in `raw_value` instead of `value`.
-    pub fn build_header_map_only(&self, raw: bool) -> CheckRequest {
-        let mut all = vec![
-            (":method".to_owned(), self.method.clone()),
-            (":path".to_owned(), self.path.clone()),
-            (":authority".to_owned(), self.host.clone()),
-            (":scheme".to_owned(), "http".to_owned()),
-        ];
-        all.extend(self.headers.iter().cloned());
-        let headers = all
-            .into_iter()
-            .map(|(k, v)| {
-                if raw {
-                    HeaderValue { key: k, value: String::new(), raw_value: v.into_bytes() }
-                } else {
-                    HeaderValue { key: k, value: v, raw_value: Vec::new() }
-                }
-            })
-            .collect();
-        self.wrap(attribute_context::HttpRequest {
-            header_map: Some(HeaderMap { headers }),
-            protocol: "HTTP/2".into(),
-            ..Default::default()
-        })
-    }
+    CheckRequestBuilder::new(method, path)
+        .host(HOST)
+        .pseudo_headers()
+        .source_ip("10.1.2.3")
+        .destination("spiffe://cluster.local/ns/default/sa/shop")
 }
 
 // ---- reading the answer ---------------------------------------------------------------------
@@ -448,18 +341,47 @@ pub fn denied_header(r: &CheckResponse, name: &str) -> Option<String> {
     denied(r).headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == name).map(|h| h.value.clone())
 }
 
-/// Polls `f` until it returns `Some`, or panics after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// What a poll may return: `true`, or `Some(value)`, once the awaited state holds.
+pub trait Ready {
+    type Out;
+    fn ready(self) -> Option<Self::Out>;
+}
+
+impl Ready for bool {
+    type Out = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Out = T;
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// The one poller: calls `f` every 20 ms until it is ready, or panics after `limit`.
+pub async fn eventually<R: Ready>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> R) -> R::Out {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(v) = f().await {
+        if let Some(v) = f().await.ready() {
             return v;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Decides one wire request offline as the server does: normalize (default limits), then check.
+pub async fn decide(checker: &Checker, req: &CheckRequest) -> Decision {
+    decide_with(checker, req, &Limits::default(), MatrixParameters::Refuse).await
+}
+
+/// [`decide`] under a config's request limits and matrix-parameter mode.
+pub async fn decide_with(checker: &Checker, req: &CheckRequest, limits: &Limits, matrix: MatrixParameters) -> Decision {
+    match RequestView::from_check_with(req, limits, matrix) {
+        Ok(view) => checker.check(&view).await,
+        Err(e) => portcullis::check::invalid_request(&e),
     }
 }

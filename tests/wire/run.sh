@@ -79,38 +79,20 @@ sock="$work/authz.sock"
 
 mkdir -p "$work/policies"
 cp "$repo"/examples/demo/policies/* "$work/policies/"
-cat > "$work/config.yaml" <<EOF
-listen:
-  grpc: "127.0.0.1:$grpc_port"
-  unix: "$sock"
-  admin: "127.0.0.1:$admin_port"
-  diagnostics: "127.0.0.1:$diag_port"
-  drain_timeout: 2s
-log:
-  format: json
-  level: info
-policy:
-  dir: "$work/policies"
-authn:
-  issuers:
-    - issuer: https://demo.portcullis.dev
-      jwks_file: "$repo/examples/demo/jwks.json"
-      audiences: [demo-api]
-      algorithms: [RS256]
-      claims_to_headers:
-        email: x-portcullis-email
-  peer:
-    trust_domains: [cluster.local]
-  api_keys:
-    header: x-api-key
-    keys:
-      - client: batch
-        sha256: "74045098110de75482c9e34a190dab5a1dd308be1ed6e16fee2dc05e01152d74"
-headers:
-  policy_ids: x-portcullis-policy
-cedar:
-  context_headers: [x-tenant]
-EOF
+# The config the Rust suite uses too (tests/fixtures/sidecar.yaml), with its placeholders filled.
+"$py" - "$repo/tests/fixtures/sidecar.yaml" "$work/config.yaml" \
+  GRPC="127.0.0.1:$grpc_port" UNIX="$sock" ADMIN="127.0.0.1:$admin_port" DIAGNOSTICS="127.0.0.1:$diag_port" \
+  POLICY_DIR="$work/policies" ISSUER="https://demo.portcullis.dev" JWKS_FILE="$repo/examples/demo/jwks.json" <<'PY'
+import sys
+src, dst, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
+text = open(src, encoding="utf-8").read()
+for pair in pairs:
+    name, value = pair.split("=", 1)
+    text = text.replace("${" + name + "}", value)
+if "${" in text:
+    sys.exit("a placeholder is left in the sidecar config")
+open(dst, "w", encoding="utf-8").write(text)
+PY
 
 log "starting $bin on 127.0.0.1:$grpc_port and $sock"
 "$bin" serve --config "$work/config.yaml" > "$work/server.log" 2>&1 &

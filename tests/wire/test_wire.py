@@ -32,22 +32,20 @@ OTHER_KEY = ENV["PORTCULLIS_OTHER_KEY"]
 
 HOST = "shop.default.svc.cluster.local"
 FRONTEND = "spiffe://cluster.local/ns/frontend/sa/web"
-IDENTITY_HEADERS = {
-    "x-portcullis-principal",
-    "x-portcullis-subject",
-    "x-portcullis-issuer",
-    "x-portcullis-peer",
-    "x-portcullis-client",
-    "x-portcullis-email",
-}
-# Method/URL-override headers portcullis strips on every allow (`headers.strip_on_allow` default).
-STRIP_ON_ALLOW = {
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-}
+OWNED_HEADERS_FILE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "owned-headers.txt")
+
+
+def owned_headers(kind):
+    """Owned headers of one kind (`identity` or `strip`), from the fixture the Rust suite reads too."""
+    with open(OWNED_HEADERS_FILE, encoding="utf-8") as f:
+        rows = [line.split() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    return {name for k, name in rows if k == kind}
+
+
+# Identity headers the shared config (tests/fixtures/sidecar.yaml) makes portcullis set, and the
+# method/URL-override headers it strips on every allow (`headers.strip_on_allow` default).
+IDENTITY_HEADERS = owned_headers("identity")
+STRIP_ON_ALLOW = owned_headers("strip")
 
 
 def spellings(name):

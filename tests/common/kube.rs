@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -336,13 +335,4 @@ async fn patch_event(
 async fn not_found(uri: axum::http::Uri) -> Response {
     (StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound", &format!("{uri} is not served by the fake"))))
         .into_response()
-}
-
-/// Polls `cond` every 20 ms for up to `secs` seconds.
-pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

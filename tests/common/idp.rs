@@ -20,9 +20,9 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
 use portcullis::authn::Authenticator;
+use portcullis::client::CheckRequestBuilder;
 use portcullis::config::Config;
-use portcullis::proto::auth::{AttributeContext, CheckRequest, attribute_context};
-use portcullis::proto::core::{HeaderMap as WireHeaderMap, HeaderValue as WireHeader};
+use portcullis::proto::auth::CheckRequest;
 use portcullis::request::RequestView;
 
 /// How the provider answers JWKS requests.
@@ -318,30 +318,11 @@ pub fn claims(iss: &str, aud: &str, sub: &str) -> Value {
 
 /// A check request whose headers go into the raw `header_map`, so duplicates survive.
 pub fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
-    let header_map = WireHeaderMap {
-        headers: headers
-            .iter()
-            .map(|(k, v)| WireHeader { key: k.to_string(), value: v.to_string(), raw_value: Vec::new() })
-            .collect(),
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                time: None,
-                http: Some(attribute_context::HttpRequest {
-                    id: "req-1".into(),
-                    method: "GET".into(),
-                    path: "/api/things".into(),
-                    host: "api.example.com".into(),
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    header_map: Some(header_map),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
+    let mut b = CheckRequestBuilder::new("GET", "/api/things").host("api.example.com").id("req-1").scheme("https");
+    for (k, v) in headers {
+        b = b.header(k, v);
     }
+    b.build_header_map(false)
 }
 
 pub fn bearer(token: &str) -> CheckRequest {
@@ -375,18 +356,4 @@ pub async fn authn(
     let cfg_limits = portcullis::config::Limits::default();
     let view = RequestView::from_check(req, &cfg_limits).expect("request normalizes");
     a.authenticate(&view).await
-}
-
-/// Polls `f` every 50 ms until it is true; panics after `limit`.
-pub async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -1,0 +1,370 @@
+//! `Checker` tested directly, without sockets: a tiny schema and policy set written here, wire
+//! requests built by the one builder and normalized as the server does.
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use super::*;
+use crate::client::CheckRequestBuilder;
+use crate::config::Limits;
+use crate::policy::{DocKind, PolicyDocument};
+use crate::proto::auth::CheckRequest;
+use crate::response::challenge_header;
+
+/// Just enough of the Cedar model for these tests: every principal type, GET and POST on routes.
+const SCHEMA: &str = r#"
+entity Group;
+entity User in [Group] { issuer: String } tags String;
+entity Service in [Group] { spiffe_id: String, trust_domain: String, namespace: String, service_account: String };
+entity ApiClient in [Group];
+entity Anonymous;
+entity Route { host: String, path: String, service: String } tags String;
+type Ctx = {
+  method: String, path: String, query: String, host: String, scheme: String, request_id: String,
+  authn: Set<String>, source_ip?: ipaddr, peer?: Service, time: Long,
+};
+action "GET", "POST" appliesTo {
+  principal: [User, Service, ApiClient, Anonymous], resource: [Route], context: Ctx,
+};
+"#;
+const ALLOW_ALL: &str = r#"@id("all") permit (principal, action, resource);"#;
+/// sha256("good-key").
+const KEY_SHA: &str = "b8ce88d57f4916859bcecb01b98b041299a759313987af89f9fc6608d7440537";
+const BEARER_MALFORMED: &str =
+    r#"Bearer realm="portcullis", error="invalid_token", error_description="bearer token is malformed""#;
+const APIKEY_MALFORMED: &str =
+    r#"ApiKey realm="portcullis", error="invalid_key", error_description="API key is malformed""#;
+
+/// A checker over `policies` (none applied at all when `None`), for this config YAML.
+fn checker_with(yaml: &str, policies: Option<&str>) -> Checker {
+    let cfg = Config::from_yaml(yaml).expect("parses");
+    cfg.validate().expect("valid");
+    let mut registry = Registry::default();
+    let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, &mut registry));
+    if let Some(text) = policies {
+        let mut docs =
+            vec![PolicyDocument { origin: "s.cedarschema".into(), kind: DocKind::Schema, text: SCHEMA.into() }];
+        if !text.is_empty() {
+            docs.push(PolicyDocument { origin: "p.cedar".into(), kind: DocKind::Policies, text: text.into() });
+        }
+        store.apply(&docs, "test").expect("policies build");
+    }
+    Checker::new(&cfg, store, &mut registry).expect("checker")
+}
+
+/// Anyone may do anything: every denial from this checker comes from authentication alone.
+fn checker(headers_yaml: &str, from_yaml: &str) -> Checker {
+    let yaml = format!(
+        "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://issuer.test\n      \
+         jwks_file: /nonexistent/jwks.json\n      from: {from_yaml}\n  api_keys:\n    \
+         keys: [{{client: batch, sha256: \"{KEY_SHA}\"}}]\nheaders: {headers_yaml}\n"
+    );
+    checker_with(&yaml, Some(ALLOW_ALL))
+}
+
+fn default_checker() -> Checker {
+    checker("{}", r#"[{header: authorization, prefix: "Bearer "}]"#)
+}
+
+/// A GET with these headers, every value in `raw_value` as a proxyless client may send it.
+fn request(headers: &[(&str, &[u8])]) -> CheckRequest {
+    let mut b = CheckRequestBuilder::new("GET", "/x").host("shop");
+    for (k, v) in headers {
+        b = b.raw_header(k, v);
+    }
+    b.build_header_map_only(true)
+}
+
+/// What the server does: normalize, then check; a request that does not normalize is a 400.
+async fn decide(c: &Checker, req: &CheckRequest) -> Decision {
+    match RequestView::from_check(req, &Limits::default()) {
+        Ok(view) => c.check(&view).await,
+        Err(e) => invalid_request(&e),
+    }
+}
+
+fn status(d: &Decision) -> Option<Status> {
+    d.as_deny().map(|d| d.status)
+}
+
+fn allowed<'d>(d: &'d Decision, what: &str) -> &'d Allow {
+    d.as_allow().unwrap_or_else(|| panic!("{what}: expected an allow, got {d:?}"))
+}
+
+fn denied<'d>(d: &'d Decision, what: &str) -> &'d Deny {
+    d.as_deny().unwrap_or_else(|| panic!("{what}: expected a deny, got {d:?}"))
+}
+
+fn assert_malformed(d: &Decision, challenge: &str, what: &str) {
+    let d = denied(d, what);
+    assert_eq!(d.status, Status::Unauthorized, "{what}");
+    assert_eq!(d.reason, "malformed_credential", "{what}");
+    assert_eq!(d.challenge.as_ref().map(challenge_header).as_deref(), Some(challenge), "{what}");
+}
+
+#[tokio::test]
+async fn our_scheme_that_does_not_parse_is_401_never_anonymous() {
+    let c = default_checker();
+    for v in [
+        "Bearer\tabc",
+        "Bearer",
+        "Bearer ",
+        "bearer  abc",
+        "Bearer abc def",
+        "Bearer abc ",
+        "Bearer abc\t",
+        " Bearer abc",
+        "BEARER\tabc",
+        "bEaReR  abc",
+        "Bearer,abc",
+        "Bearer abc,def",
+        "Bearer\u{a0}abc",
+        "",
+        "   ",
+    ] {
+        let d = decide(&c, &request(&[("authorization", v.as_bytes())])).await;
+        assert_malformed(&d, BEARER_MALFORMED, &format!("{v:?}"));
+    }
+    // Not UTF-8 at all (Envoy `raw_value`): unreadable, so refused.
+    let d = decide(&c, &request(&[("authorization", b"Bearer \xff\xfe")])).await;
+    assert_malformed(&d, BEARER_MALFORMED, "non-UTF-8");
+    let d = decide(&c, &request(&[("Authorization", b"\xc3\x28")])).await;
+    assert_malformed(&d, BEARER_MALFORMED, "non-UTF-8, other case");
+    // Well-formed but not a JWT: still a 401, from verification (not a new behaviour).
+    let d = decide(&c, &request(&[("authorization", b"bearer abc")])).await;
+    assert_eq!((status(&d), d.reason()), (Some(Status::Unauthorized), "token_malformed"));
+    // Twice stays a 400.
+    let d = decide(&c, &request(&[("authorization", b"Bearer a"), ("authorization", b"Basic b")])).await;
+    assert_eq!((status(&d), d.reason()), (Some(Status::BadRequest), "duplicate_credential"));
+}
+
+#[tokio::test]
+async fn a_foreign_scheme_is_anonymous_and_forwarded_unless_stripping_is_configured() {
+    for v in ["Basic dXNlcjpwYXNz", "Digest username=\"u\"", "Bearerx abc", "Negotiate abc"] {
+        let d = decide(&default_checker(), &request(&[("authorization", v.as_bytes())])).await;
+        let d = allowed(&d, v);
+        assert_eq!(d.principal, r#"Anonymous::"anonymous""#, "{v}");
+        assert!(!d.remove_headers.contains(&"authorization".to_owned()), "{v}: forwarded untouched");
+
+        for flag in ["{strip_foreign_credentials: true}", "{remove_credentials: true}"] {
+            let c = checker(flag, r#"[{header: authorization, prefix: "Bearer "}]"#);
+            let d = decide(&c, &request(&[("authorization", v.as_bytes())])).await;
+            let d = allowed(&d, &format!("{v} {flag}"));
+            assert!(d.remove_headers.contains(&"authorization".to_owned()), "{v} {flag}: {:?}", d.remove_headers);
+        }
+    }
+    // Even where no source reads `authorization` at all, remove_credentials strips a foreign one.
+    let c = checker("{remove_credentials: true}", "[{cookie: session}]");
+    let d = decide(&c, &request(&[("authorization", b"Basic dXNlcjpwYXNz")])).await;
+    assert!(allowed(&d, "foreign").remove_headers.contains(&"authorization".to_owned()), "{d:?}");
+    // The strip flag does not touch an allowed request without any authorization header.
+    let c = checker("{strip_foreign_credentials: true}", r#"[{header: authorization, prefix: "Bearer "}]"#);
+    let d = decide(&c, &request(&[])).await;
+    assert!(!allowed(&d, "none").remove_headers.contains(&"authorization".to_owned()), "{d:?}");
+}
+
+#[tokio::test]
+async fn empty_or_unreadable_cookie_token_and_api_key_are_401() {
+    let c = checker("{}", "[{cookie: session}]");
+    for v in [&b"session="[..], b"a=1; session= ; b=2", b"session=  "] {
+        let d = decide(&c, &request(&[("cookie", v)])).await;
+        assert_malformed(&d, BEARER_MALFORMED, &String::from_utf8_lossy(v));
+    }
+    let d = decide(&c, &request(&[("cookie", b"session=\xff")])).await;
+    assert_malformed(&d, BEARER_MALFORMED, "non-UTF-8 cookie");
+    // Another cookie is not a credential.
+    assert!(decide(&c, &request(&[("cookie", b"theme=dark")])).await.is_allowed());
+    // A prefix-less token header: empty or padded is malformed.
+    let c = checker("{}", "[{header: x-token}]");
+    for v in [&b""[..], b" abc", b"abc "] {
+        let d = decide(&c, &request(&[("x-token", v)])).await;
+        assert_malformed(&d, BEARER_MALFORMED, &String::from_utf8_lossy(v));
+    }
+
+    let c = default_checker();
+    for v in [&b""[..], b"  ", b"\xff\xfe"] {
+        let d = decide(&c, &request(&[("x-api-key", v)])).await;
+        assert_malformed(&d, APIKEY_MALFORMED, &String::from_utf8_lossy(v));
+    }
+    let d = decide(&c, &request(&[("x-api-key", b"wrong")])).await;
+    assert_eq!(d.reason(), "invalid_api_key");
+}
+
+#[tokio::test]
+async fn owned_headers_are_removed_in_every_spelling_except_the_names_set() {
+    let c = checker(
+        "{principal: x-p, subject: x-s, issuer: x-i, peer: x-e, client: x-c, strip_on_allow: [m-o]}",
+        r#"[{header: authorization, prefix: "Bearer "}]"#,
+    );
+    let d = decide(&c, &request(&[])).await;
+    let d = allowed(&d, "owned");
+    assert_eq!(d.upstream_headers, vec![("x-p".to_owned(), r#"Anonymous::"anonymous""#.to_owned())]);
+    let want = ["m-o", "m_o", "x-c", "x-e", "x-i", "x-s", "x_c", "x_e", "x_i", "x_p", "x_s"];
+    assert_eq!(d.remove_headers, want);
+
+    // With remove_credentials the API-key header goes too, in every spelling.
+    let c = checker(
+        "{principal: x-p, subject: x-s, issuer: x-i, peer: x-e, client: x-c, strip_on_allow: [], \
+         remove_credentials: true}",
+        r#"[{header: authorization, prefix: "Bearer "}]"#,
+    );
+    let d = decide(&c, &request(&[])).await;
+    let d = allowed(&d, "remove_credentials");
+    let want = [
+        "authorization",
+        "x-api-key",
+        "x-api_key",
+        "x-c",
+        "x-e",
+        "x-i",
+        "x-s",
+        "x_api-key",
+        "x_api_key",
+        "x_c",
+        "x_e",
+        "x_i",
+        "x_p",
+        "x_s",
+    ];
+    assert_eq!(d.remove_headers, want);
+
+    // The default strip list: the method- and URL-override family, in every spelling.
+    let d = decide(&default_checker(), &request(&[])).await;
+    let d = allowed(&d, "default strip list");
+    for h in ["x-http-method-override", "x_http_method_override", "x-http_method-override", "x-original-url"] {
+        assert!(d.remove_headers.contains(&h.to_owned()), "{h}: {:?}", d.remove_headers);
+    }
+    for h in ["x_rewrite_url", "x-method_override", "x_http_method", "x_portcullis_subject"] {
+        assert!(d.remove_headers.contains(&h.to_owned()), "{h}");
+    }
+    assert!(!d.remove_headers.contains(&"x-portcullis-principal".to_owned()), "set, so not removed");
+    assert!(d.remove_headers.contains(&"x_portcullis_principal".to_owned()));
+}
+
+#[tokio::test]
+async fn a_deny_removes_nothing() {
+    let c = default_checker();
+    let d = decide(&c, &request(&[("authorization", b"Bearer\tx")])).await;
+    // A `Deny` has no headers to set or remove: the type says so.
+    assert_malformed(&d, BEARER_MALFORMED, "a deny");
+}
+
+const ALICE_ONLY: &str = r#"
+@id("alice") permit (principal == User::"alice", action, resource);
+@id("block-admin") forbid (principal, action, resource) when { resource.path like "/admin/*" };
+"#;
+
+#[tokio::test]
+async fn an_anonymous_caller_denied_by_policy_gets_a_401_challenge_in_the_configured_scheme() {
+    let bearer =
+        "policy: {dir: x}\nauthn:\n  issuers:\n    - {issuer: https://issuer.test, jwks_file: /nonexistent/j.json}\n";
+    let d = decide(&checker_with(bearer, Some(ALICE_ONLY)), &request(&[])).await;
+    let den = denied(&d, "anonymous");
+    assert_eq!((den.status, den.reason), (Status::Unauthorized, "credential_required"));
+    assert_eq!(den.challenge, Some(Challenge { scheme: Scheme::Bearer, error: None, description: None }));
+    assert_eq!(den.principal, r#"Anonymous::"anonymous""#);
+
+    // Only API keys configured: the challenge names that scheme.
+    let keys =
+        format!("policy: {{dir: x}}\nauthn:\n  api_keys:\n    keys: [{{client: batch, sha256: \"{KEY_SHA}\"}}]\n");
+    let d = decide(&checker_with(&keys, Some(ALICE_ONLY)), &request(&[])).await;
+    let ch = denied(&d, "api keys").challenge.as_ref().map(challenge_header);
+    assert_eq!(ch.as_deref(), Some(r#"ApiKey realm="portcullis""#));
+
+    // No credential could help: a plain 403 without a challenge.
+    let d = decide(&checker_with("policy: {dir: x}\n", Some(ALICE_ONLY)), &request(&[])).await;
+    let den = denied(&d, "no authn");
+    assert_eq!((den.status, den.reason, den.challenge.as_ref()), (Status::Forbidden, "no_permit", None));
+}
+
+#[tokio::test]
+async fn a_proven_caller_without_a_permit_or_hit_by_a_forbid_gets_403_with_the_policies() {
+    let c = checker_with("policy: {dir: x}\n", Some(ALICE_ONLY));
+    // An mTLS peer is a proven identity, so no challenge: a 403.
+    let peer = "spiffe://cluster.local/ns/shop/sa/orders";
+    let req = CheckRequestBuilder::new("GET", "/x").host("shop").peer(peer).build();
+    let d = decide(&c, &req).await;
+    let den = denied(&d, "peer");
+    assert_eq!((den.status, den.reason, den.challenge.as_ref()), (Status::Forbidden, "no_permit", None));
+    assert_eq!(den.principal, format!("Service::{peer:?}"));
+    assert!(den.policies.is_empty());
+
+    let c = checker_with("policy: {dir: x}\n", Some(&format!("{ALLOW_ALL}\n{ALICE_ONLY}")));
+    let req = CheckRequestBuilder::new("POST", "/admin/users").host("shop").peer(peer).id("r-9").build();
+    let d = decide(&c, &req).await;
+    let den = denied(&d, "forbid");
+    assert_eq!((den.status, den.reason), (Status::Forbidden, "forbidden_by_policy"));
+    assert_eq!(den.policies, ["block-admin"]);
+    assert_eq!((den.action.as_str(), den.request_id.as_str()), (r#"Action::"POST""#, "r-9"));
+}
+
+#[tokio::test]
+async fn an_allow_sets_identity_headers_and_the_determining_policy() {
+    let c = checker_with("policy: {dir: x}\n", Some(ALLOW_ALL));
+    let peer = "spiffe://cluster.local/ns/shop/sa/orders";
+    let req = CheckRequestBuilder::new("GET", "/x").host("shop").peer(peer).id("r-1").build();
+    let d = decide(&c, &req).await;
+    let a = allowed(&d, "peer");
+    assert_eq!(a.policies, ["all"]);
+    assert_eq!(a.request_id, "r-1");
+    assert_eq!(
+        a.upstream_headers,
+        [
+            ("x-portcullis-principal".to_owned(), format!("Service::{peer:?}")),
+            ("x-portcullis-peer".to_owned(), peer.to_owned())
+        ]
+    );
+    assert!(!a.remove_headers.contains(&"x-portcullis-peer".to_owned()), "set, so not removed");
+    assert!(a.remove_headers.contains(&"x-portcullis-subject".to_owned()), "owned and not set: removed");
+    assert_eq!((d.reason(), d.http_status(), d.verdict()), ("allowed", 200, "allow"));
+}
+
+#[tokio::test]
+async fn no_snapshot_yet_is_503_with_retry_after_and_an_empty_set_is_deny_all() {
+    let d = decide(&checker_with("policy: {dir: x}\n", None), &request(&[])).await;
+    let den = denied(&d, "no policy");
+    assert_eq!((den.status, den.reason, den.retry_after), (Status::Unavailable, "no_policy", Some(5)));
+
+    // A schema and no policies at all: an explicit deny-all, never allow-all.
+    let d = decide(&checker_with("policy: {dir: x}\n", Some("")), &request(&[])).await;
+    let den = denied(&d, "empty set");
+    assert_eq!((den.status, den.reason, den.retry_after), (Status::Forbidden, "deny_all", None));
+}
+
+#[tokio::test]
+async fn a_caller_over_quota_is_429_with_retry_after_before_any_policy() {
+    let yaml = "policy: {dir: x}\nrate_limit: {requests_per_second: 1, burst: 1}\n";
+    let c = checker_with(yaml, Some(ALLOW_ALL));
+    let req = CheckRequestBuilder::new("GET", "/x").host("shop").source_ip("10.0.0.1").build();
+    let mut limited = None;
+    for _ in 0..3 {
+        if let Decision::Deny(den) = decide(&c, &req).await {
+            limited = Some(den);
+        }
+    }
+    let den = limited.expect("three requests at 1/s with a burst of 1: one is limited");
+    assert_eq!((den.status, den.reason), (Status::TooManyRequests, "rate_limited"));
+    assert!(den.retry_after.is_some_and(|s| s >= 1), "{den:?}");
+    assert!(den.policies.is_empty() && den.principal.is_empty(), "decided before Cedar: {den:?}");
+    // Another caller has its own bucket.
+    let other = CheckRequestBuilder::new("GET", "/x").host("shop").source_ip("10.0.0.2").build();
+    assert!(decide(&c, &other).await.is_allowed());
+}
+
+#[tokio::test]
+async fn a_request_that_does_not_normalize_is_400_and_still_echoes_its_request_id() {
+    let c = default_checker();
+    let bad = CheckRequestBuilder::new("GET", "/a/%2F/b").host("shop").id("rid-400").build();
+    let d = decide(&c, &bad).await;
+    let den = denied(&d, "encoded slash");
+    assert_eq!((den.status, den.reason, den.request_id.as_str()), (Status::BadRequest, "encoded_separator", "rid-400"));
+    // From `x-request-id` when Envoy sent no id.
+    let bad = CheckRequestBuilder::new("GET", "/a\\b").host("shop").header("x-request-id", "hdr-id").build();
+    assert_eq!(decide(&c, &bad).await.request_id(), "hdr-id");
+    // An id that cannot be echoed safely (too long, unprintable) is dropped, never echoed.
+    for id in ["x".repeat(129), "a b".to_owned(), "a\nb".to_owned()] {
+        let bad = CheckRequestBuilder::new("GET", "/a/%2F").host("shop").id(&id).build();
+        let d = decide(&c, &bad).await;
+        assert_eq!((d.reason(), d.request_id()), ("encoded_separator", ""), "{id:?}");
+    }
+}
