@@ -1,0 +1,312 @@
+//! Unit tests of request normalization: every attack string of the security contract.
+use super::*;
+use crate::proto::auth::attribute_context::{HttpRequest, Request};
+use crate::proto::core::{HeaderMap, HeaderValue};
+
+fn norm(p: &str) -> Result<String, RequestError> {
+    normalize_path(p, MatrixParameters::Refuse)
+}
+
+fn strip(p: &str) -> Result<String, RequestError> {
+    normalize_path(p, MatrixParameters::Strip)
+}
+
+#[test]
+fn dot_segments_and_duplicate_slashes_collapse() {
+    assert_eq!(norm("/a/b/./c/../d").unwrap(), "/a/b/d");
+    assert_eq!(norm("/a//b/./c/d").unwrap(), "/a/b/c/d");
+    assert_eq!(norm("/").unwrap(), "/");
+    assert_eq!(norm("//").unwrap(), "/");
+    assert_eq!(norm("/a/b/").unwrap(), "/a/b/");
+    assert_eq!(norm("/a//").unwrap(), "/a/");
+    assert_eq!(norm("/a/./b").unwrap(), "/a/b");
+    assert_eq!(norm("/a/x/../b").unwrap(), "/a/b");
+    assert_eq!(norm("/a/x/./../b/").unwrap(), "/a/b/");
+    assert_eq!(norm("//a").unwrap(), "/a");
+}
+
+#[test]
+fn a_trailing_dot_segment_leaves_a_trailing_slash_as_rfc_3986_does() {
+    assert_eq!(norm("/a/.").unwrap(), "/a/");
+    assert_eq!(norm("/a/b/..").unwrap(), "/a/");
+    assert_eq!(norm("/a/..").unwrap(), "/");
+    assert_eq!(norm("/.").unwrap(), "/");
+}
+
+#[test]
+fn a_dot_dot_after_an_empty_segment_is_refused_not_guessed() {
+    // RFC 3986 and Envoy give /a/b; a slash-merging server gives /b.
+    assert_eq!(norm("/a//../b"), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(norm("//../b"), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(norm("/a//b/c/../d"), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(norm("/a//%2e%2e/b"), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(norm("/a//./b/.."), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(RequestError::AmbiguousDotSegment.label(), "ambiguous_dot_segment");
+    // Without a later `..`, duplicate slashes are merged as before.
+    assert_eq!(norm("/a//b/./c").unwrap(), "/a/b/c");
+}
+
+#[test]
+fn encoded_dots_are_resolved_after_decoding() {
+    assert_eq!(norm("/public/%2e%2e/admin").unwrap(), "/admin");
+    assert_eq!(norm("/public/%2E./admin").unwrap(), "/admin");
+    assert_eq!(norm("/%61dmin").unwrap(), "/admin");
+    assert_eq!(norm("/%41%7e%2D").unwrap(), "/A~-");
+}
+
+#[test]
+fn ambiguous_paths_are_refused() {
+    assert_eq!(norm("/public%2fadmin"), Err(RequestError::EncodedSeparator));
+    assert_eq!(norm("/public%5Cadmin"), Err(RequestError::EncodedSeparator));
+    assert_eq!(norm("/public\\admin"), Err(RequestError::Backslash));
+    assert_eq!(norm("/a%00b"), Err(RequestError::BadEscape));
+    assert_eq!(norm("/a%zz"), Err(RequestError::BadEscape));
+    assert_eq!(norm("/a%2"), Err(RequestError::BadEscape));
+    assert_eq!(norm("/../etc"), Err(RequestError::AboveRoot));
+    assert_eq!(norm("/a/../../etc"), Err(RequestError::AboveRoot));
+    assert_eq!(norm("relative"), Err(RequestError::BadPath));
+    assert_eq!(norm(""), Err(RequestError::BadPath));
+    assert_eq!(norm("/a b"), Err(RequestError::BadPath));
+    assert_eq!(norm("/public/..;/admin"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(norm("/public/%2e%2e;x=1/admin"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(norm("/a/.;/b"), Err(RequestError::DotSegmentParameter));
+}
+
+#[test]
+fn matrix_parameters_are_refused_by_default() {
+    // `forbid … like "/internal/*"` would not match, while Tomcat serves /internal/secrets.
+    assert_eq!(norm("/internal;x/secrets"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/api/tenants;x/a"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/a;v=1/b;c"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/a/b;"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/a/;x/b"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/internal%3bx/secrets"), Err(RequestError::PathParameter));
+    assert_eq!(norm("/internal%3Bx/secrets"), Err(RequestError::PathParameter));
+    // An encoded `;` after `..` is the dot-segment case, in both modes.
+    assert_eq!(norm("/a/..%3B/b"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(norm("/a/..%3bx/b"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(RequestError::PathParameter.label(), "path_parameter");
+}
+
+#[test]
+fn strip_mode_shows_policies_what_servlet_containers_route_on() {
+    assert_eq!(strip("/internal;x/secrets").unwrap(), "/internal/secrets");
+    assert_eq!(strip("/api/tenants;x/a").unwrap(), "/api/tenants/a");
+    assert_eq!(strip("/a;v=1/b;c").unwrap(), "/a/b");
+    assert_eq!(strip("/a%3Bjsessionid=1/b").unwrap(), "/a/b");
+    assert_eq!(strip("/a/b;x=1/").unwrap(), "/a/b/");
+    // Stripped dot segments are still dot segments with parameters.
+    assert_eq!(strip("/public/..;/admin"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(strip("/a/..%3B/b"), Err(RequestError::DotSegmentParameter));
+    assert_eq!(strip("/a/.;x/b"), Err(RequestError::DotSegmentParameter));
+    // A segment that is only parameters is empty: a later `..` is ambiguous.
+    assert_eq!(strip("/a/;x/../b"), Err(RequestError::AmbiguousDotSegment));
+    assert_eq!(strip("/a/;x/b").unwrap(), "/a/b");
+}
+
+#[test]
+fn a_fragment_is_refused() {
+    assert_eq!(norm("/public#x"), Err(RequestError::PathFragment));
+    assert_eq!(norm("/a/#/../admin"), Err(RequestError::PathFragment));
+    // Encoded, `#` is data and stays encoded.
+    assert_eq!(norm("/a%23b").unwrap(), "/a%23b");
+}
+
+#[test]
+fn reserved_escapes_stay_encoded_and_canonical() {
+    assert_eq!(norm("/a%3fb").unwrap(), "/a%3Fb");
+    assert_eq!(norm("/a%2cb%c3%a9").unwrap(), "/a%2Cb%C3%A9");
+    assert_eq!(norm("/caf\u{e9}").unwrap(), "/caf\u{e9}");
+}
+
+#[test]
+fn host_loses_port_and_case() {
+    assert_eq!(normalize_host("API.Example.com:8443").unwrap(), "api.example.com");
+    assert_eq!(normalize_host("[::1]:80").unwrap(), "::1");
+    assert_eq!(normalize_host("[::1]").unwrap(), "::1");
+    assert_eq!(normalize_host("[0:0:0:0:0:0:0:1]").unwrap(), "::1");
+    assert_eq!(normalize_host("[2001:DB8::1]:443").unwrap(), "2001:db8::1");
+    assert_eq!(normalize_host("10.0.0.1:8080").unwrap(), "10.0.0.1");
+    assert_eq!(normalize_host("my_svc.ns").unwrap(), "my_svc.ns");
+    assert_eq!(normalize_host("123.example.com").unwrap(), "123.example.com");
+    assert_eq!(normalize_host("").unwrap(), "");
+}
+
+#[test]
+fn a_trailing_dot_is_removed_so_a_host_forbid_still_matches() {
+    assert_eq!(normalize_host("admin.example.com.").unwrap(), "admin.example.com");
+    assert_eq!(normalize_host("Admin.Example.com.:443").unwrap(), "admin.example.com");
+    assert_eq!(normalize_host("1.2.3.4.").unwrap(), "1.2.3.4");
+    assert_eq!(normalize_host("admin.example.com.."), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("."), Err(RequestError::BadHost));
+}
+
+#[test]
+fn brackets_hold_only_an_ipv6_address_and_only_a_port_follows() {
+    assert_eq!(normalize_host("[admin.example.com]"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[::1]junk"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[::1]:"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[::1]:80x"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[::1"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[1.2.3.4]"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("[fe80::1%25eth0]"), Err(RequestError::BadHost));
+    assert_eq!(normalize_host("::1"), Err(RequestError::BadHost));
+}
+
+#[test]
+fn numbers_that_whatwg_reads_as_ipv4_must_be_a_canonical_dotted_quad() {
+    for h in [
+        "127.1",
+        "0x7f.0.0.1",
+        "2130706433",
+        "0177.0.0.1",
+        "127.0.0.01",
+        "256.0.0.1",
+        "1.2.3.4.5",
+        "0x7f000001",
+        "foo.123",
+        "foo.0x1f",
+        "a.0x",
+    ] {
+        assert_eq!(normalize_host(h), Err(RequestError::BadHost), "{h}");
+    }
+    assert_eq!(normalize_host("0xcafe.example").unwrap(), "0xcafe.example");
+    assert_eq!(normalize_host("127.0.0.1").unwrap(), "127.0.0.1");
+}
+
+#[test]
+fn hosts_outside_the_grammar_are_refused() {
+    let long_label = format!("{}.com", "a".repeat(64));
+    let long_name = format!("{}a", "abcdefghi.".repeat(26));
+    for h in [
+        "evil.com/x",
+        "a:b",
+        "a:b:80",
+        "a.com:",
+        "a.com:0",
+        "a.com:65536",
+        "a.com:+80",
+        "a.com:123456",
+        "user@a.com",
+        "a..com",
+        ".a.com",
+        "a b.com",
+        "caf\u{e9}.com",
+        long_label.as_str(),
+        long_name.as_str(),
+    ] {
+        assert_eq!(normalize_host(h), Err(RequestError::BadHost), "{h}");
+    }
+    assert_eq!(normalize_host("a.com:65535").unwrap(), "a.com");
+}
+
+fn request(method: &str, path: &str, host: &str, raw: &[(&str, &str)]) -> CheckRequest {
+    let header_map = (!raw.is_empty()).then(|| HeaderMap {
+        headers: raw
+            .iter()
+            .map(|(k, v)| HeaderValue { key: (*k).into(), value: (*v).into(), ..Default::default() })
+            .collect(),
+    });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: host.into(),
+                    header_map,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn view_err(req: &CheckRequest) -> RequestError {
+    RequestView::from_check(req, &Limits::default()).expect_err("refused").kind
+}
+
+#[test]
+fn a_refusal_carries_the_request_id_from_id_or_x_request_id() {
+    let mut req = request("GET", "/a/%2F", "h", &[("x-request-id", "from-header")]);
+    let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+    assert_eq!((e.kind, e.request_id.as_str()), (RequestError::EncodedSeparator, "from-header"));
+    if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+        http.id = "envoy-id".into();
+    }
+    let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+    assert_eq!((e.label(), e.request_id.as_str()), ("encoded_separator", "envoy-id"));
+    // Nothing to read: an empty id, never a guess.
+    let e = RequestView::from_check(&CheckRequest::default(), &Limits::default()).expect_err("refused");
+    assert_eq!((e.kind, e.request_id.as_str()), (RequestError::MissingHttp, ""));
+}
+
+#[test]
+fn agreeing_copies_of_method_path_and_host_are_accepted() {
+    let req = request(
+        "GET",
+        "/a/b?x=1",
+        "api.example.com",
+        &[(":method", "GET"), (":path", "/a/b?x=1"), (":authority", "API.example.com:443")],
+    );
+    let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    assert_eq!(
+        (v.method.as_str(), v.path.as_str(), v.query, v.host.as_str()),
+        ("GET", "/a/b", "x=1", "api.example.com")
+    );
+    // Proxyless clients send only the header map.
+    let req = request("", "", "", &[(":method", "GET"), (":path", "/p"), (":authority", "h.example")]);
+    let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    assert_eq!((v.path.as_str(), v.host.as_str()), ("/p", "h.example"));
+}
+
+#[test]
+fn disagreeing_copies_of_method_path_or_host_are_refused() {
+    let r = request("GET", "/public/x", "a.example", &[(":method", "DELETE")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingMethod);
+    let r = request("GET", "/public/x", "a.example", &[(":path", "/admin")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingPath);
+    let r = request("GET", "/p", "public.example.com", &[(":authority", "admin.example.com")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingHost);
+    let r = request("GET", "/p", "public.example.com", &[("host", "admin.example.com")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingHost);
+    let r = request("GET", "/p", "", &[(":authority", "a.example"), ("Host", "b.example")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingHost);
+    // A bad copy is a bad host, even when the attribute is fine.
+    let r = request("GET", "/p", "a.example", &[("host", "[a.example]")]);
+    assert_eq!(view_err(&r), RequestError::BadHost);
+}
+
+#[test]
+fn a_pseudo_header_or_host_sent_twice_is_refused() {
+    for dup in [":path", ":method", ":authority", "host", ":scheme"] {
+        let v = if dup == ":method" {
+            "GET"
+        } else if dup == ":path" {
+            "/p"
+        } else {
+            "a.example"
+        };
+        let r = request("GET", "/p", "a.example", &[(dup, v), (dup, v)]);
+        assert_eq!(view_err(&r), RequestError::DuplicatePseudoHeader, "{dup}");
+    }
+    let r = request("GET", "/p", "a.example", &[("Host", "a.example"), ("host", "a.example")]);
+    assert_eq!(view_err(&r), RequestError::DuplicatePseudoHeader);
+}
+
+#[test]
+fn the_view_refuses_attack_paths_and_hosts() {
+    assert_eq!(view_err(&request("GET", "/internal;x/secrets", "a.example", &[])), RequestError::PathParameter);
+    assert_eq!(view_err(&request("GET", "/a//../b", "a.example", &[])), RequestError::AmbiguousDotSegment);
+    assert_eq!(view_err(&request("GET", "/public#/../admin", "a.example", &[])), RequestError::PathFragment);
+    assert_eq!(view_err(&request("GET", "/p?q#f", "a.example", &[])), RequestError::PathFragment);
+    assert_eq!(view_err(&request("GET", "/p", "[::1]junk", &[])), RequestError::BadHost);
+    assert_eq!(view_err(&request("GET", "/p", "[admin.example.com]", &[])), RequestError::BadHost);
+    let ok = request("GET", "/p", "admin.example.com.", &[]);
+    assert_eq!(RequestView::from_check(&ok, &Limits::default()).expect("valid").host, "admin.example.com");
+    let strip = request("GET", "/internal;x/secrets", "a.example", &[]);
+    let v = RequestView::from_check_with(&strip, &Limits::default(), MatrixParameters::Strip).expect("valid");
+    assert_eq!(v.path, "/internal/secrets");
+}
