@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::policy::PolicyStore;
 
 /// What the admin handlers read.
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub store: Arc<PolicyStore>,
     pub registry: Registry,
     pub draining: Arc<AtomicBool>,
@@ -55,7 +55,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 /// Binds and serves the admin port (probes and metrics) until shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     state: Arc<AdminState>,
     shutdown: watch::Receiver<bool>,
@@ -70,7 +70,7 @@ pub async fn serve(
 
 /// Binds and serves the diagnostics port (`/policy`) until shutdown. The caller has checked
 /// that `addr` is a loopback address.
-pub async fn serve_diagnostics(
+pub(crate) async fn serve_diagnostics(
     addr: SocketAddr,
     store: Arc<PolicyStore>,
     shutdown: watch::Receiver<bool>,

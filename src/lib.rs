@@ -6,7 +6,10 @@
 //! pipeline on a normalized view; `server` and the offline `check` command normalize the wire
 //! request, call it and render the decision. `client` builds `CheckRequest`s (CLI, tests, benches).
 
-pub mod admin;
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+mod admin;
 pub mod authn;
 pub mod authz;
 pub mod check;
@@ -18,10 +21,10 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod proto;
-pub mod ratelimit;
+mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod server;
-pub mod telemetry;
+mod telemetry;
 pub mod token;
-pub mod watch;
+mod watch;

@@ -18,7 +18,7 @@ const OVERFLOW: &str = "\u{0}overflow";
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// Keyed limiter with a bounded table.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     max_tracked: usize,
@@ -28,7 +28,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `None` when the config asks for no limit.
-    pub fn new(cfg: &RateLimitConfig) -> Option<Self> {
+    pub(crate) fn new(cfg: &RateLimitConfig) -> Option<Self> {
         let rate = NonZeroU32::new(cfg.requests_per_second)?;
         let burst = cfg.burst.and_then(NonZeroU32::new).unwrap_or(rate);
         Some(Self {
@@ -41,7 +41,7 @@ impl RateLimiter {
     }
 
     /// `Ok` if the caller may proceed; otherwise the seconds to wait (at least 1).
-    pub fn check(&self, req: &RequestView<'_>, ids: &Identities) -> Result<(), u32> {
+    pub(crate) fn check(&self, req: &RequestView<'_>, ids: &Identities) -> Result<(), u32> {
         let mut key = caller_key(req, ids);
         if self.limiter.len() >= self.max_tracked {
             self.prune();
@@ -66,8 +66,9 @@ impl RateLimiter {
         }
     }
 
-    /// Callers currently tracked.
-    pub fn tracked(&self) -> usize {
+    /// Callers currently tracked (tests check the table stays bounded).
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.limiter.len()
     }
 }

@@ -15,13 +15,13 @@ const REALM: &str = "portcullis";
 
 /// gRPC status codes used in `CheckResponse.status` (google.rpc.Code).
 mod code {
-    pub const OK: i32 = 0;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-    pub const UNAUTHENTICATED: i32 = 16;
+    pub(super) const OK: i32 = 0;
+    pub(super) const INVALID_ARGUMENT: i32 = 3;
+    pub(super) const PERMISSION_DENIED: i32 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const INTERNAL: i32 = 13;
+    pub(super) const UNAVAILABLE: i32 = 14;
+    pub(super) const UNAUTHENTICATED: i32 = 16;
 }
 
 /// Rendering options that do not change per request.

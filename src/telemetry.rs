@@ -14,7 +14,7 @@ const MAX_QUEUED_LINES: usize = 8192;
 
 /// Installs the global subscriber once; later calls are no-ops. Hold the guard until exit: when
 /// dropped it writes out every queued line.
-pub fn init(cfg: &LogConfig) -> WorkerGuard {
+pub(crate) fn init(cfg: &LogConfig) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(MAX_QUEUED_LINES)

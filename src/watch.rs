@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// With only a quiet period given, a burst is folded for at most this many quiet periods.
-pub const MAX_WAIT_FACTOR: u32 = 8;
+pub(crate) const MAX_WAIT_FACTOR: u32 = 8;
 
 /// Where a complete candidate goes: built and validated, swapped in when valid, else refused
 /// with the last good one kept. Called on the blocking pool (parsing and validation are CPU
 /// work).
-pub trait Target: Send + Sync + 'static {
+pub(crate) trait Target: Send + Sync + 'static {
     type Candidate: Send + 'static;
     type Outcome: Send + 'static;
     type Error: Send + 'static;
@@ -27,10 +27,10 @@ pub trait Target: Send + Sync + 'static {
 }
 
 /// What the target answered for one reload.
-pub type Applied<T> = Result<<T as Target>::Outcome, <T as Target>::Error>;
+pub(crate) type Applied<T> = Result<<T as Target>::Outcome, <T as Target>::Error>;
 
 /// A watched source: folds its events in, and produces complete candidates for its target.
-pub trait Source: Send + 'static {
+pub(crate) trait Source: Send + 'static {
     type Event: Send + 'static;
     type Target: Target;
 
@@ -52,7 +52,7 @@ pub trait Source: Send + 'static {
 
 /// When to reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// A reload waits until no change has arrived for this long...
     pub quiet: Duration,
     /// ...but never longer than this after the first change of a burst.
@@ -64,18 +64,18 @@ pub struct Timing {
 
 impl Timing {
     /// `quiet`, a maximum wait of [`MAX_WAIT_FACTOR`] quiet periods, no poll.
-    pub fn from_quiet(quiet: Duration) -> Self {
+    pub(crate) fn from_quiet(quiet: Duration) -> Self {
         Self { quiet, max_wait: quiet.saturating_mul(MAX_WAIT_FACTOR), poll: None }
     }
 
-    pub fn with_poll(self, every: Duration) -> Self {
+    pub(crate) fn with_poll(self, every: Duration) -> Self {
         Self { poll: Some(every), ..self }
     }
 }
 
 /// The debounce state: when the pending reload is due, if one is.
 #[derive(Debug, Clone)]
-pub struct Debounce {
+pub(crate) struct Debounce {
     quiet: Duration,
     max_wait: Duration,
     due: Option<Instant>,
@@ -84,29 +84,29 @@ pub struct Debounce {
 }
 
 impl Debounce {
-    pub fn new(quiet: Duration, max_wait: Duration) -> Self {
+    pub(crate) fn new(quiet: Duration, max_wait: Duration) -> Self {
         Self { quiet, max_wait: max_wait.max(quiet), due: None, deadline: None }
     }
 
     /// A change at `now`: the reload moves to `now + quiet`, but not past the burst's deadline.
-    pub fn change(&mut self, now: Instant) {
+    pub(crate) fn change(&mut self, now: Instant) {
         let deadline = *self.deadline.get_or_insert(now + self.max_wait);
         self.due = Some((now + self.quiet).min(deadline));
     }
 
     /// When the pending reload is due; `None` when nothing changed.
-    pub fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         self.due
     }
 
     /// The pending reload starts: the next change begins a new burst.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         (self.due, self.deadline) = (None, None);
     }
 }
 
 /// Runs `source` until `shutdown` flips (or its sender is gone) or `events` ends.
-pub async fn run<S, E>(
+pub(crate) async fn run<S, E>(
     mut source: S,
     target: Arc<S::Target>,
     mut events: E,

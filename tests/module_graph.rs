@@ -11,7 +11,8 @@ type Table = BTreeMap<String, BTreeSet<String>>;
 
 /// Reads the table under `## Dependency table`: rows of `| `module` | `a`, `b` |` (`—` = none).
 fn read_table(markdown: &str) -> Table {
-    let section = markdown.split("## Dependency table").nth(1).expect("docs/architecture.md has a `## Dependency table`");
+    let section =
+        markdown.split("## Dependency table").nth(1).expect("docs/architecture.md has a `## Dependency table`");
     let mut table = Table::new();
     for line in section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
@@ -19,7 +20,10 @@ fn read_table(markdown: &str) -> Table {
             continue;
         }
         let names = |cell: &str| -> Vec<String> {
-            cell.split(',').map(|n| n.trim().trim_matches('`').to_owned()).filter(|n| !n.is_empty() && n != "—").collect()
+            cell.split(',')
+                .map(|n| n.trim().trim_matches('`').to_owned())
+                .filter(|n| !n.is_empty() && n != "—")
+                .collect()
         };
         let allowed: BTreeSet<String> = names(cells[1]).into_iter().collect();
         for module in names(cells[0]) {
@@ -218,8 +222,13 @@ fn a_forbidden_edge_is_found_in_use_lines_inline_paths_and_super_paths() {
 fn paths_are_resolved_from_the_file_they_are_in() {
     let at = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(referenced_modules("use super::x;", &at(&["authn", "jwt"])), BTreeSet::new());
-    assert_eq!(referenced_modules("use super::super::config::X;", &at(&["authn", "jwt"])), BTreeSet::from(["config".into()]));
+    assert_eq!(
+        referenced_modules("use super::super::config::X;", &at(&["authn", "jwt"])),
+        BTreeSet::from(["config".into()])
+    );
     assert_eq!(referenced_modules("let a = crate::{b::C, d};", &at(&["x"])), BTreeSet::from(["b".into(), "d".into()]));
     assert_eq!(referenced_modules("my_crate::x; $crate::y", &at(&["x"])), BTreeSet::new());
-    assert!(without_test_blocks("fn a() {}\n#[cfg(test)]\nmod tests {\n  use crate::z;\n}\n").find("crate::z").is_none());
+    assert!(
+        without_test_blocks("fn a() {}\n#[cfg(test)]\nmod tests {\n  use crate::z;\n}\n").find("crate::z").is_none()
+    );
 }

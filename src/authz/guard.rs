@@ -7,7 +7,7 @@ use super::model::{self, PrincipalKind};
 
 /// The request values guards read: the same strings authorization puts into the Cedar request.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
+pub(super) struct Facts<'a> {
     pub route_host: &'a str,
     pub route_path: &'a str,
     pub route_service: &'a str,
@@ -22,7 +22,7 @@ pub struct Facts<'a> {
 
 /// The principal's attributes, when its type has any.
 #[derive(Debug, Clone, Copy)]
-pub enum PrincipalFacts<'a> {
+pub(super) enum PrincipalFacts<'a> {
     User { issuer: &'a str },
     Service { spiffe_id: &'a str, trust_domain: &'a str, namespace: &'a str, service_account: &'a str },
     None,

@@ -33,7 +33,7 @@ use super::model::PrincipalKind;
 /// attributes present or not, and whether the `authn` set is empty (an empty set fits any set
 /// type). Everything else in the context has one fixed type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
+pub(super) struct Shape {
     pub source_ip: bool,
     pub peer: bool,
     pub authn: bool,
@@ -73,10 +73,10 @@ struct Slice {
 }
 
 /// Whether a request of an action, principal kind and shape passes the schema's validation.
-pub type FitsSchema<'a> = dyn Fn(&EntityUid, PrincipalKind, Shape) -> Result<(), String> + 'a;
+pub(super) type FitsSchema<'a> = dyn Fn(&EntityUid, PrincipalKind, Shape) -> Result<(), String> + 'a;
 
 /// Built once per snapshot: the slices, and the static entities every request starts from.
-pub struct PolicyIndex {
+pub(super) struct PolicyIndex {
     /// By action id (`Action::"<id>"`), one slot per [`PrincipalKind`].
     slices: HashMap<String, [Option<Slice>; 4]>,
     /// Static entities without those that cannot change an answer.
@@ -96,7 +96,7 @@ impl std::fmt::Debug for PolicyIndex {
 
 /// Why a request cannot be evaluated against a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unfit {
+pub(super) enum Unfit {
     /// The schema declares no such action, or not for this principal type.
     Action,
     /// Cedar's request validation refused this shape of request; its message.
@@ -108,7 +108,7 @@ impl PolicyIndex {
     /// [`PrincipalKind`] (in `PrincipalKind::ALL` order). `fits` says whether a request of an
     /// action, principal kind and shape passes the schema's request validation; `None` when that
     /// cannot be known ahead and every request is validated instead.
-    pub fn build(
+    pub(super) fn build(
         policies: &PolicySet,
         entities: Entities,
         static_below_request_types: bool,
@@ -145,22 +145,22 @@ impl PolicyIndex {
 
     /// True when a static entity could be a member of a per-request entity, so adding the
     /// request's entities can change the static entities' ancestors.
-    pub fn static_entities_reach_request_types(&self) -> bool {
+    pub(super) fn static_entities_reach_request_types(&self) -> bool {
         self.static_below_request_types
     }
 
     /// True when requests must be validated against the schema one by one.
-    pub fn validates_each_request(&self) -> bool {
+    pub(super) fn validates_each_request(&self) -> bool {
         self.validate_each_request
     }
 
     /// The static entities a request's own entities are added to.
-    pub fn entities(&self) -> &Arc<Entities> {
+    pub(super) fn entities(&self) -> &Arc<Entities> {
         &self.entities
     }
 
     /// The policies to evaluate a request with. Errors when the request does not fit the schema.
-    pub fn select(
+    pub(super) fn select(
         &self,
         action: &str,
         kind: PrincipalKind,
@@ -173,7 +173,7 @@ impl PolicyIndex {
     }
 
     /// Every policy, as an alternative to [`PolicyIndex::select`] (tests compare the two).
-    pub fn whole(&self) -> Arc<PolicySet> {
+    pub(super) fn whole(&self) -> Arc<PolicySet> {
         self.whole.clone()
     }
 }
