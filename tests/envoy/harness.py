@@ -191,6 +191,90 @@ class Portcullis:
         return self.config["listen"]["unix"]
 
     def start(self, *, ready: bool = True) -> "Portcullis":
+        # The loopback diagnostics listener has a fixed default port: give it a free one so
+        # parallel stacks do not collide.
+        cfg = copy.deepcopy(self.config)
+        cfg["listen"]["diagnostics"] = f"127.0.0.1:{free_port()}"
+        path = self.work / "portcullis.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(self.bin), "serve", "--config", str(path)], stdout=out, stderr=subprocess.STDOUT
+            )
+        # /healthz answers once the listeners are up; /readyz only with a policy snapshot.
+        probe = "/readyz" if ready else "/healthz"
+        wait_for(
+            "portcullis " + probe,
+            lambda: http_get_status(self.admin_port, probe) == 200 and Path(self.socket_path).exists(),
+            proc=self.proc,
+            log=self.log,
+        )
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# portcullis ----------------------------------------------------------------------------------
+
+
+def demo_config(work: Path, *, rate_limit: dict | None = None, policy_dir: Path | None = None) -> dict:
+    """A demo-like portcullis config: the demo issuer (jwks_file), API key, context header."""
+    cfg: dict = {
+        "listen": {
+            "grpc": f"127.0.0.1:{free_port()}",
+            "unix": str(work / "authz.sock"),
+            "admin": f"127.0.0.1:{free_port()}",
+            "drain_timeout": "1s",
+        },
+        "log": {"format": "json", "level": "info"},
+        "policy": {"dir": str(policy_dir or work / "policies"), "on_empty": "deny_all"},
+        "authn": {
+            "issuers": [
+                {
+                    "issuer": "https://demo.portcullis.dev",
+                    "jwks_file": str(DEMO / "jwks.json"),
+                    "audiences": ["demo-api"],
+                    "algorithms": ["RS256"],
+                    "claims_to_headers": {"email": "x-portcullis-email"},
+                }
+            ],
+            "peer": {"trust_domains": ["cluster.local"]},
+            "api_keys": {"header": "x-api-key", "keys": [{"client": "batch", "sha256": DEMO_API_KEY_SHA256}]},
+        },
+        "headers": {"policy_ids": "x-portcullis-policy"},
+        "cedar": {"context_headers": ["x-tenant"]},
+    }
+    if rate_limit:
+        cfg["rate_limit"] = rate_limit
+    return cfg
+
+
+@dataclass
+class Portcullis:
+    bin: Path
+    work: Path
+    config: dict
+    proc: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.work / "portcullis.log"
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.config["listen"]["admin"].rsplit(":", 1)[1])
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.config["listen"]["grpc"].rsplit(":", 1)[1])
+
+    @property
+    def socket_path(self) -> str:
+        return self.config["listen"]["unix"]
+
+    def start(self, *, ready: bool = True) -> "Portcullis":
         # Newer binaries open a loopback diagnostics listener on a fixed default port; give it a free
         # one so parallel stacks do not collide. Older binaries refuse the field: start without it.
         for with_diag in (True, False):
