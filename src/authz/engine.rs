@@ -331,6 +331,18 @@ pub struct Explanation {
     pub allowed: bool,
 }
 
+/// One line for an entity: `Type::"id" attrs {…} tags {…} in [parents]`, sorted.
+fn describe(e: &Entity) -> String {
+    fn pairs<K: fmt::Display, V: fmt::Display>(it: impl Iterator<Item = (K, V)>) -> String {
+        let mut v: Vec<String> = it.map(|(k, v)| format!("{k}: {v}")).collect();
+        v.sort_unstable();
+        v.join(", ")
+    }
+    let mut parents: Vec<String> = e.ancestors().map(|a| a.to_string()).collect();
+    parents.sort_unstable();
+    format!("{} attrs {{{}}} tags {{{}}} in [{}]", e.uid(), pairs(e.attrs()), pairs(e.tags()), parents.join(", "))
+}
+
 /// [`authorize`], explained: the same preparation and the same policies, then each considered
 /// policy evaluated on its own to tell which were satisfied.
 pub fn explain(
@@ -373,7 +385,7 @@ pub fn explain(
         action: p.action.to_string(),
         resource: p.resource.to_string(),
         context,
-        entities: p.built.iter().map(|e| e.to_string()).collect(),
+        entities: p.built.iter().map(|e| describe(e)).collect(),
         considered,
         total: engine.policy_count,
         satisfied,
