@@ -13,6 +13,10 @@ fi
 # The Python suites drive the real binary.
 cargo build --bin portcullis
 
+# Expected decisions shipped beside the example policies (*.test.yaml).
+cargo run -q --bin portcullis -- test -c examples/demo/config.yaml examples/demo/policies
+cargo run -q --bin portcullis -- test charts/portcullis/policies deploy/kustomize/base/policies
+
 for suite in tests/wire/run.sh tests/chart/run.sh tests/envoy/run.sh; do
   if [ -f "$suite" ]; then
     echo "== $suite"

@@ -63,11 +63,16 @@ impl Checker {
 
     /// Decides one normalized request.
     pub async fn check(&self, view: &RequestView<'_>) -> Decision {
+        match self.authn.authenticate(view).await {
+            Ok(ids) => self.check_as(view, ids),
+            Err(e) => self.authn_denial(&e, bounded(view.request_id)).into(),
+        }
+    }
+
+    /// Decides one normalized request as if authentication had proven `ids`: everything after
+    /// authentication, exactly as [`Checker::check`] does it (`portcullis test` states identities).
+    pub fn check_as(&self, view: &RequestView<'_>, ids: Identities) -> Decision {
         let rid = bounded(view.request_id);
-        let ids = match self.authn.authenticate(view).await {
-            Ok(ids) => ids,
-            Err(e) => return self.authn_denial(&e, rid).into(),
-        };
         // Over-quota callers are turned away before any policy work.
         if let Some(rl) = &self.rate_limiter
             && let Err(wait) = rl.check(view, &ids)
@@ -136,6 +141,17 @@ impl Checker {
             d.challenge = Some(ch);
         }
         d.into()
+    }
+
+    /// What Cedar saw and did for this request as `ids`, against the live snapshot; `None`
+    /// without a snapshot. Offline diagnostics only (`portcullis check --explain`).
+    pub fn explain(
+        &self,
+        view: &RequestView<'_>,
+        ids: &Identities,
+    ) -> Option<Result<authz::Explanation, authz::AuthzError>> {
+        let snapshot = self.store.load()?;
+        Some(authz::explain(&snapshot.engine, view, ids, &self.mapping))
     }
 
     /// The challenge for an anonymous caller: the scheme a credential could be sent with.

@@ -1,5 +1,6 @@
-//! Command line: `serve`, `validate`, `check` (offline or against a running sidecar) and the
-//! dev-only `token`. Every flag can also come from the environment.
+//! Command line: `serve`, `validate`, `check` (offline or against a running sidecar, with an
+//! offline `--explain`), `test` (policy test files) and the dev-only `token`. Every flag can
+//! also come from the environment.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +15,12 @@ use crate::config::{Config, PolicyConfig};
 use crate::policy::{PolicySnapshot, PolicyStore, files, snapshot::format_errors};
 use crate::proto::auth::{self, CheckRequest, CheckResponse};
 use crate::request::RequestView;
+
+mod explain;
+mod test;
+
+use explain::print_explanation;
+use test::run_tests;
 
 /// Envoy ext_authz sidecar: JWT / mTLS / API-key authentication, Cedar authorization.
 #[derive(Debug, Parser)]
@@ -57,6 +64,29 @@ pub enum Command {
         /// Exit non-zero unless the decision is this.
         #[arg(long)]
         expect: Option<Expect>,
+        /// Offline only: also print what Cedar saw (principal, action, resource, context), the
+        /// policies considered after indexing, the satisfied and determining ones, and every
+        /// evaluation error. Shows request data: for a terminal, never for logs.
+        #[arg(long, conflicts_with = "server")]
+        explain: bool,
+    },
+    /// Run the policy test files (`*.test.yaml`) of each policy directory; exits 1 if any case
+    /// fails, 2 if the tests cannot run (policies or test files that do not load).
+    Test {
+        /// Policy directories holding `*.test.yaml` files (default: the config's `policy.dir`).
+        dirs: Vec<PathBuf>,
+        /// Config file: issuers and their claim mapping, header names, Cedar context headers.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// `human` (like cargo test) or `junit` (JUnit XML, to --output or stdout).
+        #[arg(long, value_enum, default_value = "human")]
+        format: TestFormat,
+        /// Where the JUnit XML goes (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// List the policies that no case made determining.
+        #[arg(long)]
+        coverage: bool,
     },
     /// DEV ONLY: mint a token with a local private key, or print its JWKS.
     Token {
@@ -92,6 +122,13 @@ pub enum Command {
 pub enum Expect {
     Allow,
     Deny,
+}
+
+/// Output of `portcullis test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestFormat {
+    Human,
+    Junit,
 }
 
 /// A request described for `portcullis check`.
@@ -202,7 +239,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Check { request, config, policies, server, bearer, expect } => {
+        Command::Test { dirs, config, format, output, coverage } => run_tests(dirs, config, format, output, coverage),
+        Command::Check { request, config, policies, server, bearer, expect, explain } => {
             let mut spec = RequestSpec::load(&request)?;
             if bearer.is_some() {
                 spec.bearer = bearer;
@@ -222,7 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         cfg.policy = PolicyConfig { dir: Some(p), kubernetes: None, ..cfg.policy };
                     }
                     let dir = cfg.policy.dir.clone().context("offline check needs a policy directory")?;
-                    runtime()?.block_on(offline_check(&cfg, &dir, &req))?
+                    runtime()?.block_on(offline_check(&cfg, &dir, &req, explain))?
                 }
             };
             Ok(match expect {
@@ -268,14 +306,23 @@ fn prefix_dir(dir: &Path, e: &crate::policy::LoadError) -> String {
     e.to_string()
 }
 
-async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest) -> anyhow::Result<bool> {
+async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest, explain: bool) -> anyhow::Result<bool> {
     let mut registry = prometheus_client::registry::Registry::default();
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, &mut registry));
     if let Err(errs) = files::load_into(dir, &store) {
         anyhow::bail!("policies do not load:\n{}", format_errors(&errs));
     }
     let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
+    let mut explanation = None;
     let d = match RequestView::from_check_with(req, &cfg.limits, cfg.request.matrix_parameters) {
+        // The same decision as `check`, with the identities kept to explain Cedar's part.
+        Ok(view) if explain => match checker.authenticator().authenticate(&view).await {
+            Ok(ids) => {
+                explanation = checker.explain(&view, &ids);
+                checker.check_as(&view, ids)
+            }
+            Err(_) => checker.check(&view).await,
+        },
         Ok(view) => checker.check(&view).await,
         Err(e) => crate::check::invalid_request(&e),
     };
@@ -295,6 +342,9 @@ async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest) -> anyhow::
     }
     if let Some(c) = d.as_deny().and_then(|den| den.challenge.as_ref()) {
         println!("header:    www-authenticate: {}", crate::response::challenge_header(c));
+    }
+    if explain {
+        print_explanation(explanation);
     }
     Ok(d.is_allowed())
 }

@@ -20,6 +20,7 @@ pub mod decision;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod policytest;
 pub mod proto;
 mod ratelimit;
 pub mod request;

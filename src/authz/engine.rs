@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
-use cedar_policy_core::ast::{Entity, EntityUIDEntry, PolicySet as CorePolicySet, Request as CoreRequest};
+use cedar_policy_core::ast::{Entity, EntityUID, EntityUIDEntry, PolicySet as CorePolicySet, Request as CoreRequest};
 use cedar_policy_core::authorizer::{Authorizer as CoreAuthorizer, Decision as CoreDecision};
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -181,6 +181,46 @@ pub(super) fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
+    let p = prepare(engine, req, ids, mapping, whole, false)?;
+    let pset: &CorePolicySet = (*p.policies).as_ref();
+    let response = CoreAuthorizer::new().is_authorized(p.request, pset, &p.entities);
+    let errors: Vec<String> = response.diagnostics.errors.iter().map(|e| e.to_string()).collect();
+    // Cedar reports them from a hash set: sort, so logs and headers are stable.
+    let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
+    policies.sort_unstable();
+    let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
+    Ok(AuthzOutcome {
+        allowed,
+        policies,
+        errors,
+        principal: p.principal.to_string(),
+        action: p.action.to_string(),
+        resource: p.resource.to_string(),
+    })
+}
+
+/// Everything Cedar is handed for one request.
+struct Prepared {
+    request: CoreRequest,
+    policies: Arc<PolicySet>,
+    entities: CoreEntities,
+    principal: EntityUID,
+    action: EntityUID,
+    resource: EntityUID,
+    /// The entities built for this request (principal, peer, route), when explaining.
+    built: Vec<Arc<Entity>>,
+}
+
+/// Builds the Cedar request and entities and selects the policies (all of them with `whole`);
+/// keeps a copy of the per-request entities only when explaining (not on the request path).
+fn prepare(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+    whole: bool,
+    keep_built: bool,
+) -> Result<Prepared, AuthzError> {
     let t = types()?;
     let index = &engine.index;
     let base: &CoreEntities = if whole { engine.entities.as_ref() } else { (**index.entities()).as_ref() };
@@ -259,24 +299,97 @@ pub(super) fn authorize_with(
     } else {
         TCComputation::AssumeAlreadyComputed
     };
+    let built = if keep_built { extra.clone() } else { Vec::new() };
     let entities = base
         .clone()
         .add_entities(extra, None::<&NoEntitiesSchema>, tc, Extensions::all_available())
         .map_err(|e| AuthzError::Entity(e.to_string()))?;
+    Ok(Prepared { request, policies, entities, principal, action, resource, built })
+}
 
-    let pset: &CorePolicySet = (*policies).as_ref();
-    let response = CoreAuthorizer::new().is_authorized(request, pset, &entities);
-    let errors: Vec<String> = response.diagnostics.errors.iter().map(|e| e.to_string()).collect();
-    // Cedar reports them from a hash set: sort, so logs and headers are stable.
-    let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
-    policies.sort_unstable();
-    let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
-    Ok(AuthzOutcome {
-        allowed,
-        policies,
+/// What Cedar saw and did for one request, for `portcullis check --explain` (offline only: it
+/// holds request data that must never reach logs or Envoy's metadata).
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// The context record, in Cedar syntax.
+    pub context: String,
+    /// The entities built for this request (principal, peer, route), in Cedar's notation.
+    pub entities: Vec<String>,
+    /// Policies handed to Cedar after indexing, sorted.
+    pub considered: Vec<String>,
+    /// Policies in the whole set.
+    pub total: usize,
+    /// Considered policies whose conditions held, sorted.
+    pub satisfied: Vec<String>,
+    /// The permits that allowed, or the forbids that denied, sorted.
+    pub determining: Vec<String>,
+    /// `(policy id, message)` for every evaluation error.
+    pub errors: Vec<(String, String)>,
+    pub allowed: bool,
+}
+
+/// One line for an entity: `Type::"id" attrs {…} tags {…} in [parents]`, sorted.
+fn describe(e: &Entity) -> String {
+    fn pairs<K: fmt::Display, V: fmt::Display>(it: impl Iterator<Item = (K, V)>) -> String {
+        let mut v: Vec<String> = it.map(|(k, v)| format!("{k}: {v}")).collect();
+        v.sort_unstable();
+        v.join(", ")
+    }
+    let mut parents: Vec<String> = e.ancestors().map(|a| a.to_string()).collect();
+    parents.sort_unstable();
+    format!("{} attrs {{{}}} tags {{{}}} in [{}]", e.uid(), pairs(e.attrs()), pairs(e.tags()), parents.join(", "))
+}
+
+/// [`authorize`], explained: the same preparation and the same policies, then each considered
+/// policy evaluated on its own to tell which were satisfied.
+pub fn explain(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+) -> Result<Explanation, AuthzError> {
+    use cedar_policy_core::authorizer::AuthorizationError;
+    let p = prepare(engine, req, ids, mapping, false, true)?;
+    let pset: &CorePolicySet = (*p.policies).as_ref();
+    let authorizer = CoreAuthorizer::new();
+    let mut satisfied = Vec::new();
+    for policy in pset.policies() {
+        let mut one = CorePolicySet::new();
+        if one.add(policy.clone()).is_ok()
+            && !authorizer.is_authorized(p.request.clone(), &one, &p.entities).diagnostics.reason.is_empty()
+        {
+            satisfied.push(policy.id().to_string());
+        }
+    }
+    satisfied.sort_unstable();
+    let mut considered: Vec<String> = pset.policies().map(|p| p.id().to_string()).collect();
+    considered.sort_unstable();
+    let context = p.request.context().map(|c| c.to_string()).unwrap_or_default();
+    let response = authorizer.is_authorized(p.request, pset, &p.entities);
+    let mut determining: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
+    determining.sort_unstable();
+    let errors: Vec<(String, String)> = response
+        .diagnostics
+        .errors
+        .iter()
+        .map(|e| match e {
+            AuthorizationError::PolicyEvaluationError { id, error } => (id.to_string(), error.to_string()),
+        })
+        .collect();
+    Ok(Explanation {
+        allowed: response.decision == CoreDecision::Allow && errors.is_empty(),
+        principal: p.principal.to_string(),
+        action: p.action.to_string(),
+        resource: p.resource.to_string(),
+        context,
+        entities: p.built.iter().map(|e| describe(e)).collect(),
+        considered,
+        total: engine.policy_count,
+        satisfied,
+        determining,
         errors,
-        principal: principal.to_string(),
-        action: action.to_string(),
-        resource: resource.to_string(),
     })
 }

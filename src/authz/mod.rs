@@ -15,7 +15,7 @@ mod index;
 pub mod model;
 
 pub use documents::{DocKind, LoadError, PolicyDocument, format_errors};
-pub use engine::{Compiled, Engine, authorize};
+pub use engine::{Compiled, Engine, Explanation, authorize, explain};
 
 /// Why an authorization request could not even be evaluated (each is a deny).
 #[derive(Debug, thiserror::Error)]

@@ -84,21 +84,36 @@ impl JwtAuthenticator {
 
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(map_jwt_error)?;
         let claims = data.claims;
-        for c in &issuer.required_claims {
+        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
+        let identity = issuer.identity(&claims, expires_at, key.kid.clone(), key.fingerprint)?;
+        Ok((Arc::new(identity), idx))
+    }
+}
+
+impl Issuer {
+    /// What verified claims prove under this issuer's mapping (groups, claim headers, tags):
+    /// the one mapping, shared by token verification and `portcullis test`'s stated identities.
+    pub(super) fn identity(
+        &self,
+        claims: &Map<String, Value>,
+        expires_at: u64,
+        kid: Option<String>,
+        key_fingerprint: [u8; 16],
+    ) -> Result<JwtIdentity, JwtError> {
+        for c in &self.required_claims {
             if !claims.contains_key(c) {
-                return Err(JwtError::MissingClaim.into());
+                return Err(JwtError::MissingClaim);
             }
         }
         let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
-        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
-        let identity = JwtIdentity {
-            issuer: issuer.name.clone(),
+        Ok(JwtIdentity {
+            issuer: self.name.clone(),
             subject,
-            groups: collect_groups(&claims, &issuer.group_claims)
+            groups: collect_groups(claims, &self.group_claims)
                 .into_iter()
-                .map(|g| issuer.group_namespace.group_id(&issuer.name, &g))
+                .map(|g| self.group_namespace.group_id(&self.name, &g))
                 .collect(),
-            headers: issuer
+            headers: self
                 .claims_to_headers
                 .iter()
                 .filter_map(|(claim, header)| claims.get(claim).and_then(scalar_string).map(|v| (header.clone(), v)))
@@ -106,14 +121,13 @@ impl JwtAuthenticator {
                 .collect(),
             claims: claims
                 .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !issuer.group_claims.contains(k))
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claims.contains(k))
                 .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
                 .collect(),
             expires_at,
-            kid: key.kid.clone(),
-            key_fingerprint: key.fingerprint,
-        };
-        Ok((Arc::new(identity), idx))
+            kid,
+            key_fingerprint,
+        })
     }
 }
 
