@@ -61,10 +61,15 @@ pub(crate) fn init(cfg: &LogConfig) -> LogGuard {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(QueueWriter(queue.clone()));
-    let _ = match cfg.format {
+    let installed = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if installed.is_ok() {
+        // The default hook writes to stderr directly, blocking on a stalled sink; the server
+        // catches check panics (a deny), so route the report through the bounded queue too.
+        std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panicked")));
+    }
     LogGuard { queue, done }
 }
 
@@ -251,8 +256,13 @@ impl Write for LineWriter<'_> {
 mod tests {
     use super::*;
 
+    /// Opens a [`Stuck`] sink when set to true.
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+    /// What a [`Stuck`] sink was given once open.
+    type Written = Arc<Mutex<Vec<u8>>>;
+
     /// A sink that takes nothing until released, like a pipe nobody reads.
-    struct Stuck(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<u8>>>);
+    struct Stuck(Gate, Written);
 
     impl Write for Stuck {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -269,9 +279,7 @@ mod tests {
         }
     }
 
-    fn stuck_queue(
-        on_full: OnFull,
-    ) -> (Arc<Queue>, Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<u8>>>, mpsc::Receiver<()>) {
+    fn stuck_queue(on_full: OnFull) -> (Arc<Queue>, Gate, Written, mpsc::Receiver<()>) {
         let q = Arc::new(Queue::new(on_full, Duration::from_millis(20), 4, Counter::default()));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let written = Arc::new(Mutex::new(Vec::new()));
