@@ -1,13 +1,14 @@
 //! Wiring: the ext_authz gRPC service over TCP and a Unix socket, gRPC health (NOT_SERVING until
 //! a policy snapshot is live) and reflection, the admin HTTP port (probes, metrics), the loopback
-//! diagnostics port (`/policy`), the policy source, and one
-//! shutdown signal that every task selects on. On SIGTERM readiness goes false first, then
-//! in-flight checks drain.
+//! diagnostics port (`/policy`), the policy source, and shutdown in two phases. On SIGTERM
+//! readiness and gRPC health go NOT_SERVING at once while the listeners keep answering for
+//! `listen.drain_delay` (so the proxy and kubelet notice before anything is refused); then the
+//! listeners stop accepting and in-flight checks get `listen.drain_timeout` to finish.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
@@ -41,6 +42,8 @@ impl AuthzService {
     /// Normalizes the wire request, then decides it; a request that does not normalize is a
     /// 400 that still carries its request id.
     async fn decide(&self, req: &CheckRequest) -> Decision {
+        #[cfg(test)]
+        tests::fault_hook(req).await;
         match RequestView::from_check_with(req, &self.limits, self.matrix) {
             Ok(view) => self.checker.check(&view).await,
             Err(e) => check::invalid_request(&e),
@@ -90,15 +93,46 @@ pub struct Running {
     /// The loopback diagnostics listener (`/policy`).
     pub diagnostics_addr: Option<SocketAddr>,
     pub store: Arc<PolicyStore>,
+    /// Phase one: readiness and health off, listeners still open.
+    drain: watch::Sender<bool>,
+    /// Phase two: listeners stop accepting; every task ends.
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
+    drain_delay: Duration,
+    /// Owns the gRPC health status; ends once it has reported NOT_SERVING for the drain.
+    health_task: Option<JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
-    /// Readiness goes false, then listeners stop accepting and in-flight checks finish.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Phase one of a shutdown: `/readyz` and gRPC health report NOT_SERVING (done when this
+    /// returns) while every listener keeps accepting and answering checks.
+    pub async fn begin_drain(&mut self) -> anyhow::Result<()> {
         self.draining.store(true, Ordering::Release);
+        let _ = self.drain.send(true);
+        if let Some(h) = self.health_task.take() {
+            h.await.context("health task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// What SIGTERM does: phase one, then keep serving for `listen.drain_delay` (or until
+    /// `cut_short` resolves, e.g. a second signal), then [`Running::shutdown`].
+    pub async fn drain_and_shutdown(mut self, cut_short: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        self.begin_drain().await?;
+        tracing::info!(drain_delay = ?self.drain_delay, "draining: not ready, still answering checks");
+        tokio::select! {
+            _ = tokio::time::sleep(self.drain_delay) => {}
+            _ = cut_short => tracing::info!("second signal: drain delay cut short"),
+        }
+        self.shutdown().await
+    }
+
+    /// Stops now, without the drain delay: readiness goes false, listeners stop accepting, and
+    /// in-flight checks get `listen.drain_timeout` to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_drain().await?;
+        tracing::info!("listeners closing; in-flight checks finishing");
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             t.await.context("server task panicked")??;
@@ -116,7 +150,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));
     let checker = Arc::new(Checker::new(&cfg, store.clone(), &mut registry)?);
     let metrics = CheckMetrics::register(&mut registry);
+    crate::telemetry::register(&mut registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
 
@@ -151,12 +187,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     health.set_not_serving::<AuthorizationServer<AuthzService>>().await;
-    {
-        let (store, mut stop, draining) = (store.clone(), shutdown_rx.clone(), draining.clone());
-        tasks.push(tokio::spawn(async move {
+    let health_task = {
+        // The only writer of the health status, so nothing can flip it back to SERVING once
+        // the drain has begun.
+        let (store, mut drain) = (store.clone(), drain_rx);
+        tokio::spawn(async move {
             let mut serving = false;
             loop {
-                let want = store.is_ready() && !draining.load(Ordering::Acquire);
+                let draining = *drain.borrow();
+                let want = store.is_ready() && !draining;
                 if want != serving {
                     let st = if want {
                         tonic_health::ServingStatus::Serving
@@ -171,16 +210,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                     }
                     serving = want;
                 }
-                tokio::select! {
-                    _ = stop.changed() => {
-                        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                let drain_begun = tokio::select! {
+                    r = drain.wait_for(|d| *d) => { drop(r); true }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+                };
+                if drain_begun {
+                    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    health.set_not_serving::<AuthorizationServer<AuthzService>>().await;
+                    return Ok(());
                 }
             }
-        }));
-    }
+        })
+    };
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -250,7 +291,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks.push(task);
     }
 
-    Ok(Running { grpc_addr, unix_path, admin_addr, diagnostics_addr, store, shutdown: shutdown_tx, draining, tasks })
+    Ok(Running {
+        grpc_addr,
+        unix_path,
+        admin_addr,
+        diagnostics_addr,
+        store,
+        drain: drain_tx,
+        shutdown: shutdown_tx,
+        draining,
+        drain_delay: cfg.listen.drain_delay,
+        health_task: Some(health_task),
+        tasks,
+    })
 }
 
 /// Resolves when the shutdown flag flips (or its sender is gone).
@@ -263,7 +316,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Runs a server; after shutdown starts, in-flight calls get `drain` to finish.
-async fn bounded_drain<F>(server: F, rx: watch::Receiver<bool>, drain: std::time::Duration) -> anyhow::Result<()>
+async fn bounded_drain<F>(server: F, rx: watch::Receiver<bool>, drain: Duration) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
 {
@@ -281,12 +334,12 @@ where
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C, then drains.
+/// Runs until SIGTERM or Ctrl-C, then drains (a second signal skips the rest of the delay).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let running = start(cfg).await?;
     wait_for_signal().await;
-    tracing::info!("shutdown requested: readiness off, draining in-flight checks");
-    running.shutdown().await?;
+    tracing::info!("shutdown requested: readiness off, still answering during the drain delay");
+    running.drain_and_shutdown(wait_for_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -305,3 +358,6 @@ async fn wait_for_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,7 +23,15 @@ pub struct ListenConfig {
     /// what it shows (policy source, reload errors) is for operators on the node, not the mesh.
     #[serde(default = "default_diagnostics")]
     pub diagnostics: Option<SocketAddr>,
-    /// How long in-flight checks may take to finish after SIGTERM.
+    /// After SIGTERM, how long readiness and gRPC health report NOT_SERVING while the listeners
+    /// keep accepting and answering checks. It gives the proxy (Envoy, istio-proxy) and kubelet
+    /// time to notice and stop sending before the sockets close; without it every check sent in
+    /// that window would be a connection error, i.e. a denial. Also what the chart relies on
+    /// instead of a `preStop` sleep (the image has no shell).
+    #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the listeners close, how long in-flight checks may take to finish; connections still
+    /// open then are closed.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
@@ -37,9 +45,15 @@ fn default_admin() -> Option<SocketAddr> {
 fn default_diagnostics() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9092)))
 }
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
+
+/// Longer than any sensible grace period: a typo (`5m` for `5s`) would hold every rollout.
+const MAX_DRAIN: Duration = Duration::from_secs(300);
 
 impl Default for ListenConfig {
     fn default() -> Self {
@@ -48,6 +62,7 @@ impl Default for ListenConfig {
             unix: None,
             admin: default_admin(),
             diagnostics: default_diagnostics(),
+            drain_delay: default_drain_delay(),
             drain_timeout: default_drain(),
         }
     }
@@ -66,6 +81,50 @@ impl ListenConfig {
                 format!("`{a}` is not a loopback address; diagnostics are served on loopback only (or null)"),
             ));
         }
+        if self.drain_delay > MAX_DRAIN {
+            return Err(ConfigError::invalid(
+                "listen.drain_delay",
+                format!(
+                    "at most {}; it must fit in the pod's termination grace period",
+                    humantime::format_duration(MAX_DRAIN)
+                ),
+            ));
+        }
+        if self.drain_timeout.is_zero() || self.drain_timeout > MAX_DRAIN {
+            return Err(ConfigError::invalid(
+                "listen.drain_timeout",
+                format!(
+                    "must be more than 0 (in-flight checks would be cut off) and at most {}",
+                    humantime::format_duration(MAX_DRAIN)
+                ),
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(y: &str) -> Result<Config, String> {
+        let c = Config::from_yaml(y)?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn drain_delay_defaults_and_bounds_name_the_field() {
+        let c = parse("policy: {dir: x}\n").unwrap();
+        assert_eq!(c.listen.drain_delay.as_secs(), 5);
+        assert_eq!(c.listen.drain_timeout.as_secs(), 10);
+        let c = parse("policy: {dir: x}\nlisten: {drain_delay: 0s}\n").unwrap();
+        assert!(c.listen.drain_delay.is_zero());
+        let err = parse("policy: {dir: x}\nlisten: {drain_delay: 1h}\n").unwrap_err();
+        assert!(err.contains("listen.drain_delay"), "{err}");
+        for bad in ["0s", "1h"] {
+            let err = parse(&format!("policy: {{dir: x}}\nlisten: {{drain_timeout: {bad}}}\n")).unwrap_err();
+            assert!(err.contains("listen.drain_timeout"), "{bad}: {err}");
+        }
     }
 }

@@ -104,6 +104,7 @@ impl Config {
     /// Checks everything serde cannot, section by section: names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen.validate()?;
+        self.log.validate()?;
         self.policy.validate()?;
         self.authn.validate()?;
         self.headers.validate(&self.authn)?;

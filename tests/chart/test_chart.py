@@ -141,6 +141,35 @@ def test_probes_hit_healthz_and_readyz_on_the_admin_port(scenario):
         assert mount["subPath"] == "config.yaml"
 
 
+@scenarios
+def test_shutdown_drain_grace_period_and_probes_agree(scenario):
+    rendered = render(scenario)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    delay, timeout = values["shutdown"]["drainDelaySeconds"], values["shutdown"]["drainTimeoutSeconds"]
+    listen = rendered.portcullis_config()["listen"]
+    # The binary keeps answering for drain_delay after SIGTERM, then drains for drain_timeout.
+    assert listen["drain_delay"] == f"{delay}s"
+    assert listen["drain_timeout"] == f"{timeout}s"
+    for obj in rendered.of_kind("Deployment"):
+        spec = pod_spec(obj)
+        # The kubelet's SIGKILL must not cut the drain short.
+        assert spec["terminationGracePeriodSeconds"] > delay + timeout
+        pc = container(spec, "portcullis")
+        # No preStop: the distroless image has no sleep; drain_delay does that job in the binary.
+        assert "lifecycle" not in pc
+        ready = pc["readinessProbe"]
+        # The kubelet sees the container unready while it still answers checks.
+        assert ready["periodSeconds"] * ready["failureThreshold"] <= delay
+        assert pc["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness keeps passing while draining"
+
+
+def test_shutdown_values_reach_the_config():
+    listen = render("default", "shutdown.drainDelaySeconds=0", "shutdown.drainTimeoutSeconds=3").portcullis_config()[
+        "listen"
+    ]
+    assert (listen["drain_delay"], listen["drain_timeout"]) == ("0s", "3s")
+
+
 def test_image_defaults_to_app_version_and_digest_wins():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     pc = container(pod_spec(render().deployment()), "portcullis")
@@ -708,6 +737,8 @@ REFUSED = [
     # Checked by the templates, past the schema:
     (["--set", "envoy.port=8000"], "must differ"),
     (["--set", "policies.bundled=false"], "needs policies"),
+    (["--set", "workload.terminationGracePeriodSeconds=15"], "must exceed shutdown.drainDelaySeconds"),
+    (["--set", "shutdown.drainTimeoutSeconds=0"], "drainTimeoutSeconds"),
 ]
 
 
@@ -721,6 +752,8 @@ def test_the_refusals_are_not_blanket():
     # The same keys with good values render, so each refusal above is about the value.
     render("default", "workload.replicas=0", "grpc.port=9000", "transport=tcp", "policies.source=kubernetes")
     render("default", "issuers[0].issuer=https://id.example.com")
+    render("default", "workload.terminationGracePeriodSeconds=16")
+    render("default", "workload.create=false", "workload.terminationGracePeriodSeconds=1")
     render("default", "issuers[0].issuer=http://keycloak.idp.svc", "issuers[0].allow_insecure_http=true")
     render("default", 'json:issuers=[{"issuer":"https://a.example.com","from":[{"header":"x-token"}]}]')
     render("default", 'json:tests.cases=[{"name":"x","expect":"deny","request":{"method":"GET","path":"/"}}]')

@@ -143,6 +143,7 @@ def demo_config(work: Path, *, rate_limit: dict | None = None, policy_dir: Path 
             "unix": str(work / "authz.sock"),
             "admin": f"127.0.0.1:{free_port()}",
             "drain_timeout": "1s",
+            "drain_delay": "0s",  # tests stop stacks often; the shutdown suite covers the delay
         },
         "log": {"format": "json", "level": "info"},
         "policy": {"dir": str(policy_dir or work / "policies"), "on_empty": "deny_all"},
@@ -227,6 +228,7 @@ def demo_config(work: Path, *, rate_limit: dict | None = None, policy_dir: Path 
             "unix": str(work / "authz.sock"),
             "admin": f"127.0.0.1:{free_port()}",
             "drain_timeout": "1s",
+            "drain_delay": "0s",  # tests stop stacks often; the shutdown suite covers the delay
         },
         "log": {"format": "json", "level": "info"},
         "policy": {"dir": str(policy_dir or work / "policies"), "on_empty": "deny_all"},

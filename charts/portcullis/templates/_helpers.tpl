@@ -63,6 +63,12 @@ app.kubernetes.io/part-of: portcullis
 {{- if and (eq .Values.policies.source "files") (not .Values.policies.existingConfigMap) (not .Values.policies.bundled) (not .Values.policies.files) -}}
 {{- fail "policies.source=files needs policies: keep policies.bundled, set policies.files, or name policies.existingConfigMap" -}}
 {{- end -}}
+{{- if .Values.workload.create -}}
+{{- $drain := add (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.drainTimeoutSeconds) -}}
+{{- if le (int .Values.workload.terminationGracePeriodSeconds) $drain -}}
+{{- fail (printf "workload.terminationGracePeriodSeconds (%d) must exceed shutdown.drainDelaySeconds + shutdown.drainTimeoutSeconds (%d): the kubelet would kill portcullis mid-drain" (int .Values.workload.terminationGracePeriodSeconds) $drain) -}}
+{{- end -}}
+{{- end -}}
 {{- /* portcullis refuses this config at start; say so at install time, naming the value. */ -}}
 {{- $authn := default (dict) (include "portcullis.config" . | fromYaml).authn -}}
 {{- $grouping := 0 -}}
@@ -134,6 +140,8 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $listen "unix" nil -}}
 {{- $_ := set $listen "grpc" (printf "%s:%d" .Values.grpc.bindAddress (int .Values.grpc.port)) -}}
 {{- end -}}
+{{- $_ := set $listen "drain_delay" (printf "%ds" (int .Values.shutdown.drainDelaySeconds)) -}}
+{{- $_ := set $listen "drain_timeout" (printf "%ds" (int .Values.shutdown.drainTimeoutSeconds)) -}}
 {{- $_ := set $cfg "listen" $listen -}}
 {{- if eq .Values.policies.source "kubernetes" -}}
 {{- $_ := set $cfg "policy" (dict "kubernetes" (dict "namespaces" (include "portcullis.watchNamespaces" . | fromJsonArray) "selector" .Values.policies.kubernetes.selector)) -}}
