@@ -336,9 +336,7 @@ async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest, explain: bo
         for (k, v) in &a.upstream_headers {
             println!("header:    {k}: {v}");
         }
-        for k in &a.remove_headers {
-            println!("remove:    {k}");
-        }
+        print_removals(&a.remove_headers);
     }
     if let Some(c) = d.as_deny().and_then(|den| den.challenge.as_ref()) {
         println!("header:    www-authenticate: {}", crate::response::challenge_header(c));
@@ -403,9 +401,7 @@ fn print_response(resp: &CheckResponse) -> bool {
             for h in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
                 println!("header:    {}: {}", h.key, h.value);
             }
-            for r in &ok.headers_to_remove {
-                println!("remove:    {r}");
-            }
+            print_removals(&ok.headers_to_remove);
         }
         Some(HttpResponse::DeniedResponse(d)) => {
             for h in d.headers.iter().filter_map(|h| h.header.as_ref()) {
@@ -416,4 +412,18 @@ fn print_response(resp: &CheckResponse) -> bool {
         None => {}
     }
     allowed
+}
+
+/// Removals on one line for people: the owned names, and how many `_` spellings of them go too.
+fn print_removals(names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let (underscored, plain): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| n.contains('_'));
+    let plain: Vec<&str> = plain.iter().map(|n| n.as_str()).collect();
+    if underscored.is_empty() {
+        println!("remove:    {}", plain.join(", "));
+    } else {
+        println!("remove:    {} (and {} `_` spellings of owned names)", plain.join(", "), underscored.len());
+    }
 }
