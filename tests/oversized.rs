@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use jsonwebtoken::Algorithm;
 use portcullis::config::Config;
-use portcullis::proto::auth::authorization_client::AuthorizationClient;
 use portcullis::proto::auth::CheckRequest;
+use portcullis::proto::auth::authorization_client::AuthorizationClient;
 use prost::Message;
 use tonic::transport::Channel;
 
