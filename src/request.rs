@@ -378,6 +378,9 @@ fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<
     Ok((out, invalid))
 }
 
+/// Which [`RouteFactSource`] a metadata namespace's facts get.
+type NamespacedSource<'a> = fn(&'a str) -> RouteFactSource<'a>;
+
 /// Context extensions, then the string fields of the configured metadata namespaces, in a
 /// stable order (the wire maps are unordered). Non-string metadata values are not exposed.
 /// Over the count or a length limit is refused, never truncated.
@@ -401,7 +404,7 @@ fn collect_route_facts<'a>(
     for (k, v) in ext {
         push(RouteFactSource::Extension, k, v)?;
     }
-    let sources: [(&'a Option<Metadata>, &[String], fn(&'a str) -> RouteFactSource<'a>); 2] = [
+    let sources: [(&'a Option<Metadata>, &[String], NamespacedSource<'a>); 2] = [
         (&attrs.metadata_context, namespaces.metadata, RouteFactSource::Metadata),
         (&attrs.route_metadata_context, namespaces.route_metadata, RouteFactSource::RouteMetadata),
     ];
