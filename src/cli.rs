@@ -14,7 +14,7 @@ use crate::client::CheckRequestBuilder;
 use crate::config::{Config, PolicyConfig};
 use crate::policy::{PolicySnapshot, PolicyStore, files, snapshot::format_errors};
 use crate::proto::auth::{self, CheckRequest, CheckResponse};
-use crate::request::RequestView;
+use crate::request::{RequestView, RouteFactNamespaces};
 
 mod explain;
 mod test;
@@ -314,7 +314,12 @@ async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest, explain: bo
     }
     let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
     let mut explanation = None;
-    let d = match RequestView::from_check_with(req, &cfg.limits, cfg.request.matrix_parameters) {
+    let d = match RequestView::from_check_route(
+        req,
+        &cfg.limits,
+        cfg.request.matrix_parameters,
+        RouteFactNamespaces::of(&cfg.cedar),
+    ) {
         // The same decision as `check`, with the identities kept to explain Cedar's part.
         Ok(view) if explain => match checker.authenticator().authenticate(&view).await {
             Ok(ids) => {

@@ -20,7 +20,7 @@ use crate::client::CheckRequestBuilder;
 use crate::config::{Config, IssuerConfig};
 use crate::decision::Decision;
 use crate::policy::{PolicyStore, files, snapshot::format_errors};
-use crate::request::RequestView;
+use crate::request::{RequestView, RouteFactNamespaces};
 
 /// Test files end with this; policy loaders ignore them.
 pub const TEST_FILE_SUFFIX: &str = ".test.yaml";
@@ -281,7 +281,12 @@ fn run_case(cfg: &Config, checker: &Checker, file: &str, case: &Case) -> CaseRes
             return result;
         }
     };
-    let decision = match RequestView::from_check_with(&wire, &cfg.limits, cfg.request.matrix_parameters) {
+    let decision = match RequestView::from_check_route(
+        &wire,
+        &cfg.limits,
+        cfg.request.matrix_parameters,
+        RouteFactNamespaces::of(&cfg.cedar),
+    ) {
         Ok(view) => checker.check_as(&view, ids),
         Err(e) => invalid_request(&e),
     };

@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::config::{Limits, MatrixParameters};
+use crate::config::{CedarConfig, Limits, MatrixParameters};
 use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
-use crate::proto::core::{Address, address};
+use crate::proto::core::{Address, Metadata, address};
 
 /// Why a request could not be normalized. Each is refused (400), never guessed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +49,10 @@ pub enum RequestError {
     ConflictingHost,
     #[error("a pseudo-header or `host` occurs more than once")]
     DuplicatePseudoHeader,
+    #[error("more route facts (context extensions and metadata strings) than the limit")]
+    TooManyRouteFacts,
+    #[error("a route fact key or value is longer than the limit")]
+    RouteFactTooLong,
 }
 
 impl RequestError {
@@ -74,6 +78,8 @@ impl RequestError {
             RequestError::ConflictingPath => "conflicting_path",
             RequestError::ConflictingHost => "conflicting_host",
             RequestError::DuplicatePseudoHeader => "duplicate_pseudo_header",
+            RequestError::TooManyRouteFacts => "too_many_route_facts",
+            RequestError::RouteFactTooLong => "route_fact_too_long",
         }
     }
 }
@@ -92,6 +98,48 @@ impl InvalidRequest {
     /// Bounded label for metrics and the machine-readable reason.
     pub fn label(&self) -> &'static str {
         self.kind.label()
+    }
+}
+
+/// Most route facts one request may carry (context extensions plus metadata strings of the
+/// configured namespaces). More is a 400, never a silent truncation.
+pub const MAX_ROUTE_FACTS: usize = 64;
+/// Longest route fact key (an extension key or a metadata field name), in bytes.
+pub const MAX_ROUTE_FACT_KEY_BYTES: usize = 128;
+/// Longest route fact value, in bytes.
+pub const MAX_ROUTE_FACT_VALUE_BYTES: usize = 1024;
+
+/// Where a route fact came from. All of them are set by Envoy, never read from request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteFactSource<'a> {
+    /// `attributes.context_extensions` (the route's `ExtAuthzPerRoute.check_settings`).
+    Extension,
+    /// A string field of `attributes.metadata_context.filter_metadata[<namespace>]`.
+    Metadata(&'a str),
+    /// A string field of `attributes.route_metadata_context.filter_metadata[<namespace>]`.
+    RouteMetadata(&'a str),
+}
+
+/// One fact Envoy reported about the matched route, exposed to policies as a `Route` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteFact<'a> {
+    pub source: RouteFactSource<'a>,
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+/// Which metadata namespaces become route facts (`cedar.metadata_namespaces`,
+/// `cedar.route_metadata_namespaces`). Context extensions are always read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteFactNamespaces<'c> {
+    pub metadata: &'c [String],
+    pub route_metadata: &'c [String],
+}
+
+impl<'c> RouteFactNamespaces<'c> {
+    /// The namespaces `cedar` configures.
+    pub fn of(cedar: &'c CedarConfig) -> Self {
+        Self { metadata: &cedar.metadata_namespaces, route_metadata: &cedar.route_metadata_namespaces }
     }
 }
 
@@ -121,6 +169,8 @@ pub struct RequestView<'a> {
     pub request_id: &'a str,
     /// W3C `traceparent`, if present.
     pub traceparent: Option<&'a str>,
+    /// What Envoy reported about the route (never taken from headers), bounded.
+    pub route_facts: Vec<RouteFact<'a>>,
 }
 
 impl<'a> RequestView<'a> {
@@ -131,16 +181,32 @@ impl<'a> RequestView<'a> {
     }
 
     /// Normalizes a check request under the configured limits and matrix-parameter mode.
+    /// No metadata namespace is read; context extensions are.
     pub fn from_check_with(
         req: &'a CheckRequest,
         limits: &Limits,
         matrix: MatrixParameters,
     ) -> Result<Self, InvalidRequest> {
-        Self::normalize(req, limits, matrix)
+        Self::from_check_route(req, limits, matrix, RouteFactNamespaces::default())
+    }
+
+    /// Normalizes a check request, also reading the string metadata of the given namespaces.
+    pub fn from_check_route(
+        req: &'a CheckRequest,
+        limits: &Limits,
+        matrix: MatrixParameters,
+        namespaces: RouteFactNamespaces<'_>,
+    ) -> Result<Self, InvalidRequest> {
+        Self::normalize(req, limits, matrix, namespaces)
             .map_err(|kind| InvalidRequest { kind, request_id: raw_request_id(req).to_owned() })
     }
 
-    fn normalize(req: &'a CheckRequest, limits: &Limits, matrix: MatrixParameters) -> Result<Self, RequestError> {
+    fn normalize(
+        req: &'a CheckRequest,
+        limits: &Limits,
+        matrix: MatrixParameters,
+        namespaces: RouteFactNamespaces<'_>,
+    ) -> Result<Self, RequestError> {
         let attrs: &'a AttributeContext = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or(RequestError::MissingHttp)?;
         let (headers, invalid_values) = collect_headers(http, limits.max_headers)?;
@@ -195,6 +261,7 @@ impl<'a> RequestView<'a> {
 
         let peer = |p: &'a Option<attribute_context::Peer>| p.as_ref().and_then(|p| non_empty(&p.principal));
         let source_ip = attrs.source.as_ref().and_then(|p| p.address.as_ref()).and_then(ip_of);
+        let route_facts = collect_route_facts(attrs, namespaces)?;
 
         Ok(RequestView {
             method,
@@ -207,6 +274,7 @@ impl<'a> RequestView<'a> {
             source_ip,
             request_id: non_empty(&http.id).or_else(|| lookup("x-request-id")).unwrap_or(""),
             traceparent: lookup("traceparent"),
+            route_facts,
             headers,
             invalid_values,
         })
@@ -308,6 +376,57 @@ fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<
         }
     }
     Ok((out, invalid))
+}
+
+/// Which [`RouteFactSource`] a metadata namespace's facts get.
+type NamespacedSource<'a> = fn(&'a str) -> RouteFactSource<'a>;
+
+/// Context extensions, then the string fields of the configured metadata namespaces, in a
+/// stable order (the wire maps are unordered). Non-string metadata values are not exposed.
+/// Over the count or a length limit is refused, never truncated.
+fn collect_route_facts<'a>(
+    attrs: &'a AttributeContext,
+    namespaces: RouteFactNamespaces<'_>,
+) -> Result<Vec<RouteFact<'a>>, RequestError> {
+    let mut out = Vec::new();
+    let mut push = |source, key: &'a str, value: &'a str| {
+        if out.len() >= MAX_ROUTE_FACTS {
+            return Err(RequestError::TooManyRouteFacts);
+        }
+        if key.len() > MAX_ROUTE_FACT_KEY_BYTES || value.len() > MAX_ROUTE_FACT_VALUE_BYTES {
+            return Err(RequestError::RouteFactTooLong);
+        }
+        out.push(RouteFact { source, key, value });
+        Ok(())
+    };
+    let mut ext: Vec<(&'a String, &'a String)> = attrs.context_extensions.iter().collect();
+    ext.sort();
+    for (k, v) in ext {
+        push(RouteFactSource::Extension, k, v)?;
+    }
+    let sources: [(&'a Option<Metadata>, &[String], NamespacedSource<'a>); 2] = [
+        (&attrs.metadata_context, namespaces.metadata, RouteFactSource::Metadata),
+        (&attrs.route_metadata_context, namespaces.route_metadata, RouteFactSource::RouteMetadata),
+    ];
+    for (metadata, wanted, source) in sources {
+        let Some(metadata) = metadata.as_ref() else { continue };
+        for ns in wanted {
+            let Some((ns, fields)) = metadata.filter_metadata.get_key_value(ns.as_str()) else { continue };
+            let mut strings: Vec<(&'a String, &'a String)> = fields
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match &v.kind {
+                    Some(prost_types::value::Kind::StringValue(s)) => Some((k, s)),
+                    _ => None,
+                })
+                .collect();
+            strings.sort();
+            for (k, v) in strings {
+                push(source(ns), k, v)?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn ip_of(addr: &Address) -> Option<IpAddr> {

@@ -26,7 +26,7 @@ use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
-use crate::request::RequestView;
+use crate::request::{RequestView, RouteFactNamespaces};
 use crate::response::{self, ResponseOptions};
 
 /// The `envoy.service.auth.v3.Authorization` service.
@@ -34,6 +34,7 @@ pub struct AuthzService {
     checker: Arc<Checker>,
     limits: Limits,
     matrix: MatrixParameters,
+    cedar: crate::config::CedarConfig,
     opts: ResponseOptions,
     metrics: CheckMetrics,
 }
@@ -44,7 +45,7 @@ impl AuthzService {
     async fn decide(&self, req: &CheckRequest) -> Decision {
         #[cfg(test)]
         tests::fault_hook(req).await;
-        match RequestView::from_check_with(req, &self.limits, self.matrix) {
+        match RequestView::from_check_route(req, &self.limits, self.matrix, RouteFactNamespaces::of(&self.cedar)) {
             Ok(view) => self.checker.check(&view).await,
             Err(e) => check::invalid_request(&e),
         }
@@ -231,6 +232,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         checker,
         limits: cfg.limits.clone(),
         matrix: cfg.request.matrix_parameters,
+        cedar: cfg.cedar.clone(),
         opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
         metrics,
     }))

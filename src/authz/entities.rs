@@ -11,7 +11,7 @@ use super::CedarMapping;
 use super::guard::PrincipalFacts;
 use super::model::{self, PrincipalKind, Types};
 use crate::authn::{Identities, PeerIdentity, PrincipalRef};
-use crate::request::RequestView;
+use crate::request::{RequestView, RouteFact, RouteFactSource};
 
 pub(super) fn uid(ty: &EntityType, id: &str) -> EntityUID {
     EntityUID::from_components(ty.clone(), Eid::new(id), None)
@@ -121,7 +121,17 @@ pub(super) fn principal<'a>(
     }
 }
 
-/// The `Route` entity for the request (into `extra`), tagged with the mapped headers.
+/// The tag name of a route fact: a reserved prefix no header name can produce.
+fn route_fact_tag(f: &RouteFact<'_>) -> String {
+    match f.source {
+        RouteFactSource::Extension => format!("{}{}", model::ROUTE_TAG_EXTENSION, f.key),
+        RouteFactSource::Metadata(ns) => format!("{}{ns}:{}", model::ROUTE_TAG_METADATA, f.key),
+        RouteFactSource::RouteMetadata(ns) => format!("{}{ns}:{}", model::ROUTE_TAG_ROUTE_METADATA, f.key),
+    }
+}
+
+/// The `Route` entity for the request (into `extra`), tagged with the mapped headers and the
+/// route facts Envoy sent.
 pub(super) fn route(
     t: &Types,
     req: &RequestView<'_>,
@@ -134,6 +144,8 @@ pub(super) fn route(
     // whose second copy the upstream may read.
     let route_tags =
         mapping.context_headers.iter().filter_map(|h| req.header_joined(h).map(|v| (h.as_str().into(), s(&v))));
+    let fact_tags = req.route_facts.iter().map(|f| (route_fact_tag(f).into(), s(f.value)));
+    let route_tags = route_tags.chain(fact_tags);
     extra.push(Arc::new(Entity::new_with_attr_partial_value(
         resource.clone(),
         [

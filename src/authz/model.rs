@@ -38,6 +38,15 @@ pub const ROUTE_HOST: &str = "host";
 pub const ROUTE_PATH: &str = "path";
 pub const ROUTE_SERVICE: &str = "service";
 
+/// `Route` tag prefixes for what Envoy reports about the route. A header name never contains
+/// `:` (`cedar.context_headers` are `[A-Za-z0-9_-]`), so no request header can produce these.
+/// `ext:<key>` is a per-route context extension.
+pub const ROUTE_TAG_EXTENSION: &str = "ext:";
+/// `metadata:<namespace>:<key>`: a string field of dynamic metadata (`metadata_context`).
+pub const ROUTE_TAG_METADATA: &str = "metadata:";
+/// `route_metadata:<namespace>:<key>`: a string field of the route's metadata.
+pub const ROUTE_TAG_ROUTE_METADATA: &str = "route_metadata:";
+
 /// Every entity type of the model with its attributes, and whether it carries string tags.
 pub const ENTITY_TYPES: [(&str, &[&str], bool); 6] = [
     (GROUP, &[], false),

@@ -462,3 +462,68 @@ fn a_new_snapshot_is_never_answered_from_the_old_ones_slices() {
     assert!(!out.allowed, "answered from the previous snapshot's slice: {out:?}");
     assert!(decide(&open, &mapping, "GET", &ids).allowed);
 }
+
+/// A policy on a context extension: only Envoy's `context_extensions` satisfy it, never a
+/// header, even one that is mapped into Cedar and carries the same name and value.
+#[test]
+fn a_route_extension_tag_is_set_only_by_context_extensions() {
+    let snap = snapshot(
+        r#"@id("tenant-a") permit (principal, action, resource)
+            when { resource.hasTag("ext:tenant") && resource.getTag("ext:tenant") == "a" };"#,
+    );
+    let mapping = CedarMapping::new(&["x-tenant".into(), "ext-tenant".into()], &[]);
+    let decide_on = |ext: &[(&str, &str)], headers: &[(&str, &str)]| {
+        let mut req = request("GET", "/api/orders");
+        if let Some(a) = req.attributes.as_mut() {
+            a.context_extensions = ext.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            if let Some(h) = a.request.as_mut().and_then(|r| r.http.as_mut()) {
+                h.headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            }
+        }
+        let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+        authorize(&snap, &view, &Identities::default(), &mapping).expect("evaluates").allowed
+    };
+    assert!(decide_on(&[("tenant", "a")], &[]));
+    assert!(!decide_on(&[("tenant", "b")], &[]));
+    assert!(!decide_on(&[], &[]));
+    // Headers that imitate the extension change nothing.
+    assert!(!decide_on(&[], &[("x-tenant", "a"), ("ext-tenant", "a"), ("ext:tenant", "a")]));
+    assert!(!decide_on(&[("tenant", "b")], &[("ext:tenant", "a"), ("x-tenant", "a")]));
+}
+
+/// Metadata strings are tags `route_metadata:<namespace>:<key>`, read only for the configured
+/// namespaces, and validate strictly against the shipped `Route ... tags String`.
+#[test]
+fn route_metadata_tags_carry_the_namespace() {
+    use crate::proto::core::Metadata;
+    use crate::request::RouteFactNamespaces;
+    let snap = snapshot(
+        r#"permit (principal, action, resource)
+            when { resource.hasTag("route_metadata:com.example:tier")
+                && resource.getTag("route_metadata:com.example:tier") == "gold" };"#,
+    );
+    let mut req = request("GET", "/api/orders");
+    if let Some(a) = req.attributes.as_mut() {
+        let fields = [(
+            "tier".to_owned(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("gold".into())) },
+        )];
+        a.route_metadata_context = Some(Metadata {
+            filter_metadata: [("com.example".to_owned(), prost_types::Struct { fields: fields.into_iter().collect() })]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+    }
+    let mapping = CedarMapping::default();
+    let ids = Identities::default();
+    let wanted = ["com.example".to_owned()];
+    let ns = RouteFactNamespaces { metadata: &[], route_metadata: &wanted };
+    let m = crate::config::MatrixParameters::Refuse;
+    let view = RequestView::from_check_route(&req, &Limits::default(), m, ns).expect("valid");
+    assert!(authorize(&snap, &view, &ids, &mapping).expect("evaluates").allowed);
+    // Configured for dynamic metadata only, the route's metadata is not read: no match.
+    let ns = RouteFactNamespaces { metadata: &wanted, route_metadata: &[] };
+    let view = RequestView::from_check_route(&req, &Limits::default(), m, ns).expect("valid");
+    assert!(!authorize(&snap, &view, &ids, &mapping).expect("evaluates").allowed);
+}

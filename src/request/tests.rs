@@ -310,3 +310,76 @@ fn the_view_refuses_attack_paths_and_hosts() {
     let v = RequestView::from_check_with(&strip, &Limits::default(), MatrixParameters::Strip).expect("valid");
     assert_eq!(v.path, "/internal/secrets");
 }
+
+fn metadata(ns: &str, fields: &[(&str, prost_types::value::Kind)]) -> Option<Metadata> {
+    let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), prost_types::Value { kind: Some(v.clone()) })).collect();
+    Some(Metadata {
+        filter_metadata: [(ns.to_owned(), prost_types::Struct { fields })].into_iter().collect(),
+        ..Default::default()
+    })
+}
+
+fn with_extensions(mut req: CheckRequest, ext: &[(&str, &str)]) -> CheckRequest {
+    if let Some(a) = req.attributes.as_mut() {
+        a.context_extensions = ext.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    }
+    req
+}
+
+#[test]
+fn route_facts_come_from_envoy_fields_never_from_headers() {
+    let req = with_extensions(request("GET", "/a", "h", &[("x-tenant", "b"), ("ext-tenant", "b")]), &[("tenant", "a")]);
+    let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    assert_eq!(view.route_facts, vec![RouteFact { source: RouteFactSource::Extension, key: "tenant", value: "a" }]);
+    // Headers alone give no route facts, whatever they are called.
+    let req = request("GET", "/a", "h", &[("ext:tenant", "a"), ("x-tenant", "a")]);
+    assert!(RequestView::from_check(&req, &Limits::default()).expect("valid").route_facts.is_empty());
+}
+
+#[test]
+fn only_string_metadata_of_configured_namespaces_is_read() {
+    use prost_types::value::Kind;
+    let mut req = request("GET", "/a", "h", &[]);
+    if let Some(a) = req.attributes.as_mut() {
+        a.route_metadata_context =
+            metadata("com.example", &[("tier", Kind::StringValue("gold".into())), ("n", Kind::NumberValue(1.0))]);
+        a.metadata_context = metadata("other", &[("k", Kind::StringValue("v".into()))]);
+    }
+    let wanted = ["com.example".to_owned()];
+    let none = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    assert!(none.route_facts.is_empty(), "no namespace configured, nothing read");
+    let ns = RouteFactNamespaces { metadata: &wanted, route_metadata: &wanted };
+    let view = RequestView::from_check_route(&req, &Limits::default(), MatrixParameters::Refuse, ns).expect("valid");
+    assert_eq!(
+        view.route_facts,
+        vec![RouteFact { source: RouteFactSource::RouteMetadata("com.example"), key: "tier", value: "gold" }]
+    );
+}
+
+#[test]
+fn route_facts_over_the_limits_are_refused_not_truncated() {
+    let many: Vec<(String, String)> = (0..=MAX_ROUTE_FACTS).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let req = with_extensions(request("GET", "/a", "h", &[]), &many);
+    assert_eq!(view_err(&req), RequestError::TooManyRouteFacts);
+    assert_eq!(view_err(&req).label(), "too_many_route_facts");
+    // Exactly at the limit is fine.
+    let req = with_extensions(request("GET", "/a", "h", &[]), &many[..MAX_ROUTE_FACTS]);
+    assert_eq!(RequestView::from_check(&req, &Limits::default()).expect("valid").route_facts.len(), MAX_ROUTE_FACTS);
+
+    let long_value = "v".repeat(MAX_ROUTE_FACT_VALUE_BYTES + 1);
+    let req = with_extensions(request("GET", "/a", "h", &[]), &[("k", &long_value)]);
+    assert_eq!(view_err(&req), RequestError::RouteFactTooLong);
+    let long_key = "k".repeat(MAX_ROUTE_FACT_KEY_BYTES + 1);
+    let req = with_extensions(request("GET", "/a", "h", &[]), &[(&long_key, "v")]);
+    assert_eq!(view_err(&req).label(), "route_fact_too_long");
+    // Metadata strings count towards the same bound.
+    let mut req = with_extensions(request("GET", "/a", "h", &[]), &many[..MAX_ROUTE_FACTS]);
+    if let Some(a) = req.attributes.as_mut() {
+        a.route_metadata_context = metadata("ns", &[("extra", prost_types::value::Kind::StringValue("x".into()))]);
+    }
+    let wanted = ["ns".to_owned()];
+    let ns = RouteFactNamespaces { metadata: &[], route_metadata: &wanted };
+    let e = RequestView::from_check_route(&req, &Limits::default(), MatrixParameters::Refuse, ns).expect_err("over");
+    assert_eq!(e.kind, RequestError::TooManyRouteFacts);
+}

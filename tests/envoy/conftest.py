@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from envoy_bin import envoy_binary  # noqa: E402
 from harness import DEMO, REPO, EchoUpstream, Envoy, Portcullis, demo_config, envoy_config, free_port  # noqa: E402
-from harness import shipped_envoy_yaml  # noqa: E402
+from harness import add_routes, shipped_envoy_yaml  # noqa: E402
 
 
 def portcullis_bin() -> Path:
@@ -68,7 +68,7 @@ class StackFactory:
         self.base = yaml.safe_load(shipped_envoy_yaml().read_text())
 
     def __call__(self, transport: str, *, policies: dict[str, str] | None = None, ready: bool = True,
-                 rate_limit: dict | None = None) -> Stack:
+                 rate_limit: dict | None = None, routes: list[dict] | None = None) -> Stack:
         work = self.root / f"stack{len(self.started)}-{transport}"
         (work / "policies").mkdir(parents=True)
         if policies is None:
@@ -91,6 +91,8 @@ class StackFactory:
                 authz_port=pc.grpc_port if transport == "tcp" else None,
                 portcullis=pc.config,
             )
+            if routes:
+                cfg = add_routes(cfg, routes)
             envoy = Envoy(envoy_bin(), work, cfg).start()
         except BaseException:
             if envoy:

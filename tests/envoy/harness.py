@@ -326,6 +326,30 @@ def envoy_config(
     return config
 
 
+EXT_AUTHZ_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+
+
+def ext_authz_route(prefix: str, context_extensions: dict[str, str], cluster: str = "app") -> dict:
+    """A route whose ext_authz check carries per-route `context_extensions` (ExtAuthzPerRoute
+    `check_settings`): Envoy, not the client, sets them from route config."""
+    return {
+        "match": {"prefix": prefix},
+        "route": {"cluster": cluster, "timeout": "15s"},
+        "typed_per_filter_config": {
+            EXT_AUTHZ: {"@type": EXT_AUTHZ_PER_ROUTE, "check_settings": {"context_extensions": context_extensions}}
+        },
+    }
+
+
+def add_routes(config: dict, routes: list[dict]) -> dict:
+    """`routes` put first in every virtual host of a copy of `config` (before the catch-all)."""
+    config = copy.deepcopy(config)
+    for hcm in _hcms(config):
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            vh["routes"] = copy.deepcopy(routes) + vh["routes"]
+    return config
+
+
 @dataclass
 class Envoy:
     bin: str

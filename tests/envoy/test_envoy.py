@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import token
-from harness import DEMO_API_KEY, ext_authz_config, request
+from harness import DEMO, DEMO_API_KEY, ext_authz_config, ext_authz_route, request
 
 IDENTITY = ["x-portcullis-principal", "x-portcullis-subject", "x-portcullis-issuer", "x-portcullis-email",
             "x-portcullis-peer", "x-portcullis-client"]
@@ -269,3 +269,31 @@ def test_sidecar_too_slow_means_envoy_refuses(fresh_stacks, transport):
     # And it recovers once the sidecar answers again.
     eventually("allow after SIGCONT", lambda: request(s.port, "GET", "/public/status").status == 200)
     assert s.upstream.count() == 2
+
+
+# Route facts ---------------------------------------------------------------------------------
+
+TENANT_ROUTE_POLICY = """
+@id("tenant-a-route")
+permit (principal, action in Action::"read", resource)
+when { resource.path like "/tenant/*" && resource.hasTag("ext:tenant") && resource.getTag("ext:tenant") == "a" };
+"""
+
+
+def test_context_extensions_set_on_the_route_decide_and_headers_cannot_imitate_them(fresh_stacks):
+    policies = {p.name: p.read_text() for p in (DEMO / "policies").iterdir()}
+    policies["route.cedar"] = TENANT_ROUTE_POLICY
+    routes = [ext_authz_route("/tenant/a/", {"tenant": "a"}), ext_authz_route("/tenant/b/", {"tenant": "b"})]
+    s = fresh_stacks("unix", policies=policies, routes=routes)
+    r = request(s.port, "GET", "/tenant/a/items")
+    assert r.status == 200, r.body
+    assert r.header("x-portcullis-policy") == "tenant-a-route", r.headers
+    # The same policy, another route: Envoy sends tenant=b, so it is refused (anonymous: 401).
+    before = s.upstream.count()
+    assert_denied(s, request(s.port, "GET", "/tenant/b/items"), 401)
+    # A client imitating the extension with headers (mapped `x-tenant`, or any name) changes nothing.
+    r = request(s.port, "GET", "/tenant/b/items", [("x-tenant", "a"), ("ext-tenant", "a"), ("tenant", "a")])
+    assert_denied(s, r, 401)
+    # Nor on the catch-all route, which carries no extension.
+    assert_denied(s, request(s.port, "GET", "/tenant/x", [("x-tenant", "a")]), 401)
+    assert s.upstream.count() == before
