@@ -223,6 +223,12 @@ pub fn invalid_request(e: &InvalidRequest) -> Decision {
     Decision::deny(Status::BadRequest, e.label(), bounded(&e.request_id))
 }
 
+/// The deny for a check that panicked, still carrying the request's id so it can be found in
+/// Envoy's access log.
+pub fn panicked(request_id: &str) -> Decision {
+    Decision::internal_error(bounded(request_id))
+}
+
 /// A refused credential's challenge, in that credential's scheme.
 fn scheme_challenge(kind: Credential, error: &'static str, description: Option<&str>) -> Challenge {
     let scheme = match kind {

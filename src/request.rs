@@ -322,7 +322,7 @@ impl<'a> RequestView<'a> {
 
 /// The request id of a request that could not be normalized, read the same way as
 /// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`).
-fn raw_request_id(req: &CheckRequest) -> &str {
+pub(crate) fn raw_request_id(req: &CheckRequest) -> &str {
     let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
         return "";
     };

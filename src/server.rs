@@ -61,7 +61,7 @@ impl Authorization for AuthzService {
         // failure_mode_allow could turn into an allow).
         let decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
             tracing::error!("check panicked; denied");
-            Decision::internal_error("")
+            check::panicked(crate::request::raw_request_id(&req))
         });
         let elapsed = start.elapsed();
         self.metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());

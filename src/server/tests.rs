@@ -71,8 +71,11 @@ async fn a_panicking_check_is_denied_and_the_server_keeps_serving() {
 
     // The same allowed request, but the pipeline panics: a deny (500), never an allow, never an
     // RPC error that Envoy's failure_mode_allow could turn into an allow.
-    let boom = ask(&mut client, public.clone().header(FAULT_HEADER, "panic").build()).await;
+    let boom = ask(&mut client, public.clone().id("rid-panic").header(FAULT_HEADER, "panic").build()).await;
     assert_eq!(status(&boom), 500, "{boom:?}");
+    // The deny still names the request, so it can be matched with Envoy's access log.
+    let Some(HttpResponse::DeniedResponse(d)) = &boom.http_response else { panic!("not denied: {boom:?}") };
+    assert_eq!(d.body, r#"{"error":"internal_error","request_id":"rid-panic"}"#, "{boom:?}");
     assert_ne!(boom.status.as_ref().map_or(0, |s| s.code), 0, "the gRPC status denies too: {boom:?}");
 
     // Several at once, then the process still answers on the same connection and on a new one.
