@@ -1,0 +1,173 @@
+//! Canonical forms of the two inputs policies match on most: the path and the host. Pure
+//! functions of their input; ambiguity is a [`RequestError`] (400), never a guess.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::RequestError;
+use crate::config::MatrixParameters;
+
+/// Canonicalizes a host (`:authority`): a DNS name, a dotted-quad IPv4 address or a bracketed
+/// IPv6 literal, with an optional port that is dropped. Lower-cased; one trailing dot removed.
+/// Anything else is refused: a name that WHATWG would read as an IPv4 number (`127.1`,
+/// `0x7f.0.0.1`, `2130706433`) is refused rather than decided on as a name. IPv6 comes back
+/// without brackets, in RFC 5952 form (`[0:0::1]` is `::1`).
+pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or(RequestError::BadHost)?;
+        if !after.is_empty() {
+            check_port(after.strip_prefix(':').ok_or(RequestError::BadHost)?)?;
+        }
+        let ip: Ipv6Addr = inner.parse().map_err(|_| RequestError::BadHost)?;
+        return Ok(ip.to_string());
+    }
+    let host = match raw.split_once(':') {
+        Some((h, port)) => {
+            check_port(port)?;
+            h
+        }
+        None => raw,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return Err(RequestError::BadHost);
+    }
+    let host = host.to_ascii_lowercase();
+    let mut last = "";
+    for label in host.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(RequestError::BadHost);
+        }
+        last = label;
+    }
+    // WHATWG parses a host whose last label is a number as IPv4 (decimal, octal or hex parts,
+    // fewer than four parts): accept only the one canonical spelling of an address.
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if numeric {
+        let ip: Ipv4Addr = host.parse().map_err(|_| RequestError::BadHost)?;
+        if ip.to_string() != host {
+            return Err(RequestError::BadHost);
+        }
+    }
+    Ok(host)
+}
+
+/// A port is 1–65535 in plain digits.
+fn check_port(port: &str) -> Result<(), RequestError> {
+    let ok = (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if ok { Ok(()) } else { Err(RequestError::BadHost) }
+}
+
+/// Canonicalizes a path (without query). Percent-escapes of unreserved characters are decoded
+/// (so `%2e%2e` is `..`), other escapes upper-cased; dot segments are removed as RFC 3986 §5.2.4
+/// does, with empty segments counting; duplicate slashes are merged after that, which cannot
+/// change what a `..` removes because a `..` after an empty segment (`/a//../b`: `/a/b` by RFC
+/// 3986 and Envoy, `/b` by slash-merging servers) is refused. A trailing slash is kept (a
+/// trailing `.` or `..` leaves one, as in RFC 3986).
+///
+/// Refused: encoded `/` or `\`, raw `\`, NUL/control escapes, climbing above `/`, a fragment,
+/// dot segments with parameters (`..;x`, which servlet containers read as `..`), and any other
+/// `;` (also `%3B`) unless `matrix` is [`MatrixParameters::Strip`], which removes `;…` from every
+/// segment before dot segments are resolved.
+pub fn normalize_path(raw: &str, matrix: MatrixParameters) -> Result<String, RequestError> {
+    if !raw.starts_with('/') {
+        return Err(RequestError::BadPath);
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+                let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(RequestError::BadEscape);
+                };
+                let v = (hi * 16 + lo) as u8;
+                match v {
+                    b'/' | b'\\' => return Err(RequestError::EncodedSeparator),
+                    0..=0x1f | 0x7f => return Err(RequestError::BadEscape),
+                    // `%3B` is a `;` to every servlet container: treat it as one.
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b';' => {
+                        decoded.push(v as char)
+                    }
+                    _ => {
+                        decoded.push('%');
+                        decoded.push(char::from_digit(hi, 16).unwrap_or('0').to_ascii_uppercase());
+                        decoded.push(char::from_digit(lo, 16).unwrap_or('0').to_ascii_uppercase());
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(RequestError::Backslash),
+            b'#' => return Err(RequestError::PathFragment),
+            // The query is split off before; a `?` here means the caller passed one.
+            b'?' | 0..=0x20 | 0x7f => return Err(RequestError::BadPath),
+            _ => {
+                // Multi-byte UTF-8 passes through unchanged; the input is a valid &str.
+                let ch_len = utf8_len(b);
+                decoded.push_str(&raw[i..i + ch_len]);
+                i += ch_len;
+            }
+        }
+    }
+    // `decoded` starts with `/`: its segments are what follows each `/`.
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    let mut seen_empty = false;
+    let mut trailing_slash = false;
+    for (i, seg) in segments.into_iter().enumerate() {
+        let seg = match seg.split_once(';') {
+            None => seg,
+            Some(("." | "..", _)) => return Err(RequestError::DotSegmentParameter),
+            Some((base, _)) => match matrix {
+                MatrixParameters::Refuse => return Err(RequestError::PathParameter),
+                MatrixParameters::Strip => base,
+            },
+        };
+        match seg {
+            "." => {}
+            ".." => {
+                if seen_empty {
+                    return Err(RequestError::AmbiguousDotSegment);
+                }
+                if out.pop().is_none() {
+                    return Err(RequestError::AboveRoot);
+                }
+            }
+            // Merged: no `..` may follow it, so dropping it cannot change what a `..` removes.
+            "" => seen_empty = true,
+            s => out.push(s),
+        }
+        if i == last {
+            trailing_slash = matches!(seg, "" | "." | "..");
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    if path.is_empty() || trailing_slash {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
