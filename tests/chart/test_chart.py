@@ -155,12 +155,18 @@ def test_shutdown_drain_grace_period_and_probes_agree(scenario):
         # The kubelet's SIGKILL must not cut the drain short.
         assert spec["terminationGracePeriodSeconds"] > delay + timeout
         pc = container(spec, "portcullis")
-        # No preStop: the distroless image has no sleep; drain_delay does that job in the binary.
+        # No preStop: drain_delay does that job in the binary (and reports unready at once).
         assert "lifecycle" not in pc
         ready = pc["readinessProbe"]
         # The kubelet sees the container unready while it still answers checks.
         assert ready["periodSeconds"] * ready["failureThreshold"] <= delay
         assert pc["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness keeps passing while draining"
+        envoy = [c for c in spec["containers"] if c["name"] == "envoy"]
+        if envoy:
+            # Envoy exits at once on SIGTERM: it sleeps through the drain delay first, and the
+            # sleep plus portcullis' drain fit in the grace period.
+            assert envoy[0]["lifecycle"]["preStop"] == {"sleep": {"seconds": delay}}
+            assert spec["terminationGracePeriodSeconds"] > delay + timeout
 
 
 def test_shutdown_values_reach_the_config():
