@@ -61,7 +61,7 @@ try:
     envoy = Envoy(os.environ["PORTCULLIS_ENVOY"], work, config).start()
 
     def mint(*args):
-        return subprocess.run([bin_, "token", "--key", str(repo / "examples/demo/keys/demo-signing-key.pem"), *args],
+        return subprocess.run([bin_, "token", "--dev", "--key", str(repo / "examples/demo/keys/demo-signing-key.pem"), *args],
                               check=True, capture_output=True, text=True).stdout.strip()
 
     alice = mint("--sub", "alice", "--claim", "email=alice@example.com")

@@ -88,8 +88,12 @@ pub enum Command {
         #[arg(long)]
         coverage: bool,
     },
-    /// DEV ONLY: mint a token with a local private key, or print its JWKS.
+    /// DEV ONLY: mint a token with a local private key, or print its JWKS. Refuses to run
+    /// without `--dev` (or `PORTCULLIS_DEV=1`).
     Token {
+        /// Confirms this is a development setup (also `PORTCULLIS_DEV=1`).
+        #[arg(long, env = "PORTCULLIS_DEV", value_parser = clap::builder::BoolishValueParser::new())]
+        dev: bool,
         /// PEM private key (or HMAC secret file for HS*).
         #[arg(long, env = "PORTCULLIS_TOKEN_KEY", default_value = "examples/demo/keys/demo-signing-key.pem")]
         key: PathBuf,
@@ -212,6 +216,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
             let _log = crate::telemetry::init(&cfg.log);
+            for issuer in crate::token::issuers_trusting_demo_key(&cfg) {
+                tracing::warn!(
+                    issuer = %issuer,
+                    "DEMO KEY TRUSTED: this issuer's jwks_file holds the committed demo signing key \
+                     (examples/demo), so anyone can mint tokens it accepts. Never run this in production."
+                );
+            }
             runtime()?.block_on(crate::server::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -269,7 +280,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             })
         }
-        Command::Token { key, alg, kid, iss, sub, aud, groups, claims, ttl, jwks } => {
+        Command::Token { dev, key, alg, kid, iss, sub, aud, groups, claims, ttl, jwks } => {
+            if !dev {
+                eprintln!(
+                    "portcullis token mints tokens with a local key, for development only; \
+                     pass --dev (or set PORTCULLIS_DEV=1) to confirm"
+                );
+                return Ok(ExitCode::from(2));
+            }
             let alg = crate::config::JwtAlgorithm::from_name(&alg)
                 .map(crate::authn::jwt::algorithm)
                 .context("unsupported algorithm")?;

@@ -1,5 +1,7 @@
 //! Dev-only token minting and JWKS printing, so the built-in example can be tried without an
-//! identity provider. Never point production issuers at keys used with this.
+//! identity provider. Never point production issuers at keys used with this: `portcullis token`
+//! runs only when asked for explicitly (`--dev` / `PORTCULLIS_DEV=1`), and `serve` warns loudly
+//! when an issuer trusts the committed demo key.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,4 +65,47 @@ pub fn jwks_for(key_file: &Path, alg: Algorithm, kid: &str) -> anyhow::Result<Jw
     jwk.common.key_id = Some(kid.to_owned());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     Ok(JwkSet { keys: vec![jwk] })
+}
+
+/// The public half of the committed demo signing key, which anyone can sign with.
+const DEMO_JWKS: &str = include_str!("../examples/demo/jwks.json");
+
+/// The RSA moduli of a JWKS document (empty when it does not parse).
+fn rsa_moduli(jwks: &str) -> Vec<String> {
+    let Ok(set) = serde_json::from_str::<Value>(jwks) else { return Vec::new() };
+    let keys = set.get("keys").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    keys.iter().filter_map(|k| k.get("n").and_then(Value::as_str)).map(str::to_owned).collect()
+}
+
+/// Whether a JWKS document holds the committed demo key.
+pub fn holds_demo_key(jwks: &str) -> bool {
+    let demo = rsa_moduli(DEMO_JWKS);
+    rsa_moduli(jwks).iter().any(|n| demo.contains(n))
+}
+
+/// Issuers whose `jwks_file` holds the committed demo key: tokens for them can be minted by
+/// anyone with a checkout of this repository.
+pub fn issuers_trusting_demo_key(cfg: &crate::config::Config) -> Vec<String> {
+    cfg.authn
+        .issuers
+        .iter()
+        .filter(|i| {
+            i.jwks_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).is_some_and(|j| holds_demo_key(&j))
+        })
+        .map(|i| i.issuer.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_key_is_recognized_and_other_keys_are_not() {
+        assert!(holds_demo_key(DEMO_JWKS));
+        let other = r#"{"keys":[{"kty":"RSA","kid":"k","n":"AQAB-not-the-demo","e":"AQAB"}]}"#;
+        assert!(!holds_demo_key(other));
+        assert!(!holds_demo_key("not json"));
+        assert!(!holds_demo_key(r#"{"keys":"nope"}"#));
+    }
 }

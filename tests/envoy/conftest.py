@@ -39,7 +39,7 @@ def envoy_bin() -> str:
 @functools.lru_cache(maxsize=None)
 def token(sub: str = "alice", groups: str = "", **claims: str) -> str:
     """A demo token signed with examples/demo/keys (the demo config trusts its public half)."""
-    cmd = [str(portcullis_bin()), "token", "--key", str(DEMO / "keys" / "demo-signing-key.pem"), "--sub", sub]
+    cmd = [str(portcullis_bin()), "token", "--dev", "--key", str(DEMO / "keys" / "demo-signing-key.pem"), "--sub", sub]
     if groups:
         cmd += ["--groups", groups]
     for k, v in claims.items():

@@ -73,7 +73,7 @@ TIMEOUT = 10.0
 
 
 def mint(sub="alice", groups=(), claims=None, key=DEMO_KEY, kid="demo"):
-    cmd = [BIN, "token", "--key", key, "--kid", kid, "--sub", sub]
+    cmd = [BIN, "token", "--dev", "--key", key, "--kid", kid, "--sub", sub]
     if groups:
         cmd += ["--groups", ",".join(groups)]
     for k, v in (claims or {}).items():
