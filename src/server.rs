@@ -179,6 +179,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
     }
 
+    // API keys from a mounted Secret: loaded by the checker at start, then watched.
+    if let (Some(dir), Some(keys)) = (cfg.authn.api_keys.dir.clone(), checker.authenticator().api_keys().secrets()) {
+        let h = crate::authn::apikey::files::spawn_watch(
+            dir,
+            keys.clone(),
+            cfg.authn.api_keys.debounce,
+            shutdown_rx.clone(),
+        )?;
+        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+    }
+
     // Fetch signing keys now so the first request does not wait for them.
     {
         let c = checker.clone();

@@ -8,9 +8,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+
 use futures::{Stream, StreamExt as _};
-use tokio::sync::watch;
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// With only a quiet period given, a burst is folded for at most this many quiet periods.
 pub(crate) const MAX_WAIT_FACTOR: u32 = 8;
@@ -162,6 +167,68 @@ async fn reload<S: Source>(source: &mut S, target: &Arc<S::Target>) {
         Ok(Some(applied)) => source.report(applied).await,
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "reload task failed; last good state stays"),
+    }
+}
+
+/// Re-read a watched directory even without events, in case the platform drops some (e.g.
+/// network filesystems changed from another host).
+pub(crate) const DIR_POLL_EVERY: Duration = Duration::from_secs(30);
+
+/// Kubelet's symlink to the current timestamped directory of a ConfigMap or Secret volume.
+const KUBELET_DATA: &str = "..data";
+/// A swap can remove the directory we resolved while we read it: resolve again this often.
+const SWAP_RETRIES: usize = 5;
+
+/// Reads `dir` with `read`, which may be a kubelet-managed volume: kubelet writes a new
+/// timestamped directory and atomically renames a symlink over `..data`, so `..data` is resolved
+/// once and everything is read from its target (reading the visible names one by one could mix
+/// two updates); if `..data` moved meanwhile, the read may be partial and is done again.
+pub(crate) fn read_volume<T, E>(
+    dir: &Path,
+    read: impl Fn(&Path) -> Result<T, E>,
+    error: impl Fn(String) -> E,
+) -> Result<T, E> {
+    let data = dir.join(KUBELET_DATA);
+    if !std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
+        return read(dir);
+    }
+    for _ in 0..SWAP_RETRIES {
+        let target = std::fs::canonicalize(&data).map_err(|e| error(format!("cannot resolve {KUBELET_DATA}: {e}")))?;
+        let result = read(&target);
+        // Kubelet removes the old directory only after the swap: if `..data` still points where
+        // it did, nothing we read was being deleted.
+        if std::fs::canonicalize(&data).ok().as_ref() == Some(&target) {
+            return result;
+        }
+    }
+    Err(error(format!("cannot get a stable read: {KUBELET_DATA} kept changing")))
+}
+
+/// Change events for `dir` (not recursive), coalesced: the watcher must be kept alive as long as
+/// the stream is read.
+pub(crate) fn dir_events(dir: &Path) -> notify::Result<(notify::RecommendedWatcher, ReceiverStream<()>)> {
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes count: filtered here, before the channel coalesces, so an ignored event
+        // can never take the place of a change.
+        if res.is_ok_and(|ev| is_change(&ev.kind)) {
+            // A full channel already means "reload pending": coalesce.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok((watcher, ReceiverStream::new(rx)))
+}
+
+/// Whether a file event may have changed what a read sees. Our own reads arrive as access
+/// events (open, read, close without writing): counting them made every reload trigger the
+/// next one, forever. A writer closing its file does count.
+pub(crate) fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Other => true,
     }
 }
 

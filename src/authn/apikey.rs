@@ -1,6 +1,9 @@
-//! API keys: compared by SHA-256 digest, so the config never holds a usable key.
+//! API keys: compared by SHA-256 digest, so neither the config nor memory holds a usable key.
+//! Keys come from the config (`keys`, for local use) and from Secrets: a mounted Secret volume
+//! ([`files`]), swapped as a whole set by [`store::KeyStore`]; expiry is checked on every request.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -8,6 +11,12 @@ use crate::config::ApiKeyConfig;
 use crate::request::RequestView;
 
 use super::AuthnError;
+
+pub mod files;
+pub mod keyset;
+pub mod store;
+
+pub use store::{KeyStatus, KeyStore};
 
 /// A client proven by its API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,24 +29,44 @@ pub struct ApiClientIdentity {
 pub struct ApiKeyAuthenticator {
     header: String,
     by_digest: HashMap<[u8; 32], Arc<ApiClientIdentity>>,
+    /// Keys from Secrets, when a Secret source is configured.
+    secrets: Option<Arc<KeyStore>>,
 }
 
 impl ApiKeyAuthenticator {
-    pub fn new(cfg: &ApiKeyConfig) -> Self {
+    /// The inline keys; with a Secret source (`dir`), its first read must succeed: a sidecar
+    /// that starts without its keys would refuse every API client.
+    pub fn new(cfg: &ApiKeyConfig, registry: &mut prometheus_client::registry::Registry) -> anyhow::Result<Self> {
         let mut by_digest = HashMap::new();
-        for k in &cfg.keys {
+        let mut inline = HashMap::new();
+        for (i, k) in cfg.keys.iter().enumerate() {
             let mut d = [0u8; 32];
             // Config validation guarantees 64 hex characters.
             if hex::decode_to_slice(&k.sha256, &mut d).is_ok() {
                 by_digest.insert(d, Arc::new(ApiClientIdentity { client: k.client.clone(), groups: k.groups.clone() }));
+                inline.insert(d, format!("authn.api_keys.keys[{i}]"));
             }
         }
-        Self { header: cfg.header.to_ascii_lowercase(), by_digest }
+        let secrets = match &cfg.dir {
+            None => None,
+            Some(dir) => {
+                let store = KeyStore::new(inline, registry);
+                files::load_into(dir, &store)
+                    .map_err(|e| anyhow::anyhow!("authn.api_keys.dir: API keys could not be loaded: {e}"))?;
+                Some(Arc::new(store))
+            }
+        };
+        Ok(Self { header: cfg.header.to_ascii_lowercase(), by_digest, secrets })
     }
 
-    /// Whether any key is configured (without keys the header is ignored entirely).
+    /// Whether any key source is configured (without one the header is ignored entirely).
     pub fn enabled(&self) -> bool {
-        !self.by_digest.is_empty()
+        !self.by_digest.is_empty() || self.secrets.is_some()
+    }
+
+    /// The Secret-backed key store, for its watcher and diagnostics.
+    pub fn secrets(&self) -> Option<&Arc<KeyStore>> {
+        self.secrets.as_ref()
     }
 
     pub fn header(&self) -> &str {
@@ -63,12 +92,19 @@ impl ApiKeyAuthenticator {
             return Err(malformed());
         }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        match self.by_digest.get(&digest) {
-            Some(id) => Ok(Some(id.clone())),
-            None => {
-                tracing::debug!(key = %super::fingerprint(key.as_bytes()), "unknown API key");
-                Err(AuthnError::InvalidApiKey)
-            }
+        if let Some(id) = self.by_digest.get(&digest) {
+            return Ok(Some(id.clone()));
         }
+        if let Some(store) = &self.secrets
+            && let Some(entry) = store.load().by_digest.get(&digest)
+        {
+            if keyset::expired(entry.expires_at, SystemTime::now()) {
+                tracing::debug!(key = %super::fingerprint(key.as_bytes()), client = %entry.identity.client, "expired API key");
+                return Err(AuthnError::InvalidApiKey);
+            }
+            return Ok(Some(entry.identity.clone()));
+        }
+        tracing::debug!(key = %super::fingerprint(key.as_bytes()), "unknown API key");
+        Err(AuthnError::InvalidApiKey)
     }
 }

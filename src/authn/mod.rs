@@ -142,7 +142,10 @@ impl Authenticator {
         Ok(Self {
             jwt: jwt::JwtAuthenticator::new(&cfg.authn, &cfg.limits, registry.sub_registry_with_prefix("jwt"))?,
             peer: peer::PeerAuthenticator::new(&cfg.authn.peer),
-            api_keys: apikey::ApiKeyAuthenticator::new(&cfg.authn.api_keys),
+            api_keys: apikey::ApiKeyAuthenticator::new(
+                &cfg.authn.api_keys,
+                registry.sub_registry_with_prefix("api_keys"),
+            )?,
         })
     }
 
@@ -153,6 +156,11 @@ impl Authenticator {
         let api_client = self.api_keys.authenticate(req)?;
         let jwt = self.jwt.authenticate(req).await?;
         Ok(Identities { jwt, peer, api_client })
+    }
+
+    /// The API key authenticator (its Secret-backed store is watched by the server).
+    pub fn api_keys(&self) -> &apikey::ApiKeyAuthenticator {
+        &self.api_keys
     }
 
     /// The JWT authenticator, for warm-up and tests.

@@ -1,4 +1,5 @@
 //! `authn`: issuers (in `issuer.rs`), JWKS and token caches, mTLS peers, API keys.
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -173,9 +174,20 @@ pub struct ApiKeyConfig {
     /// Request header carrying the key.
     #[serde(default = "d_api_key_header")]
     pub header: String,
-    /// Known keys.
+    /// Known keys (inline, for local use; production keys belong in a Secret: `dir`).
     #[serde(default)]
     pub keys: Vec<ApiKeyEntry>,
+    /// A mounted Secret volume: each file (data key) holds one entry document
+    /// (`client`, `key` or `sha256`, optional `groups`, `expires`). Watched and reloaded.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Quiet period that folds a burst of changes to `dir` into one reload.
+    #[serde(default = "d_api_key_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+fn d_api_key_debounce() -> Duration {
+    Duration::from_millis(250)
 }
 
 fn d_api_key_header() -> String {
@@ -184,7 +196,7 @@ fn d_api_key_header() -> String {
 
 impl Default for ApiKeyConfig {
     fn default() -> Self {
-        Self { header: d_api_key_header(), keys: Vec::new() }
+        Self { header: d_api_key_header(), keys: Vec::new(), dir: None, debounce: d_api_key_debounce() }
     }
 }
 

@@ -126,6 +126,9 @@ impl Config {
         {
             fix(f);
         }
+        if let Some(d) = self.authn.api_keys.dir.as_mut() {
+            fix(d);
+        }
         for iss in &mut self.authn.issuers {
             if let Some(f) = iss.jwks_file.as_mut() {
                 fix(f);
