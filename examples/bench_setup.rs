@@ -1,6 +1,7 @@
 //! Writes everything `scripts/bench.sh` needs into one directory: the policy dir (a few hundred
-//! policies), `jwks.json` (four keys), three server configs (token cache on; off, so every check
-//! verifies a signature; on with the decision log off), and one pre-encoded gRPC frame per scenario for `h2load -d`.
+//! policies), `jwks.json` (four keys), four server configs (token cache on; off, so every check
+//! verifies a signature; on with the decision log off; on with every check traced), and one
+//! pre-encoded gRPC frame per scenario for `h2load -d`.
 //!
 //! `cargo run --release --example bench_setup -- <dir> <tcp-addr> <unix-path> <admin-addr> [policies]`
 #[path = "../benches/support/mod.rs"]
@@ -25,6 +26,13 @@ fn main() -> anyhow::Result<()> {
     // The same as cached.yaml without the per-check decision log line, to price that line.
     let quiet = fx.config_yaml(grpc, &unix, admin, 10_000).replace("level: info", "level: warn");
     std::fs::write(dir.join("cached-quiet.yaml"), quiet)?;
+    // cached.yaml with a span for every check (no incoming trace: roots, sampled at 100%), sent to
+    // an OTLP collector on 127.0.0.1:4317 if one runs; without one, spans are dropped and counted.
+    let traced = format!(
+        "{}telemetry:\n  traces:\n    enabled: true\n    endpoint: http://127.0.0.1:4317\n    sampler_ratio: 1.0\n",
+        fx.config_yaml(grpc, &unix, admin, 10_000)
+    );
+    std::fs::write(dir.join("cached-traced.yaml"), traced)?;
 
     let frames = [
         ("anonymous", Caller::Anonymous),

@@ -10,6 +10,10 @@
 # every request got the decision the scenario expects. Then: heap allocations per check, the
 # one-million-token memory flood, and (BENCH_MICRO=1) the criterion micro-benchmarks.
 #
+# The "traces on" scenario builds a span for every check and exports to an OTLP collector on
+# 127.0.0.1:4317 if one runs there (run one to price the export too); without one, every span is
+# still built and queued, then dropped and counted (portcullis_trace_spans_dropped_total).
+#
 # Usage: scripts/bench.sh            (about 9 minutes once the release build exists)
 # Knobs: BENCH_DURATION=8 BENCH_CONNS=8 BENCH_STREAMS=16 BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
 #        BENCH_FLOOD_TOKENS=1000000 BENCH_MICRO=1 BENCH_OUT=target/bench BENCH_ONLY=<regex>
@@ -128,6 +132,7 @@ SCENARIOS=(
   "JWT EdDSA, verified every check|nocache|jwt-eddsa|allow:allowed"
   "SPIFFE peer, allowed|cached|spiffe|allow:allowed"
   "JWT RS256 cached, decision log off|cached-quiet|jwt-rs256|allow:allowed"
+  "JWT RS256 cached, traces on 100% sampled|cached-traced|jwt-rs256|allow:allowed"
 )
 
 for transport in tcp uds; do

@@ -28,4 +28,5 @@ pub mod response;
 pub mod server;
 mod telemetry;
 pub mod token;
+mod trace;
 mod watch;

@@ -37,6 +37,8 @@ pub struct AuthzService {
     cedar: crate::config::CedarConfig,
     opts: ResponseOptions,
     metrics: CheckMetrics,
+    /// Check spans; `None` (traces off) costs one branch per check.
+    traces: Option<Arc<crate::trace::CheckTracer>>,
 }
 
 impl AuthzService {
@@ -57,6 +59,7 @@ impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, GrpcStatus> {
         let start = Instant::now();
         let req = request.into_inner();
+        let span = self.traces.as_ref().and_then(|t| t.start_check(&req));
         // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
         // failure_mode_allow could turn into an allow).
         let decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
@@ -66,6 +69,9 @@ impl Authorization for AuthzService {
         let elapsed = start.elapsed();
         self.metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
         log_decision(&decision, elapsed.as_micros());
+        if let (Some(t), Some(span)) = (&self.traces, span) {
+            t.finish(span, &decision);
+        }
         Ok(Response::new(response::render(&decision, &self.opts)))
     }
 }
@@ -103,6 +109,9 @@ pub struct Running {
     /// Owns the gRPC health status; ends once it has reported NOT_SERVING for the drain.
     health_task: Option<JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Flushed last, within `listen.drain_timeout`.
+    traces: Option<Arc<crate::trace::CheckTracer>>,
+    drain_timeout: Duration,
 }
 
 impl Running {
@@ -141,6 +150,12 @@ impl Running {
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
         }
+        // Export what the last checks produced; a dead collector costs at most the drain timeout.
+        if let Some(t) = self.traces.take() {
+            let limit = self.drain_timeout;
+            let flush = tokio::task::spawn_blocking(move || t.shutdown(limit));
+            let _ = tokio::time::timeout(limit + Duration::from_millis(100), flush).await;
+        }
         Ok(())
     }
 }
@@ -152,6 +167,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let checker = Arc::new(Checker::new(&cfg, store.clone(), &mut registry)?);
     let metrics = CheckMetrics::register(&mut registry);
     crate::telemetry::register(&mut registry);
+    crate::trace::register(&mut registry);
+    let traces = crate::trace::start(&cfg.telemetry.traces, store.clone())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
@@ -246,6 +263,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         cedar: cfg.cedar.clone(),
         opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
         metrics,
+        traces: traces.clone(),
     }))
     .max_decoding_message_size(cfg.limits.max_message_bytes);
     let router = || {
@@ -316,6 +334,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         drain_delay: cfg.listen.drain_delay,
         health_task: Some(health_task),
         tasks,
+        traces,
+        drain_timeout: cfg.listen.drain_timeout,
     })
 }
 

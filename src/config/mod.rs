@@ -15,6 +15,7 @@ mod log;
 mod policy;
 mod ratelimit;
 mod request;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ pub use log::*;
 pub use policy::*;
 pub use ratelimit::*;
 pub use request::*;
+pub use telemetry::*;
 
 /// Errors from loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub struct Config {
     /// Per-caller rate limit (429 with `Retry-After`); off when absent.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// OpenTelemetry traces; off by default.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 fn yes() -> bool {
@@ -109,6 +114,7 @@ impl Config {
         self.authn.validate()?;
         self.headers.validate(&self.authn)?;
         self.cedar.validate()?;
+        self.telemetry.validate()?;
         Ok(())
     }
 

@@ -176,6 +176,26 @@ def test_shutdown_values_reach_the_config():
     assert (listen["drain_delay"], listen["drain_timeout"]) == ("0s", "3s")
 
 
+def test_traces_values_reach_the_config():
+    # Off by default: no telemetry section, so the binary's default (off) applies.
+    assert "telemetry" not in render().portcullis_config()
+    cfg = render(
+        "default",
+        "traces.enabled=true",
+        "traces.endpoint=http://otel-collector.observability:4317",
+        "json:traces.samplerRatio=0.25",
+    ).portcullis_config()
+    assert cfg["telemetry"]["traces"] == {
+        "enabled": True,
+        "endpoint": "http://otel-collector.observability:4317",
+        "sampler_ratio": 0.25,
+        "include_subject": False,
+    }
+    # Unset endpoint and ratio are left to the OTEL_* environment (values `env`).
+    cfg = render("default", "traces.enabled=true", "traces.includeSubject=true").portcullis_config()
+    assert cfg["telemetry"]["traces"] == {"enabled": True, "include_subject": True}
+
+
 def test_image_defaults_to_app_version_and_digest_wins():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     pc = container(pod_spec(render().deployment()), "portcullis")
@@ -740,6 +760,8 @@ REFUSED = [
     (["--set", "image.digest=latest"], "digest"),
     (["--set", "policies.files.notes\\.txt=hello"], "notes.txt"),
     (["--set", "workload.app.name=envoy"], "name"),
+    (["--set", "traces.endpoint=https://collector:4317"], "endpoint"),
+    (["--set", "traces.samplerRatio=2"], "samplerRatio"),
     # Checked by the templates, past the schema:
     (["--set", "envoy.port=8000"], "must differ"),
     (["--set", "policies.bundled=false"], "needs policies"),

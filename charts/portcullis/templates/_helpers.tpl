@@ -158,6 +158,16 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $authn "group_namespace" .Values.groupNamespace -}}
 {{- $_ := set $cfg "authn" $authn -}}
 {{- end -}}
+{{- with .Values.traces -}}
+{{- if .enabled -}}
+{{- $traces := dict "enabled" true "include_subject" (.includeSubject | default false) -}}
+{{- with .endpoint -}}{{- $_ := set $traces "endpoint" . -}}{{- end -}}
+{{- if not (kindIs "invalid" .samplerRatio) -}}{{- $_ := set $traces "sampler_ratio" .samplerRatio -}}{{- end -}}
+{{- $telemetry := default (dict) $cfg.telemetry -}}
+{{- $_ := set $telemetry "traces" (merge $traces (default (dict) $telemetry.traces)) -}}
+{{- $_ := set $cfg "telemetry" $telemetry -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 

@@ -106,7 +106,28 @@ impl IssuerKeys {
         Ok((keys, ttl))
     }
 
+    /// One GET to the key server, in its own span when traces are on (a root span: a fetch is
+    /// not caused by one check). Only the URL's scheme and host are recorded, never its path.
     async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let tracer = opentelemetry::global::tracer("portcullis");
+        let mut span = tracer
+            .span_builder("portcullis.jwks.fetch")
+            .with_kind(opentelemetry::trace::SpanKind::Client)
+            .with_attributes([
+                opentelemetry::KeyValue::new("http.request.method", "GET"),
+                opentelemetry::KeyValue::new("server.address", host_of(url).to_owned()),
+            ])
+            .start(&tracer);
+        let res = self.get_bounded_untraced(url).await;
+        if let Err(e) = &res {
+            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+        }
+        span.end();
+        res
+    }
+
+    async fn get_bounded_untraced(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
         // Checked here, not only in config: a discovered `jwks_uri` comes from the network.
         let parsed =
             reqwest::Url::parse(url).map_err(|e| JwksError::Fetch { url: url.to_owned(), message: e.to_string() })?;
@@ -154,6 +175,13 @@ impl IssuerKeys {
 
 /// The redirect policy for discovery and JWKS fetches: same origin as the first URL only, at most
 /// `MAX_REDIRECTS` hops. Anything else is an error, so the fetch fails closed.
+/// The host (and port) of a URL, for a span attribute; empty if there is none.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
 pub fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let Some(first) = attempt.previous().first() else {

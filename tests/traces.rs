@@ -1,0 +1,264 @@
+//! OpenTelemetry traces against a real OTLP gRPC receiver started by each test on 127.0.0.1:
+//! the check span joins the caller's trace (W3C, B3 single, B3 multi), carries the decision,
+//! follows an unsampled parent (no span), and a dead collector never holds a check.
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{Sidecar, WAIT, eventually, http_status, is_allowed, req, token};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use portcullis::config::Config;
+
+/// An OTLP trace receiver that keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Receiver {
+    /// Serves on an ephemeral loopback port until the test's runtime ends; returns the endpoint.
+    async fn start() -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver::default();
+        let svc = TraceServiceServer::new(r.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (r, format!("http://{addr}"))
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn by_trace(&self, trace_hex: &str) -> Vec<Span> {
+        self.spans().into_iter().filter(|s| hex::encode(&s.trace_id) == trace_hex).collect()
+    }
+}
+
+fn traces_on(endpoint: String, include_subject: bool) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        let t = &mut c.telemetry.traces;
+        t.enabled = true;
+        t.endpoint = Some(endpoint);
+        t.include_subject = include_subject;
+        t.export_timeout = std::time::Duration::from_millis(500);
+    }
+}
+
+fn attr(s: &Span, key: &str) -> Option<Value> {
+    s.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+}
+
+fn str_attr(s: &Span, key: &str) -> String {
+    match attr(s, key) {
+        Some(Value::StringValue(v)) => v,
+        other => panic!("{key}: expected a string, got {other:?}"),
+    }
+}
+
+fn int_attr(s: &Span, key: &str) -> i64 {
+    match attr(s, key) {
+        Some(Value::IntValue(v)) => v,
+        other => panic!("{key}: expected an int, got {other:?}"),
+    }
+}
+
+/// Every attribute value as text, to look for what must never be recorded.
+fn all_values(s: &Span) -> String {
+    format!("{:?}", s.attributes)
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn check_span_joins_the_w3c_trace_and_carries_the_decision() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(|_| {}, traces_on(endpoint, false)).await;
+    let alice = token("alice").mint();
+    let r = s
+        .check(
+            req("GET", "/api/orders/42")
+                .bearer(&alice)
+                .id("req-1")
+                .header("traceparent", &format!("00-{TRACE}-{PARENT}-01"))
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .build(),
+        )
+        .await;
+    assert!(is_allowed(&r));
+    let denied_trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = s
+        .check(
+            req("GET", "/api/orders/42")
+                .header("traceparent", &format!("00-{denied_trace}-b7ad6b7169203331-01"))
+                .build(),
+        )
+        .await;
+    assert_eq!(http_status(&r), 401);
+    // Shutdown flushes what is queued: no waiting on the export interval.
+    s.stop().await;
+
+    let spans = rx.by_trace(TRACE);
+    assert_eq!(spans.len(), 1, "one span per check: {spans:?}");
+    let sp = &spans[0];
+    assert_eq!(hex::encode(&sp.parent_span_id), PARENT);
+    assert_ne!(hex::encode(&sp.span_id), PARENT, "a new span, not the caller's");
+    assert_eq!(sp.trace_state, "congo=t61rcWkgMzE");
+    assert_eq!(sp.name, "envoy.service.auth.v3.Authorization/Check");
+    assert_eq!(sp.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(str_attr(sp, "portcullis.decision"), "allow");
+    assert_eq!(int_attr(sp, "http.response.status_code"), 200);
+    assert_eq!(str_attr(sp, "portcullis.reason"), "allowed");
+    assert_eq!(str_attr(sp, "portcullis.principal.type"), "User");
+    assert_eq!(str_attr(sp, "portcullis.request_id"), "req-1");
+    assert_eq!(str_attr(sp, "rpc.system"), "grpc");
+    assert!(!str_attr(sp, "portcullis.policy.version").is_empty());
+    assert_eq!(attr(sp, "portcullis.rate_limited"), Some(Value::BoolValue(false)));
+    let Some(Value::ArrayValue(ids)) = attr(sp, "portcullis.policy_ids") else { panic!("policy ids: {sp:?}") };
+    assert!(!ids.values.is_empty());
+    // Without include_subject: the principal's type only, and never the credential.
+    assert!(attr(sp, "enduser.id").is_none());
+    let text = all_values(sp);
+    assert!(!text.contains("alice") && !text.contains(&alice), "{text}");
+
+    let denied = rx.by_trace(denied_trace);
+    assert_eq!(denied.len(), 1);
+    assert_eq!(str_attr(&denied[0], "portcullis.decision"), "deny");
+    assert_eq!(int_attr(&denied[0], "http.response.status_code"), 401);
+    assert_eq!(str_attr(&denied[0], "portcullis.reason"), "credential_required");
+}
+
+#[tokio::test]
+async fn b3_parents_are_joined_and_unsampled_parents_export_nothing() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(|_| {}, traces_on(endpoint, true)).await;
+    let alice = token("alice").mint();
+    let get = || req("GET", "/api/orders/42").bearer(&alice);
+
+    // Unsampled, in each format: no span may ever be exported for these traces.
+    let unsampled = ["11111111111111111111111111111111", "22222222222222222222222222222222", "3333333333333333"];
+    for r in [
+        get().header("traceparent", &format!("00-{}-1111111111111111-00", unsampled[0])).build(),
+        get().header("b3", &format!("{}-2222222222222222-0", unsampled[1])).build(),
+        get()
+            .header("x-b3-traceid", unsampled[2])
+            .header("x-b3-spanid", "3333333333333333")
+            .header("x-b3-sampled", "0")
+            .build(),
+        get().header("b3", "0").build(),
+    ] {
+        assert!(is_allowed(&s.check(r).await), "an unsampled trace changes nothing about the decision");
+    }
+
+    let single = "80f198ee56343ba864fe8b2a57d3eff7";
+    let r = s.check(get().header("b3", &format!("{single}-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")).build()).await;
+    assert!(is_allowed(&r));
+    let multi = "a3ce929d0e0e4736";
+    let r = s
+        .check(
+            get()
+                .header("x-b3-traceid", multi)
+                .header("x-b3-spanid", "a2fb4a1d1a96d312")
+                .header("x-b3-sampled", "1")
+                .build(),
+        )
+        .await;
+    assert!(is_allowed(&r));
+
+    let span = eventually(WAIT, "the B3 single span", async || rx.by_trace(single).pop()).await;
+    assert_eq!(hex::encode(&span.parent_span_id), "e457b5a2e4d86bd1");
+    // include_subject: the Cedar principal itself is recorded.
+    assert_eq!(str_attr(&span, "enduser.id"), "User::\"alice\"");
+    // A 64-bit B3 trace id is left-padded to 128 bits.
+    let padded = format!("{multi:0>32}");
+    let span = eventually(WAIT, "the B3 multi span", async || rx.by_trace(&padded).pop()).await;
+    assert_eq!(hex::encode(&span.parent_span_id), "a2fb4a1d1a96d312");
+    s.stop().await;
+
+    // Everything ended before the sampled markers has been exported by now (and the shutdown
+    // flushed the rest): only the two sampled checks produced spans.
+    assert_eq!(rx.spans().len(), 2, "{:?}", rx.spans());
+    for t in unsampled {
+        assert!(rx.by_trace(&format!("{t:0>32}")).is_empty(), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_collector_never_holds_a_check_and_its_spans_are_counted_as_dropped() {
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let s = Sidecar::start_configured(|_| {}, traces_on(dead, false)).await;
+    let alice = token("alice").mint();
+    for i in 0..20 {
+        let tp = format!("00-{TRACE}-{:016x}-01", i + 1);
+        // `check` itself fails the test if an answer takes longer than WAIT.
+        let r = s.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await;
+        assert!(is_allowed(&r));
+    }
+    let dropped = eventually(WAIT, "dropped spans counted", async || {
+        let (_, body) = s.admin_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix("portcullis_trace_spans_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert!(dropped >= 1.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn traces_off_exports_nothing() {
+    let (rx, endpoint) = Receiver::start().await;
+    let off_endpoint = endpoint.clone();
+    let off = Sidecar::start_configured(
+        |_| {},
+        move |c: &mut Config| {
+            // Pointed at the receiver, but not enabled.
+            c.telemetry.traces.endpoint = Some(off_endpoint);
+        },
+    )
+    .await;
+    let alice = token("alice").mint();
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    assert!(is_allowed(
+        &off.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await
+    ));
+    off.stop().await;
+
+    // A sidecar with traces on marks the receiver as working.
+    let on = Sidecar::start_configured(|_| {}, traces_on(endpoint, false)).await;
+    let marker = "99999999999999999999999999999999";
+    let tp = format!("00-{marker}-{PARENT}-01");
+    assert!(is_allowed(
+        &on.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await
+    ));
+    on.stop().await;
+    assert_eq!(rx.by_trace(marker).len(), 1);
+    assert!(rx.by_trace(TRACE).is_empty(), "traces off exported a span");
+}
