@@ -27,7 +27,7 @@ use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::request::{RequestView, RouteFactNamespaces};
-use crate::response::{self, ResponseOptions};
+use crate::response::{self, QuotaKeys, ResponseOptions};
 
 /// The `envoy.service.auth.v3.Authorization` service.
 pub struct AuthzService {
@@ -233,7 +233,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         limits: cfg.limits.clone(),
         matrix: cfg.request.matrix_parameters,
         cedar: cfg.cedar.clone(),
-        opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
+        opts: ResponseOptions {
+            policy_ids_header: cfg.headers.policy_ids.clone(),
+            quota_keys: QuotaKeys {
+                issuer: cfg.headers.issuer.to_ascii_lowercase(),
+                subject: cfg.headers.subject.to_ascii_lowercase(),
+                client: cfg.headers.client.to_ascii_lowercase(),
+                spiffe_id: cfg.headers.peer.to_ascii_lowercase(),
+                tenant: cfg.headers.tenant.as_ref().map(|t| t.to_ascii_lowercase()),
+            },
+        },
         metrics,
     }))
     .max_decoding_message_size(cfg.limits.max_message_bytes);
