@@ -13,9 +13,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 use portcullis::authn::Identities;
 use portcullis::authz::{self, CedarMapping};
+use portcullis::config::HeaderNames;
 use portcullis::config::Limits;
 use portcullis::request::RequestView;
-use portcullis::response::{self, ResponseOptions};
+use portcullis::response;
 use support::{Caller, Fixture, PEER, check_request, token};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -96,7 +97,10 @@ fn render_and_check(c: &mut Criterion) {
         .expect("config");
     let checker = support::checker(&path);
     let rt = rt();
-    let opts = ResponseOptions { policy_ids_header: Some("x-portcullis-policy".into()) };
+    let opts = portcullis::server::response_options(&HeaderNames {
+        policy_ids: Some("x-portcullis-policy".into()),
+        ..HeaderNames::default()
+    });
     let allow_req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
     let allow = rt.block_on(support::decide(&checker, &allow_req));
     assert!(allow.is_allowed());

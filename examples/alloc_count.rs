@@ -10,7 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use jsonwebtoken::Algorithm;
-use portcullis::response::{self, ResponseOptions};
+use portcullis::config::HeaderNames;
+use portcullis::response;
 use support::{Caller, Fixture, PEER, check_request, token};
 
 struct Counting;
@@ -41,7 +42,10 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let fx = Fixture::write(dir.path(), 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let opts = ResponseOptions { policy_ids_header: Some("x-portcullis-policy".into()) };
+    let opts = portcullis::server::response_options(&HeaderNames {
+        policy_ids: Some("x-portcullis-policy".into()),
+        ..HeaderNames::default()
+    });
     const N: u64 = 2000;
     println!("{:<28} {:>12} {:>14}", "scenario", "allocs/check", "bytes/check");
     for (name, cache, caller) in [

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use prost_types::{ListValue, Struct, Value, value::Kind};
+use sha2::{Digest, Sha256};
 
 use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
 use crate::proto::RpcStatus;
@@ -29,6 +30,36 @@ mod code {
 pub struct ResponseOptions {
     /// Send the determining policy ids back to the client in this header.
     pub policy_ids_header: Option<String>,
+    /// Which upstream identity headers carry the quota keys of an allow's dynamic metadata.
+    pub quota_keys: QuotaKeys,
+}
+
+/// The lower-case names of the identity headers portcullis sets on allow (config `headers`),
+/// by the metadata key their value is published under. The values are read from the allow's
+/// own upstream headers, so metadata and upstream always agree and a client copy never counts
+/// (client copies are removed, never forwarded into the decision). Empty names match nothing.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaKeys {
+    pub issuer: String,
+    pub subject: String,
+    pub client: String,
+    pub spiffe_id: String,
+    /// `headers.tenant`: a `claims_to_headers` target naming the caller's tenant.
+    pub tenant: Option<String>,
+}
+
+/// Longest identity value published as is in metadata (quota descriptors, access log).
+pub const MAX_METADATA_VALUE: usize = 256;
+
+/// A quota key: the value itself when short and free of control characters; otherwise
+/// `sha256:<32 hex>` of it, so an odd identity still gets a bucket of its own (bounded, and
+/// printable in a descriptor or log) instead of escaping the quota.
+fn quota_value(v: &str) -> String {
+    if v.len() <= MAX_METADATA_VALUE && !v.chars().any(char::is_control) {
+        return v.to_owned();
+    }
+    let digest = Sha256::digest(v.as_bytes());
+    format!("sha256:{}", hex::encode(&digest[..16]))
 }
 
 /// An identity header that overwrites any client copy on every Envoy version: `append: false`
@@ -61,12 +92,14 @@ fn string(v: &str) -> Value {
     Value { kind: Some(Kind::StringValue(v.to_owned())) }
 }
 
-/// What Envoy's access log sees under `envoy.filters.http.ext_authz`.
-fn metadata(d: &Decision) -> Struct {
+/// What Envoy's access log and rate-limit filter see under `envoy.filters.http.ext_authz`.
+fn metadata(d: &Decision, keys: &QuotaKeys) -> Struct {
     let mut fields = BTreeMap::new();
     fields.insert("decision".to_owned(), string(d.verdict()));
     fields.insert("reason".to_owned(), string(d.reason()));
-    fields.insert("principal".to_owned(), string(d.principal()));
+    // Empty before authorization (a deny); an allow always has one.
+    let principal = if d.principal().is_empty() { String::new() } else { quota_value(d.principal()) };
+    fields.insert("principal".to_owned(), string(&principal));
     fields.insert(
         "policy_ids".to_owned(),
         Value { kind: Some(Kind::ListValue(ListValue { values: d.policies().iter().map(|p| string(p)).collect() })) },
@@ -74,7 +107,27 @@ fn metadata(d: &Decision) -> Struct {
     if !d.request_id().is_empty() {
         fields.insert("request_id".to_owned(), string(d.request_id()));
     }
+    if let Decision::Allow(a) = d {
+        insert_quota_keys(&mut fields, a, keys);
+    }
     Struct { fields }
+}
+
+/// The verified identity of an allow, each key only when it was proven (a header was set).
+fn insert_quota_keys(fields: &mut BTreeMap<String, Value>, a: &Allow, keys: &QuotaKeys) {
+    let wanted = [
+        ("issuer", Some(&keys.issuer)),
+        ("subject", Some(&keys.subject)),
+        ("client", Some(&keys.client)),
+        ("spiffe_id", Some(&keys.spiffe_id)),
+        ("tenant", keys.tenant.as_ref()),
+    ];
+    for (key, header) in wanted {
+        let Some(header) = header.filter(|h| !h.is_empty()) else { continue };
+        if let Some((_, v)) = a.upstream_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header)) {
+            fields.insert(key.to_owned(), string(&quota_value(v)));
+        }
+    }
 }
 
 /// The policy-ids response header, when configured and there are ids to send.
@@ -88,7 +141,11 @@ pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
         Decision::Allow(a) => render_allow(a, opts),
         Decision::Deny(den) => render_deny(den, opts),
     };
-    CheckResponse { status: Some(status), http_response: Some(http_response), dynamic_metadata: Some(metadata(d)) }
+    CheckResponse {
+        status: Some(status),
+        http_response: Some(http_response),
+        dynamic_metadata: Some(metadata(d, &opts.quota_keys)),
+    }
 }
 
 fn render_allow(a: &Allow, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
@@ -185,12 +242,128 @@ mod tests {
     fn a_deny_with_policies_sends_no_upstream_headers_and_the_policy_header() {
         let mut den = Deny::new(Status::Forbidden, "forbidden_by_policy", "r3");
         den.policies = vec!["block".into()];
-        let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()) };
+        let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), ..Default::default() };
         let r = render(&den.into(), &opts);
         assert_eq!(r.status.as_ref().unwrap().code, code::PERMISSION_DENIED);
         let Some(HttpResponse::DeniedResponse(den)) = r.http_response else { panic!("not denied") };
         assert_eq!(den.status.unwrap().code, 403);
         let keys: Vec<_> = den.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| h.key.as_str()).collect();
         assert_eq!(keys, ["content-type", "x-policies"]);
+    }
+
+    fn keys() -> QuotaKeys {
+        QuotaKeys {
+            issuer: "x-portcullis-issuer".into(),
+            subject: "x-portcullis-subject".into(),
+            client: "x-portcullis-client".into(),
+            spiffe_id: "x-portcullis-peer".into(),
+            tenant: Some("x-tenant".into()),
+        }
+    }
+
+    fn allow_with(principal: &str, headers: &[(&str, &str)]) -> Decision {
+        Decision::Allow(Allow {
+            principal: principal.into(),
+            action: r#"Action::"GET""#.into(),
+            resource: r#"Route::"shop/x""#.into(),
+            policies: vec!["p".into()],
+            upstream_headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            remove_headers: Vec::new(),
+            request_id: "r9".into(),
+        })
+    }
+
+    /// The `envoy.filters.http.ext_authz` metadata as plain strings (lists left out).
+    fn meta(d: &Decision, keys: QuotaKeys) -> BTreeMap<String, String> {
+        let opts = ResponseOptions { policy_ids_header: None, quota_keys: keys };
+        let md = render(d, &opts).dynamic_metadata.expect("metadata");
+        md.fields
+            .into_iter()
+            .filter_map(|(k, v)| match v.kind {
+                Some(Kind::StringValue(s)) => Some((k, s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_allow_publishes_every_verified_quota_key() {
+        let d = allow_with(
+            r#"User::"alice""#,
+            &[
+                ("x-tenant", "acme"),
+                ("x-portcullis-email", "alice@example.com"),
+                ("x-portcullis-principal", r#"User::"alice""#),
+                ("x-portcullis-subject", "alice"),
+                ("x-portcullis-issuer", "https://idp.example"),
+                ("x-portcullis-peer", "spiffe://cluster.local/ns/a/sa/b"),
+                ("x-portcullis-client", "batch"),
+            ],
+        );
+        let m = meta(&d, keys());
+        assert_eq!(m["principal"], r#"User::"alice""#);
+        assert_eq!(m["issuer"], "https://idp.example");
+        assert_eq!(m["subject"], "alice");
+        assert_eq!(m["client"], "batch");
+        assert_eq!(m["spiffe_id"], "spiffe://cluster.local/ns/a/sa/b");
+        assert_eq!(m["tenant"], "acme");
+        // A claim header that is not the tenant is not a quota key.
+        assert!(!m.values().any(|v| v == "alice@example.com"), "{m:?}");
+    }
+
+    #[test]
+    fn only_proven_identities_are_published() {
+        // A workload allowed on its mTLS identity alone: no issuer, subject, client or tenant.
+        let d = allow_with(
+            r#"Service::"spiffe://cluster.local/ns/a/sa/b""#,
+            &[("x-portcullis-peer", "spiffe://cluster.local/ns/a/sa/b")],
+        );
+        let m = meta(&d, keys());
+        for absent in ["issuer", "subject", "client", "tenant"] {
+            assert!(!m.contains_key(absent), "{absent} published without proof: {m:?}");
+        }
+        assert_eq!(m["spiffe_id"], "spiffe://cluster.local/ns/a/sa/b");
+        // Without `headers.tenant` no header is read as the tenant, whatever it is called.
+        let d = allow_with(r#"User::"alice""#, &[("x-tenant", "acme")]);
+        let m = meta(&d, QuotaKeys { tenant: None, ..keys() });
+        assert!(!m.contains_key("tenant"), "{m:?}");
+    }
+
+    #[test]
+    fn a_deny_publishes_no_identity_keys() {
+        let mut den = Deny::new(Status::Forbidden, "no_permit", "r4");
+        den.principal = r#"User::"mallory""#.into();
+        let m = meta(&den.into(), keys());
+        assert_eq!(m["decision"], "deny");
+        for absent in ["issuer", "subject", "client", "spiffe_id", "tenant"] {
+            assert!(!m.contains_key(absent), "{absent} on a deny: {m:?}");
+        }
+        // A denial before authorization has an empty principal, as before.
+        let m = meta(&Decision::deny(Status::Unauthorized, "token_expired", "r5"), keys());
+        assert_eq!(m["principal"], "");
+    }
+
+    #[test]
+    fn oversized_or_control_character_values_become_bounded_distinct_digests() {
+        let long_a = "a".repeat(MAX_METADATA_VALUE + 1);
+        let long_b = format!("{}b", "a".repeat(MAX_METADATA_VALUE));
+        let principal = format!("User::\"{long_a}\"");
+        let d = allow_with(
+            &principal,
+            &[("x-portcullis-subject", &long_a), ("x-portcullis-issuer", "iss\u{85}"), ("x-tenant", "t\u{7f}x")],
+        );
+        let m = meta(&d, keys());
+        for key in ["principal", "subject", "issuer", "tenant"] {
+            let v = &m[key];
+            assert!(v.starts_with("sha256:") && v.len() == 7 + 32, "{key}: {v}");
+            assert!(!v.chars().any(char::is_control));
+        }
+        // Two identities that share a long prefix keep separate buckets.
+        let other = meta(&allow_with(r#"User::"x""#, &[("x-portcullis-subject", &long_b)]), keys());
+        assert_ne!(m["subject"], other["subject"]);
+        // The boundary itself is published as is.
+        let exact = "s".repeat(MAX_METADATA_VALUE);
+        let m = meta(&allow_with(r#"User::"x""#, &[("x-portcullis-subject", &exact)]), keys());
+        assert_eq!(m["subject"], exact);
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::admin::{self, AdminState};
 use crate::check::{self, Checker};
-use crate::config::{Config, Limits, MatrixParameters};
+use crate::config::{Config, HeaderNames, Limits, MatrixParameters};
 use crate::decision::Decision;
 use crate::metrics::CheckMetrics;
 use crate::policy::kube as policy_kube;
@@ -27,7 +27,7 @@ use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use crate::proto::auth::{CheckRequest, CheckResponse};
 use crate::request::{RequestView, RouteFactNamespaces};
-use crate::response::{self, ResponseOptions};
+use crate::response::{self, QuotaKeys, ResponseOptions};
 
 /// The `envoy.service.auth.v3.Authorization` service.
 pub struct AuthzService {
@@ -161,6 +161,21 @@ impl Running {
 }
 
 /// Starts everything the config asks for and returns once listeners are bound.
+/// How decisions are rendered for this `headers` config: the policy-ids header, and the
+/// identity headers whose values become the allow's quota keys in dynamic metadata.
+pub fn response_options(h: &HeaderNames) -> ResponseOptions {
+    ResponseOptions {
+        policy_ids_header: h.policy_ids.clone(),
+        quota_keys: QuotaKeys {
+            issuer: h.issuer.to_ascii_lowercase(),
+            subject: h.subject.to_ascii_lowercase(),
+            client: h.client.to_ascii_lowercase(),
+            spiffe_id: h.peer.to_ascii_lowercase(),
+            tenant: h.tenant.as_ref().map(|t| t.to_ascii_lowercase()),
+        },
+    }
+}
+
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut registry = Registry::with_prefix("portcullis");
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));
@@ -261,7 +276,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         limits: cfg.limits.clone(),
         matrix: cfg.request.matrix_parameters,
         cedar: cfg.cedar.clone(),
-        opts: ResponseOptions { policy_ids_header: cfg.headers.policy_ids.clone() },
+        opts: response_options(&cfg.headers),
         metrics,
         traces: traces.clone(),
     }))

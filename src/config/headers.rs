@@ -25,6 +25,10 @@ pub struct HeaderNames {
     /// If set, the determining policy ids are sent back to the client in this response header.
     #[serde(default)]
     pub policy_ids: Option<String>,
+    /// A `claims_to_headers` target whose value (from the verified token) is the caller's tenant:
+    /// published as `tenant` in the allow's dynamic metadata, for quota descriptors.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Remove the credential (`authorization` / API key header) before the request goes upstream.
     #[serde(default)]
     pub remove_credentials: bool,
@@ -120,6 +124,7 @@ impl Default for HeaderNames {
             peer: h_peer(),
             client: h_client(),
             policy_ids: None,
+            tenant: None,
             remove_credentials: false,
             strip_foreign_credentials: false,
             strip_on_allow: h_strip_on_allow(),
@@ -195,6 +200,19 @@ impl HeaderNames {
                     return refuse("is the target of another claim of this issuer");
                 }
                 targets.push(key);
+            }
+        }
+        if let Some(t) = &h.tenant {
+            check_header_name("headers.tenant", t)?;
+            let key = header_key(t);
+            let mapped =
+                authn.issuers.iter().flat_map(|iss| iss.claims_to_headers.values()).any(|v| header_key(v) == key);
+            if !mapped {
+                // Any other header could come from the client; only a claim header is proven.
+                return Err(ConfigError::invalid(
+                    "headers.tenant",
+                    format!("`{t}` is not the target of any issuer's `claims_to_headers`"),
+                ));
             }
         }
         Ok(())

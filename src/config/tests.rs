@@ -270,3 +270,16 @@ fn spellings_cover_every_separator_combination() {
     );
     assert!(!c.headers.strip_foreign_credentials);
 }
+
+#[test]
+fn tenant_must_be_a_claim_header() {
+    // A tenant read from any other header could be the client's own: refused, naming the field.
+    for tenant in ["x-tenant", "x-portcullis-subject", "bad name"] {
+        let err = claim_target("x-org", &format!("headers: {{tenant: '{tenant}'}}\n")).unwrap_err();
+        assert!(err.contains("headers.tenant"), "{tenant}: {err}");
+    }
+    let err = parse("policy: {dir: x}\nheaders: {tenant: x-org}\n").unwrap_err();
+    assert!(err.contains("headers.tenant"), "{err}");
+    // The claim's header, in any `-`/`_` spelling or case.
+    assert!(claim_target("x-org", "headers: {tenant: X_Org}\n").is_ok());
+}

@@ -130,3 +130,18 @@ def test_validation_catches_what_the_field_check_cannot(breaks, tmp_path):
         hcm["normalise_path"] = True
     proc = validate(config, tmp_path)
     assert proc.returncode != 0, f"Envoy accepted a broken config ({breaks}):\n{proc.stdout}"
+
+
+def test_deploy_envoy_ratelimit_yaml_is_valid_for_envoy():
+    assert_valid(validate_file(DEPLOY / "envoy-ratelimit.yaml"), "deploy/envoy-ratelimit.yaml")
+
+
+@pytest.mark.parametrize("scenario", ["default", "envoy-tcp"])
+def test_chart_envoy_config_with_global_rate_limit_is_valid_for_envoy(scenario, tmp_path):
+    rendered = render(
+        scenario,
+        "envoy.globalRateLimit.enabled=true",
+        "envoy.globalRateLimit.failureModeDeny=true",
+        'json:envoy.globalRateLimit.descriptors=[["tenant","subject"],["client"],["spiffe_id"],["issuer"]]',
+    )
+    assert_valid(validate(rendered.envoy_config(), tmp_path), f"the chart's Envoy config with globalRateLimit ({scenario})")

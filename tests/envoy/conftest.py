@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from envoy_bin import envoy_binary  # noqa: E402
 from harness import DEMO, REPO, EchoUpstream, Envoy, Portcullis, demo_config, envoy_config, free_port  # noqa: E402
-from harness import add_routes, shipped_envoy_yaml  # noqa: E402
+from harness import add_routes, set_cluster_address, shipped_envoy_yaml  # noqa: E402
 
 
 def portcullis_bin() -> Path:
@@ -68,7 +68,11 @@ class StackFactory:
         self.base = yaml.safe_load(shipped_envoy_yaml().read_text())
 
     def __call__(self, transport: str, *, policies: dict[str, str] | None = None, ready: bool = True,
-                 rate_limit: dict | None = None, routes: list[dict] | None = None) -> Stack:
+                 rate_limit: dict | None = None, routes: list[dict] | None = None,
+                 envoy_base: dict | None = None, clusters: dict[str, dict] | None = None,
+                 headers: dict | None = None, claims_to_headers: dict[str, str] | None = None) -> Stack:
+        """`envoy_base`: another bootstrap than the shipped one; `clusters`: addresses of its extra
+        clusters by name; `headers` / `claims_to_headers`: merged into the demo portcullis config."""
         work = self.root / f"stack{len(self.started)}-{transport}"
         (work / "policies").mkdir(parents=True)
         if policies is None:
@@ -78,12 +82,15 @@ class StackFactory:
             for name, text in policies.items():
                 (work / "policies" / name).write_text(text)
         upstream = EchoUpstream().start()
-        pc = Portcullis(portcullis_bin(), work, demo_config(work, rate_limit=rate_limit))
+        pc_config = demo_config(work, rate_limit=rate_limit)
+        pc_config["headers"].update(headers or {})
+        pc_config["authn"]["issuers"][0]["claims_to_headers"].update(claims_to_headers or {})
+        pc = Portcullis(portcullis_bin(), work, pc_config)
         envoy = None
         try:
             pc.start(ready=ready)
             cfg = envoy_config(
-                self.base,
+                envoy_base or self.base,
                 listen_port=free_port(),
                 admin_port=free_port(),
                 app_port=upstream.port,
@@ -93,6 +100,8 @@ class StackFactory:
             )
             if routes:
                 cfg = add_routes(cfg, routes)
+            for name, address in (clusters or {}).items():
+                set_cluster_address(cfg, name, address)
             envoy = Envoy(envoy_bin(), work, cfg).start()
         except BaseException:
             if envoy:

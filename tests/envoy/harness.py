@@ -262,6 +262,11 @@ def _set_cluster_address(config: dict, name: str, address: dict) -> None:
     eps[0]["endpoint"]["address"] = address
 
 
+def set_cluster_address(config: dict, name: str, address: dict) -> None:
+    """Points the one endpoint of cluster `name` at `address` (e.g. a test's own service)."""
+    _set_cluster_address(config, name, address)
+
+
 TRACING_HEADERS = ["x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid",
                    "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3"]
 
