@@ -626,3 +626,22 @@ fn the_rate_limit_does_not_apply_to_test_cases() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.ends_with("test result: ok. 40 passed, 0 failed\n"), "{}", r.stdout);
 }
+
+#[test]
+fn check_takes_a_fixed_time_offline() {
+    let dir = policy_dir(CUTOFF_POLICIES, None);
+    let req = request_file(dir.path(), "r.yaml", "path: /sale/a\nhost: h\n");
+    let p = s(dir.path());
+    let r = portcullis(&["check", "--policies", p, &req, "--explain", "--time", "2025-12-31T23:59:59Z"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("decision:  allow") && r.stdout.contains("time: 1767225599}"), "{}", r.stdout);
+    let r = portcullis(&["check", "--policies", p, &req, "--time", "1767225600", "--expect", "deny"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // Not a moment: refused, never the clock.
+    let r = portcullis(&["check", "--policies", p, &req, "--time", "noon"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("--time: \"noon\" is neither RFC 3339"), "{}", r.stderr);
+    // Offline only: a sidecar uses its own clock.
+    let r = portcullis(&["check", &req, "--server", "http://127.0.0.1:1", "--time", "0"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+}
