@@ -57,6 +57,12 @@ impl Checker {
         })
     }
 
+    /// The same checker without the rate limit: `portcullis test` cases are not traffic.
+    pub fn without_rate_limit(mut self) -> Self {
+        self.rate_limiter = None;
+        self
+    }
+
     pub fn authenticator(&self) -> &Authenticator {
         &self.authn
     }

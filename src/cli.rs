@@ -69,6 +69,10 @@ pub enum Command {
         /// evaluation error. Shows request data: for a terminal, never for logs.
         #[arg(long, conflicts_with = "server")]
         explain: bool,
+        /// Offline only: `context.time` instead of the clock (RFC 3339 with `Z` or `±HH:MM`, or
+        /// unix seconds), to ask about a policy that reads the time.
+        #[arg(long, conflicts_with = "server")]
+        time: Option<String>,
     },
     /// Run the policy test files (`*.test.yaml`) of each policy directory; exits 1 if any case
     /// fails, 2 if the tests cannot run (policies or test files that do not load).
@@ -251,7 +255,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Test { dirs, config, format, output, coverage } => run_tests(dirs, config, format, output, coverage),
-        Command::Check { request, config, policies, server, bearer, expect, explain } => {
+        Command::Check { request, config, policies, server, bearer, expect, explain, time } => {
+            let time = time
+                .map(|t| crate::policytest::CaseTime::Text(t).unix_seconds())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
             let mut spec = RequestSpec::load(&request)?;
             if bearer.is_some() {
                 spec.bearer = bearer;
@@ -271,7 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         cfg.policy = PolicyConfig { dir: Some(p), kubernetes: None, ..cfg.policy };
                     }
                     let dir = cfg.policy.dir.clone().context("offline check needs a policy directory")?;
-                    runtime()?.block_on(offline_check(&cfg, &dir, &req, explain))?
+                    runtime()?.block_on(offline_check(&cfg, &dir, &req, explain, time))?
                 }
             };
             Ok(match expect {
@@ -324,7 +332,13 @@ fn prefix_dir(dir: &Path, e: &crate::policy::LoadError) -> String {
     e.to_string()
 }
 
-async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest, explain: bool) -> anyhow::Result<bool> {
+async fn offline_check(
+    cfg: &Config,
+    dir: &Path,
+    req: &CheckRequest,
+    explain: bool,
+    time: Option<i64>,
+) -> anyhow::Result<bool> {
     let mut registry = prometheus_client::registry::Registry::default();
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, &mut registry));
     if let Err(errs) = files::load_into(dir, &store) {
@@ -332,12 +346,17 @@ async fn offline_check(cfg: &Config, dir: &Path, req: &CheckRequest, explain: bo
     }
     let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
     let mut explanation = None;
-    let d = match RequestView::from_check_route(
+    let view = RequestView::from_check_route(
         req,
         &cfg.limits,
         cfg.request.matrix_parameters,
         RouteFactNamespaces::of(&cfg.cedar),
-    ) {
+    )
+    .map(|mut view| {
+        view.time = time;
+        view
+    });
+    let d = match view {
         // The same decision as `check`, with the identities kept to explain Cedar's part.
         Ok(view) if explain => match checker.authenticator().authenticate(&view).await {
             Ok(ids) => {

@@ -20,6 +20,7 @@ use crate::client::CheckRequestBuilder;
 use crate::config::{Config, IssuerConfig};
 use crate::decision::Decision;
 use crate::policy::{PolicyStore, files, snapshot::format_errors};
+use crate::proto::core::Metadata;
 use crate::request::{RequestView, RouteFactNamespaces};
 
 /// Test files end with this; policy loaders ignore them.
@@ -43,7 +44,67 @@ pub struct Case {
     /// What authentication proved; absent (or empty) is an anonymous caller.
     #[serde(default)]
     pub identity: CaseIdentity,
+    /// `context.time` for this case (RFC 3339 with `Z` or an offset, or unix seconds), so
+    /// policies on time are tested at a fixed moment; absent: the clock, as in the sidecar.
+    #[serde(default)]
+    pub time: Option<CaseTime>,
     pub expect: Expectation,
+}
+
+/// A moment as a test file states it: unix seconds, or text (RFC 3339 or digits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CaseTime {
+    Unix(i64),
+    Text(String),
+}
+
+impl CaseTime {
+    /// Unix seconds, or why the text is not a moment.
+    pub fn unix_seconds(&self) -> Result<i64, String> {
+        match self {
+            CaseTime::Unix(s) => Ok(*s),
+            CaseTime::Text(t) => parse_time(t.trim()).ok_or_else(|| {
+                format!(
+                    "time: {t:?} is neither RFC 3339 (2026-01-31T18:00:00Z, or with a ±HH:MM offset) nor unix seconds"
+                )
+            }),
+        }
+    }
+}
+
+/// RFC 3339 with `Z` or a `±HH:MM` offset (at or after 1970), or unix seconds as digits.
+fn parse_time(t: &str) -> Option<i64> {
+    if let Ok(s) = t.parse::<i64>() {
+        return Some(s);
+    }
+    if !t.is_ascii() || t.len() < 20 {
+        return None;
+    }
+    let (base, offset) = if let Some(b) = t.strip_suffix(['Z', 'z']) {
+        (b, 0)
+    } else {
+        let (b, off) = t.split_at(t.len() - 6);
+        let o = off.as_bytes();
+        let sign = match o[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let two = |i: usize| -> Option<i64> {
+            (o[i].is_ascii_digit() && o[i + 1].is_ascii_digit())
+                .then(|| i64::from((o[i] - b'0') * 10 + (o[i + 1] - b'0')))
+        };
+        let (h, m) = (two(1)?, two(4)?);
+        if o[3] != b':' || h > 23 || m > 59 {
+            return None;
+        }
+        (b, sign * (h * 3600 + m * 60))
+    };
+    let utc = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    let secs = i64::try_from(utc.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    // The local time minus its offset is UTC.
+    secs.checked_sub(offset)
 }
 
 /// The request, as Envoy would describe it.
@@ -64,6 +125,17 @@ pub struct CaseRequest {
     pub source_ip: Option<String>,
     #[serde(default)]
     pub id: String,
+    /// The route's `ExtAuthzPerRoute` context extensions (policies read `ext:<key>` tags).
+    #[serde(default)]
+    pub context_extensions: BTreeMap<String, String>,
+    /// Dynamic metadata strings, namespace → key → value (`metadata:<ns>:<key>` tags; only the
+    /// namespaces in `cedar.metadata_namespaces` are read, as in the sidecar).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, BTreeMap<String, String>>,
+    /// Route metadata strings, namespace → key → value (`route_metadata:<ns>:<key>` tags;
+    /// only the namespaces in `cedar.route_metadata_namespaces` are read).
+    #[serde(default)]
+    pub route_metadata: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn get() -> String {
@@ -196,6 +268,25 @@ pub fn add_case_issuers(cfg: &mut Config, files: &[(String, TestFile)]) -> anyho
     Ok(())
 }
 
+/// Without a config, every metadata namespace a case names is read (so cases can state
+/// metadata); with a config, only its `cedar.metadata_namespaces` /
+/// `cedar.route_metadata_namespaces`, exactly as the sidecar reads them.
+pub fn add_case_namespaces(cfg: &mut Config, files: &[(String, TestFile)]) {
+    for case in files.iter().flat_map(|(_, f)| &f.cases) {
+        let r = &case.request;
+        for (named, configured) in [
+            (&r.metadata, &mut cfg.cedar.metadata_namespaces),
+            (&r.route_metadata, &mut cfg.cedar.route_metadata_namespaces),
+        ] {
+            for ns in named.keys() {
+                if !configured.contains(ns) {
+                    configured.push(ns.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Loads `dir` as the sidecar would and runs `files` against it.
 pub fn run_dir(cfg: &Config, dir: &Path, files: &[(String, TestFile)]) -> anyhow::Result<DirReport> {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -203,7 +294,8 @@ pub fn run_dir(cfg: &Config, dir: &Path, files: &[(String, TestFile)]) -> anyhow
     if let Err(errs) = files::load_into(dir, &store) {
         anyhow::bail!("{}: policies do not load:\n{}", dir.display(), format_errors(&errs));
     }
-    let checker = Checker::new(cfg, store.clone(), &mut registry)?;
+    // Cases are not traffic: a rate limit would turn the later ones into 429s.
+    let checker = Checker::new(cfg, store.clone(), &mut registry)?.without_rate_limit();
     let mut results = Vec::new();
     for (file, tf) in files {
         for case in &tf.cases {
@@ -265,7 +357,12 @@ fn run_case(cfg: &Config, checker: &Checker, file: &str, case: &Case) -> CaseRes
     if let Some(s) = &case.identity.spiffe_id {
         b = b.peer(s);
     }
-    let wire = b.build();
+    let mut wire = b.build();
+    if let Some(a) = wire.attributes.as_mut() {
+        a.context_extensions = r.context_extensions.clone().into_iter().collect();
+        a.metadata_context = metadata(&r.metadata);
+        a.route_metadata_context = metadata(&r.route_metadata);
+    }
     let mut result = CaseResult {
         file: file.to_owned(),
         name: case.name.clone(),
@@ -281,19 +378,46 @@ fn run_case(cfg: &Config, checker: &Checker, file: &str, case: &Case) -> CaseRes
             return result;
         }
     };
+    let time = match case.time.as_ref().map(CaseTime::unix_seconds).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            result.actual = "not run".into();
+            result.failures.push(e);
+            return result;
+        }
+    };
     let decision = match RequestView::from_check_route(
         &wire,
         &cfg.limits,
         cfg.request.matrix_parameters,
         RouteFactNamespaces::of(&cfg.cedar),
     ) {
-        Ok(view) => checker.check_as(&view, ids),
+        Ok(mut view) => {
+            view.time = time;
+            checker.check_as(&view, ids)
+        }
         Err(e) => invalid_request(&e),
     };
     result.actual = summary(&decision);
     result.determining = decision.policies().to_vec();
     result.failures = compare(&case.expect, &decision);
     result
+}
+
+/// Envoy's `Metadata` for namespace → key → string value; `None` when the case states none.
+fn metadata(m: &BTreeMap<String, BTreeMap<String, String>>) -> Option<Metadata> {
+    if m.is_empty() {
+        return None;
+    }
+    let string = |v: &String| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v.clone())) };
+    let filter_metadata = m
+        .iter()
+        .map(|(ns, fields)| {
+            let fields = fields.iter().map(|(k, v)| (k.clone(), string(v))).collect();
+            (ns.clone(), prost_types::Struct { fields })
+        })
+        .collect();
+    Some(Metadata { filter_metadata, ..Default::default() })
 }
 
 /// One line: `allow (HTTP 200, policies: a, b)` or `deny (HTTP 403, forbidden_by_policy, policies: x)`.

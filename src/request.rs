@@ -169,6 +169,9 @@ pub struct RequestView<'a> {
     pub traceparent: Option<&'a str>,
     /// What Envoy reported about the route (never taken from headers), bounded.
     pub route_facts: Vec<RouteFact<'a>>,
+    /// `context.time` (unix seconds) instead of the clock; never from the wire, only set by
+    /// `portcullis test` so cases on time are deterministic.
+    pub time: Option<i64>,
 }
 
 impl<'a> RequestView<'a> {
@@ -273,6 +276,7 @@ impl<'a> RequestView<'a> {
             request_id: non_empty(&http.id).or_else(|| lookup("x-request-id")).unwrap_or(""),
             traceparent: lookup("traceparent"),
             route_facts,
+            time: None,
             headers,
             invalid_values,
         })

@@ -79,7 +79,7 @@ cases:
 fn the_shipped_suites_pass() {
     let r = portcullis(&["test", "-c", "examples/demo/config.yaml", "examples/demo/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.ends_with("test result: ok. 14 passed, 0 failed\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("test result: ok. 16 passed, 0 failed\n"), "{}", r.stdout);
     let r = portcullis(&["test", "charts/portcullis/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains(" 0 failed"), "{}", r.stdout);
@@ -410,4 +410,238 @@ fn validate_reports_file_line_column_message() {
     let r = portcullis(&["validate", "examples/demo/policies"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("ok: 8 policies, version "), "{}", r.stdout);
+}
+
+const CUTOFF_POLICIES: &str = r#"
+@id("sale-until-2026")
+permit (principal, action in Action::"read", resource)
+when { resource.path like "/sale/*" && context.time < 1767225600 };
+"#;
+
+#[test]
+fn a_case_fixes_context_time_so_cutoffs_are_testable() {
+    // 1767225600 is 2026-01-01T00:00:00Z; today's clock is past it, so the "before" cases pass
+    // only because the stated time is what the policy sees.
+    let tests = r#"
+cases:
+  - name: just before the cutoff (RFC 3339)
+    time: "2025-12-31T23:59:59Z"
+    request: { path: /sale/a }
+    expect: { decision: allow, policies: [sale-until-2026] }
+  - name: before the cutoff in local time with an offset
+    time: "2026-01-01T01:30:00+02:00"
+    request: { path: /sale/a }
+    expect: { decision: allow }
+  - name: one second before (unix seconds)
+    time: 1767225599
+    request: { path: /sale/a }
+    expect: { decision: allow }
+  - name: at the cutoff
+    time: 1767225600
+    request: { path: /sale/a }
+    expect: { decision: deny, reason: no_permit }
+  - name: after the cutoff in local time with a negative offset
+    time: "2025-12-31T19:00:00-05:00"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+"#;
+    let dir = policy_dir(CUTOFF_POLICIES, Some(tests));
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("test result: ok. 5 passed, 0 failed\n"), "{}", r.stdout);
+
+    // A wrong expectation about the cutoff fails like any other case.
+    let wrong = "cases:\n  - name: after\n    time: \"2026-06-01T00:00:00Z\"\n    request: {path: /sale/a}\n    expect: {decision: allow}\n";
+    let dir = policy_dir(CUTOFF_POLICIES, Some(wrong));
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("t.test.yaml: after\n    expected allow, got deny (HTTP 403, no_permit"), "{}", r.stdout);
+}
+
+#[test]
+fn a_time_that_is_not_a_moment_fails_its_case_by_name() {
+    let tests = r#"
+cases:
+  - name: words
+    time: yesterday
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: no offset
+    time: "2025-12-31T23:59:59"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: month thirteen
+    time: "2025-13-01T00:00:00Z"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: offset out of range
+    time: "2025-12-31T23:59:59+24:00"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: signed offset digits
+    time: "2025-12-31T23:59:59+-1:00"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: not ascii
+    time: "2025-12-31T23:59:59+0é:00"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+  - name: fine
+    time: "2026-01-01T00:00:00Z"
+    request: { path: /sale/a }
+    expect: { decision: deny }
+"#;
+    let dir = policy_dir(CUTOFF_POLICIES, Some(tests));
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let out = &r.stdout;
+    for name in ["words", "no offset", "month thirteen", "offset out of range", "signed offset digits", "not ascii"] {
+        let head = format!("t.test.yaml: {name}\n    time: ");
+        assert!(out.contains(&head), "{name}: {out}");
+    }
+    assert!(out.contains("time: \"yesterday\" is neither RFC 3339"), "{out}");
+    // A case that cannot run never counts as a pass, even when it expected a deny.
+    assert!(out.ends_with("test result: FAILED. 1 passed, 6 failed\n"), "{out}");
+
+    // A time of the wrong YAML type is a test file that does not load: exit 2, naming the file.
+    let dir = policy_dir(
+        CUTOFF_POLICIES,
+        Some("cases:\n  - name: x\n    time: [1]\n    request: {path: /}\n    expect: {decision: deny}\n"),
+    );
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("t.test.yaml"), "{}", r.stderr);
+}
+
+const ROUTE_POLICIES: &str = r#"
+@id("tenant-a-route")
+permit (principal, action in Action::"read", resource)
+when { resource.path like "/tenant/*" && resource.hasTag("ext:tenant") && resource.getTag("ext:tenant") == "a" };
+
+@id("gold-route")
+permit (principal, action in Action::"read", resource)
+when {
+  resource.path like "/gold/*" &&
+  resource.hasTag("route_metadata:com.example.route:tier") &&
+  resource.getTag("route_metadata:com.example.route:tier") == "gold"
+};
+
+@id("verified-by-filter")
+permit (principal, action in Action::"read", resource)
+when {
+  resource.path like "/filtered/*" &&
+  resource.hasTag("metadata:com.example.filter:verdict") &&
+  resource.getTag("metadata:com.example.filter:verdict") == "ok"
+};
+"#;
+
+#[test]
+fn context_extensions_flip_a_decision_as_envoy_would_send_them() {
+    let many: String = (0..65).map(|i| format!("k{i}: v, ")).collect();
+    let tests = format!(
+        r#"
+cases:
+  - name: the tenant a route
+    request: {{ path: /tenant/x, context_extensions: {{ tenant: a }} }}
+    expect: {{ decision: allow, policies: [tenant-a-route] }}
+  - name: another tenant's route
+    request: {{ path: /tenant/x, context_extensions: {{ tenant: b }} }}
+    expect: {{ decision: deny, reason: no_permit }}
+  - name: no extension
+    request: {{ path: /tenant/x }}
+    expect: {{ decision: deny }}
+  - name: a header cannot imitate an extension
+    request: {{ path: /tenant/x, headers: {{ "ext:tenant": a, ext-tenant: a }} }}
+    expect: {{ decision: deny }}
+  - name: more route facts than the bound are refused like the sidecar refuses them
+    request: {{ path: /tenant/x, context_extensions: {{ tenant: a, {many} }} }}
+    expect: {{ decision: deny, status: 400, reason: too_many_route_facts }}
+"#
+    );
+    let dir = policy_dir(ROUTE_POLICIES, Some(&tests));
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("test result: ok. 5 passed, 0 failed\n"), "{}", r.stdout);
+}
+
+const METADATA_CASES: &str = r#"
+cases:
+  - name: gold route metadata
+    request: { path: /gold/x, route_metadata: { com.example.route: { tier: gold } } }
+    expect: { decision: allow, policies: [gold-route] }
+  - name: silver route metadata
+    request: { path: /gold/x, route_metadata: { com.example.route: { tier: silver } } }
+    expect: { decision: deny }
+  - name: the right key in another namespace is another fact
+    request: { path: /gold/x, route_metadata: { com.example.other: { tier: gold } } }
+    expect: { decision: deny }
+  - name: route metadata is not dynamic metadata
+    request: { path: /gold/x, metadata: { com.example.route: { tier: gold } } }
+    expect: { decision: deny }
+  - name: a filter's dynamic metadata
+    request: { path: /filtered/x, metadata: { com.example.filter: { verdict: ok } } }
+    expect: { decision: allow, policies: [verified-by-filter] }
+"#;
+
+#[test]
+fn metadata_reaches_policies_only_for_the_namespaces_the_sidecar_reads() {
+    // Without a config, every namespace a case names is read.
+    let dir = policy_dir(ROUTE_POLICIES, Some(METADATA_CASES));
+    let r = portcullis(&["test", s(dir.path())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("test result: ok. 5 passed, 0 failed\n"), "{}", r.stdout);
+
+    // With a config, only its namespaces: the filter's namespace is not configured, so the
+    // sidecar would never show it to policies and the case that relies on it fails.
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "policy: {dir: .}\ncedar:\n  route_metadata_namespaces: [com.example.route]\n")
+        .expect("write");
+    let r = portcullis(&["test", "-c", s(&cfg), s(dir.path())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("t.test.yaml: a filter's dynamic metadata\n    expected allow, got deny"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.ends_with("4 passed, 1 failed\n"), "{}", r.stdout);
+}
+
+#[test]
+fn the_rate_limit_does_not_apply_to_test_cases() {
+    // One request per second, no burst, and forty cases from the same caller: as traffic, all
+    // but the first would be 429s.
+    let case = "  - name: read {i}\n    request: { path: /public/a, source_ip: 10.0.0.1 }\n    \
+                identity: { api_client: { client: batch } }\n    expect: { decision: allow, status: 200 }\n";
+    let tests: String =
+        std::iter::once("cases:\n".to_owned()).chain((0..40).map(|i| case.replace("{i}", &i.to_string()))).collect();
+    let dir = policy_dir(POLICIES, Some(&tests));
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "policy: {dir: .}\nrate_limit: {requests_per_second: 1, burst: 1}\nauthn:\n  api_keys:\n    keys:\n      \
+         - {client: batch, sha256: \"74045098110de75482c9e34a190dab5a1dd308be1ed6e16fee2dc05e01152d74\"}\n",
+    )
+    .expect("write");
+    let r = portcullis(&["test", "-c", s(&cfg), s(dir.path())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("test result: ok. 40 passed, 0 failed\n"), "{}", r.stdout);
+}
+
+#[test]
+fn check_takes_a_fixed_time_offline() {
+    let dir = policy_dir(CUTOFF_POLICIES, None);
+    let req = request_file(dir.path(), "r.yaml", "path: /sale/a\nhost: h\n");
+    let p = s(dir.path());
+    let r = portcullis(&["check", "--policies", p, &req, "--explain", "--time", "2025-12-31T23:59:59Z"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("decision:  allow") && r.stdout.contains("time: 1767225599}"), "{}", r.stdout);
+    let r = portcullis(&["check", "--policies", p, &req, "--time", "1767225600", "--expect", "deny"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // Not a moment: refused, never the clock.
+    let r = portcullis(&["check", "--policies", p, &req, "--time", "noon"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("--time: \"noon\" is neither RFC 3339"), "{}", r.stderr);
+    // Offline only: a sidecar uses its own clock.
+    let r = portcullis(&["check", &req, "--server", "http://127.0.0.1:1", "--time", "0"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
 }

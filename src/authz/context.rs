@@ -54,11 +54,14 @@ pub(super) struct ContextParts<'a> {
     pub(super) authn: &'a [&'static str],
     pub(super) source_ip: Option<IpAddr>,
     pub(super) peer: Option<&'a EntityUID>,
+    /// `context.time` instead of the clock (`portcullis test` cases state it).
+    pub(super) time: Option<i64>,
 }
 
 /// The one place a Cedar context is built.
 pub(super) fn context(c: &ContextParts<'_>) -> Result<CoreContext, AuthzError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now =
+        c.time.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0));
     let mut ctx: BTreeMap<_, Value> = BTreeMap::from([
         (model::CTX_METHOD.into(), c.method.into()),
         (model::CTX_PATH.into(), c.path.into()),

@@ -147,6 +147,7 @@ fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: 
         authn: if shape.authn { &["jwt"] } else { &[] },
         source_ip: shape.source_ip.then_some(IpAddr::from([127, 0, 0, 1])),
         peer: shape.peer.then_some(&peer),
+        time: None,
     })
     .map_err(|e| e.to_string())?;
     let action = uid(&t.action, action.id().unescaped());
@@ -248,6 +249,7 @@ fn prepare(
         authn: &methods,
         source_ip: req.source_ip,
         peer: peer.as_ref(),
+        time: req.time,
     };
     let context = context(&parts)?;
     let request = if index.validates_each_request() {

@@ -29,6 +29,7 @@ pub(super) fn run_tests(
         let files = policytest::read_test_files(dir)?;
         if config.is_none() {
             policytest::add_case_issuers(&mut cfg, &files)?;
+            policytest::add_case_namespaces(&mut cfg, &files);
         }
         suites.push((dir, files));
     }
