@@ -11,10 +11,12 @@ pub mod apikey;
 pub mod jwks;
 pub mod jwt;
 pub mod peer;
+pub mod route;
 
 pub use apikey::ApiClientIdentity;
 pub use jwt::{JwtError, JwtIdentity};
 pub use peer::PeerIdentity;
+pub use route::{CredentialKind, RouteRefusal, RouteRequirementError, RouteRequirements};
 
 /// Everything authentication proved about one request. Several may hold at once (a service
 /// calling on behalf of a user); all `None` is an anonymous caller.
@@ -134,6 +136,8 @@ pub struct Authenticator {
     jwt: jwt::JwtAuthenticator,
     peer: peer::PeerAuthenticator,
     api_keys: apikey::ApiKeyAuthenticator,
+    /// Configured issuer names: the most a route's `portcullis.issuers` may list.
+    issuers: Vec<String>,
 }
 
 impl Authenticator {
@@ -143,6 +147,7 @@ impl Authenticator {
             jwt: jwt::JwtAuthenticator::new(&cfg.authn, &cfg.limits, registry.sub_registry_with_prefix("jwt"))?,
             peer: peer::PeerAuthenticator::new(&cfg.authn.peer),
             api_keys: apikey::ApiKeyAuthenticator::new(&cfg.authn.api_keys),
+            issuers: cfg.authn.issuers.iter().map(|i| i.issuer.clone()).collect(),
         })
     }
 
@@ -153,6 +158,15 @@ impl Authenticator {
         let api_client = self.api_keys.authenticate(req)?;
         let jwt = self.jwt.authenticate(req).await?;
         Ok(Identities { jwt, peer, api_client })
+    }
+
+    /// The route's own requirements (its `portcullis.*` context extensions), which may only
+    /// narrow this config: an error is a misconfigured route.
+    pub fn route_requirements<'a>(
+        &self,
+        req: &RequestView<'a>,
+    ) -> Result<RouteRequirements<'a>, RouteRequirementError> {
+        RouteRequirements::parse(&req.route_facts, |iss| self.issuers.iter().any(|i| i == iss))
     }
 
     /// The JWT authenticator, for warm-up and tests.
