@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-use crate::authn::{Authenticator, AuthnError, Credential, Identities};
+use crate::authn::{
+    Authenticator, AuthnError, Credential, CredentialKind, Identities, RouteRefusal, RouteRequirements,
+};
 use crate::authz::{self, CedarMapping};
 use crate::config::{Config, HeaderNames};
 use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
@@ -79,6 +81,19 @@ impl Checker {
     /// authentication, exactly as [`Checker::check`] does it (`portcullis test` states identities).
     pub fn check_as(&self, view: &RequestView<'_>, ids: Identities) -> Decision {
         let rid = bounded(view.request_id);
+        // The route's own requirements (Envoy's per-route context extensions) narrow what
+        // authentication proved, before any quota or policy work. A requirement that cannot be
+        // read is the route's misconfiguration: denied (500), never judged as absent.
+        let ids = match self.authn.route_requirements(view) {
+            Err(e) => {
+                tracing::warn!(request_id = rid, key = ?e.key, error = %e, "invalid route requirement; denied");
+                return Decision::deny(Status::InternalError, "invalid_route_requirement", rid);
+            }
+            Ok(route) => match route.apply(ids) {
+                Ok(ids) => ids,
+                Err(refusal) => return self.route_denial(&route, refusal, rid).into(),
+            },
+        };
         // Over-quota callers are turned away before any policy work.
         if let Some(rl) = &self.rate_limiter
             && let Err(wait) = rl.check(view, &ids)
@@ -170,6 +185,24 @@ impl Checker {
             return None;
         };
         Some(Challenge { scheme, error: None, description: None })
+    }
+
+    /// A request its route's requirements refuse: a 401 in the scheme the route accepts (403
+    /// when it accepts only mTLS peers, which no challenge can ask for).
+    fn route_denial(&self, route: &RouteRequirements<'_>, refusal: RouteRefusal, rid: &str) -> Deny {
+        let d = Deny::new(Status::Unauthorized, refusal.label(), rid);
+        if refusal != RouteRefusal::CredentialRequired {
+            let desc = refusal.to_string();
+            return d.with_challenge(scheme_challenge(Credential::BearerToken, "invalid_token", Some(&desc)));
+        }
+        let scheme = if self.bearer_configured && route.accepts(CredentialKind::Bearer) {
+            Scheme::Bearer
+        } else if self.api_keys_configured && route.accepts(CredentialKind::ApiKey) {
+            Scheme::ApiKey
+        } else {
+            return Deny { status: Status::Forbidden, ..d };
+        };
+        d.with_challenge(Challenge { scheme, error: None, description: None })
     }
 
     fn authn_denial(&self, e: &AuthnError, rid: &str) -> Deny {

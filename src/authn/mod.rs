@@ -11,10 +11,12 @@ pub mod apikey;
 pub mod jwks;
 pub mod jwt;
 pub mod peer;
+pub mod route;
 
 pub use apikey::ApiClientIdentity;
 pub use jwt::{JwtError, JwtIdentity};
 pub use peer::PeerIdentity;
+pub use route::{CredentialKind, RouteRefusal, RouteRequirementError, RouteRequirements};
 
 /// Everything authentication proved about one request. Several may hold at once (a service
 /// calling on behalf of a user); all `None` is an anonymous caller.
@@ -134,6 +136,8 @@ pub struct Authenticator {
     jwt: jwt::JwtAuthenticator,
     peer: peer::PeerAuthenticator,
     api_keys: apikey::ApiKeyAuthenticator,
+    /// Configured issuer names: the most a route's `portcullis.issuers` may list.
+    issuers: Vec<String>,
 }
 
 impl Authenticator {
@@ -146,6 +150,7 @@ impl Authenticator {
                 &cfg.authn.api_keys,
                 registry.sub_registry_with_prefix("api_keys"),
             )?,
+            issuers: cfg.authn.issuers.iter().map(|i| i.issuer.clone()).collect(),
         })
     }
 
@@ -161,6 +166,15 @@ impl Authenticator {
     /// The API key authenticator (its Secret-backed store is watched by the server).
     pub fn api_keys(&self) -> &apikey::ApiKeyAuthenticator {
         &self.api_keys
+    }
+
+    /// The route's own requirements (its `portcullis.*` context extensions), which may only
+    /// narrow this config: an error is a misconfigured route.
+    pub fn route_requirements<'a>(
+        &self,
+        req: &RequestView<'a>,
+    ) -> Result<RouteRequirements<'a>, RouteRequirementError> {
+        RouteRequirements::parse(&req.route_facts, |iss| self.issuers.iter().any(|i| i == iss))
     }
 
     /// The JWT authenticator, for warm-up and tests.

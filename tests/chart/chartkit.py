@@ -26,7 +26,7 @@ SCENARIOS: dict[str, Path | None] = {"default": None} | {
 }
 
 # Kinds that Kubernetes' own schemas do not cover; their key fields are checked by hand.
-CRD_KINDS = {"ServiceMonitor", "ServiceEntry", "AuthorizationPolicy"}
+CRD_KINDS = {"ServiceMonitor", "ServiceEntry", "AuthorizationPolicy", "EnvoyFilter"}
 
 
 def _tool(env: str, name: str) -> str:
@@ -188,3 +188,14 @@ def assert_restricted(spec: dict, where: str) -> None:
 def hostport(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+# The values that render deploy/envoy.yaml's example: one issuer and one route that requires a
+# bearer token from it (README "Route requirements").
+EXAMPLE_ISSUER = "https://issuer.example.com"
+DEPLOY_EXAMPLE_SETS = (
+    f"issuers[0].issuer={EXAMPLE_ISSUER}",
+    "issuers[0].audiences={my-api}",
+    'json:routeRequirements=[{"prefix": "/account/", "require": "credential", '
+    f'"issuers": ["{EXAMPLE_ISSUER}"], "credentials": ["bearer"]}}]',
+)

@@ -145,3 +145,35 @@ def test_chart_envoy_config_with_global_rate_limit_is_valid_for_envoy(scenario, 
         'json:envoy.globalRateLimit.descriptors=[["tenant","subject"],["client"],["spiffe_id"],["issuer"]]',
     )
     assert_valid(validate(rendered.envoy_config(), tmp_path), f"the chart's Envoy config with globalRateLimit ({scenario})")
+
+
+def _with_istio_route(route: dict) -> dict:
+    """deploy/envoy.yaml with an Istio EnvoyFilter's route first, its upstream mapped to `app`:
+    Envoy validates the route value the patch inserts (Istio only merges it in)."""
+    config = copy.deepcopy(load_deploy_envoy())
+    route = copy.deepcopy(route)
+    route["route"]["cluster"] = "app"
+    vh = _hcm(config)["route_config"]["virtual_hosts"][0]
+    vh["routes"] = [route, *vh["routes"]]
+    return config
+
+
+def test_route_requirements_are_valid_for_envoy(tmp_path):
+    from test_route_requirements import TWO_ROUTES
+
+    assert_valid(validate(render("default", *TWO_ROUTES).envoy_config(), tmp_path), "the chart's per-route config")
+    ef = yaml.safe_load((DEPLOY / "istio/route-requirements-envoyfilter.yaml").read_text())
+    for i, p in enumerate(ef["spec"]["configPatches"]):
+        proc = validate(_with_istio_route(p["patch"]["value"]), tmp_path, f"istio-deploy-{i}.yaml")
+        assert_valid(proc, "deploy/istio's EnvoyFilter route")
+    rendered = render("istio", *TWO_ROUTES).one("EnvoyFilter", "-route-requirements")
+    for i, p in enumerate(rendered["spec"]["configPatches"]):
+        proc = validate(_with_istio_route(p["patch"]["value"]), tmp_path, f"istio-chart-{i}.yaml")
+        assert_valid(proc, "the chart's EnvoyFilter route")
+
+
+def test_validation_catches_a_broken_per_route_config(tmp_path):
+    config = copy.deepcopy(load_deploy_envoy())
+    per = _hcm(config)["route_config"]["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"]
+    per["envoy.filters.http.ext_authz"]["check_settings"]["context_extension"] = {"x": "y"}
+    assert validate(config, tmp_path).returncode != 0, "Envoy accepted a misspelt check_settings field"

@@ -297,3 +297,43 @@ def test_context_extensions_set_on_the_route_decide_and_headers_cannot_imitate_t
     # Nor on the catch-all route, which carries no extension.
     assert_denied(s, request(s.port, "GET", "/tenant/x", [("x-tenant", "a")]), 401)
     assert s.upstream.count() == before
+
+
+# Per-route authentication requirements (README "Route requirements") --------------------------
+
+MEMBERS = {"portcullis.require": "credential", "portcullis.audiences": "demo-api", "portcullis.credentials": "bearer"}
+PARTNER = {"portcullis.audiences": "partner-api"}
+BROKEN = {"portcullis.issuers": "https://unconfigured.example.com"}
+
+
+def test_route_requirements_set_on_the_route_accept_a_token_on_one_route_and_refuse_it_on_another(fresh_stacks):
+    # The demo policies permit anything under /public/ to anyone: every refusal is the route's.
+    routes = [
+        ext_authz_route("/public/members/", MEMBERS),
+        ext_authz_route("/public/partner/", PARTNER),
+        ext_authz_route("/public/broken/", BROKEN),
+    ]
+    s = fresh_stacks("unix", routes=routes)
+    tok = token()  # the demo issuer, aud demo-api
+    r = request(s.port, "GET", "/public/members/x", [bearer(tok)])
+    assert r.status == 200, r.body
+    assert upstream_headers(r)["x-portcullis-subject"] == ["alice"]
+    before = s.upstream.count()
+    # The same token on the partner route: 401 invalid_token, the upstream never sees it.
+    r = request(s.port, "GET", "/public/partner/x", [bearer(tok)])
+    assert_denied(s, r, 401, "audience_not_accepted")
+    www = r.header("www-authenticate") or ""
+    assert www.startswith("Bearer ") and 'error="invalid_token"' in www, www
+    # Anonymous: the policy would allow it (the partner route does not require a credential), the
+    # members route refuses it with a challenge before any policy.
+    assert request(s.port, "GET", "/public/partner/x").status == 200
+    r = request(s.port, "GET", "/public/members/x")
+    assert_denied(s, r, 401, "credential_required")
+    assert (r.header("www-authenticate") or "").startswith("Bearer"), r.headers
+    # A header imitating a requirement is not one, and cannot lift one.
+    assert request(s.port, "GET", "/public/x", [("portcullis.require", "credential")]).status == 200
+    r = request(s.port, "GET", "/public/members/x", [("portcullis.require", ""), ("portcullis.credentials", "peer")])
+    assert_denied(s, r, 401, "credential_required")
+    # A route naming an issuer the config does not trust is misconfigured: refused, never ignored.
+    assert_denied(s, request(s.port, "GET", "/public/broken/x", [bearer(tok)]), 500, "invalid_route_requirement")
+    assert s.upstream.count() == before + 2  # the two allowed requests above

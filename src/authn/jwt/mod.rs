@@ -35,6 +35,8 @@ pub struct JwtIdentity {
     pub claims: Vec<(String, String)>,
     /// `(header, value)` pairs from the issuer's `claims_to_headers`.
     pub headers: Vec<(String, String)>,
+    /// The token's `aud` (a string or the strings of an array), for per-route audiences.
+    pub audiences: Vec<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
     kid: Option<String>,
@@ -254,6 +256,7 @@ impl JwtIdentity {
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             headers: Vec::new(),
+            audiences: Vec::new(),
             expires_at: u64::MAX,
             kid: None,
             key_fingerprint: [0; 16],

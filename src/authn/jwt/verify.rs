@@ -124,6 +124,11 @@ impl Issuer {
                 .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claims.contains(k))
                 .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
                 .collect(),
+            audiences: match claims.get("aud") {
+                Some(Value::String(a)) => vec![a.clone()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                _ => Vec::new(),
+            },
             expires_at,
             kid,
             key_fingerprint,
