@@ -255,6 +255,20 @@ mod tests {
     }
 
     #[test]
+    fn policy_labels_are_capped_at_64_distinct_ids() {
+        let cfg = crate::config::Config::from_yaml("policy: {dir: x, candidate: {dir: y}}\n").expect("parses");
+        let mut registry = Registry::default();
+        let store = Arc::new(PolicyStore::candidate(&mut registry));
+        let shadow = Shadow::new(cfg.policy.candidate.as_ref().expect("candidate"), store, &mut registry);
+        let labels: Vec<String> = (0..70).map(|i| shadow.label(&format!("p{i}"))).collect();
+        assert_eq!(labels[63], "p63");
+        assert!(labels[64..].iter().all(|l| l == OTHER_POLICY), "{labels:?}");
+        // Ids that already have a label keep it.
+        assert_eq!(shadow.label("p0"), "p0");
+        assert_eq!(shadow.label("p64"), OTHER_POLICY);
+    }
+
+    #[test]
     fn the_log_budget_suppresses_past_the_rate_and_reports_the_count_next() {
         let b = LogBudget::new(2);
         let t0 = Instant::now();
