@@ -94,6 +94,12 @@ impl Sidecar {
 
     /// The demo policies, then `prepare` may change the policy directory before start.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_configured(prepare, |_, _| {}).await
+    }
+
+    /// [`Sidecar::start_with`], then `edit` may change the parsed config (given the temp dir,
+    /// for any extra files it needs) before start.
+    pub async fn start_configured(prepare: impl FnOnce(&Path), edit: impl FnOnce(&Path, &mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policies");
         copy_demo_policies(&policy_dir);
@@ -111,7 +117,8 @@ impl Sidecar {
             ("ISSUER", ISSUER),
             ("JWKS_FILE", &jwks_path.display().to_string()),
         ]);
-        let cfg = Config::from_yaml(&yaml).expect("test config parses");
+        let mut cfg = Config::from_yaml(&yaml).expect("test config parses");
+        edit(dir.path(), &mut cfg);
         cfg.validate().expect("test config is valid");
         let running = portcullis::server::start(cfg).await.expect("sidecar starts");
         Sidecar { running: Some(running), dir, policy_dir }
