@@ -173,6 +173,9 @@ mod tests {
         assert_eq!(c.sample, 1.0);
         assert!(c.watch);
         assert_eq!(c.log_per_second, 10);
+        // Helm renders 1.0 as `1`: an integer is a fraction too.
+        let c = parse("policy: {dir: x, candidate: {dir: y, sample: 1}}\n").unwrap().policy.candidate.unwrap();
+        assert_eq!(c.sample, 1.0);
     }
 
     #[test]
