@@ -131,8 +131,11 @@ const WHO: [Who; 5] = [Who::Anonymous, Who::Alice, Who::Bob, Who::Frontend, Who:
 const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
 const PATHS: [&str; 6] = ["/public/a", "/api/status", "/api/orders/1", "/api/items", "/admin/x", "/other"];
 
-/// (allowed, sorted determining policy ids) under the live set, or the candidate.
-fn model(who: Who, method: &str, path: &str, candidate: bool) -> (bool, Vec<&'static str>) {
+/// Allowed, and the sorted determining policy ids.
+type Outcome = (bool, Vec<&'static str>);
+
+/// The outcome under the live set, or the candidate.
+fn model(who: Who, method: &str, path: &str, candidate: bool) -> Outcome {
     let read = method == "GET";
     let write = !read;
     let api = path.starts_with("/api/");
@@ -238,7 +241,7 @@ async fn a_differential_matrix_counts_and_logs_exactly_the_known_disagreements()
 
     let mut expected_pairs: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut expected_blame: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    let mut expected_lines: BTreeMap<String, (bool, Vec<&str>, bool, Vec<&str>)> = BTreeMap::new();
+    let mut expected_lines: BTreeMap<String, (Outcome, Outcome)> = BTreeMap::new();
     let mut n = 0;
     for round in 0..3 {
         for who in WHO {
@@ -264,7 +267,7 @@ async fn a_differential_matrix_counts_and_logs_exactly_the_known_disagreements()
                         for p in sh_ids.iter().filter(|p| !live_ids.contains(p)) {
                             *expected_blame.entry(("shadow", p)).or_default() += 1;
                         }
-                        expected_lines.insert(id, (live_ok, live_ids, sh_ok, sh_ids));
+                        expected_lines.insert(id, ((live_ok, live_ids), (sh_ok, sh_ids)));
                     }
                 }
             }
@@ -303,7 +306,7 @@ async fn a_differential_matrix_counts_and_logs_exactly_the_known_disagreements()
         assert!(got.insert(rid, l.clone()).is_none(), "one line per request: {l}");
     }
     assert_eq!(got.keys().collect::<Vec<_>>(), expected_lines.keys().collect::<Vec<_>>());
-    for (rid, (live_ok, live_ids, sh_ok, sh_ids)) in &expected_lines {
+    for (rid, ((live_ok, live_ids), (sh_ok, sh_ids))) in &expected_lines {
         let l = &got[rid];
         assert_eq!(l["live_decision"], verdict(*live_ok), "{l}");
         assert_eq!(l["shadow_decision"], verdict(*sh_ok), "{l}");
