@@ -2,7 +2,7 @@
 //! differ in known places, whose disagreement counts (from `/metrics`) and log lines are exactly
 //! the ones an independent model of the two sets predicts; the live decision never changes when
 //! the candidate changes or is invalid; an invalid candidate is refused and reported as a live
-//! one is; `sample: 0` shadows nothing.
+//! one is (directory and Kubernetes sources); `sample: 0` shadows nothing.
 mod common;
 
 use std::collections::BTreeMap;
@@ -449,5 +449,62 @@ async fn with_sample_zero_nothing_is_shadowed() {
     assert_eq!(series.get("portcullis_shadow_checks_total"), Some(&0.0));
     assert!(series.keys().all(|k| !k.contains("disagreement")), "{series:?}");
     assert!(shadow_lines("unsampled-").is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_candidate_uses_its_own_selector_and_a_refusal_is_a_candidate_event() {
+    use common::kube::FakeApiServer;
+    let api = FakeApiServer::start().await;
+    let demo = repo().join("examples/demo/policies");
+    let read = |n: &str| std::fs::read_to_string(demo.join(n)).expect("demo file");
+    let (schema, entities, policies) =
+        (read("portcullis.cedarschema"), read("groups.entities.json"), read("policies.cedar"));
+    let candidate_label: &[(&str, &str)] = &[("portcullis.dev/policy", "candidate")];
+    let base = [
+        ("portcullis.cedarschema", schema.as_str()),
+        ("groups.entities.json", entities.as_str()),
+        ("policies.cedar", policies.as_str()),
+    ];
+    api.put("policies", "next", candidate_label, &base);
+    // Live-labelled ConfigMaps are not the candidate's: this one would refuse every set it joins.
+    api.put("policies", "live", &[("portcullis.dev/policy", "true")], &[("x.cedar", "not cedar")]);
+    capture_logs();
+    let s = Sidecar::start_configured(drop_test_files, |tmp, cfg| {
+        let mut c = candidate(PathBuf::new(), 1.0);
+        c.dir = None;
+        c.kubernetes = Some(portcullis::config::KubernetesSource {
+            namespaces: vec!["policies".into()],
+            selector: "portcullis.dev/policy=candidate".into(),
+            kubeconfig: Some(api.write_kubeconfig(tmp)),
+            events: true,
+        });
+        cfg.policy.candidate = Some(c);
+    })
+    .await;
+    let st = eventually(WAIT, "the candidate is loaded", || async {
+        let st = policy_status(&s).await;
+        st["candidate"]["version"].is_string().then_some(st)
+    })
+    .await;
+    assert_eq!(st["candidate"]["source"], "kubernetes:policies/portcullis.dev/policy=candidate");
+    assert_eq!(st["candidate"]["policy_count"], st["policy_count"], "a copy of the live set: {st}");
+    let r = s.check(req("GET", "/public/a").id("kube-1").build()).await;
+    assert!(is_allowed(&r));
+    assert_eq!(meta(&r, "shadow_decision"), "allow");
+
+    // A broken candidate: refused, a Warning Event with the candidate's own reason, live unchanged.
+    let broken = format!("{policies}\n@id(\"broken\")\npermit (principal action, resource);\n");
+    api.put("policies", "next", candidate_label, &[base[0], base[1], ("policies.cedar", broken.as_str())]);
+    eventually(WAIT, "the candidate Event is posted", || async { !api.events().is_empty() }).await;
+    let ev = &api.events()[0];
+    assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("CandidatePolicyRejected"), Some("Warning")));
+    assert_eq!(ev["regarding"]["name"], "next");
+    let st = policy_status(&s).await;
+    assert!(st["candidate"]["last_error"].as_str().is_some_and(|e| e.contains("configmap/policies/next/")), "{st}");
+    assert!(st["last_error"].is_null(), "{st}");
+    let r = s.check(req("GET", "/public/a").id("kube-2").build()).await;
+    assert!(is_allowed(&r));
+    assert_eq!(meta(&r, "shadow_decision"), "allow", "the last good candidate is still compared");
     s.stop().await;
 }
