@@ -14,7 +14,7 @@
 # 127.0.0.1:4317 if one runs there (run one to price the export too); without one, every span is
 # still built and queued, then dropped and counted (portcullis_trace_spans_dropped_total).
 #
-# Usage: scripts/bench.sh            (about 9 minutes once the release build exists)
+# Usage: scripts/bench.sh            (about 10 minutes once the release build exists)
 # Knobs: BENCH_DURATION=8 BENCH_CONNS=8 BENCH_STREAMS=16 BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
 #        BENCH_FLOOD_TOKENS=1000000 BENCH_MICRO=1 BENCH_OUT=target/bench BENCH_ONLY=<regex>
 set -euo pipefail
@@ -47,6 +47,12 @@ cargo build --release --bin portcullis --example ceiling --example bench_setup -
 BIN=target/release
 rm -rf "$OUT" && mkdir -p "$OUT/logs"
 "$BIN/examples/bench_setup" "$OUT/fixture" "$TCP" "$SOCK" "$ADMIN" 300 | tee "$OUT/fixture.txt" >&2
+# "shadow on": cached.yaml plus a candidate set that is a copy of the live one, so every check
+# is also evaluated against it (sample 1.0) and the two always agree.
+cp -r "$OUT/fixture/policies" "$OUT/fixture/candidate"
+sed 's|^  dir: policies$|  dir: policies\n  candidate: {dir: candidate, watch: false}|' "$OUT/fixture/cached.yaml" \
+  >"$OUT/fixture/cached-shadow.yaml"
+grep -q '^  candidate:' "$OUT/fixture/cached-shadow.yaml"
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -133,6 +139,7 @@ SCENARIOS=(
   "SPIFFE peer, allowed|cached|spiffe|allow:allowed"
   "JWT RS256 cached, decision log off|cached-quiet|jwt-rs256|allow:allowed"
   "JWT RS256 cached, traces on 100% sampled|cached-traced|jwt-rs256|allow:allowed"
+  "JWT RS256 cached, shadow on|cached-shadow|jwt-rs256|allow:allowed"
 )
 
 for transport in tcp uds; do
@@ -155,6 +162,14 @@ for transport in tcp uds; do
     hwm=$(hwm_kib)
     seen="-"
     if [[ $SERVER_KIND != ceiling ]]; then seen=$(decisions); fi
+    # Shadow on: every check was shadowed, and a copy never disagrees.
+    if [[ $SERVER_KIND == cached-shadow ]]; then
+      shadow=$(curl -fsS "http://$ADMIN/metrics" | awk '/^portcullis_shadow_checks_total / {print $2}')
+      if [[ -z $shadow || $shadow == 0 ]] || curl -fsS "http://$ADMIN/metrics" | grep -q '^portcullis_shadow_disagreements_total{'; then
+        echo "shadow scenario: checks shadowed=${shadow:-none}, or disagreements seen" >&2
+        exit 1
+      fi
+    fi
     stop_server
 
     txt=$OUT/logs/$tag.h2load.txt

@@ -1,7 +1,7 @@
 //! Two HTTP listeners. The admin port serves only what kubelet and scrapers need from the pod
 //! network: `/healthz` (alive), `/readyz` (a policy snapshot is live and we are not draining),
 //! `/metrics` (OpenMetrics). The diagnostics port (loopback only, enforced by config validation)
-//! serves `/policy` (live version, source, last reload error), which names files, ConfigMaps and
+//! serves `/policy` (live and candidate versions, sources, last reload errors), which names files, ConfigMaps and
 //! parse errors an attacker in the mesh has no business reading.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,8 +43,22 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn policy(State(store): State<Arc<PolicyStore>>) -> impl IntoResponse {
-    Json(store.status())
+/// What `/policy` reads: the live store and, when configured, the candidate's.
+#[derive(Clone)]
+struct PolicyStores {
+    live: Arc<PolicyStore>,
+    candidate: Option<Arc<PolicyStore>>,
+}
+
+/// The live snapshot's status at the top level (as before candidates existed) and the
+/// candidate's under `candidate` (`null` when none is configured).
+async fn policy(State(s): State<PolicyStores>) -> impl IntoResponse {
+    let mut body = serde_json::to_value(s.live.status()).unwrap_or_default();
+    if let Some(obj) = body.as_object_mut() {
+        let candidate = s.candidate.as_ref().map(|c| serde_json::to_value(c.status()).unwrap_or_default());
+        obj.insert("candidate".to_owned(), candidate.unwrap_or_default());
+    }
+    Json(body)
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -73,11 +87,12 @@ pub(crate) async fn serve(
 pub(crate) async fn serve_diagnostics(
     addr: SocketAddr,
     store: Arc<PolicyStore>,
+    candidate: Option<Arc<PolicyStore>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     // Defence in depth: config validation already refuses this.
     anyhow::ensure!(addr.ip().is_loopback(), "diagnostics address {addr} is not a loopback address");
-    let app = Router::new().route("/policy", get(policy)).with_state(store);
+    let app = Router::new().route("/policy", get(policy)).with_state(PolicyStores { live: store, candidate });
     serve_router("diagnostics", addr, app, shutdown).await
 }
 

@@ -11,7 +11,7 @@ use crate::authn::{
     Authenticator, AuthnError, Credential, CredentialKind, Identities, RouteRefusal, RouteRequirements,
 };
 use crate::authz::{self, CedarMapping};
-use crate::config::{Config, HeaderNames};
+use crate::config::{CandidateConfig, Config, HeaderNames};
 use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
@@ -28,6 +28,8 @@ pub struct Checker {
     bearer_configured: bool,
     api_keys_configured: bool,
     rate_limiter: Option<RateLimiter>,
+    /// The candidate (shadow) set; `None` costs nothing on the check path.
+    shadow: Option<shadow::Shadow>,
 }
 
 impl Checker {
@@ -56,12 +58,20 @@ impl Checker {
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty() || cfg.authn.api_keys.dir.is_some(),
             rate_limiter: cfg.rate_limit.as_ref().and_then(RateLimiter::new),
+            shadow: None,
         })
     }
 
     /// The same checker without the rate limit: `portcullis test` cases are not traffic.
     pub fn without_rate_limit(mut self) -> Self {
         self.rate_limiter = None;
+        self
+    }
+
+    /// Also evaluates (a `policy.candidate.sample` fraction of) the checks that reach Cedar
+    /// against `store`, the candidate set; `registry` receives `portcullis_shadow_*`.
+    pub fn with_shadow(mut self, cfg: &CandidateConfig, store: Arc<PolicyStore>, registry: &mut Registry) -> Self {
+        self.shadow = Some(shadow::Shadow::new(cfg, store, registry.sub_registry_with_prefix("shadow")));
         self
     }
 
@@ -119,6 +129,9 @@ impl Checker {
         if !outcome.errors.is_empty() {
             tracing::warn!(request_id = rid, errors = ?outcome.errors, "policy evaluation errors; denied");
         }
+        // Shadowing: only checks that reached Cedar on the live set; never changes the decision.
+        let shadow =
+            self.shadow.as_ref().and_then(|s| s.evaluate(view, &ids, &self.mapping, &outcome, &snapshot.version, rid));
         if outcome.allowed {
             let (upstream_headers, mut remove_headers) = self.identity_headers_for(&ids, &outcome.principal);
             if self.names.strip_foreign_credentials || self.names.remove_credentials {
@@ -136,6 +149,7 @@ impl Checker {
                 upstream_headers,
                 remove_headers,
                 request_id: rid.to_owned(),
+                shadow,
             }
             .into();
         }
@@ -151,6 +165,7 @@ impl Checker {
             action: outcome.action,
             resource: outcome.resource,
             policies: outcome.policies,
+            shadow,
             ..Deny::new(Status::Forbidden, reason, rid)
         };
         // An anonymous caller that is denied could succeed with a credential: 401, not 403.
@@ -283,5 +298,6 @@ fn bounded(id: &str) -> &str {
     if ok { id } else { "" }
 }
 
+mod shadow;
 #[cfg(test)]
 mod tests;

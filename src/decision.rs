@@ -45,6 +45,25 @@ pub struct Challenge {
     pub description: Option<String>,
 }
 
+/// What the candidate (shadow) policy set would have decided; it never changes the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowOutcome {
+    pub allowed: bool,
+    /// The candidate's determining policy ids (empty when it could not evaluate).
+    pub policies: Vec<String>,
+    /// The candidate snapshot's version.
+    pub version: String,
+    /// The candidate failed to evaluate (error or panic): counted as its deny.
+    pub errored: bool,
+}
+
+impl ShadowOutcome {
+    /// `allow` or `deny`.
+    pub fn verdict(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
+}
+
 /// An allowed request and what to tell the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
@@ -59,6 +78,8 @@ pub struct Allow {
     /// Headers to remove from the upstream request.
     pub remove_headers: Vec<String>,
     pub request_id: String,
+    /// The candidate set's outcome, when one was evaluated for this check.
+    pub shadow: Option<ShadowOutcome>,
 }
 
 /// A denied request.
@@ -78,6 +99,8 @@ pub struct Deny {
     pub resource: String,
     pub policies: Vec<String>,
     pub request_id: String,
+    /// The candidate set's outcome, when one was evaluated for this check.
+    pub shadow: Option<ShadowOutcome>,
 }
 
 impl Deny {
@@ -93,6 +116,7 @@ impl Deny {
             resource: String::new(),
             policies: Vec::new(),
             request_id: request_id.to_owned(),
+            shadow: None,
         }
     }
 
@@ -194,6 +218,14 @@ impl Decision {
         match self {
             Decision::Allow(a) => &a.request_id,
             Decision::Deny(d) => &d.request_id,
+        }
+    }
+
+    /// The candidate set's outcome, if one was evaluated.
+    pub fn shadow(&self) -> Option<&ShadowOutcome> {
+        match self {
+            Decision::Allow(a) => a.shadow.as_ref(),
+            Decision::Deny(d) => d.shadow.as_ref(),
         }
     }
 

@@ -110,6 +110,18 @@ fn metadata(d: &Decision, keys: &QuotaKeys) -> Struct {
     if let Decision::Allow(a) = d {
         insert_quota_keys(&mut fields, a, keys);
     }
+    // The candidate's view goes to the access log only: never to a header the client or the
+    // upstream could see.
+    if let Some(sh) = d.shadow() {
+        fields.insert("shadow_decision".to_owned(), string(sh.verdict()));
+        fields.insert(
+            "shadow_policies".to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue { values: sh.policies.iter().map(|p| string(p)).collect() })),
+            },
+        );
+        fields.insert("shadow_version".to_owned(), string(&sh.version));
+    }
     Struct { fields }
 }
 
@@ -190,6 +202,7 @@ fn render_deny(d: &Deny, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::ShadowOutcome;
 
     #[test]
     fn allow_overwrites_identity_headers_both_ways() {
@@ -201,6 +214,7 @@ mod tests {
             upstream_headers: vec![("x-portcullis-subject".into(), "alice".into())],
             remove_headers: vec!["x-portcullis-peer".into()],
             request_id: "r1".into(),
+            shadow: None,
         });
         let r = render(&d, &ResponseOptions::default());
         assert_eq!(r.status.as_ref().unwrap().code, 0);
@@ -239,6 +253,42 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_outcome_goes_to_dynamic_metadata_only() {
+        let mut den = Deny::new(Status::Forbidden, "no_permit", "r4");
+        den.shadow = Some(ShadowOutcome {
+            allowed: true,
+            policies: vec!["new-permit".into()],
+            version: "v2".into(),
+            errored: false,
+        });
+        let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), ..Default::default() };
+        let r = render(&den.into(), &opts);
+        let m = r.dynamic_metadata.as_ref().expect("metadata");
+        let s = |k: &str| match m.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(s)) => s.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(s("decision"), "deny");
+        assert_eq!(s("shadow_decision"), "allow");
+        assert_eq!(s("shadow_version"), "v2");
+        let Some(Kind::ListValue(l)) = m.fields.get("shadow_policies").and_then(|v| v.kind.as_ref()) else {
+            panic!("shadow_policies is a list")
+        };
+        assert_eq!(l.values, vec![string("new-permit")]);
+        let Some(HttpResponse::DeniedResponse(den)) = r.http_response else { panic!("not denied") };
+        // The deny has no determining policies of its own: no policy header, and no shadow id anywhere.
+        assert!(den.headers.iter().filter_map(|h| h.header.as_ref()).all(|h| !h.value.contains("new-permit")));
+        assert!(!den.body.contains("new-permit"));
+    }
+
+    #[test]
+    fn without_a_shadow_outcome_there_are_no_shadow_fields() {
+        let r = render(&Decision::deny(Status::Forbidden, "no_permit", "r5"), &ResponseOptions::default());
+        let m = r.dynamic_metadata.expect("metadata");
+        assert!(m.fields.keys().all(|k| !k.starts_with("shadow_")), "{:?}", m.fields.keys());
+    }
+
+    #[test]
     fn a_deny_with_policies_sends_no_upstream_headers_and_the_policy_header() {
         let mut den = Deny::new(Status::Forbidden, "forbidden_by_policy", "r3");
         den.policies = vec!["block".into()];
@@ -270,6 +320,7 @@ mod tests {
             upstream_headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             remove_headers: Vec::new(),
             request_id: "r9".into(),
+            shadow: None,
         })
     }
 

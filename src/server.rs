@@ -100,6 +100,8 @@ pub struct Running {
     /// The loopback diagnostics listener (`/policy`).
     pub diagnostics_addr: Option<SocketAddr>,
     pub store: Arc<PolicyStore>,
+    /// The candidate (shadow) set's store, when `policy.candidate` is configured.
+    pub candidate: Option<Arc<PolicyStore>>,
     /// Phase one: readiness and health off, listeners still open.
     drain: watch::Sender<bool>,
     /// Phase two: listeners stop accepting; every task ends.
@@ -179,7 +181,7 @@ pub fn response_options(h: &HeaderNames) -> ResponseOptions {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut registry = Registry::with_prefix("portcullis");
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));
-    let checker = Arc::new(Checker::new(&cfg, store.clone(), &mut registry)?);
+    let checker = Checker::new(&cfg, store.clone(), &mut registry)?;
     let metrics = CheckMetrics::register(&mut registry);
     crate::telemetry::register(&mut registry);
     crate::trace::register(&mut registry);
@@ -190,26 +192,33 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
 
     // Policy source: the first load happens before we report ready; failures keep us unready.
-    if let Some(dir) = cfg.policy.dir.clone() {
-        let (d, s) = (dir.clone(), store.clone());
-        let _ = tokio::task::spawn_blocking(move || files::load_into(&d, &s)).await;
-        if cfg.policy.watch {
-            let h = files::spawn_watch(dir, store.clone(), cfg.policy.debounce, shutdown_rx.clone())?;
-            tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+    let live = SourceSpec {
+        dir: cfg.policy.dir.clone(),
+        kubernetes: cfg.policy.kubernetes.clone(),
+        watch: cfg.policy.watch,
+        debounce: cfg.policy.debounce,
+    };
+    spawn_source(&live, &store, &mut registry, "policy_kubernetes", &shutdown_rx, &mut tasks).await?;
+    // The candidate (shadow) set: same loaders and watcher, its own store; never gates readiness.
+    let candidate = match cfg.policy.candidate.as_ref() {
+        Some(c) => {
+            let cstore = Arc::new(PolicyStore::candidate(registry.sub_registry_with_prefix("policy_candidate")));
+            let spec = SourceSpec {
+                dir: c.dir.clone(),
+                kubernetes: c.kubernetes.clone(),
+                watch: c.watch,
+                debounce: c.debounce,
+            };
+            spawn_source(&spec, &cstore, &mut registry, "policy_candidate_kubernetes", &shutdown_rx, &mut tasks)
+                .await?;
+            Some(cstore)
         }
-    } else if let Some(k8s) = cfg.policy.kubernetes.as_ref() {
-        // Not ready until every watched namespace has been listed once and the set was valid;
-        // the watch runs (and retries) in the background.
-        let client = policy_kube::client(k8s).await.context("policy.kubernetes")?;
-        let source = policy_kube::KubeSource::new(
-            client,
-            k8s,
-            cfg.policy.debounce,
-            registry.sub_registry_with_prefix("policy_kubernetes"),
-        );
-        let h = source.spawn(store.clone(), shutdown_rx.clone());
-        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
-    }
+        None => None,
+    };
+    let checker = Arc::new(match (&cfg.policy.candidate, &candidate) {
+        (Some(c), Some(cstore)) => checker.with_shadow(c, cstore.clone(), &mut registry),
+        _ => checker,
+    });
 
     // API keys from a mounted Secret: loaded by the checker at start, then watched.
     if let (Some(dir), Some(keys)) = (cfg.authn.api_keys.dir.clone(), checker.authenticator().api_keys().secrets()) {
@@ -324,7 +333,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let mut diagnostics_addr = None;
     if let Some(addr) = cfg.listen.diagnostics {
-        let (bound, task) = admin::serve_diagnostics(addr, store.clone(), shutdown_rx.clone()).await?;
+        let (bound, task) =
+            admin::serve_diagnostics(addr, store.clone(), candidate.clone(), shutdown_rx.clone()).await?;
         diagnostics_addr = Some(bound);
         tasks.push(task);
     }
@@ -343,6 +353,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         admin_addr,
         diagnostics_addr,
         store,
+        candidate,
         drain: drain_tx,
         shutdown: shutdown_tx,
         draining,
@@ -352,6 +363,43 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         traces,
         drain_timeout: cfg.listen.drain_timeout,
     })
+}
+
+/// One policy source (the live set's or the candidate's).
+struct SourceSpec {
+    dir: Option<PathBuf>,
+    kubernetes: Option<crate::config::KubernetesSource>,
+    watch: bool,
+    debounce: Duration,
+}
+
+/// Loads a directory once (then watches it), or starts the Kubernetes watch, into `store`.
+async fn spawn_source(
+    spec: &SourceSpec,
+    store: &Arc<PolicyStore>,
+    registry: &mut Registry,
+    kube_prefix: &str,
+    shutdown_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = spec.dir.clone() {
+        let (d, s) = (dir.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || files::load_into(&d, &s)).await;
+        if spec.watch {
+            let h = files::spawn_watch(dir, store.clone(), spec.debounce, shutdown_rx.clone())?;
+            tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+        }
+    } else if let Some(k8s) = spec.kubernetes.as_ref() {
+        // Not ready until every watched namespace has been listed once and the set was valid;
+        // the watch runs (and retries) in the background.
+        let field = if store.set() == "candidate" { "policy.candidate.kubernetes" } else { "policy.kubernetes" };
+        let client = policy_kube::client(k8s).await.context(field)?;
+        let source =
+            policy_kube::KubeSource::new(client, k8s, spec.debounce, registry.sub_registry_with_prefix(kube_prefix));
+        let h = source.spawn(store.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+    }
+    Ok(())
 }
 
 /// Resolves when the shutdown flag flips (or its sender is gone).

@@ -56,8 +56,8 @@ impl Receiver {
     }
 }
 
-fn traces_on(endpoint: String, include_subject: bool) -> impl FnOnce(&mut Config) {
-    move |c: &mut Config| {
+fn traces_on(endpoint: String, include_subject: bool) -> impl FnOnce(&std::path::Path, &mut Config) {
+    move |_, c: &mut Config| {
         let t = &mut c.telemetry.traces;
         t.enabled = true;
         t.endpoint = Some(endpoint);
@@ -238,7 +238,7 @@ async fn traces_off_exports_nothing() {
     let off_endpoint = endpoint.clone();
     let off = Sidecar::start_configured(
         |_| {},
-        move |c: &mut Config| {
+        move |_, c: &mut Config| {
             // Pointed at the receiver, but not enabled.
             c.telemetry.traces.endpoint = Some(off_endpoint);
         },

@@ -368,3 +368,113 @@ async fn a_request_that_does_not_normalize_is_400_and_still_echoes_its_request_i
         assert_eq!((d.reason(), d.request_id()), ("encoded_separator", ""), "{id:?}");
     }
 }
+
+// ---- shadow (candidate) policy sets --------------------------------------------------------
+
+/// A store holding SCHEMA plus `policies` (nothing applied for `None`).
+fn store_with(policies: Option<&str>, registry: &mut Registry, candidate: bool) -> Arc<PolicyStore> {
+    let store = Arc::new(if candidate {
+        PolicyStore::candidate(registry)
+    } else {
+        PolicyStore::new(crate::config::EmptyPolicy::DenyAll, registry)
+    });
+    if let Some(text) = policies {
+        let docs = vec![
+            PolicyDocument { origin: "s.cedarschema".into(), kind: DocKind::Schema, text: SCHEMA.into() },
+            PolicyDocument { origin: "p.cedar".into(), kind: DocKind::Policies, text: text.into() },
+        ];
+        store.apply(&docs, "test").expect("policies build");
+    }
+    store
+}
+
+/// A checker whose live set is `live` and candidate set `candidate`, sampling `sample`; also
+/// returns the registry, to read the shadow metrics.
+fn shadow_checker(live: &str, candidate: Option<&str>, sample: f64) -> (Checker, Registry) {
+    let yaml = format!(
+        "policy: {{dir: x, candidate: {{dir: y, sample: {sample}}}}}\nauthn:\n  issuers:\n    - issuer: \
+         https://issuer.test\n      jwks_file: /nonexistent/jwks.json\n"
+    );
+    let cfg = Config::from_yaml(&yaml).expect("parses");
+    cfg.validate().expect("valid");
+    let mut registry = Registry::default();
+    let store = store_with(Some(live), &mut registry, false);
+    let cstore = store_with(candidate, registry.sub_registry_with_prefix("candidate"), true);
+    let cc = cfg.policy.candidate.clone().expect("candidate");
+    let c = Checker::new(&cfg, store, &mut registry).expect("checker").with_shadow(&cc, cstore, &mut registry);
+    (c, registry)
+}
+
+fn metric(registry: &Registry, series: &str) -> f64 {
+    crate::metrics::encode(registry)
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+const FORBID_ALL: &str = r#"@id("all") permit (principal, action, resource);
+@id("freeze") forbid (principal, action == Action::"POST", resource);"#;
+
+#[tokio::test]
+async fn the_candidate_is_compared_but_never_decides() {
+    let (c, reg) = shadow_checker(ALLOW_ALL, Some(FORBID_ALL), 1.0);
+    let post = CheckRequestBuilder::new("POST", "/x").host("shop").id("r-post").build();
+    let d = decide(&c, &post).await;
+    let a = allowed(&d, "the live set allows; the candidate's forbid changes nothing");
+    assert_eq!(a.policies, ["all"]);
+    let sh = a.shadow.as_ref().expect("shadowed");
+    assert_eq!((sh.allowed, sh.policies.as_slice(), sh.errored), (false, &["freeze".to_owned()][..], false));
+    // A GET: both allow by the same policy: no disagreement.
+    let get = CheckRequestBuilder::new("GET", "/x").host("shop").build();
+    assert!(decide(&c, &get).await.shadow().is_some_and(|s| s.allowed));
+    assert_eq!(metric(&reg, "shadow_checks_total "), 2.0);
+    assert_eq!(metric(&reg, r#"shadow_disagreements_total{live="allow",shadow="deny"} "#), 1.0);
+    assert_eq!(metric(&reg, r#"shadow_disagreement_policies_total{side="shadow",policy="freeze"} "#), 1.0);
+    // Blamed: what decided on one side only (`all` no longer determines the candidate's deny).
+    assert_eq!(metric(&reg, r#"shadow_disagreement_policies_total{side="live",policy="all"} "#), 1.0);
+}
+
+#[tokio::test]
+async fn checks_that_never_reach_cedar_are_not_shadowed() {
+    let (c, reg) = shadow_checker(ALLOW_ALL, Some(FORBID_ALL), 1.0);
+    // Authentication failure (401), and a request that does not normalize (400).
+    let d = decide(&c, &request(&[("authorization", b"Bearer")])).await;
+    assert_eq!((status(&d), d.shadow()), (Some(Status::Unauthorized), None));
+    let d = decide(&c, &CheckRequestBuilder::new("GET", "/a/%2F").host("shop").build()).await;
+    assert_eq!((status(&d), d.shadow()), (Some(Status::BadRequest), None));
+    assert_eq!(metric(&reg, "shadow_checks_total "), 0.0);
+}
+
+#[tokio::test]
+async fn no_candidate_loaded_or_sample_zero_shadows_nothing() {
+    let req = CheckRequestBuilder::new("POST", "/x").host("shop").build();
+    let (c, reg) = shadow_checker(ALLOW_ALL, None, 1.0);
+    let d = decide(&c, &req).await;
+    assert!(d.is_allowed() && d.shadow().is_none(), "{d:?}");
+    let (c, reg0) = shadow_checker(ALLOW_ALL, Some(FORBID_ALL), 0.0);
+    for _ in 0..50 {
+        let d = decide(&c, &req).await;
+        assert!(d.is_allowed() && d.shadow().is_none(), "{d:?}");
+    }
+    assert_eq!(metric(&reg, "shadow_checks_total "), 0.0);
+    assert_eq!(metric(&reg0, "shadow_checks_total "), 0.0);
+    assert_eq!(metric(&reg0, r#"shadow_disagreements_total{live="allow",shadow="deny"} "#), 0.0);
+}
+
+#[tokio::test]
+async fn an_empty_candidate_is_deny_all_and_a_failing_one_is_its_deny() {
+    let req = CheckRequestBuilder::new("GET", "/x").host("shop").build();
+    let (c, reg) = shadow_checker(ALLOW_ALL, Some(""), 1.0);
+    let d = decide(&c, &req).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.shadow().map(|s| (s.allowed, s.errored)), Some((false, false)));
+    assert_eq!(metric(&reg, r#"shadow_disagreement_policies_total{side="live",policy="all"} "#), 1.0);
+    // A candidate whose evaluation errors (an overflow at run time): its deny, counted as an error.
+    let erroring =
+        r#"@id("err") permit (principal, action, resource) when { context.time * 9223372036854775807 > 0 };"#;
+    let (c, reg) = shadow_checker(ALLOW_ALL, Some(erroring), 1.0);
+    let d = decide(&c, &req).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.shadow().map(|s| (s.allowed, s.errored)), Some((false, true)));
+    assert_eq!(metric(&reg, "shadow_errors_total "), 1.0);
+}

@@ -135,6 +135,9 @@ impl Config {
         if let Some(d) = self.authn.api_keys.dir.as_mut() {
             fix(d);
         }
+        if let Some(c) = self.policy.candidate.as_mut() {
+            c.dir.iter_mut().chain(c.kubernetes.iter_mut().flat_map(|k| k.kubeconfig.as_mut())).for_each(fix);
+        }
         for iss in &mut self.authn.issuers {
             if let Some(f) = iss.jwks_file.as_mut() {
                 fix(f);

@@ -105,7 +105,7 @@ pub fn load_into(dir: &Path, store: &PolicyStore) -> Result<(), Vec<LoadError>> 
     let source = source_name(dir);
     let docs = read_dir(dir).inspect_err(|errs| {
         for e in errs {
-            tracing::error!(%source, error = %e, "policy directory unreadable; last good snapshot stays");
+            tracing::error!(set = store.set(), %source, error = %e, "policy directory unreadable; last good snapshot stays");
         }
     })?;
     store.apply(&docs, &source).map(|_| ())

@@ -44,8 +44,10 @@ struct VersionLabel {
     version: String,
 }
 
-/// Holds the live snapshot.
+/// Holds the live snapshot (or, for a candidate store, the candidate set's snapshot).
 pub struct PolicyStore {
+    /// `live` or `candidate`: named in every log line about this store.
+    set: &'static str,
     current: ArcSwapOption<PolicySnapshot>,
     status: Mutex<StoreStatus>,
     on_empty: EmptyPolicy,
@@ -56,13 +58,24 @@ pub struct PolicyStore {
 
 impl PolicyStore {
     pub fn new(on_empty: EmptyPolicy, registry: &mut Registry) -> Self {
+        Self::named("live", on_empty, registry)
+    }
+
+    /// The store of a candidate (shadow) set: same loading, validation and reporting; an empty
+    /// candidate set is deny-all, as for the live set. Register it under its own prefix.
+    pub fn candidate(registry: &mut Registry) -> Self {
+        Self::named("candidate", EmptyPolicy::DenyAll, registry)
+    }
+
+    fn named(set: &'static str, on_empty: EmptyPolicy, registry: &mut Registry) -> Self {
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register("reloads", "Policy reloads by result (ok, rejected, unchanged)", reloads.clone());
         let info = Family::<VersionLabel, Gauge>::default();
-        registry.register("snapshot_info", "The live policy snapshot version (value 1)", info.clone());
+        registry.register("snapshot_info", format!("The {set} policy snapshot version (value 1)"), info.clone());
         let policies = Gauge::default();
-        registry.register("snapshot_policies", "Policies in the live snapshot", policies.clone());
+        registry.register("snapshot_policies", format!("Policies in the {set} snapshot"), policies.clone());
         Self {
+            set,
             current: ArcSwapOption::empty(),
             status: Mutex::new(StoreStatus::default()),
             on_empty,
@@ -70,6 +83,11 @@ impl PolicyStore {
             info,
             policies,
         }
+    }
+
+    /// `live` or `candidate`.
+    pub fn set(&self) -> &'static str {
+        self.set
     }
 
     /// The live snapshot; a request holds it for its whole evaluation.
@@ -114,16 +132,17 @@ impl PolicyStore {
                 Ok(s)
             }
         });
+        let set = self.set;
         match built {
             Ok(snap) => {
                 let version = snap.version.clone();
                 if snap.policy_count == 0 {
-                    tracing::warn!(%source, %version, "policy set is EMPTY: every request will be denied (deny-all)");
+                    tracing::warn!(set, %source, %version, "policy set is EMPTY: every request will be denied (deny-all)");
                 }
                 for w in &snap.warnings {
-                    tracing::warn!(%source, warning = %w, "policy validation warning");
+                    tracing::warn!(set, %source, warning = %w, "policy validation warning");
                 }
-                tracing::info!(%source, %version, policies = snap.policy_count, "policy snapshot swapped in");
+                tracing::info!(set, %source, %version, policies = snap.policy_count, "policy snapshot swapped in");
                 self.record_ok(&snap);
                 self.current.store(Some(Arc::new(snap)));
                 Ok(ApplyOutcome::Swapped { version })
@@ -131,7 +150,7 @@ impl PolicyStore {
             Err(errs) => {
                 let kept = self.current.load().as_ref().map(|s| s.version.clone());
                 for e in &errs {
-                    tracing::error!(%source, error = %e, kept_version = ?kept, "policy reload rejected; last good snapshot stays");
+                    tracing::error!(set, %source, error = %e, kept_version = ?kept, "policy reload rejected; last good snapshot stays");
                 }
                 self.reloads.get_or_create(&ResultLabel { result: "rejected" }).inc();
                 if let Ok(mut st) = self.status.lock() {

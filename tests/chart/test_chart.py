@@ -789,3 +789,71 @@ def test_the_refusals_are_not_blanket():
     render("default", "issuers[0].issuer=http://keycloak.idp.svc", "issuers[0].allow_insecure_http=true")
     render("default", 'json:issuers=[{"issuer":"https://a.example.com","from":[{"header":"x-token"}]}]')
     render("default", 'json:tests.cases=[{"name":"x","expect":"deny","request":{"method":"GET","path":"/"}}]')
+
+
+# Candidate (shadow) policy sets ------------------------------------------------------------
+
+
+def test_no_candidate_by_default():
+    rendered = render()
+    assert "candidate" not in rendered.portcullis_config()["policy"]
+    pc = container(pod_spec(rendered.deployment()), "portcullis")
+    assert mount_dir_of(pod_spec(rendered.deployment()), pc, "/etc/portcullis/candidate/x.cedar") is None
+
+
+def test_a_files_candidate_mounts_its_configmap_and_reaches_the_config():
+    rendered = render(
+        "default",
+        "policies.candidate.enabled=true",
+        "policies.candidate.existingConfigMap=team-policies-next",
+        "json:policies.candidate.sample=0.25",
+    )
+    for obj in rendered.docs:
+        if obj["kind"] not in CRD_KINDS:
+            validate_k8s(obj)
+    policy = rendered.portcullis_config()["policy"]
+    assert policy["dir"] == "/etc/portcullis/policies"
+    assert policy["candidate"] == {"dir": "/etc/portcullis/candidate", "sample": 0.25}
+    spec = pod_spec(rendered.deployment())
+    pc = container(spec, "portcullis")
+    mount, vol = mount_dir_of(spec, pc, "/etc/portcullis/candidate/policies.cedar")
+    assert mount == "/etc/portcullis/candidate"
+    assert vol["configMap"]["name"] == "team-policies-next"
+    # The live set's mount is untouched and separate.
+    live_mount, live_vol = mount_dir_of(spec, pc, "/etc/portcullis/policies/policies.cedar")
+    assert live_mount == "/etc/portcullis/policies" and live_vol["configMap"]["name"] != "team-policies-next"
+
+
+def test_a_kubernetes_candidate_has_its_own_selector_and_no_volume():
+    rendered = render(
+        "kube-policies",
+        "policies.candidate.enabled=true",
+        "policies.candidate.selector=portcullis.dev/policy=next",
+    )
+    for obj in rendered.docs:
+        if obj["kind"] not in CRD_KINDS:
+            validate_k8s(obj)
+    policy = rendered.portcullis_config()["policy"]
+    cand = policy["candidate"]
+    assert cand["kubernetes"]["selector"] == "portcullis.dev/policy=next"
+    # Same namespaces as the live set (its Role already allows reading them).
+    assert cand["kubernetes"]["namespaces"] == policy["kubernetes"]["namespaces"]
+    assert cand["sample"] == 1
+    assert "dir" not in cand
+    spec = pod_spec(rendered.deployment())
+    pc = container(spec, "portcullis")
+    assert mount_dir_of(spec, pc, "/etc/portcullis/candidate/x.cedar") is None
+
+
+def test_a_candidate_that_portcullis_would_refuse_is_refused_at_install():
+    err = render_refused("--set", "policies.candidate.enabled=true")
+    assert "policies.candidate.existingConfigMap" in err
+    kube = ["--values", str(SCENARIOS["kube-policies"]), "--set", "policies.candidate.enabled=true"]
+    sel = render("kube-policies").portcullis_config()["policy"]["kubernetes"]["selector"]
+    err = render_refused(*kube, "--set", f"policies.candidate.selector={sel}")
+    assert "policies.candidate.selector must differ" in err
+    for sample in ["1.5", "-0.1"]:
+        err = render_refused(
+            "--set", "policies.candidate.enabled=true", "--set-json", f"policies.candidate.sample={sample}"
+        )
+        assert "sample" in err

@@ -94,11 +94,12 @@ impl Sidecar {
 
     /// The demo policies, then `prepare` may change the policy directory before start.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> Self {
-        Self::start_configured(prepare, |_| {}).await
+        Self::start_configured(prepare, |_, _| {}).await
     }
 
-    /// As [`Sidecar::start_with`], then `configure` may change the parsed config before start.
-    pub async fn start_configured(prepare: impl FnOnce(&Path), configure: impl FnOnce(&mut Config)) -> Self {
+    /// [`Sidecar::start_with`], then `edit` may change the parsed config (given the temp dir,
+    /// for any extra files it needs) before start.
+    pub async fn start_configured(prepare: impl FnOnce(&Path), edit: impl FnOnce(&Path, &mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policies");
         copy_demo_policies(&policy_dir);
@@ -117,7 +118,7 @@ impl Sidecar {
             ("JWKS_FILE", &jwks_path.display().to_string()),
         ]);
         let mut cfg = Config::from_yaml(&yaml).expect("test config parses");
-        configure(&mut cfg);
+        edit(dir.path(), &mut cfg);
         cfg.validate().expect("test config is valid");
         let running = portcullis::server::start(cfg).await.expect("sidecar starts");
         Sidecar { running: Some(running), dir, policy_dir }

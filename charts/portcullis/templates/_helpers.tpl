@@ -63,6 +63,14 @@ app.kubernetes.io/part-of: portcullis
 {{- if and (eq .Values.policies.source "files") (not .Values.policies.existingConfigMap) (not .Values.policies.bundled) (not .Values.policies.files) -}}
 {{- fail "policies.source=files needs policies: keep policies.bundled, set policies.files, or name policies.existingConfigMap" -}}
 {{- end -}}
+{{- if .Values.policies.candidate.enabled -}}
+{{- if and (eq .Values.policies.source "files") (not .Values.policies.candidate.existingConfigMap) -}}
+{{- fail "policies.candidate.enabled with policies.source=files needs policies.candidate.existingConfigMap (the ConfigMap holding the candidate set)" -}}
+{{- end -}}
+{{- if and (eq .Values.policies.source "kubernetes") (eq (trim .Values.policies.candidate.selector) (trim .Values.policies.kubernetes.selector)) -}}
+{{- fail "policies.candidate.selector must differ from policies.kubernetes.selector: the candidate would be the live set" -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.workload.create -}}
 {{- $drain := add (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.drainTimeoutSeconds) -}}
 {{- if le (int .Values.workload.terminationGracePeriodSeconds) $drain -}}
@@ -147,6 +155,16 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $cfg "policy" (dict "kubernetes" (dict "namespaces" (include "portcullis.watchNamespaces" . | fromJsonArray) "selector" .Values.policies.kubernetes.selector)) -}}
 {{- else -}}
 {{- $_ := set $cfg "policy" (dict "dir" "/etc/portcullis/policies") -}}
+{{- end -}}
+{{- $candidate := .Values.policies.candidate -}}
+{{- if $candidate.enabled -}}
+{{- $c := dict "sample" $candidate.sample -}}
+{{- if eq .Values.policies.source "kubernetes" -}}
+{{- $_ := set $c "kubernetes" (dict "namespaces" (include "portcullis.watchNamespaces" . | fromJsonArray) "selector" $candidate.selector) -}}
+{{- else -}}
+{{- $_ := set $c "dir" "/etc/portcullis/candidate" -}}
+{{- end -}}
+{{- $_ := set $cfg.policy "candidate" $c -}}
 {{- end -}}
 {{- if .Values.issuers -}}
 {{- $authn := default (dict) $cfg.authn -}}
@@ -266,6 +284,11 @@ volumeMounts:
     mountPath: /etc/portcullis/policies
     readOnly: true
   {{- end }}
+  {{- if and .Values.policies.candidate.enabled (eq .Values.policies.source "files") }}
+  - name: portcullis-candidate-policies
+    mountPath: /etc/portcullis/candidate
+    readOnly: true
+  {{- end }}
   {{- if eq (include "portcullis.transport" .) "unix" }}
   - name: portcullis-socket
     mountPath: {{ include "portcullis.socketDir" . }}
@@ -281,6 +304,11 @@ volumeMounts:
 - name: portcullis-policies
   configMap:
     name: {{ include "portcullis.policyConfigMapName" . }}
+{{- end }}
+{{- if and .Values.policies.candidate.enabled (eq .Values.policies.source "files") }}
+- name: portcullis-candidate-policies
+  configMap:
+    name: {{ .Values.policies.candidate.existingConfigMap }}
 {{- end }}
 {{- if eq (include "portcullis.transport" .) "unix" }}
 - name: portcullis-socket

@@ -85,9 +85,14 @@ impl KubeSource {
         });
         let events = futures::stream::select_all(streams);
         let timing = watch::Timing::from_quiet(self.debounce);
+        let set = store.set();
         let target = Arc::new(StoreTarget { store, source });
-        let watched =
-            Watched { index: Index::new(&self.namespaces), recorder: self.recorder, watch_errors: self.watch_errors };
+        let watched = Watched {
+            index: Index::new(&self.namespaces),
+            recorder: self.recorder,
+            watch_errors: self.watch_errors,
+            set,
+        };
         tokio::spawn(watch::run(watched, target, events, timing, shutdown))
     }
 }
@@ -97,6 +102,8 @@ struct Watched {
     index: Index,
     recorder: Option<Recorder>,
     watch_errors: Family<NamespaceLabel, Counter>,
+    /// The store's set (`live` or `candidate`): named in logs and in the Event's reason.
+    set: &'static str,
 }
 
 impl watch::Source for Watched {
@@ -133,7 +140,7 @@ impl watch::Source for Watched {
                     // Problems of the set as a whole (e.g. no schema) name no ConfigMap.
                     let (ns, name, key) = split_origin(&e.origin).unwrap_or(("", "", ""));
                     tracing::error!(
-                        namespace = ns, configmap = name, key, line = e.line, column = e.column,
+                        set = self.set, namespace = ns, configmap = name, key, line = e.line, column = e.column,
                         error = %e.message, "policy ConfigMap refused"
                     );
                 }
@@ -149,11 +156,13 @@ impl Watched {
     /// slow must not hold up the watch.
     fn post(&self, notes: Vec<(ObjectReference, String)>) {
         let Some(recorder) = self.recorder.clone() else { return };
+        // A refused candidate must not read as a refused live set to whoever looks at Events.
+        let reason = if self.set == "candidate" { "CandidatePolicyRejected" } else { "PolicyRejected" };
         tokio::spawn(async move {
             for (reference, note) in notes {
                 let ev = KubeEvent {
                     type_: EventType::Warning,
-                    reason: "PolicyRejected".into(),
+                    reason: reason.into(),
                     note: Some(note),
                     action: "ValidatePolicy".into(),
                     secondary: None,
