@@ -51,7 +51,20 @@ enum Refresh {
 }
 
 impl IssuerKeys {
+    /// With the default `authn.unknown_kid_wait`.
     pub fn new(
+        issuer: String,
+        source: KeySource,
+        settings: JwksConfig,
+        client: reqwest::Client,
+        allow_insecure_http: bool,
+        metrics: JwksMetrics,
+    ) -> Arc<Self> {
+        let wait = crate::config::AuthnConfig::default().unknown_kid_wait;
+        Self::with_unknown_kid_wait(issuer, source, settings, client, allow_insecure_http, metrics, wait)
+    }
+
+    pub fn with_unknown_kid_wait(
         issuer: String,
         source: KeySource,
         settings: JwksConfig,

@@ -182,7 +182,7 @@ pub(super) fn build_issuer(
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
         sources: Vec::new(),
-        keys: IssuerKeys::new(
+        keys: IssuerKeys::with_unknown_kid_wait(
             ic.issuer.clone(),
             source,
             cfg.jwks.clone(),
