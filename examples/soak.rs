@@ -236,7 +236,8 @@ async fn wait_ready(admin: &str, server: &mut Server) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let bin: PathBuf = env("SOAK_BIN", PathBuf::from("target/release/portcullis"));
+    // Absolute: the server runs in the fixture's directory.
+    let bin = std::fs::canonicalize(env("SOAK_BIN", PathBuf::from("target/release/portcullis")))?;
     let seconds: u64 = env("SOAK_SECONDS", 600);
     let measure: u64 = env("SOAK_MEASURE_SECONDS", 5);
     let load: f64 = env("SOAK_LOAD", 0.8);
@@ -252,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
     let yaml = fx
         .config_yaml(&grpc, &dir.path().join("soak.sock"), &admin, 10_000)
         .replace("  level: info", "  level: warn")
+        .replace(&format!("  admin: \"{admin}\"\n"), &format!("  admin: \"{admin}\"\n  diagnostics: null\n"))
         .replace("  token_cache:\n", "  jwks: {min_ttl: 1s, default_ttl: 5s}\n  token_cache:\n");
     let cfg = dir.path().join("soak.yaml");
     std::fs::write(&cfg, yaml)?;

@@ -27,7 +27,7 @@ else
   cargo build --bin portcullis --example soak
   dir=target/debug
 fi
-export SOAK_BIN="$dir/portcullis"
+export SOAK_BIN="$(realpath "$dir/portcullis")"
 
 client=("$dir/examples/soak")
 if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
@@ -35,8 +35,8 @@ if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
   # the other through its own taskset wrapper.
   server_cpu=${SOAK_SERVER_CPU:-0}
   client_cpu=${SOAK_CLIENT_CPU:-1}
-  wrapper="$SOAK_OUT/portcullis-pinned"
-  printf '#!/bin/sh\nexec taskset -c %s %q "$@"\n' "$server_cpu" "$(realpath "$SOAK_BIN")" >"$wrapper"
+  wrapper="$(realpath "$SOAK_OUT")/portcullis-pinned"
+  printf '#!/bin/sh\nexec taskset -c %s %q "$@"\n' "$server_cpu" "$SOAK_BIN" >"$wrapper"
   chmod +x "$wrapper"
   export SOAK_BIN="$wrapper"
   client=(taskset -c "$client_cpu" "$dir/examples/soak")
