@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn more_keys_than_allowed_is_refused_whole() {
         let key = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e"}"#;
-        let body = format!(r#"{{"keys":[{}]}}"#, vec![key; 3].join(","));
+        let body = format!(r#"{{"keys":[{}]}}"#, [key; 3].join(","));
         assert_eq!(parse_jwks(body.as_bytes(), "t", 3).map(|k| k.len()).ok(), Some(3));
         let err = parse_jwks(body.as_bytes(), "t", 2).unwrap_err();
         assert!(matches!(err, JwksError::TooManyKeys { count: 3, limit: 2, .. }), "{err}");
