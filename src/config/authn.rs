@@ -303,3 +303,28 @@ impl AuthnConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn authn(yaml: &str) -> Result<Config, String> {
+        let cfg = Config::from_yaml(&format!("policy: {{dir: /p}}\nauthn:\n{yaml}")).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn negative_cache_and_unknown_kid_wait_defaults_and_bounds() {
+        let cfg = authn("  issuers: []\n").expect("defaults are valid");
+        assert_eq!(cfg.authn.negative_cache_ttl, std::time::Duration::from_secs(10));
+        assert_eq!(cfg.authn.negative_cache_capacity, 10_000);
+        assert_eq!(cfg.authn.unknown_kid_wait, std::time::Duration::from_millis(100));
+        assert_eq!(cfg.authn.jwks.max_keys, 100);
+        let err = authn("  unknown_kid_wait: 5s\n  jwks: {fetch_timeout: 1s}\n").unwrap_err();
+        assert!(err.contains("authn.unknown_kid_wait"), "{err}");
+        let err = authn("  jwks: {max_keys: 0}\n").unwrap_err();
+        assert!(err.contains("authn.jwks.max_keys"), "{err}");
+        assert!(authn("  negative_cache_ttl: 0s\n").is_ok(), "0 disables");
+    }
+}
