@@ -203,8 +203,13 @@ async fn hundred_concurrent_requests_with_an_unknown_kid_cause_one_fetch() {
 async fn hundred_concurrent_requests_for_a_rotated_in_kid_share_one_refresh() {
     let (rsa1, rsa2) = (TestKey::rsa1(), TestKey::rsa2());
     let idp = Idp::start(vec![rsa1.jwk.clone()]).await;
-    let (a, _) =
-        authenticator(&idp, "", "    default_ttl: 1h\n    min_ttl: 1h\n    unknown_kid_refresh_interval: 50ms\n");
+    // Callers that find the refresh in flight wait for it up to `unknown_kid_wait` (then 503):
+    // long enough here for the slow provider, so all of them share its answer.
+    let (a, _) = authenticator(
+        &idp,
+        "",
+        "    default_ttl: 1h\n    min_ttl: 1h\n    unknown_kid_refresh_interval: 50ms\n  unknown_kid_wait: 2s\n",
+    );
     check(&a, &fresh(&rsa1, &idp)).await.unwrap();
     assert_eq!(idp.jwks_fetches(), 1);
     // Let the rate limit open; the slow provider makes the 100 callers overlap on one fetch.

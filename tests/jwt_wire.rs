@@ -15,11 +15,17 @@ const AUD: &str = "orders-api";
 struct Server {
     running: Option<portcullis::server::Running>,
     addr: String,
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     async fn start(up: &Idp, down: &Idp) -> Self {
+        Self::start_with(up, down, "1h").await
+    }
+
+    /// With unknown-kid refreshes allowed every `refresh_interval`.
+    async fn start_with(up: &Idp, down: &Idp, refresh_interval: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.cedar"), "permit (principal is User, action, resource);\n").unwrap();
         // Policies are validated strictly against a schema: use the demo's.
@@ -27,7 +33,7 @@ impl Server {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/policies/portcullis.cedarschema");
         std::fs::copy(schema, dir.path().join("portcullis.cedarschema")).unwrap();
         let yaml = format!(
-            "listen: {{grpc: '127.0.0.1:0', admin: null, diagnostics: null}}
+            "listen: {{grpc: '127.0.0.1:0', admin: '127.0.0.1:0', diagnostics: null}}
 policy: {{dir: {dir}, watch: false}}
 authn:
   group_namespace: shared
@@ -40,7 +46,7 @@ authn:
       allow_insecure_http: true
       audiences: [{AUD}]
   jwks:
-    unknown_kid_refresh_interval: 1h
+    unknown_kid_refresh_interval: {refresh_interval}
 ",
             dir = dir.path().display(),
             up = up.issuer,
@@ -51,7 +57,17 @@ authn:
         cfg.limits.max_token_bytes = 4096;
         let running = portcullis::server::start(cfg).await.expect("server starts");
         let addr = format!("http://{}", running.grpc_addr.expect("grpc bound"));
-        Self { running: Some(running), addr, _dir: dir }
+        let admin = format!("http://{}", running.admin_addr.expect("admin bound"));
+        Self { running: Some(running), addr, admin, _dir: dir }
+    }
+
+    /// The value of one metric line (name with labels, exactly), 0 when absent.
+    async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0)
     }
 
     async fn check(&self, req: portcullis::proto::auth::CheckRequest) -> CheckResponse {
@@ -151,5 +167,44 @@ async fn jwt_outcomes_on_the_wire() {
     // The healthy issuer is unaffected.
     let r = server.check(bearer(&good)).await;
     assert_eq!(r.status.as_ref().unwrap().code, 0);
+    server.stop().await;
+}
+
+const VERIFICATIONS: &str = "portcullis_authn_jwt_token_verifications_total";
+const NEGATIVE_HITS: &str = r#"portcullis_authn_jwt_token_negative_cache_lookups_total{result="hit"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_forged_token_is_verified_once_but_an_unknown_kid_is_never_remembered() {
+    let (rsa1, rsa2) = (TestKey::rsa1(), TestKey::rsa2());
+    let up = Idp::start(vec![rsa1.jwk.clone()]).await;
+    let down = Idp::start(vec![rsa1.jwk.clone()]).await;
+    let server = Server::start_with(&up, &down, "100ms").await;
+
+    // rsa1's kid, rsa2's signature: a forgery. Every repeat gets the same deny; one verification.
+    let forged = rsa2.sign(&rsa1.header(), &claims(&up.issuer, AUD, "mallory"));
+    let before = server.metric(VERIFICATIONS).await;
+    for _ in 0..30 {
+        let r = server.check(bearer(&forged)).await;
+        assert_eq!(denied(&r).0, 401);
+        assert_eq!(r.status.as_ref().unwrap().message, "bad_signature");
+    }
+    assert_eq!(server.metric(VERIFICATIONS).await - before, 1, "verified once");
+    assert_eq!(server.metric(NEGATIVE_HITS).await, 29);
+
+    // A kid the provider has not published yet: refused, but not remembered, so once the
+    // provider publishes it the very same token is allowed.
+    let early = rsa2.token(&claims(&up.issuer, AUD, "bob"));
+    let before = server.metric(VERIFICATIONS).await;
+    for _ in 0..3 {
+        let r = server.check(bearer(&early)).await;
+        assert_eq!(r.status.as_ref().unwrap().message, "unknown_kid", "{r:?}");
+    }
+    assert_eq!(server.metric(VERIFICATIONS).await - before, 3, "looked up every time");
+    up.set_keys(vec![rsa1.jwk.clone(), rsa2.jwk.clone()]);
+    common::eventually(common::WAIT, "the same token allowed once its key is published", async || {
+        server.check(bearer(&early)).await.status.as_ref().unwrap().code == 0
+    })
+    .await;
+    assert_eq!(server.metric(NEGATIVE_HITS).await, 29, "the unknown-kid token never hit the negative cache");
     server.stop().await;
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, IssuerConfig, yes};
 
 /// Authentication settings.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthnConfig {
     /// Trusted JWT issuers.
@@ -30,6 +30,43 @@ pub struct AuthnConfig {
     /// issuer has non-empty `group_claims`.
     #[serde(default)]
     pub group_namespace: Option<GroupNamespace>,
+    /// How long a token refused for its signature, format or algorithm (or as expired) is
+    /// refused again from memory, without parsing or verifying it (0 disables).
+    #[serde(default = "d_negative_ttl", with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// Most refused-token digests remembered (0 disables).
+    #[serde(default = "d_negative_capacity")]
+    pub negative_cache_capacity: u64,
+    /// How long an unknown-`kid` request waits for a key refresh already in flight for its
+    /// issuer before it is answered 503 + Retry-After (keep well under the proxy's timeout).
+    #[serde(default = "d_unknown_kid_wait", with = "humantime_serde")]
+    pub unknown_kid_wait: Duration,
+}
+
+fn d_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_negative_capacity() -> u64 {
+    10_000
+}
+fn d_unknown_kid_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+impl Default for AuthnConfig {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            jwks: JwksConfig::default(),
+            token_cache: TokenCacheConfig::default(),
+            peer: PeerConfig::default(),
+            api_keys: ApiKeyConfig::default(),
+            group_namespace: None,
+            negative_cache_ttl: d_negative_ttl(),
+            negative_cache_capacity: d_negative_capacity(),
+            unknown_kid_wait: d_unknown_kid_wait(),
+        }
+    }
 }
 
 /// The namespace of `Group` entities built from token claims.
@@ -79,6 +116,9 @@ pub struct JwksConfig {
     /// Largest accepted discovery or JWKS response body, in bytes.
     #[serde(default = "d_max_jwks_bytes")]
     pub max_response_bytes: usize,
+    /// Most keys accepted in one JWKS: a larger set is refused whole (the last good one stays).
+    #[serde(default = "d_max_keys")]
+    pub max_keys: usize,
 }
 
 fn d_min_ttl() -> Duration {
@@ -102,6 +142,9 @@ fn d_fetch_timeout() -> Duration {
 fn d_max_jwks_bytes() -> usize {
     256 * 1024
 }
+fn d_max_keys() -> usize {
+    100
+}
 
 impl Default for JwksConfig {
     fn default() -> Self {
@@ -113,6 +156,7 @@ impl Default for JwksConfig {
             max_stale: d_max_stale(),
             fetch_timeout: d_fetch_timeout(),
             max_response_bytes: d_max_jwks_bytes(),
+            max_keys: d_max_keys(),
         }
     }
 }
@@ -256,9 +300,43 @@ impl AuthnConfig {
                 ));
             }
         }
+        if self.jwks.max_keys == 0 {
+            return Err(ConfigError::invalid("authn.jwks.max_keys", "must be at least 1"));
+        }
+        if self.unknown_kid_wait > self.jwks.fetch_timeout {
+            return Err(ConfigError::invalid(
+                "authn.unknown_kid_wait",
+                "must not exceed `authn.jwks.fetch_timeout` (it bounds a wait for that fetch)",
+            ));
+        }
         if self.jwks.min_ttl > self.jwks.max_ttl {
             return Err(ConfigError::invalid("authn.jwks.min_ttl", "must not exceed `max_ttl`"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn authn(yaml: &str) -> Result<Config, String> {
+        let cfg = Config::from_yaml(&format!("policy: {{dir: /p}}\nauthn:\n{yaml}")).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn negative_cache_and_unknown_kid_wait_defaults_and_bounds() {
+        let cfg = authn("  issuers: []\n").expect("defaults are valid");
+        assert_eq!(cfg.authn.negative_cache_ttl, std::time::Duration::from_secs(10));
+        assert_eq!(cfg.authn.negative_cache_capacity, 10_000);
+        assert_eq!(cfg.authn.unknown_kid_wait, std::time::Duration::from_millis(100));
+        assert_eq!(cfg.authn.jwks.max_keys, 100);
+        let err = authn("  unknown_kid_wait: 5s\n  jwks: {fetch_timeout: 1s}\n").unwrap_err();
+        assert!(err.contains("authn.unknown_kid_wait"), "{err}");
+        let err = authn("  jwks: {max_keys: 0}\n").unwrap_err();
+        assert!(err.contains("authn.jwks.max_keys"), "{err}");
+        assert!(authn("  negative_cache_ttl: 0s\n").is_ok(), "0 disables");
     }
 }

@@ -107,6 +107,7 @@ pub fn load_into(dir: &Path, store: &PolicyStore) -> Result<(), Vec<LoadError>> 
         for e in errs {
             tracing::error!(set = store.set(), %source, error = %e, "policy directory unreadable; last good snapshot stays");
         }
+        store.record_unreadable(errs);
     })?;
     store.apply(&docs, &source).map(|_| ())
 }
@@ -129,7 +130,7 @@ pub fn spawn_watch(
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let source = DirSource { dir: dir.clone(), _watcher: watcher };
+    let source = DirSource { dir: dir.clone(), store: store.clone(), _watcher: watcher };
     let target = Arc::new(StoreTarget { store, source: source_name(&dir) });
     let events = ReceiverStream::new(rx);
     let timing = watch::Timing::from_quiet(debounce).with_poll(POLL_EVERY);
@@ -156,6 +157,8 @@ fn is_change(kind: &EventKind) -> bool {
 /// The directory as a [`watch::Source`]; the notify watcher lives (and watches) as long as it.
 struct DirSource {
     dir: PathBuf,
+    /// Told when the directory cannot be read, so the failure is counted and shown.
+    store: Arc<PolicyStore>,
     _watcher: notify::RecommendedWatcher,
 }
 
@@ -168,8 +171,8 @@ impl watch::Source for DirSource {
     }
 
     fn collect(&mut self) -> impl FnOnce() -> Option<Vec<PolicyDocument>> + Send + 'static {
-        let dir = self.dir.clone();
-        move || read_logged(&dir)
+        let (dir, store) = (self.dir.clone(), self.store.clone());
+        move || read_logged(&dir, &store)
     }
 
     /// The store logs, counts and records the outcome itself.
@@ -178,14 +181,16 @@ impl watch::Source for DirSource {
     }
 }
 
-/// Reads `dir`, logging why not: an unreadable directory keeps the last good snapshot.
-fn read_logged(dir: &Path) -> Option<Vec<PolicyDocument>> {
+/// Reads `dir`, logging and recording why not: an unreadable directory keeps the last good
+/// snapshot, with the error in the store's status and metrics.
+fn read_logged(dir: &Path, store: &PolicyStore) -> Option<Vec<PolicyDocument>> {
     read_dir(dir)
         .inspect_err(|errs| {
             let source = source_name(dir);
             for e in errs {
                 tracing::error!(%source, error = %e, "policy directory unreadable; last good snapshot stays");
             }
+            store.record_unreadable(errs);
         })
         .ok()
 }

@@ -69,7 +69,7 @@ impl PolicyStore {
 
     fn named(set: &'static str, on_empty: EmptyPolicy, registry: &mut Registry) -> Self {
         let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register("reloads", "Policy reloads by result (ok, rejected, unchanged)", reloads.clone());
+        registry.register("reloads", "Policy reloads by result (ok, rejected, unchanged, unreadable)", reloads.clone());
         let info = Family::<VersionLabel, Gauge>::default();
         registry.register("snapshot_info", format!("The {set} policy snapshot version (value 1)"), info.clone());
         let policies = Gauge::default();
@@ -159,6 +159,16 @@ impl PolicyStore {
                 }
                 Err(errs)
             }
+        }
+    }
+
+    /// A source could not even be read (e.g. its directory deleted or unreadable): nothing is
+    /// applied, the last good snapshot stays, and the failure is counted and shown in the status.
+    pub fn record_unreadable(&self, errs: &[LoadError]) {
+        self.reloads.get_or_create(&ResultLabel { result: "unreadable" }).inc();
+        if let Ok(mut st) = self.status.lock() {
+            st.last_error = Some(format_errors(errs));
+            st.last_error_at_unix = Some(unix(SystemTime::now()));
         }
     }
 

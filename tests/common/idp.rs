@@ -40,6 +40,8 @@ pub enum Mode {
     Oversized(usize),
     /// The same, streamed in chunks without Content-Length.
     OversizedChunked(usize),
+    /// Accepts the request and never answers.
+    Hang,
 }
 
 struct IdpState {
@@ -173,6 +175,7 @@ async fn jwks(State(s): State<Arc<IdpState>>) -> Response {
             return Response::new(axum::body::Body::from_stream(stream));
         }
         Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Hang => std::future::pending::<()>().await,
         Mode::Normal => {}
     }
     if !delay.is_zero() {

@@ -67,6 +67,12 @@ impl Drop for FakeApiServer {
 
 impl FakeApiServer {
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake API server");
+        Self::start_on(listener).await
+    }
+
+    /// Serves on an already bound listener (e.g. a port a sidecar was pointed at before).
+    pub async fn start_on(listener: tokio::net::TcpListener) -> Self {
         let (changes, _) = broadcast::channel(1024);
         let (drops, _) = watch::channel(0);
         let inner = Arc::new(Inner { world: Mutex::new(World { rv: 100, ..World::default() }), changes, drops });
@@ -76,7 +82,6 @@ impl FakeApiServer {
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}", patch(patch_event))
             .fallback(not_found)
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake API server");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

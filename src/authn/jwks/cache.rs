@@ -35,9 +35,23 @@ pub struct IssuerKeys {
     pub(super) background: AtomicBool,
     pub(super) generation: AtomicU64,
     pub(super) metrics: JwksMetrics,
+    /// How long an unknown-`kid` lookup waits for a refresh already in flight.
+    pub(super) unknown_kid_wait: Duration,
+}
+
+/// What an unknown-`kid` refresh came to.
+enum Refresh {
+    /// A set newer than the one the caller saw (fetched now, or by another caller meanwhile).
+    Newer(Arc<KeySet>),
+    /// Not tried: the last attempt was less than `unknown_kid_refresh_interval` ago.
+    RateLimited,
+    /// Tried and failed, or another caller's refresh did not finish within `unknown_kid_wait`:
+    /// whether the `kid` exists could not be learned.
+    Failed,
 }
 
 impl IssuerKeys {
+    /// With the default `authn.unknown_kid_wait`.
     pub fn new(
         issuer: String,
         source: KeySource,
@@ -45,6 +59,19 @@ impl IssuerKeys {
         client: reqwest::Client,
         allow_insecure_http: bool,
         metrics: JwksMetrics,
+    ) -> Arc<Self> {
+        let wait = crate::config::AuthnConfig::default().unknown_kid_wait;
+        Self::with_unknown_kid_wait(issuer, source, settings, client, allow_insecure_http, metrics, wait)
+    }
+
+    pub fn with_unknown_kid_wait(
+        issuer: String,
+        source: KeySource,
+        settings: JwksConfig,
+        client: reqwest::Client,
+        allow_insecure_http: bool,
+        metrics: JwksMetrics,
+        unknown_kid_wait: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             issuer,
@@ -59,6 +86,7 @@ impl IssuerKeys {
             background: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
+            unknown_kid_wait,
         })
     }
 
@@ -106,9 +134,12 @@ impl IssuerKeys {
             self.count_lookup("miss");
         }
         // Unknown kid: maybe the issuer rotated. At most one fetch at a time, rate-limited.
+        // When the refresh cannot tell (it failed, or one in flight is slow), the answer is
+        // "unavailable" (503, retry), not "unknown kid" (401): the kid may well exist.
         match self.refresh_after(set.generation).await {
-            Some(newer) => newer.find(kid).cloned().ok_or(KeyLookupError::UnknownKid),
-            None => Err(KeyLookupError::UnknownKid),
+            Refresh::Newer(newer) => newer.find(kid).cloned().ok_or(KeyLookupError::UnknownKid),
+            Refresh::RateLimited => Err(KeyLookupError::UnknownKid),
+            Refresh::Failed => Err(KeyLookupError::Unavailable),
         }
     }
 
@@ -152,19 +183,33 @@ impl IssuerKeys {
         }
     }
 
-    /// Refreshes unless another caller already did since `seen_generation`. Returns the newer
-    /// set, or `None` if no newer set could be had (rate-limited or the fetch failed).
-    async fn refresh_after(&self, seen_generation: u64) -> Option<Arc<KeySet>> {
-        let _guard = self.refresh_lock.lock().await;
+    /// Refreshes unless another caller already did since `seen_generation`. A refresh already
+    /// in flight (another caller's, or the background one) is waited for at most
+    /// `unknown_kid_wait`, so a slow provider cannot park every unknown-kid request for a whole
+    /// `fetch_timeout`; the caller that starts a fetch waits for it (bounded by that timeout).
+    async fn refresh_after(&self, seen_generation: u64) -> Refresh {
+        let _guard = match self.refresh_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => match tokio::time::timeout(self.unknown_kid_wait, self.refresh_lock.lock()).await {
+                Ok(g) => g,
+                Err(_) => {
+                    self.count_lookup("refresh_busy");
+                    return Refresh::Failed;
+                }
+            },
+        };
         if let Some(cur) = self.cache.get(&()).await
             && cur.generation != seen_generation
         {
-            return Some(cur);
+            return Refresh::Newer(cur);
         }
         if !self.attempt_allowed() {
-            return None;
+            return Refresh::RateLimited;
         }
-        self.refresh_now().await
+        match self.refresh_now().await {
+            Some(set) => Refresh::Newer(set),
+            None => Refresh::Failed,
+        }
     }
 
     async fn refresh_now(&self) -> Option<Arc<KeySet>> {

@@ -48,7 +48,7 @@ impl IssuerKeys {
             }
             KeySource::File(path) => {
                 let body = read_bounded(path, self.settings.max_response_bytes).await?;
-                (parse_jwks(&body, &path.display().to_string())?, self.settings.default_ttl)
+                (parse_jwks(&body, &path.display().to_string(), self.settings.max_keys)?, self.settings.default_ttl)
             }
             KeySource::Uri(uri) => self.fetch_jwks(uri).await?,
             KeySource::Discovery { issuer } => {
@@ -100,7 +100,7 @@ impl IssuerKeys {
 
     async fn fetch_jwks(&self, uri: &str) -> Result<(Vec<Arc<VerifyKey>>, Duration), JwksError> {
         let (body, max_age) = self.get_bounded(uri).await?;
-        let keys = parse_jwks(&body, uri)?;
+        let keys = parse_jwks(&body, uri, self.settings.max_keys)?;
         let s = &self.settings;
         let ttl = max_age.unwrap_or(s.default_ttl).clamp(s.min_ttl, s.max_ttl);
         Ok((keys, ttl))
@@ -238,8 +238,10 @@ pub fn parse_max_age(v: &str) -> Option<Duration> {
     out
 }
 
-/// Parses a JWKS, keeping only asymmetric signature keys; a bad key is skipped, not fatal.
-pub fn parse_jwks(body: &[u8], origin: &str) -> Result<Vec<Arc<VerifyKey>>, JwksError> {
+/// Parses a JWKS, keeping only asymmetric signature keys; a bad key is skipped, not fatal. A set
+/// of more than `max_keys` entries is refused whole before any key is built (each costs work,
+/// and memory for as long as the set is served).
+pub fn parse_jwks(body: &[u8], origin: &str, max_keys: usize) -> Result<Vec<Arc<VerifyKey>>, JwksError> {
     #[derive(serde::Deserialize)]
     struct Raw {
         keys: Vec<serde_json::Value>,
@@ -249,6 +251,9 @@ pub fn parse_jwks(body: &[u8], origin: &str) -> Result<Vec<Arc<VerifyKey>>, Jwks
         what: "JWKS",
         message: e.to_string(),
     })?;
+    if raw.keys.len() > max_keys {
+        return Err(JwksError::TooManyKeys { origin: origin.to_owned(), count: raw.keys.len(), limit: max_keys });
+    }
     let mut keys = Vec::with_capacity(raw.keys.len());
     for v in raw.keys {
         let fp = digest16(v.to_string().as_bytes());
@@ -308,11 +313,21 @@ mod tests {
     fn symmetric_and_encryption_keys_are_dropped() {
         let body = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"},
             {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e","use":"enc"}]}"#;
-        assert!(matches!(parse_jwks(body, "t"), Err(JwksError::NoUsableKeys { .. })));
+        assert!(matches!(parse_jwks(body, "t", 10), Err(JwksError::NoUsableKeys { .. })));
     }
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(parse_jwks(b"<html>", "t").is_err());
+        assert!(parse_jwks(b"<html>", "t", 10).is_err());
+    }
+
+    #[test]
+    fn more_keys_than_allowed_is_refused_whole() {
+        let key = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e"}"#;
+        let body = format!(r#"{{"keys":[{}]}}"#, [key; 3].join(","));
+        assert_eq!(parse_jwks(body.as_bytes(), "t", 3).map(|k| k.len()).ok(), Some(3));
+        let err = parse_jwks(body.as_bytes(), "t", 2).unwrap_err();
+        assert!(matches!(err, JwksError::TooManyKeys { count: 3, limit: 2, .. }), "{err}");
+        assert_eq!(err.label(), "too_many_keys");
     }
 }

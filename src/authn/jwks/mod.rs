@@ -44,6 +44,8 @@ pub enum JwksError {
     TooLarge { url: String, limit: usize },
     #[error("{origin} is not a valid {what}: {message}")]
     Parse { origin: String, what: &'static str, message: String },
+    #[error("{origin} holds {count} keys, more than the {limit} allowed (`authn.jwks.max_keys`)")]
+    TooManyKeys { origin: String, count: usize, limit: usize },
     #[error("{origin} holds no usable signing key")]
     NoUsableKeys { origin: String },
     #[error("discovery document names issuer {found:?}, expected {expected:?}")]
@@ -67,6 +69,7 @@ impl JwksError {
             JwksError::TooLarge { .. } => "too_large",
             JwksError::Parse { .. } | JwksError::IssuerMismatch { .. } => "invalid",
             JwksError::NoUsableKeys { .. } => "no_keys",
+            JwksError::TooManyKeys { .. } => "too_many_keys",
             JwksError::Backoff => "backoff",
             JwksError::Redirect { .. } => "redirect_refused",
             JwksError::InsecureUrl { .. } => "insecure_url",
@@ -182,7 +185,8 @@ impl JwksMetrics {
         registry.register("jwks_keys", "Usable signing keys per issuer", m.keys.clone());
         registry.register(
             "jwks_key_lookups",
-            "Signing-key lookups by issuer and result: hit (served from the cached key set) or miss (needed a fetch)",
+            "Signing-key lookups by issuer and result: hit (served from the cached key set), miss (needed a fetch) or \
+             refresh_busy (an unknown kid waited `unknown_kid_wait` for a refresh in flight, then got 503)",
             m.lookups.clone(),
         );
         m

@@ -51,7 +51,21 @@ impl JwtAuthenticator {
             }
             self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
         }
-        let (identity, issuer) = self.verify_uncached(token, source).await?;
+        if let Some(neg) = &self.negative
+            && let Some(e) = neg.get(&digest).await
+        {
+            return Err(e.into());
+        }
+        self.verifications.inc();
+        let (identity, issuer) = match self.verify_uncached(token, source).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {
+                    neg.remember(digest, *je).await;
+                }
+                return Err(e);
+            }
+        };
         if let Some(cache) = &self.cache {
             cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
         }

@@ -16,9 +16,11 @@ use crate::request::RequestView;
 
 mod cache;
 mod extract;
+mod negative;
 mod verify;
 
 use cache::{CacheLabel, CachedToken, UntilExp};
+use negative::NegativeCache;
 use verify::{Issuer, build_issuer};
 
 pub use verify::algorithm;
@@ -125,6 +127,8 @@ pub struct JwtAuthenticator {
     cache: Option<moka::future::Cache<[u8; 32], CachedToken>>,
     rejections: Family<ReasonLabel, Counter>,
     cache_lookups: Family<CacheLabel, Counter>,
+    negative: Option<NegativeCache>,
+    verifications: Counter,
 }
 
 impl JwtAuthenticator {
@@ -159,6 +163,19 @@ impl JwtAuthenticator {
         registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
         let cache_lookups = Family::<CacheLabel, Counter>::default();
         registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
+        let negative_lookups = Family::<CacheLabel, Counter>::default();
+        registry.register(
+            "token_negative_cache_lookups",
+            "Refused-token cache lookups by result (a hit is refused without parsing or verifying)",
+            negative_lookups.clone(),
+        );
+        let negative = NegativeCache::new(cfg.negative_cache_ttl, cfg.negative_cache_capacity, negative_lookups);
+        let verifications = Counter::default();
+        registry.register(
+            "token_verifications",
+            "Tokens parsed and verified (not answered from the verified or refused-token cache)",
+            verifications.clone(),
+        );
         Ok(Self {
             issuers,
             by_name,
@@ -167,6 +184,8 @@ impl JwtAuthenticator {
             cache,
             rejections,
             cache_lookups,
+            negative,
+            verifications,
         })
     }
 

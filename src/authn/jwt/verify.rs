@@ -187,7 +187,15 @@ pub(super) fn build_issuer(
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
         sources: Vec::new(),
-        keys: IssuerKeys::new(ic.issuer.clone(), source, cfg.jwks.clone(), client, ic.allow_insecure_http, metrics),
+        keys: IssuerKeys::with_unknown_kid_wait(
+            ic.issuer.clone(),
+            source,
+            cfg.jwks.clone(),
+            client,
+            ic.allow_insecure_http,
+            metrics,
+            cfg.unknown_kid_wait,
+        ),
         validations,
         required_claims: ic.required_claims.clone(),
         group_claims: ic.group_claims.clone(),

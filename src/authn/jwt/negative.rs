@@ -1,0 +1,111 @@
+//! The negative token cache: a short-lived, bounded memory of tokens refused for what the token
+//! itself is (its signature, format or algorithm), keyed by the token's SHA-256, so a flood of
+//! one forged token costs one verification instead of one per request. Failures that may turn
+//! into a success without the token changing are never remembered: an unknown `kid` (the
+//! issuer may publish it next), keys that could not be had, a token not yet valid. An expired
+//! token is remembered: time only moves forward, so it cannot become valid again.
+use std::time::Duration;
+
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use super::JwtError;
+use super::cache::CacheLabel;
+
+pub(super) struct NegativeCache {
+    cache: moka::future::Cache<[u8; 32], JwtError>,
+    lookups: Family<CacheLabel, Counter>,
+}
+
+impl NegativeCache {
+    /// `None` when disabled (a zero TTL or capacity).
+    pub(super) fn new(ttl: Duration, capacity: u64, lookups: Family<CacheLabel, Counter>) -> Option<Self> {
+        if ttl.is_zero() || capacity == 0 {
+            return None;
+        }
+        let cache = moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        Some(Self { cache, lookups })
+    }
+
+    /// The remembered refusal of this token, if any.
+    pub(super) async fn get(&self, digest: &[u8; 32]) -> Option<JwtError> {
+        let hit = self.cache.get(digest).await;
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        self.lookups.get_or_create(&CacheLabel { result }).inc();
+        hit
+    }
+
+    /// Remembers a refusal, if it is one that cannot turn into a success for the same token.
+    pub(super) async fn remember(&self, digest: [u8; 32], e: JwtError) {
+        if cacheable(e) {
+            self.cache.insert(digest, e).await;
+        }
+    }
+
+    #[cfg(test)]
+    async fn len(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+}
+
+/// Whether a refusal depends only on the token's own bytes (and the keys, for a signature):
+/// never on the request it came in (source, duplicates), on time still to come, or on keys
+/// that may yet be published or fetched.
+fn cacheable(e: JwtError) -> bool {
+    match e {
+        JwtError::Malformed
+        | JwtError::Encrypted
+        | JwtError::AlgNone
+        | JwtError::UnsupportedAlgorithm
+        | JwtError::AlgorithmNotAllowed
+        | JwtError::EmbeddedKey
+        | JwtError::UnknownCritical
+        | JwtError::KeyMismatch
+        | JwtError::BadSignature
+        | JwtError::Expired => true,
+        JwtError::TooLarge // refused before any work anyway
+        | JwtError::UnknownKey
+        | JwtError::NotYetValid
+        | JwtError::UnknownIssuer
+        | JwtError::BadAudience
+        | JwtError::MissingClaim
+        | JwtError::Duplicate
+        | JwtError::WrongSource => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> NegativeCache {
+        NegativeCache::new(Duration::from_secs(60), 2, Family::default()).expect("enabled")
+    }
+
+    #[tokio::test]
+    async fn only_failures_of_the_token_itself_are_remembered() {
+        let c = cache();
+        for (i, e) in [JwtError::UnknownKey, JwtError::NotYetValid, JwtError::WrongSource, JwtError::Duplicate]
+            .into_iter()
+            .enumerate()
+        {
+            c.remember([i as u8; 32], e).await;
+            assert_eq!(c.get(&[i as u8; 32]).await, None, "{e:?} must not be remembered");
+        }
+        c.remember([9; 32], JwtError::BadSignature).await;
+        assert_eq!(c.get(&[9; 32]).await, Some(JwtError::BadSignature));
+        assert_eq!(c.get(&[8; 32]).await, None);
+    }
+
+    #[tokio::test]
+    async fn bounded_and_disabled_by_zero() {
+        let c = cache();
+        for i in 0..100u8 {
+            c.remember([i; 32], JwtError::Malformed).await;
+        }
+        let n = c.len().await;
+        assert!(n <= 2, "{n}");
+        assert!(NegativeCache::new(Duration::ZERO, 10, Family::default()).is_none());
+        assert!(NegativeCache::new(Duration::from_secs(1), 0, Family::default()).is_none());
+    }
+}
