@@ -158,7 +158,33 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $authn "group_namespace" .Values.groupNamespace -}}
 {{- $_ := set $cfg "authn" $authn -}}
 {{- end -}}
+{{- /* One value bounds the body on both sides: Envoy sends at most it (never truncated), and
+portcullis parses at most it; the CheckRequest limit keeps 64 KiB of room for the rest. */ -}}
+{{- with (include "portcullis.maxBodyBytes" .) -}}
+{{- $max := int . -}}
+{{- $request := default (dict) $cfg.request -}}
+{{- $_ := set $request "max_body_bytes" $max -}}
+{{- $_ := set $cfg "request" $request -}}
+{{- $limits := default (dict) $cfg.limits -}}
+{{- $need := add $max 65536 -}}
+{{- if lt (int (default 4194304 $limits.max_message_bytes)) (int $need) -}}
+{{- $_ := set $limits "max_message_bytes" $need -}}
+{{- $_ := set $cfg "limits" $limits -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+The request body limit when the proxy sends bodies to portcullis (envoy mode with
+envoy.extAuthz.withRequestBody.enabled, or istio mode with includeRequestBodyInCheck), else "".
+*/}}
+{{- define "portcullis.maxBodyBytes" -}}
+{{- if and (eq .Values.mode "envoy") .Values.envoy.extAuthz.withRequestBody.enabled -}}
+{{- int .Values.envoy.extAuthz.withRequestBody.maxRequestBytes -}}
+{{- else if and (eq .Values.mode "istio") .Values.istio.provider.includeRequestBodyInCheck -}}
+{{- int (default 8192 .Values.istio.provider.includeRequestBodyInCheck.maxRequestBytes) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
