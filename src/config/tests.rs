@@ -270,3 +270,21 @@ fn spellings_cover_every_separator_combination() {
     );
     assert!(!c.headers.strip_foreign_credentials);
 }
+
+#[test]
+fn body_limits_default_and_are_bounded_by_the_message_limit() {
+    let c = parse("policy: {dir: x}\n").unwrap();
+    assert_eq!((c.request.max_body_bytes, c.request.max_body_depth), (8192, 32));
+    let c = parse("policy: {dir: x}\nrequest: {max_body_bytes: 65536, max_body_depth: 8}\n").unwrap();
+    assert_eq!((c.request.max_body_bytes, c.request.max_body_depth), (65536, 8));
+    for (yaml, field) in [
+        ("request: {max_body_bytes: 0}", "request.max_body_bytes"),
+        ("request: {max_body_bytes: 5000000}", "request.max_body_bytes"),
+        ("request: {max_body_bytes: 4096}\nlimits: {max_message_bytes: 4096}", "request.max_body_bytes"),
+        ("request: {max_body_depth: 0}", "request.max_body_depth"),
+        ("request: {max_body_depth: 129}", "request.max_body_depth"),
+    ] {
+        let err = parse(&format!("policy: {{dir: x}}\n{yaml}\n")).unwrap_err();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}
