@@ -47,7 +47,7 @@ impl Checker {
         Ok(Self {
             // Policies never see credentials, nor identity headers a client could have spoofed.
             mapping: CedarMapping::new(&cfg.cedar.context_headers, &[credential_headers, identity_spellings].concat())
-                .with_body_limits(BodyLimits::of(&cfg.request)),
+                .with_body_limits(BodyLimits::of(&cfg.request, &cfg.limits)),
             authn,
             store,
             names: cfg.headers.clone(),

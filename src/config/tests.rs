@@ -274,9 +274,12 @@ fn spellings_cover_every_separator_combination() {
 #[test]
 fn body_limits_default_and_are_bounded_by_the_message_limit() {
     let c = parse("policy: {dir: x}\n").unwrap();
-    assert_eq!((c.request.max_body_bytes, c.request.max_body_depth), (8192, 32));
+    assert_eq!((c.request.body_bytes(&c.limits), c.request.max_body_depth), (8192, 32));
     let c = parse("policy: {dir: x}\nrequest: {max_body_bytes: 65536, max_body_depth: 8}\n").unwrap();
-    assert_eq!((c.request.max_body_bytes, c.request.max_body_depth), (65536, 8));
+    assert_eq!((c.request.body_bytes(&c.limits), c.request.max_body_depth), (65536, 8));
+    // Unset, the default never exceeds a smaller message limit (older configs stay valid).
+    let c = parse("policy: {dir: x}\nlimits: {max_message_bytes: 4096}\n").unwrap();
+    assert_eq!(c.request.body_bytes(&c.limits), 4096);
     for (yaml, field) in [
         ("request: {max_body_bytes: 0}", "request.max_body_bytes"),
         ("request: {max_body_bytes: 5000000}", "request.max_body_bytes"),

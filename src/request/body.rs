@@ -64,8 +64,8 @@ impl Default for BodyLimits {
 }
 
 impl BodyLimits {
-    pub fn of(request: &crate::config::RequestConfig) -> Self {
-        Self { max_bytes: request.max_body_bytes, max_depth: request.max_body_depth }
+    pub fn of(request: &crate::config::RequestConfig, limits: &crate::config::Limits) -> Self {
+        Self { max_bytes: request.body_bytes(limits), max_depth: request.max_body_depth }
     }
 }
 
