@@ -164,16 +164,23 @@ fn index(
     let validate_each_request = per_request_core.iter().any(|ty| enum_types.contains(&ty.to_string()));
     let action_type = public(&t.action)?;
     let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &action_type).cloned().collect();
+    let [user, service, api_client, anonymous] = PrincipalKind::ALL.map(|k| public(t.of(k)));
+    let principal_types = [user?, service?, api_client?, anonymous?];
     let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| {
         if shape.body {
-            // A body's value is the client's: such a request is validated on its own.
+            // A body's value is the client's: such a request is validated on its own (so a
+            // failure there is the body's), once the action is known to apply to the principal.
             let has_body = declared.get(action.id().unescaped()).is_some_and(|d| d.body.is_some());
-            return if has_body { Ok(()) } else { Err(format!("{action} declares no body")) };
+            let ty = &principal_types[kind.slot()];
+            let applies = schema.principals_for_action(action).is_some_and(|mut ps| ps.any(|p| p == ty));
+            return match (has_body, applies) {
+                (true, true) => Ok(()),
+                (false, _) => Err(format!("{action} declares no body")),
+                (true, false) => Err(format!("{action} does not apply to principal type {ty}")),
+            };
         }
         sample_fits(schema, action, kind, shape)
     };
-    let [user, service, api_client, anonymous] = PrincipalKind::ALL.map(|k| public(t.of(k)));
-    let principal_types = [user?, service?, api_client?, anonymous?];
     let route = public(&t.route)?;
     // Per-request entities get their ancestors from the static ones; only if a static entity
     // could be a member of a per-request one must Cedar recompute the closure per request.
@@ -300,7 +307,7 @@ fn prepare(
     let methods = ids.methods();
     // Only what the schema declares for this action is read: with no declared body, the body
     // is never looked at.
-    let declared = engine.declared.get(req.method.as_str());
+    let declared = if engine.declared.is_empty() { None } else { engine.declared.get(req.method.as_str()) };
     let grpc = declared.filter(|d| d.grpc).and_then(|_| req.grpc());
     let body = match declared.and_then(|d| d.body.as_ref()) {
         Some((ty, required)) => match req.body().json(mapping.body_limits, *required)? {

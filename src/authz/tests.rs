@@ -645,3 +645,15 @@ fn grpc_service_and_method_decide_when_the_schema_declares_them() {
     let out = decide_req(&old, &request_with("POST", "/orders.v1.Orders/GetOrder", "application/grpc", ""));
     assert!(out.expect("an old schema still evaluates gRPC requests").allowed);
 }
+
+#[test]
+fn a_body_on_an_action_the_principal_cannot_take_is_not_blamed_on_the_body() {
+    let schema = body_schema("body?: { amount: Long },");
+    let from = "principal: [User, Service, ApiClient, Anonymous], resource: [Route], context: WriteCtx";
+    assert!(schema.contains(from));
+    let snap = snapshot_with_schema(schema.replace(from, &from.replace(", Anonymous", "")), BODY_POLICY);
+    let req = request_with("POST", "/orders", "application/json", r#"{"amount": 1}"#);
+    let view = RequestView::from_check(&req, &Limits::default()).expect("valid request");
+    let out = authorize(&snap, &view, &Identities::default(), &CedarMapping::default());
+    assert!(matches!(out, Err(AuthzError::Request(_))), "{out:?}");
+}
