@@ -349,7 +349,7 @@ def expected_allowed_headers(cfg: dict) -> list[str]:
     if (cfg.get("headers") or {}).get("strip_foreign_credentials"):
         out.append("authorization")
     out += [h.lower() for h in (cfg.get("cedar") or {}).get("context_headers", [])]
-    out += ["x-request-id"] + TRACING
+    out += ["content-type", "x-request-id"] + TRACING
     return list(dict.fromkeys(out))
 
 

@@ -195,7 +195,8 @@ lower-case names, first occurrence kept:
   every issuer's `from` headers (default authorization), cookie if an issuer reads a cookie;
   authn.api_keys.header (default x-api-key) when keys are configured;
   authorization when headers.strip_foreign_credentials is on;
-  cedar.context_headers; x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
+  cedar.context_headers; content-type (gRPC calls and JSON bodies are recognized by it);
+  x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
 */}}
 {{- define "portcullis.allowedHeaders" -}}
 {{- $cfg := include "portcullis.config" . | fromYaml -}}
@@ -221,7 +222,7 @@ lower-case names, first occurrence kept:
 {{- range (default (list) $cedar.context_headers) -}}
 {{- $out = append $out (lower .) -}}
 {{- end -}}
-{{- $out = concat $out (list "x-request-id" "traceparent" "tracestate" "x-b3-traceid" "x-b3-spanid" "x-b3-parentspanid" "x-b3-sampled" "x-b3-flags" "b3") -}}
+{{- $out = concat $out (list "content-type" "x-request-id" "traceparent" "tracestate" "x-b3-traceid" "x-b3-spanid" "x-b3-parentspanid" "x-b3-sampled" "x-b3-flags" "b3") -}}
 {{- range (default (list) .Values.envoy.extAuthz.extraAllowedHeaders) -}}
 {{- $out = append $out (lower .) -}}
 {{- end -}}
