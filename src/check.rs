@@ -15,7 +15,7 @@ use crate::config::{CandidateConfig, Config, HeaderNames};
 use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
-use crate::request::{InvalidRequest, RequestView};
+use crate::request::{BodyLimits, InvalidRequest, RequestView};
 
 /// Runs checks against the live policy snapshot.
 pub struct Checker {
@@ -50,7 +50,8 @@ impl Checker {
         owned_spellings.dedup();
         Ok(Self {
             // Policies never see credentials, nor identity headers a client could have spoofed.
-            mapping: CedarMapping::new(&cfg.cedar.context_headers, &[credential_headers, identity_spellings].concat()),
+            mapping: CedarMapping::new(&cfg.cedar.context_headers, &[credential_headers, identity_spellings].concat())
+                .with_body_limits(BodyLimits::of(&cfg.request, &cfg.limits)),
             authn,
             store,
             names: cfg.headers.clone(),
@@ -119,6 +120,11 @@ impl Checker {
         }
         let outcome = match authz::authorize(&snapshot.engine, view, &ids, &self.mapping) {
             Ok(o) => o,
+            // A body a policy reads that cannot be read as declared is the client's error.
+            Err(authz::AuthzError::Body(e)) => {
+                let status = if e.too_large() { Status::PayloadTooLarge } else { Status::BadRequest };
+                return Decision::deny(status, e.label(), rid);
+            }
             Err(e) => {
                 tracing::warn!(request_id = rid, error = %e, "request could not be evaluated; denied");
                 let mut d = Deny::new(Status::Forbidden, "unmapped_request", rid);

@@ -172,6 +172,10 @@ pub struct RequestView<'a> {
     /// `context.time` (unix seconds) instead of the clock; never from the wire, only set by
     /// `portcullis test` so cases on time are deterministic.
     pub time: Option<i64>,
+    /// The body as Envoy sent it (`body`, or `raw_body` with `pack_as_bytes`); read only when a
+    /// policy's schema declares one, through [`RequestView::body`].
+    body_text: &'a str,
+    raw_body: &'a [u8],
 }
 
 impl<'a> RequestView<'a> {
@@ -277,6 +281,8 @@ impl<'a> RequestView<'a> {
             traceparent: lookup("traceparent"),
             route_facts,
             time: None,
+            body_text: &http.body,
+            raw_body: &http.raw_body,
             headers,
             invalid_values,
         })
@@ -319,6 +325,27 @@ impl<'a> RequestView<'a> {
     /// All headers, in arrival order.
     pub fn headers(&self) -> &[(&'a str, &'a str)] {
         &self.headers
+    }
+
+    /// The request body with what is needed to read it (nothing is parsed here).
+    pub fn body(&self) -> RequestBody<'a> {
+        let partial = self
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(body::PARTIAL_BODY_HEADER) && v.trim().eq_ignore_ascii_case("true"));
+        RequestBody { text: self.body_text, raw: self.raw_body, partial, content_type: self.header("content-type") }
+    }
+
+    /// `(service, method)` of a gRPC call: a POST with a `application/grpc…` content type to
+    /// `/<package.Service>/<Method>` (the canonical path, so no escapes).
+    pub fn grpc(&self) -> Option<(&str, &str)> {
+        let ct = self.header("content-type")?;
+        let is_grpc = ct.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"));
+        if self.method != "POST" || !is_grpc || !self.query.is_empty() {
+            return None;
+        }
+        let (service, method) = self.path.strip_prefix('/')?.split_once('/')?;
+        (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
     }
 }
 
@@ -438,7 +465,9 @@ fn ip_of(addr: &Address) -> Option<IpAddr> {
     }
 }
 
+pub mod body;
 mod canonical;
+pub use body::{BodyError, BodyLimits, RequestBody};
 pub use canonical::{normalize_host, normalize_path};
 
 #[cfg(test)]

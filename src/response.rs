@@ -174,6 +174,7 @@ fn render_deny(d: &Deny, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
     let (grpc, http) = match d.status {
         Status::Forbidden => (code::PERMISSION_DENIED, StatusCode::Forbidden),
         Status::BadRequest => (code::INVALID_ARGUMENT, StatusCode::BadRequest),
+        Status::PayloadTooLarge => (code::INVALID_ARGUMENT, StatusCode::PayloadTooLarge),
         Status::Unauthorized => (code::UNAUTHENTICATED, StatusCode::Unauthorized),
         Status::TooManyRequests => (code::RESOURCE_EXHAUSTED, StatusCode::TooManyRequests),
         Status::InternalError => (code::INTERNAL, StatusCode::InternalServerError),

@@ -56,6 +56,10 @@ pub(super) struct ContextParts<'a> {
     pub(super) peer: Option<&'a EntityUID>,
     /// `context.time` instead of the clock (`portcullis test` cases state it).
     pub(super) time: Option<i64>,
+    /// `(service, method)`, only when the schema declares them.
+    pub(super) grpc: Option<(&'a str, &'a str)>,
+    /// The body converted with the schema's type, only when the schema declares one.
+    pub(super) body: Option<Value>,
 }
 
 /// The one place a Cedar context is built.
@@ -77,6 +81,13 @@ pub(super) fn context(c: &ContextParts<'_>) -> Result<CoreContext, AuthzError> {
     }
     if let Some(p) = c.peer {
         ctx.insert(model::CTX_PEER.into(), p.clone().into());
+    }
+    if let Some((service, method)) = c.grpc {
+        ctx.insert(model::CTX_GRPC_SERVICE.into(), service.into());
+        ctx.insert(model::CTX_GRPC_METHOD.into(), method.into());
+    }
+    if let Some(body) = &c.body {
+        ctx.insert(model::CTX_BODY.into(), body.clone());
     }
     Ok(CoreContext::Value(Arc::new(ctx)))
 }

@@ -7,21 +7,36 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
+use cedar_policy_core::ast::Value;
 use cedar_policy_core::ast::{Entity, EntityUID, EntityUIDEntry, PolicySet as CorePolicySet, Request as CoreRequest};
 use cedar_policy_core::authorizer::{Authorizer as CoreAuthorizer, Decision as CoreDecision};
-use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::entities::json::ValueParser;
+use cedar_policy_core::entities::json::err::JsonDeserializationErrorContext;
+use cedar_policy_core::entities::{
+    ContextSchema as _, Entities as CoreEntities, NoEntitiesSchema, SchemaType, TCComputation,
+};
+use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
-use cedar_policy_core::validator::ValidatorSchema;
+use cedar_policy_core::validator::{ValidatorSchema, context_schema_for_action};
 
 use super::context::{ContextParts, context};
 use super::documents::{self, LoadError, PolicyDocument};
 use super::entities::{self, base_entities, service_entity, uid};
 use super::guard::Facts;
 use super::index::{FitsSchema, PolicyIndex, Shape, Unfit};
-use super::model::{PrincipalKind, public, types};
+use super::model::{self, PrincipalKind, public, types};
 use super::{AuthzError, AuthzOutcome, CedarMapping};
 use crate::authn::Identities;
-use crate::request::RequestView;
+use crate::request::{BodyError, RequestView};
+
+/// What the schema declares in an action's context beyond the fixed attributes.
+#[derive(Debug, Clone, Default)]
+struct Declared {
+    /// `grpc_service` and `grpc_method`.
+    grpc: bool,
+    /// `body`: its type, and whether it is required.
+    body: Option<(SchemaType, bool)>,
+}
 
 /// A compiled, immutable policy set: what every request of one snapshot evaluates against.
 pub struct Engine {
@@ -31,6 +46,9 @@ pub struct Engine {
     policy_count: usize,
     /// What authorization precomputes once (which policies each request needs).
     pub(super) index: PolicyIndex,
+    /// By action id, for actions whose context declares gRPC attributes or a body (none for
+    /// the shipped schema's body: then a body is never looked at).
+    declared: HashMap<String, Declared>,
 }
 
 impl fmt::Debug for Engine {
@@ -72,9 +90,10 @@ impl Engine {
         enum_types: &HashSet<String>,
         source: &str,
     ) -> Result<Engine, Vec<LoadError>> {
-        let index = index(&policies, &schema, &entities, enum_types)
+        let declared = declared(&schema).map_err(|e| vec![LoadError::whole(source, format!("schema context: {e}"))])?;
+        let index = index(&policies, &schema, &entities, enum_types, &declared)
             .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
-        Ok(Engine { policy_count: policies.policies().count(), policies, schema, entities, index })
+        Ok(Engine { policy_count: policies.policies().count(), policies, schema, entities, index, declared })
     }
 
     pub fn policies(&self) -> &PolicySet {
@@ -96,6 +115,37 @@ impl Engine {
     }
 }
 
+/// The optional context attributes each action's schema declares (gRPC, body), by action id.
+fn declared(schema: &Schema) -> Result<HashMap<String, Declared>, AuthzError> {
+    let t = types()?;
+    let action_type = public(&t.action)?;
+    let validator: &ValidatorSchema = schema.as_ref();
+    let mut out = HashMap::new();
+    for action in schema.actions().filter(|a| a.type_name() == &action_type) {
+        let id = action.id().unescaped();
+        let Some(ctx) = context_schema_for_action(validator, &uid(&t.action, id)) else { continue };
+        let SchemaType::Record { attrs, .. } = ctx.context_type() else { continue };
+        let d = Declared {
+            grpc: attrs.contains_key(model::CTX_GRPC_SERVICE) && attrs.contains_key(model::CTX_GRPC_METHOD),
+            body: attrs.get(model::CTX_BODY).map(|a| (a.schema_type().clone(), a.is_required())),
+        };
+        if d.grpc || d.body.is_some() {
+            out.insert(id.to_owned(), d);
+        }
+    }
+    Ok(out)
+}
+
+/// The body as the schema types it. The JSON conversion alone does not check the type fully:
+/// the request holding it is validated against the schema as well.
+fn body_value(json: serde_json::Value, ty: &SchemaType) -> Result<Value, BodyError> {
+    let ext = Extensions::all_available();
+    let expr = ValueParser::new(ext)
+        .val_into_restricted_expr(json, Some(ty), &|| JsonDeserializationErrorContext::Context)
+        .map_err(|_| BodyError::Invalid)?;
+    RestrictedEvaluator::new(ext).interpret(expr.as_borrowed()).map_err(|_| BodyError::Invalid)
+}
+
 /// Builds the [`PolicyIndex`], once per engine. `enum_types` are the schema's enumerated entity
 /// types (`Type` or `Namespace::Type`).
 fn index(
@@ -103,6 +153,7 @@ fn index(
     schema: &Schema,
     entities: &Entities,
     enum_types: &HashSet<String>,
+    declared: &HashMap<String, Declared>,
 ) -> Result<PolicyIndex, AuthzError> {
     let t = types()?;
     let per_request_core = t.per_request();
@@ -113,9 +164,23 @@ fn index(
     let validate_each_request = per_request_core.iter().any(|ty| enum_types.contains(&ty.to_string()));
     let action_type = public(&t.action)?;
     let actions: Vec<EntityUid> = schema.actions().filter(|a| a.type_name() == &action_type).cloned().collect();
-    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| sample_fits(schema, action, kind, shape);
     let [user, service, api_client, anonymous] = PrincipalKind::ALL.map(|k| public(t.of(k)));
     let principal_types = [user?, service?, api_client?, anonymous?];
+    let fits = |action: &EntityUid, kind: PrincipalKind, shape: Shape| {
+        if shape.body {
+            // A body's value is the client's: such a request is validated on its own (so a
+            // failure there is the body's), once the action is known to apply to the principal.
+            let has_body = declared.get(action.id().unescaped()).is_some_and(|d| d.body.is_some());
+            let ty = &principal_types[kind.slot()];
+            let applies = schema.principals_for_action(action).is_some_and(|mut ps| ps.any(|p| p == ty));
+            return match (has_body, applies) {
+                (true, true) => Ok(()),
+                (false, _) => Err(format!("{action} declares no body")),
+                (true, false) => Err(format!("{action} does not apply to principal type {ty}")),
+            };
+        }
+        sample_fits(schema, action, kind, shape)
+    };
     let route = public(&t.route)?;
     // Per-request entities get their ancestors from the static ones; only if a static entity
     // could be a member of a per-request one must Cedar recompute the closure per request.
@@ -148,6 +213,8 @@ fn sample_fits(schema: &Schema, action: &EntityUid, kind: PrincipalKind, shape: 
         source_ip: shape.source_ip.then_some(IpAddr::from([127, 0, 0, 1])),
         peer: shape.peer.then_some(&peer),
         time: None,
+        grpc: shape.grpc.then_some(("sample.v1.Sample", "Sample")),
+        body: None,
     })
     .map_err(|e| e.to_string())?;
     let action = uid(&t.action, action.id().unescaped());
@@ -239,6 +306,17 @@ fn prepare(
     let resource = entities::route(t, req, service, mapping, &mut extra);
 
     let methods = ids.methods();
+    // Only what the schema declares for this action is read: with no declared body, the body
+    // is never looked at.
+    let declared = if engine.declared.is_empty() { None } else { engine.declared.get(req.method.as_str()) };
+    let grpc = declared.filter(|d| d.grpc).and_then(|_| req.grpc());
+    let body = match declared.and_then(|d| d.body.as_ref()) {
+        Some((ty, required)) => match req.body().json(mapping.body_limits, *required)? {
+            Some(json) => Some(body_value(json, ty)?),
+            None => None,
+        },
+        None => None,
+    };
     let parts = ContextParts {
         method: &req.method,
         path: &req.path,
@@ -250,30 +328,18 @@ fn prepare(
         source_ip: req.source_ip,
         peer: peer.as_ref(),
         time: req.time,
+        grpc,
+        body,
     };
     let context = context(&parts)?;
-    let request = if index.validates_each_request() {
-        let schema: &ValidatorSchema = engine.schema.as_ref();
-        CoreRequest::new(
-            (principal.clone(), None),
-            (action.clone(), None),
-            (resource.clone(), None),
-            context,
-            Some(schema),
-            Extensions::all_available(),
-        )
-        .map_err(|e| AuthzError::Request(e.to_string()))?
-    } else {
-        CoreRequest::new_unchecked(
-            EntityUIDEntry::known(principal.clone(), None),
-            EntityUIDEntry::known(action.clone(), None),
-            EntityUIDEntry::known(resource.clone(), None),
-            Some(context),
-        )
-    };
     // Guards read the very values the context and the `Route` entity were built from.
-    let shape =
-        Shape { source_ip: parts.source_ip.is_some(), peer: parts.peer.is_some(), authn: !parts.authn.is_empty() };
+    let shape = Shape {
+        source_ip: parts.source_ip.is_some(),
+        peer: parts.peer.is_some(),
+        authn: !parts.authn.is_empty(),
+        grpc: parts.grpc.is_some(),
+        body: parts.body.is_some(),
+    };
     let facts = Facts {
         route_host: parts.host,
         route_path: parts.path,
@@ -293,6 +359,29 @@ fn prepare(
         )),
         Unfit::Schema(m) => AuthzError::Request(m),
     })?;
+    // A body is the client's value: a request carrying one is always validated, and a body
+    // that does not have the declared type is the client's error (400).
+    let request = if shape.body || index.validates_each_request() {
+        let schema: &ValidatorSchema = engine.schema.as_ref();
+        CoreRequest::new(
+            (principal.clone(), None),
+            (action.clone(), None),
+            (resource.clone(), None),
+            context,
+            Some(schema),
+            Extensions::all_available(),
+        )
+        .map_err(|e| {
+            if shape.body { AuthzError::Body(BodyError::Invalid) } else { AuthzError::Request(e.to_string()) }
+        })?
+    } else {
+        CoreRequest::new_unchecked(
+            EntityUIDEntry::known(principal.clone(), None),
+            EntityUIDEntry::known(action.clone(), None),
+            EntityUIDEntry::known(resource.clone(), None),
+            Some(context),
+        )
+    };
     let policies = if whole { index.whole() } else { policies };
     // Per-request entities are leaves built by us from verified data, with their ancestors
     // already complete (group_ancestry), unless a static entity could sit below one of them.

@@ -31,27 +31,45 @@ use super::model::PrincipalKind;
 
 /// What varies in a request's Cedar context, and so in whether it fits the schema: optional
 /// attributes present or not, and whether the `authn` set is empty (an empty set fits any set
-/// type). Everything else in the context has one fixed type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// type). Everything else in the context has one fixed type, except `body`, whose value is the
+/// client's: a request with a body is validated on its own, so its shapes always "fit" here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Shape {
     pub source_ip: bool,
     pub peer: bool,
     pub authn: bool,
+    /// `grpc_service` and `grpc_method` are set.
+    pub grpc: bool,
+    /// `body` is set.
+    pub body: bool,
 }
 
+/// How many [`Shape`]s there are.
+const SHAPES: usize = 32;
+
 impl Shape {
-    const ALL: [Shape; 8] = {
-        let mut all = [Shape { source_ip: false, peer: false, authn: false }; 8];
+    const ALL: [Shape; SHAPES] = {
+        let mut all = [Shape { source_ip: false, peer: false, authn: false, grpc: false, body: false }; SHAPES];
         let mut i = 0;
-        while i < 8 {
-            all[i] = Shape { source_ip: i & 1 != 0, peer: i & 2 != 0, authn: i & 4 != 0 };
+        while i < SHAPES {
+            all[i] = Shape {
+                source_ip: i & 1 != 0,
+                peer: i & 2 != 0,
+                authn: i & 4 != 0,
+                grpc: i & 8 != 0,
+                body: i & 16 != 0,
+            };
             i += 1;
         }
         all
     };
 
     fn slot(self) -> usize {
-        usize::from(self.source_ip) | usize::from(self.peer) << 1 | usize::from(self.authn) << 2
+        usize::from(self.source_ip)
+            | usize::from(self.peer) << 1
+            | usize::from(self.authn) << 2
+            | usize::from(self.grpc) << 3
+            | usize::from(self.body) << 4
     }
 }
 
@@ -67,7 +85,7 @@ struct Slice {
     unguarded: Vec<u32>,
     guarded: Vec<(u32, Guard)>,
     /// Whether a request of each [`Shape`] fits the schema (checked once, at build).
-    fits: [Result<(), String>; 8],
+    fits: [Result<(), String>; SHAPES],
     /// Policy sets by the guarded policies they hold.
     sets: ArcSwap<HashMap<Box<[u32]>, Arc<PolicySet>>>,
 }
@@ -179,7 +197,7 @@ impl PolicyIndex {
 }
 
 impl Slice {
-    fn unfit(fits: [Result<(), String>; 8]) -> Slice {
+    fn unfit(fits: [Result<(), String>; SHAPES]) -> Slice {
         Slice {
             policies: Vec::new(),
             unguarded: Vec::new(),
@@ -192,7 +210,7 @@ impl Slice {
     fn new<'p>(
         in_scope: impl Iterator<Item = &'p (&'p Policy, Option<Value>)>,
         kind: PrincipalKind,
-        fits: [Result<(), String>; 8],
+        fits: [Result<(), String>; SHAPES],
     ) -> Slice {
         let mut policies = Vec::new();
         let mut unguarded = Vec::new();

@@ -24,6 +24,9 @@ pub enum AuthzError {
     Entity(String),
     #[error("request does not fit the schema: {0}")]
     Request(String),
+    /// The schema declares a body for the action and the request's body was refused.
+    #[error("request body: {0}")]
+    Body(#[from] crate::request::BodyError),
 }
 
 /// Cedar's answer for one request.
@@ -40,10 +43,11 @@ pub struct AuthzOutcome {
     pub resource: String,
 }
 
-/// Which request headers to expose as `Route` tags.
+/// Which request headers to expose as `Route` tags, and how much body a policy may read.
 #[derive(Debug, Clone, Default)]
 pub struct CedarMapping {
     pub context_headers: Vec<String>,
+    pub body_limits: crate::request::BodyLimits,
 }
 
 impl CedarMapping {
@@ -54,7 +58,12 @@ impl CedarMapping {
             .map(|h| h.to_ascii_lowercase())
             .filter(|h| !credential_headers.contains(h) && h != "cookie")
             .collect();
-        Self { context_headers }
+        Self { context_headers, body_limits: Default::default() }
+    }
+
+    /// With `request.max_body_bytes` / `request.max_body_depth`.
+    pub fn with_body_limits(self, body_limits: crate::request::BodyLimits) -> Self {
+        Self { body_limits, ..self }
     }
 }
 

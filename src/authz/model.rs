@@ -71,9 +71,17 @@ pub const CTX_TIME: &str = "time";
 pub const CTX_SOURCE_IP: &str = "source_ip";
 /// The mTLS peer's `Service`, also when the principal is a user calling through it.
 pub const CTX_PEER: &str = "peer";
+/// `<package.Service>` and `<Method>` of a gRPC call (`POST /<package.Service>/<Method>` with an
+/// `application/grpc…` content type). Set only when the schema declares them for the action,
+/// so a schema written before them still fits every request.
+pub const CTX_GRPC_SERVICE: &str = "grpc_service";
+pub const CTX_GRPC_METHOD: &str = "grpc_method";
+/// The parsed JSON request body. Not in the shipped schema (and so never parsed by default): an
+/// operator declares it, with its type, for the actions whose policies read it.
+pub const CTX_BODY: &str = "body";
 
-/// Every context key, and whether it is optional.
-pub const CONTEXT_KEYS: [(&str, bool); 10] = [
+/// Every context key of the shipped schema, and whether it is optional.
+pub const CONTEXT_KEYS: [(&str, bool); 12] = [
     (CTX_METHOD, false),
     (CTX_PATH, false),
     (CTX_QUERY, false),
@@ -84,6 +92,8 @@ pub const CONTEXT_KEYS: [(&str, bool); 10] = [
     (CTX_TIME, false),
     (CTX_SOURCE_IP, true),
     (CTX_PEER, true),
+    (CTX_GRPC_SERVICE, true),
+    (CTX_GRPC_METHOD, true),
 ];
 
 /// The Cedar extension function that builds `context.source_ip`.

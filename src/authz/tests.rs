@@ -119,7 +119,7 @@ fn selected(snap: &Engine, method: &str, kind: PrincipalKind) -> Vec<String> {
         request_id: "",
         principal: PrincipalFacts::None,
     };
-    let shape = Shape { source_ip: false, peer: false, authn: kind != PrincipalKind::Anonymous };
+    let shape = Shape { authn: kind != PrincipalKind::Anonymous, ..Shape::default() };
     let set = snap.index.select(method, kind, shape, &facts).expect("fits the schema");
     let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
     ids.sort();
@@ -292,7 +292,7 @@ fn the_index_hands_cedar_only_the_policies_whose_guards_hold() {
         request_id: "",
         principal: PrincipalFacts::User { issuer: "https://idp" },
     };
-    let shape = Shape { source_ip: false, peer: false, authn: true };
+    let shape = Shape { authn: true, ..Shape::default() };
     let ids = |host, path| -> Vec<String> {
         let set = snap.index.select("GET", PrincipalKind::User, shape, &facts(host, path)).expect("fits");
         let mut v: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
@@ -531,4 +531,129 @@ fn route_metadata_tags_carry_the_namespace() {
     let ns = RouteFactNamespaces { metadata: &wanted, route_metadata: &[] };
     let view = RequestView::from_check_route(&req, &Limits::default(), m, ns).expect("valid");
     assert!(!authorize(&snap, &view, &ids, &mapping).expect("evaluates").allowed);
+}
+
+/// A request with a content type and a body (`body` field), for the body and gRPC tests.
+fn request_with(method: &str, path: &str, content_type: &str, body: &str) -> CheckRequest {
+    let mut req = request(method, path);
+    if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+        http.headers.insert("content-type".into(), content_type.into());
+        http.body = body.into();
+    }
+    req
+}
+
+fn decide_req(snap: &Engine, req: &CheckRequest) -> Result<AuthzOutcome, AuthzError> {
+    let view = RequestView::from_check(req, &Limits::default()).expect("valid request");
+    authorize(snap, &view, &client("batch", &[]), &CedarMapping::default())
+}
+
+const BODY_POLICY: &str = r#"
+    @id("small-orders") permit (principal, action == Action::"POST", resource)
+        when { context has body && context.body.amount < 100 };
+"#;
+
+/// [`SCHEMA`] where the write actions have a context of their own that declares `decl`.
+fn body_schema(decl: &str) -> String {
+    let write = r#"action "POST", "PUT", "PATCH", "DELETE" in ["write"]
+        appliesTo { principal: [User, Service, ApiClient, Anonymous], resource: [Route], context: Ctx };"#;
+    let ctx = SCHEMA.split("type Ctx = {").nth(1).and_then(|s| s.split("};").next()).expect("the test schema has Ctx");
+    let own = format!("type WriteCtx = {{{ctx} {decl} }};\n{}", write.replace("context: Ctx", "context: WriteCtx"));
+    schema_with(write, &own)
+}
+
+fn body_error(r: Result<AuthzOutcome, AuthzError>) -> Option<crate::request::BodyError> {
+    match r {
+        Err(AuthzError::Body(e)) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_declared_body_decides_with_its_schema_type() {
+    use crate::request::BodyError;
+    let snap = snapshot_with_schema(body_schema("body?: { amount: Long, currency: String },"), BODY_POLICY);
+    let post = |body: &str| decide_req(&snap, &request_with("POST", "/orders", "application/json", body));
+    assert!(post(r#"{"amount": 5, "currency": "EUR"}"#).expect("evaluates").allowed);
+    assert!(!post(r#"{"amount": 500, "currency": "EUR"}"#).expect("evaluates").allowed);
+    // Not the declared type: a string number, an extra or a missing attribute, a float, a huge
+    // integer, null.
+    for bad in [
+        r#"{"amount": "5", "currency": "EUR"}"#,
+        r#"{"amount": 5, "currency": "EUR", "admin": true}"#,
+        r#"{"amount": 5}"#,
+        r#"{"amount": 5.5, "currency": "EUR"}"#,
+        r#"{"amount": 99999999999999999999999, "currency": "EUR"}"#,
+        r#"{"amount": null, "currency": "EUR"}"#,
+        r#"[5]"#,
+    ] {
+        assert_eq!(body_error(post(bad)), Some(BodyError::Invalid), "{bad}");
+    }
+    assert_eq!(body_error(post(r#"{"amount": 5, "amount": 500, "currency": "EUR"}"#)), Some(BodyError::Ambiguous));
+    assert_eq!(body_error(post("{")), Some(BodyError::NotJson));
+    // Optional: no body, or a body that is not JSON, is simply absent (and this policy denies).
+    assert!(!post("").expect("evaluates").allowed);
+    let form = decide_req(&snap, &request_with("POST", "/orders", "application/x-www-form-urlencoded", "amount=5"));
+    assert!(!form.expect("evaluates").allowed);
+    // Only the actions that declare it read it: GET has no body in this schema.
+    let get = decide_req(&snap, &request_with("GET", "/orders", "application/json", "{"));
+    assert!(get.is_ok());
+}
+
+#[test]
+fn a_required_body_must_be_there_and_be_json() {
+    use crate::request::BodyError;
+    let snap = snapshot_with_schema(body_schema("body: { amount: Long },"), BODY_POLICY);
+    let post = |ct: &str, body: &str| decide_req(&snap, &request_with("POST", "/orders", ct, body));
+    assert!(post("application/json", r#"{"amount": 1}"#).expect("evaluates").allowed);
+    assert_eq!(body_error(post("application/json", "")), Some(BodyError::Missing));
+    assert_eq!(body_error(post("text/plain", r#"{"amount": 1}"#)), Some(BodyError::NotJson));
+    let deep = "[".repeat(5_000);
+    assert_eq!(body_error(post("application/json", &deep)), Some(BodyError::TooDeep));
+    let large = format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(10_000));
+    assert_eq!(body_error(post("application/json", &large)), Some(BodyError::TooLarge));
+    let mut partial = request_with("POST", "/orders", "application/json", r#"{"amount": 1}"#);
+    if let Some(http) = partial.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+        http.headers.insert("x-envoy-auth-partial-body".into(), "true".into());
+    }
+    assert_eq!(body_error(decide_req(&snap, &partial)), Some(BodyError::TooLarge));
+}
+
+#[test]
+fn without_a_declared_body_the_body_is_never_read() {
+    let snap = snapshot(r#"@id("posts") permit (principal, action == Action::"POST", resource);"#);
+    let deep = "[".repeat(10_000);
+    let out = decide_req(&snap, &request_with("POST", "/orders", "application/json", &deep)).expect("evaluates");
+    assert!(out.allowed);
+}
+
+#[test]
+fn grpc_service_and_method_decide_when_the_schema_declares_them() {
+    let schema = schema_with("time: Long,", "time: Long, grpc_service?: String, grpc_method?: String,");
+    let policy = r#"@id("orders-get") permit (principal, action == Action::"POST", resource)
+        when { context has grpc_service && context.grpc_service == "orders.v1.Orders" &&
+               context has grpc_method && context.grpc_method == "GetOrder" };"#;
+    let snap = snapshot_with_schema(schema, policy);
+    let call = |path: &str, ct: &str| decide_req(&snap, &request_with("POST", path, ct, "")).expect("evaluates");
+    assert!(call("/orders.v1.Orders/GetOrder", "application/grpc").allowed);
+    assert!(call("/orders.v1.Orders/GetOrder", "application/grpc+proto").allowed);
+    assert!(!call("/orders.v1.Orders/DeleteOrder", "application/grpc").allowed);
+    assert!(!call("/orders.v1.Orders/GetOrder", "application/json").allowed);
+    assert!(!call("/orders.v1.Orders/GetOrder/x", "application/grpc").allowed);
+    // A schema without them still fits gRPC requests: they are simply not set.
+    let old = snapshot(r#"@id("posts") permit (principal, action == Action::"POST", resource);"#);
+    let out = decide_req(&old, &request_with("POST", "/orders.v1.Orders/GetOrder", "application/grpc", ""));
+    assert!(out.expect("an old schema still evaluates gRPC requests").allowed);
+}
+
+#[test]
+fn a_body_on_an_action_the_principal_cannot_take_is_not_blamed_on_the_body() {
+    let schema = body_schema("body?: { amount: Long },");
+    let from = "principal: [User, Service, ApiClient, Anonymous], resource: [Route], context: WriteCtx";
+    assert!(schema.contains(from));
+    let snap = snapshot_with_schema(schema.replace(from, &from.replace(", Anonymous", "")), BODY_POLICY);
+    let req = request_with("POST", "/orders", "application/json", r#"{"amount": 1}"#);
+    let view = RequestView::from_check(&req, &Limits::default()).expect("valid request");
+    let out = authorize(&snap, &view, &Identities::default(), &CedarMapping::default());
+    assert!(matches!(out, Err(AuthzError::Request(_))), "{out:?}");
 }

@@ -115,6 +115,7 @@ impl Config {
         self.headers.validate(&self.authn)?;
         self.cedar.validate()?;
         self.telemetry.validate()?;
+        self.request.validate(&self.limits)?;
         Ok(())
     }
 

@@ -283,3 +283,24 @@ fn tenant_must_be_a_claim_header() {
     // The claim's header, in any `-`/`_` spelling or case.
     assert!(claim_target("x-org", "headers: {tenant: X_Org}\n").is_ok());
 }
+
+#[test]
+fn body_limits_default_and_are_bounded_by_the_message_limit() {
+    let c = parse("policy: {dir: x}\n").unwrap();
+    assert_eq!((c.request.body_bytes(&c.limits), c.request.max_body_depth), (8192, 32));
+    let c = parse("policy: {dir: x}\nrequest: {max_body_bytes: 65536, max_body_depth: 8}\n").unwrap();
+    assert_eq!((c.request.body_bytes(&c.limits), c.request.max_body_depth), (65536, 8));
+    // Unset, the default never exceeds a smaller message limit (older configs stay valid).
+    let c = parse("policy: {dir: x}\nlimits: {max_message_bytes: 4096}\n").unwrap();
+    assert_eq!(c.request.body_bytes(&c.limits), 4096);
+    for (yaml, field) in [
+        ("request: {max_body_bytes: 0}", "request.max_body_bytes"),
+        ("request: {max_body_bytes: 5000000}", "request.max_body_bytes"),
+        ("request: {max_body_bytes: 4096}\nlimits: {max_message_bytes: 4096}", "request.max_body_bytes"),
+        ("request: {max_body_depth: 0}", "request.max_body_depth"),
+        ("request: {max_body_depth: 129}", "request.max_body_depth"),
+    ] {
+        let err = parse(&format!("policy: {{dir: x}}\n{yaml}\n")).unwrap_err();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}

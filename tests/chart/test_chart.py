@@ -296,9 +296,59 @@ def test_ext_authz_values_reach_the_filter():
     assert f["grpc_service"]["timeout"] == "0.2s"
     assert f["status_on_error"] == {"code": "Forbidden"}
     assert allowed_headers(f) == expected_allowed_headers(rendered.portcullis_config()) + ["x-debug-thing"]
-    assert f["with_request_body"] == {"max_request_bytes": 4096, "allow_partial_message": True, "pack_as_bytes": False}
+    assert f["with_request_body"] == {"max_request_bytes": 4096, "allow_partial_message": False, "pack_as_bytes": True}
     assert f["failure_mode_allow"] is False
     assert "with_request_body" not in ext_authz_filter(render().envoy_config())
+
+
+def test_body_policies_get_whole_bodies_within_one_limit():
+    # Off: no body is sent, and portcullis keeps its own default limit.
+    rendered = render()
+    assert "with_request_body" not in ext_authz_filter(rendered.envoy_config())
+    assert "max_body_bytes" not in rendered.portcullis_config().get("request", {})
+    # On: one value feeds Envoy and portcullis, and Envoy never truncates (it answers 413).
+    rendered = render("default", "envoy.extAuthz.withRequestBody.enabled=true")
+    f = ext_authz_filter(rendered.envoy_config())
+    cfg = rendered.portcullis_config()
+    assert f["with_request_body"]["allow_partial_message"] is False
+    assert f["with_request_body"]["max_request_bytes"] == cfg["request"]["max_body_bytes"] == 8192
+    assert cfg.get("limits", {}).get("max_message_bytes", 4194304) >= 8192 + 65536
+    # A limit above the CheckRequest bound raises that bound, with room for the rest of the request.
+    big = 8 * 1024 * 1024
+    rendered = render(
+        "default", "envoy.extAuthz.withRequestBody.enabled=true", f"envoy.extAuthz.withRequestBody.maxRequestBytes={big}"
+    )
+    cfg = rendered.portcullis_config()
+    assert ext_authz_filter(rendered.envoy_config())["with_request_body"]["max_request_bytes"] == big
+    assert cfg["request"]["max_body_bytes"] == big
+    assert cfg["limits"]["max_message_bytes"] == big + 65536
+    # Truncated bodies cannot be asked for: the knob is gone.
+    err = render_refused("--set", "envoy.extAuthz.withRequestBody.allowPartialMessage=true")
+    assert "allowPartialMessage" in err
+
+
+def test_istio_body_in_check_is_never_partial_and_feeds_the_sidecar_limit():
+    cfg = render("istio", "istio.provider.includeRequestBodyInCheck.maxRequestBytes=4096").portcullis_config()
+    assert cfg["request"]["max_body_bytes"] == 4096
+    grpc = mesh_provider_from_notes_with("istio", "istio.provider.includeRequestBodyInCheck.maxRequestBytes=4096")
+    body = grpc["envoyExtAuthzGrpc"]["includeRequestBodyInCheck"]
+    assert body == {"maxRequestBytes": 4096, "allowPartialMessage": False, "packAsBytes": True}
+    # Without it, no body is sent and the sidecar keeps its default.
+    cfg = render("istio", "json:istio.provider.includeRequestBodyInCheck=null").portcullis_config()
+    assert "max_body_bytes" not in cfg.get("request", {})
+
+
+def mesh_provider_from_notes_with(scenario: str, *sets: str) -> dict:
+    text = notes(scenario, *sets)
+    block = text[text.index("extensionProviders:") :]
+    lines = [block.splitlines()[0]]
+    for line in block.splitlines()[1:]:
+        if line.strip() and not line.startswith("      "):
+            break
+        lines.append(line)
+    parsed = yaml.safe_load("\n".join(l[4:] if l.startswith("    ") else l for l in lines))
+    (provider,) = parsed["extensionProviders"]
+    return provider
 
 
 # What Envoy sends portcullis ------------------------------------------------------------------
@@ -329,7 +379,7 @@ def expected_allowed_headers(cfg: dict) -> list[str]:
     if (cfg.get("headers") or {}).get("strip_foreign_credentials"):
         out.append("authorization")
     out += [h.lower() for h in (cfg.get("cedar") or {}).get("context_headers", [])]
-    out += ["x-request-id"] + TRACING
+    out += ["content-type", "x-request-id"] + TRACING
     return list(dict.fromkeys(out))
 
 

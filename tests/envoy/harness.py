@@ -275,7 +275,7 @@ def allowed_headers_for(pc: dict) -> list[str]:
     """The ext_authz `allowed_headers` a portcullis config needs, by the rule deploy/envoy.yaml and
     the chart document: every issuer's `from` header (default authorization) and `cookie` when one
     reads a cookie; the API-key header; authorization with strip_foreign_credentials; every
-    cedar.context_headers entry; x-request-id and the tracing headers."""
+    cedar.context_headers entry; content-type; x-request-id and the tracing headers."""
     names: list[str] = []
     authn = pc.get("authn", {})
     for issuer in authn.get("issuers", []):
@@ -286,7 +286,7 @@ def allowed_headers_for(pc: dict) -> list[str]:
     if pc.get("headers", {}).get("strip_foreign_credentials"):
         names.append("authorization")
     names += pc.get("cedar", {}).get("context_headers", [])
-    names += TRACING_HEADERS
+    names += ["content-type", *TRACING_HEADERS]
     return list(dict.fromkeys(n.lower() for n in names))
 
 

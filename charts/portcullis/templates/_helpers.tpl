@@ -186,7 +186,33 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- $_ := set $cfg "telemetry" $telemetry -}}
 {{- end -}}
 {{- end -}}
+{{- /* One value bounds the body on both sides: Envoy sends at most it (never truncated), and
+portcullis parses at most it; the CheckRequest limit keeps 64 KiB of room for the rest. */ -}}
+{{- with (include "portcullis.maxBodyBytes" .) -}}
+{{- $max := int . -}}
+{{- $request := default (dict) $cfg.request -}}
+{{- $_ := set $request "max_body_bytes" $max -}}
+{{- $_ := set $cfg "request" $request -}}
+{{- $limits := default (dict) $cfg.limits -}}
+{{- $need := add $max 65536 -}}
+{{- if lt (int (default 4194304 $limits.max_message_bytes)) (int $need) -}}
+{{- $_ := set $limits "max_message_bytes" $need -}}
+{{- $_ := set $cfg "limits" $limits -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+The request body limit when the proxy sends bodies to portcullis (envoy mode with
+envoy.extAuthz.withRequestBody.enabled, or istio mode with includeRequestBodyInCheck), else "".
+*/}}
+{{- define "portcullis.maxBodyBytes" -}}
+{{- if and (eq .Values.mode "envoy") .Values.envoy.extAuthz.withRequestBody.enabled -}}
+{{- int .Values.envoy.extAuthz.withRequestBody.maxRequestBytes -}}
+{{- else if and (eq .Values.mode "istio") .Values.istio.provider.includeRequestBodyInCheck -}}
+{{- int (default 8192 .Values.istio.provider.includeRequestBodyInCheck.maxRequestBytes) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -197,7 +223,8 @@ lower-case names, first occurrence kept:
   every issuer's `from` headers (default authorization), cookie if an issuer reads a cookie;
   authn.api_keys.header (default x-api-key) when keys are configured;
   authorization when headers.strip_foreign_credentials is on;
-  cedar.context_headers; x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
+  cedar.context_headers; content-type (gRPC calls and JSON bodies are recognized by it);
+  x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
 */}}
 {{- define "portcullis.allowedHeaders" -}}
 {{- $cfg := include "portcullis.config" . | fromYaml -}}
@@ -223,7 +250,7 @@ lower-case names, first occurrence kept:
 {{- range (default (list) $cedar.context_headers) -}}
 {{- $out = append $out (lower .) -}}
 {{- end -}}
-{{- $out = concat $out (list "x-request-id" "traceparent" "tracestate" "x-b3-traceid" "x-b3-spanid" "x-b3-parentspanid" "x-b3-sampled" "x-b3-flags" "b3") -}}
+{{- $out = concat $out (list "content-type" "x-request-id" "traceparent" "tracestate" "x-b3-traceid" "x-b3-spanid" "x-b3-parentspanid" "x-b3-sampled" "x-b3-flags" "b3") -}}
 {{- range (default (list) .Values.envoy.extAuthz.extraAllowedHeaders) -}}
 {{- $out = append $out (lower .) -}}
 {{- end -}}
