@@ -109,6 +109,7 @@ impl Config {
         self.authn.validate()?;
         self.headers.validate(&self.authn)?;
         self.cedar.validate()?;
+        self.limits.validate()?;
         Ok(())
     }
 

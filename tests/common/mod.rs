@@ -94,6 +94,16 @@ impl Sidecar {
 
     /// The demo policies, then `prepare` may change the policy directory before start.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_config(prepare, "").await
+    }
+
+    /// The demo policies and the shared config with `extra` top-level YAML appended (a section
+    /// the shared config does not have, e.g. `limits:`).
+    pub async fn start_extra(extra: &str) -> Self {
+        Self::start_config(|_| {}, extra).await
+    }
+
+    async fn start_config(prepare: impl FnOnce(&Path), extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policies");
         copy_demo_policies(&policy_dir);
@@ -110,7 +120,7 @@ impl Sidecar {
             ("POLICY_DIR", &policy_dir.display().to_string()),
             ("ISSUER", ISSUER),
             ("JWKS_FILE", &jwks_path.display().to_string()),
-        ]);
+        ]) + extra;
         let cfg = Config::from_yaml(&yaml).expect("test config parses");
         cfg.validate().expect("test config is valid");
         let running = portcullis::server::start(cfg).await.expect("sidecar starts");
