@@ -213,6 +213,8 @@ where
 pub struct Guarded<S> {
     io: S,
     idle_timeout: Duration,
+    /// When a byte was last read: the hot path only stores this; the timer catches up lazily.
+    last_read: tokio::time::Instant,
     idle: Pin<Box<Sleep>>,
     lifetime: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
@@ -223,6 +225,7 @@ impl<S> Guarded<S> {
         Self {
             io,
             idle_timeout: limits.idle_timeout,
+            last_read: tokio::time::Instant::now(),
             idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
             _slot: slot,
@@ -236,8 +239,14 @@ impl<S> Guarded<S> {
 
     /// Whether a timeout has passed (registering the wakers if not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.idle.as_mut().poll(cx).is_ready() {
-            return true;
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let due = self.last_read + self.idle_timeout;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            // Something was read since the timer was set: move it and poll again (registers the
+            // waker for the new deadline).
+            self.idle.as_mut().reset(due);
         }
         matches!(self.lifetime.as_mut().map(|l| l.as_mut().poll(cx)), Some(Poll::Ready(())))
     }
@@ -253,8 +262,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    let next = tokio::time::Instant::now() + self.idle_timeout;
-                    self.idle.as_mut().reset(next);
+                    self.last_read = tokio::time::Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }

@@ -177,7 +177,13 @@ async fn a_silent_connection_is_closed_by_the_server() {
             Ok(Ok(_)) => continue,
         }
     }
-    // An active client is not affected: checks keep being answered.
+    // A connection that keeps sending is not idle, however long it lives: PINGs every 0.4 s
+    // for 2.5 idle timeouts are all answered on the same connection.
+    let (mut live, _) = h2_connect(s.running().grpc_addr.expect("grpc")).await;
+    for i in 0..6u8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ping(&mut live, [i; 8]).await;
+    }
     let r = s.check(req("GET", "/public/x").build()).await;
     assert_eq!(http_status(&r), 200, "{r:?}");
     s.stop().await;
