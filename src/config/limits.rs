@@ -1,8 +1,9 @@
 //! `limits`: bounds on request input, on the gRPC transport and on the HTTP listeners.
 //!
 //! Defaults are sized against Envoy's own: its HTTP/2 connection pool opens about one connection
-//! per worker to us and its cluster circuit breaker admits 1,024 requests in flight; it caps
-//! request headers at 60 KiB (`max_request_headers_kb`) and its ext_authz deadline is 200 ms.
+//! per worker to us (more only when a connection reaches `max_concurrent_streams`) and its
+//! cluster circuit breaker admits 1,024 requests in flight; it caps request headers at 60 KiB
+//! (`max_request_headers_kb`) and its ext_authz deadline is 200 ms.
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -113,7 +114,7 @@ fn d_max_in_flight() -> usize {
     512
 }
 fn d_grpc_conns() -> usize {
-    1024
+    256
 }
 fn d_streams() -> u32 {
     1024
@@ -246,7 +247,7 @@ mod tests {
         assert_eq!(l.max_message_bytes, 256 * 1024);
         assert_eq!(l.max_in_flight, 512);
         assert_eq!(l.grpc.max_concurrent_streams, 1024);
-        assert_eq!(l.grpc.max_connections, 1024);
+        assert_eq!(l.grpc.max_connections, 256);
         assert_eq!(l.grpc.idle_timeout.as_secs(), 300);
         assert_eq!(l.grpc.keepalive_interval.map(|d| d.as_secs()), Some(60));
         assert_eq!(l.admin.header_timeout.as_secs(), 5);
