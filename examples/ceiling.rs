@@ -37,16 +37,25 @@ async fn main() -> anyhow::Result<()> {
     let tcp: SocketAddr = arg("--tcp").unwrap_or_else(|| "127.0.0.1:9291".into()).parse()?;
     let unix = PathBuf::from(arg("--unix").unwrap_or_else(|| "/tmp/portcullis-ceiling.sock".into()));
     let svc = AuthorizationServer::new(AlwaysAllow);
+    // The sidecar's default connection limits, so both servers run on the same transport.
+    let g = portcullis::config::Limits::default().grpc;
+    let limits = portcullis::net::ConnLimits {
+        max_connections: g.max_connections,
+        idle_timeout: g.idle_timeout,
+        max_lifetime: None,
+    };
+    let metrics = portcullis::net::ListenerMetrics::unregistered;
 
     let listener = tokio::net::TcpListener::bind(tcp).await?;
     let tcp_server = tonic::transport::Server::builder()
         .add_service(svc.clone())
-        .serve_with_incoming(portcullis::net::tcp_incoming(listener));
+        .serve_with_incoming(portcullis::net::tcp_incoming(listener, limits, metrics()));
 
     let _ = std::fs::remove_file(&unix);
     let ul = tokio::net::UnixListener::bind(&unix)?;
-    let uds_server =
-        tonic::transport::Server::builder().add_service(svc).serve_with_incoming(portcullis::net::unix_incoming(ul));
+    let uds_server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming(portcullis::net::unix_incoming(ul, limits, metrics()));
     eprintln!("ceiling listening on {tcp} and unix:{}", unix.display());
     tokio::select! {
         r = tcp_server => r?,

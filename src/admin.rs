@@ -3,7 +3,12 @@
 //! `/metrics` (OpenMetrics). The diagnostics port (loopback only, enforced by config validation)
 //! serves `/policy` (live and candidate versions, sources, last reload errors), which names files, ConfigMaps and
 //! parse errors an attacker in the mesh has no business reading.
+//!
+//! Both listeners accept through [`crate::net::guard`]: a connection cap, a header timeout (no
+//! byte read for `limits.admin.header_timeout` closes the connection, so half-open and
+//! never-finished requests do not pile up) and a bound on each connection's life.
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,10 +17,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::{Stream, StreamExt as _};
 use prometheus_client::registry::Registry;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::net::{ConnLimits, Guarded, ListenerMetrics};
 use crate::policy::PolicyStore;
 
 /// What the admin handlers read.
@@ -72,6 +80,8 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 pub(crate) async fn serve(
     addr: SocketAddr,
     state: Arc<AdminState>,
+    limits: ConnLimits,
+    counters: ListenerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let app = Router::new()
@@ -79,7 +89,7 @@ pub(crate) async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    serve_router("admin", addr, app, shutdown).await
+    serve_router("admin", addr, app, limits, counters, shutdown).await
 }
 
 /// Binds and serves the diagnostics port (`/policy`) until shutdown. The caller has checked
@@ -88,24 +98,30 @@ pub(crate) async fn serve_diagnostics(
     addr: SocketAddr,
     store: Arc<PolicyStore>,
     candidate: Option<Arc<PolicyStore>>,
+    limits: ConnLimits,
+    metrics: ListenerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     // Defence in depth: config validation already refuses this.
     anyhow::ensure!(addr.ip().is_loopback(), "diagnostics address {addr} is not a loopback address");
     let app = Router::new().route("/policy", get(policy)).with_state(PolicyStores { live: store, candidate });
-    serve_router("diagnostics", addr, app, shutdown).await
+    serve_router("diagnostics", addr, app, limits, metrics, shutdown).await
 }
 
 async fn serve_router(
     what: &'static str,
     addr: SocketAddr,
     app: Router,
+    limits: ConnLimits,
+    metrics: ListenerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {what} on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "{what} HTTP listening");
+    let incoming = crate::net::guard(tokio_stream::wrappers::TcpListenerStream::new(listener), limits, metrics);
+    let listener = GuardedListener { incoming: Box::pin(incoming), local: bound };
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -115,4 +131,35 @@ async fn serve_router(
             .map_err(anyhow::Error::from)
     });
     Ok((bound, task))
+}
+
+/// An axum listener over [`crate::net::guard`]: capped, timed-out connections, backed-off accept
+/// errors.
+struct GuardedListener {
+    incoming: Pin<Box<dyn Stream<Item = std::io::Result<Guarded<TcpStream>>> + Send>>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = Guarded<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                // `guard` never yields an error (it backs off and retries).
+                Some(Ok(io)) => match io.get_ref().peer_addr() {
+                    Ok(peer) => return (io, peer),
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => continue,
+                // A TCP listener's stream does not end; if it did, accept nothing more.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }

@@ -289,6 +289,12 @@ pub fn panicked(request_id: &str) -> Decision {
     Decision::internal_error(bounded(request_id))
 }
 
+/// The answer to a check shed because `limits.max_in_flight` checks are being decided: a 503
+/// the proxy can retry after a second.
+pub fn overloaded(request_id: &str) -> Decision {
+    Deny::new(Status::Unavailable, "overloaded", bounded(request_id)).with_retry_after(1).into()
+}
+
 /// A refused credential's challenge, in that credential's scheme.
 fn scheme_challenge(kind: Credential, error: &'static str, description: Option<&str>) -> Challenge {
     let scheme = match kind {

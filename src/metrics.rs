@@ -15,6 +15,7 @@ struct CheckLabels {
 pub struct CheckMetrics {
     checks: Family<CheckLabels, Counter>,
     latency: Histogram,
+    shed: Counter,
 }
 
 impl CheckMetrics {
@@ -24,13 +25,24 @@ impl CheckMetrics {
         // 10 µs … ~80 ms
         let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 14));
         registry.register("check_duration_seconds", "Time to decide one check", latency.clone());
-        Self { checks, latency }
+        let shed = Counter::default();
+        registry.register(
+            "checks_shed",
+            "Checks answered 503 overloaded: limits.max_in_flight were being decided",
+            shed.clone(),
+        );
+        Self { checks, latency, shed }
     }
 
     pub fn record(&self, allowed: bool, reason: &'static str, seconds: f64) {
         let decision = if allowed { "allow" } else { "deny" };
         self.checks.get_or_create(&CheckLabels { decision, reason }).inc();
         self.latency.observe(seconds);
+    }
+
+    /// One check shed by the in-flight cap (it is also recorded as a deny `overloaded`).
+    pub fn shed(&self) {
+        self.shed.inc();
     }
 }
 

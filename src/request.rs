@@ -37,6 +37,8 @@ pub enum RequestError {
     PathFragment,
     #[error("too many headers")]
     TooManyHeaders,
+    #[error("header names and values add up to more bytes than the limit")]
+    HeadersTooLarge,
     #[error("host is not valid")]
     BadHost,
     #[error("method and `:method` disagree")]
@@ -71,6 +73,7 @@ impl RequestError {
             RequestError::PathParameter => "path_parameter",
             RequestError::PathFragment => "path_fragment",
             RequestError::TooManyHeaders => "too_many_headers",
+            RequestError::HeadersTooLarge => "headers_too_large",
             RequestError::BadHost => "bad_host",
             RequestError::ConflictingMethod => "conflicting_method",
             RequestError::ConflictingPath => "conflicting_path",
@@ -214,7 +217,7 @@ impl<'a> RequestView<'a> {
     ) -> Result<Self, RequestError> {
         let attrs: &'a AttributeContext = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or(RequestError::MissingHttp)?;
-        let (headers, invalid_values) = collect_headers(http, limits.max_headers)?;
+        let (headers, invalid_values) = collect_headers(http, limits)?;
         let lookup = |name: &str| {
             headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v).filter(|v| !v.is_empty())
         };
@@ -376,10 +379,19 @@ fn non_empty(s: &str) -> Option<&str> {
 /// list with an empty value, so they are still counted and never mistaken for absent).
 type Collected<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
 
-fn collect_headers(http: &attribute_context::HttpRequest, max: usize) -> Result<Collected<'_>, RequestError> {
+fn collect_headers<'a>(
+    http: &'a attribute_context::HttpRequest,
+    limits: &Limits,
+) -> Result<Collected<'a>, RequestError> {
     let raw = http.header_map.as_ref().map(|m| m.headers.as_slice()).unwrap_or(&[]);
-    if raw.len() + http.headers.len() > max {
+    if raw.len() + http.headers.len() > limits.max_headers {
         return Err(RequestError::TooManyHeaders);
+    }
+    // Both representations count (Envoy fills one), so neither can smuggle bytes past the cap.
+    let bytes = raw.iter().map(|h| h.key.len() + h.value.len() + h.raw_value.len()).sum::<usize>()
+        + http.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if bytes > limits.max_header_bytes {
+        return Err(RequestError::HeadersTooLarge);
     }
     let mut out = Vec::with_capacity(raw.len() + http.headers.len());
     let mut invalid = Vec::new();

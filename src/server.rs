@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -22,6 +22,7 @@ use crate::check::{self, Checker};
 use crate::config::{Config, HeaderNames, Limits, MatrixParameters};
 use crate::decision::Decision;
 use crate::metrics::CheckMetrics;
+use crate::net::{ConnLimits, ListenerFamilies};
 use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
@@ -39,6 +40,8 @@ pub struct AuthzService {
     metrics: CheckMetrics,
     /// Check spans; `None` (traces off) costs one branch per check.
     traces: Option<Arc<crate::trace::CheckTracer>>,
+    /// `limits.max_in_flight` slots, shared by every gRPC listener.
+    in_flight: Semaphore,
 }
 
 impl AuthzService {
@@ -60,6 +63,20 @@ impl Authorization for AuthzService {
         let start = Instant::now();
         let req = request.into_inner();
         let span = self.traces.as_ref().and_then(|t| t.start_check(&req));
+        // Load shedding: over the cap a check is answered now rather than queued behind the
+        // others past the proxy's deadline (where it would be a deny anyway, but late, and
+        // would make every check behind it late too).
+        let Ok(_slot) = self.in_flight.try_acquire() else {
+            self.metrics.shed();
+            let decision = check::overloaded(crate::request::raw_request_id(&req));
+            let elapsed = start.elapsed();
+            self.metrics.record(false, decision.reason(), elapsed.as_secs_f64());
+            log_decision(&decision, elapsed.as_micros());
+            if let (Some(t), Some(span)) = (&self.traces, span) {
+                t.finish(span, &decision);
+            }
+            return Ok(Response::new(response::render(&decision, &self.opts)));
+        };
         // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
         // failure_mode_allow could turn into an allow).
         let decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
@@ -183,6 +200,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));
     let checker = Checker::new(&cfg, store.clone(), &mut registry)?;
     let metrics = CheckMetrics::register(&mut registry);
+    let listeners = ListenerFamilies::register(registry.sub_registry_with_prefix("listener"));
     crate::telemetry::register(&mut registry);
     crate::trace::register(&mut registry);
     let traces = crate::trace::start(&cfg.telemetry.traces, store.clone())?;
@@ -288,13 +306,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         opts: response_options(&cfg.headers),
         metrics,
         traces: traces.clone(),
+        in_flight: Semaphore::new(cfg.limits.max_in_flight),
     }))
     .max_decoding_message_size(cfg.limits.max_message_bytes);
+    let g = &cfg.limits.grpc;
+    let grpc_conn = ConnLimits { max_connections: g.max_connections, idle_timeout: g.idle_timeout, max_lifetime: None };
     let router = || {
-        tonic::transport::Server::builder()
-            .add_service(health_svc.clone())
-            .add_service(reflection.clone())
-            .add_service(svc.clone())
+        let mut b = tonic::transport::Server::builder()
+            .max_concurrent_streams(g.max_concurrent_streams)
+            .timeout(g.request_timeout)
+            .http2_keepalive_interval(g.keepalive_interval)
+            .http2_keepalive_timeout(Some(g.keepalive_timeout))
+            .http2_max_header_list_size(g.max_header_list_bytes);
+        if let Some(age) = g.max_connection_age {
+            b = b.max_connection_age(age).max_connection_age_grace(g.max_connection_age_grace);
+        }
+        b.add_service(health_svc.clone()).add_service(reflection.clone()).add_service(svc.clone())
     };
 
     let drain = cfg.listen.drain_timeout;
@@ -302,7 +329,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some(addr) = cfg.listen.grpc {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding gRPC on {addr}"))?;
         grpc_addr = Some(listener.local_addr()?);
-        let incoming = crate::net::tcp_incoming(listener);
+        let incoming = crate::net::tcp_incoming(listener, grpc_conn, listeners.for_listener("grpc"));
         let stop = stopped(shutdown_rx.clone());
         let server = router().serve_with_incoming_shutdown(incoming, stop);
         tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
@@ -324,17 +351,30 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         }
-        let incoming = crate::net::unix_incoming(listener);
+        let incoming = crate::net::unix_incoming(listener, grpc_conn, listeners.for_listener("unix"));
         let server = router().serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
         tasks.push(tokio::spawn(bounded_drain(server, shutdown_rx.clone(), drain)));
         tracing::info!(path = %path.display(), "ext_authz gRPC listening on Unix socket");
         unix_path = Some(path);
     }
 
+    let a = &cfg.limits.admin;
+    let admin_limits = ConnLimits {
+        max_connections: a.max_connections,
+        idle_timeout: a.header_timeout,
+        max_lifetime: Some(a.connection_timeout),
+    };
     let mut diagnostics_addr = None;
     if let Some(addr) = cfg.listen.diagnostics {
-        let (bound, task) =
-            admin::serve_diagnostics(addr, store.clone(), candidate.clone(), shutdown_rx.clone()).await?;
+        let (bound, task) = admin::serve_diagnostics(
+            addr,
+            store.clone(),
+            candidate.clone(),
+            admin_limits,
+            listeners.for_listener("diagnostics"),
+            shutdown_rx.clone(),
+        )
+        .await?;
         diagnostics_addr = Some(bound);
         tasks.push(task);
     }
@@ -342,7 +382,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut admin_addr = None;
     if let Some(addr) = cfg.listen.admin {
         let state = Arc::new(AdminState { store: store.clone(), registry, draining: draining.clone() });
-        let (bound, task) = admin::serve(addr, state, shutdown_rx.clone()).await?;
+        let (bound, task) =
+            admin::serve(addr, state, admin_limits, listeners.for_listener("admin"), shutdown_rx.clone()).await?;
         admin_addr = Some(bound);
         tasks.push(task);
     }

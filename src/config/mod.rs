@@ -116,6 +116,7 @@ impl Config {
         self.cedar.validate()?;
         self.telemetry.validate()?;
         self.request.validate(&self.limits)?;
+        self.limits.validate()?;
         Ok(())
     }
 

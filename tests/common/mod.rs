@@ -94,12 +94,22 @@ impl Sidecar {
 
     /// The demo policies, then `prepare` may change the policy directory before start.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> Self {
-        Self::start_configured(prepare, |_, _| {}).await
+        Self::start_config(prepare, "", |_, _| {}).await
     }
 
     /// [`Sidecar::start_with`], then `edit` may change the parsed config (given the temp dir,
     /// for any extra files it needs) before start.
     pub async fn start_configured(prepare: impl FnOnce(&Path), edit: impl FnOnce(&Path, &mut Config)) -> Self {
+        Self::start_config(prepare, "", edit).await
+    }
+
+    /// The demo policies and the shared config with `extra` top-level YAML appended (a section
+    /// the shared config does not have, e.g. `limits:`).
+    pub async fn start_extra(extra: &str) -> Self {
+        Self::start_config(|_| {}, extra, |_, _| {}).await
+    }
+
+    async fn start_config(prepare: impl FnOnce(&Path), extra: &str, edit: impl FnOnce(&Path, &mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policies");
         copy_demo_policies(&policy_dir);
@@ -116,7 +126,7 @@ impl Sidecar {
             ("POLICY_DIR", &policy_dir.display().to_string()),
             ("ISSUER", ISSUER),
             ("JWKS_FILE", &jwks_path.display().to_string()),
-        ]);
+        ]) + extra;
         let mut cfg = Config::from_yaml(&yaml).expect("test config parses");
         edit(dir.path(), &mut cfg);
         cfg.validate().expect("test config is valid");

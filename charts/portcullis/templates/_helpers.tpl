@@ -195,7 +195,7 @@ portcullis parses at most it; the CheckRequest limit keeps 64 KiB of room for th
 {{- $_ := set $cfg "request" $request -}}
 {{- $limits := default (dict) $cfg.limits -}}
 {{- $need := add $max 65536 -}}
-{{- if lt (int (default 4194304 $limits.max_message_bytes)) (int $need) -}}
+{{- if lt (int (default 262144 $limits.max_message_bytes)) (int $need) -}}
 {{- $_ := set $limits "max_message_bytes" $need -}}
 {{- $_ := set $cfg "limits" $limits -}}
 {{- end -}}
