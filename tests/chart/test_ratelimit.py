@@ -86,7 +86,11 @@ def test_chart_global_rate_limit_is_off_by_default():
 
 
 def test_chart_with_global_rate_limit_matches_deploy_envoy_ratelimit_yaml():
-    assert render("default", "envoy.globalRateLimit.enabled=true").envoy_config() == load_ratelimit_envoy(), (
+    from chartkit import DEPLOY_EXAMPLE_SETS
+
+    # deploy/envoy-ratelimit.yaml is deploy/envoy.yaml plus the rate limit: the same example values.
+    rendered = render("default", *DEPLOY_EXAMPLE_SETS, "envoy.globalRateLimit.enabled=true")
+    assert rendered.envoy_config() == load_ratelimit_envoy(), (
         "charts/portcullis/templates/envoy-configmap.yaml (globalRateLimit.enabled) and deploy/envoy-ratelimit.yaml differ"
     )
 
