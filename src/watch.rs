@@ -235,6 +235,33 @@ pub(crate) fn is_change(kind: &EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_and_writes_are() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ] {
+            assert!(!is_change(&read), "{read:?}");
+        }
+        for write in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            // Unknown kinds, such as the rescan after a queue overflow: re-read to be safe.
+            EventKind::Other,
+            EventKind::Any,
+        ] {
+            assert!(is_change(&write), "{write:?}");
+        }
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

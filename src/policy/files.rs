@@ -5,16 +5,12 @@
 //! directory: reading the visible names one by one could mix two updates if a swap lands
 //! between two reads. A half-written update is never seen, and the whole set is re-read on any
 //! change. Only changes count (our own reads are not), and bursts of them are debounced by
-//! [`crate::watch`], which also re-reads every [`POLL_EVERY`] in case events were dropped.
+//! [`crate::watch`], which also re-reads every [`watch::DIR_POLL_EVERY`] in case events were dropped
+//! (an unchanged directory is then an `unchanged` reload).
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
-use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::snapshot::{DocKind, LoadError, PolicyDocument};
 use super::store::PolicyStore;
@@ -23,43 +19,11 @@ use crate::watch;
 
 /// Largest single policy file accepted.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// Re-read even without events, in case the platform drops some (e.g. network filesystems changed
-/// from another host); an unchanged directory is then an `unchanged` reload, twice a minute.
-const POLL_EVERY: Duration = Duration::from_secs(30);
-
-/// Kubelet's symlink to the current timestamped directory of a ConfigMap volume.
-const KUBELET_DATA: &str = "..data";
-/// A swap can remove the directory we resolved while we read it: resolve again this often.
-const SWAP_RETRIES: usize = 5;
 
 /// Reads every policy document in `dir` (not recursive; hidden names such as `..data` skipped).
 /// For a kubelet-managed volume the files come from the one directory `..data` points to.
 pub fn read_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
-    let data = dir.join(KUBELET_DATA);
-    if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Resolve `..data` once; everything below reads from its target.
-            let target = std::fs::canonicalize(&data).map_err(|e| {
-                vec![LoadError::whole(&dir.display().to_string(), format!("cannot resolve {KUBELET_DATA}: {e}"))]
-            })?;
-            let result = read_plain_dir(&target);
-            // Kubelet removes the old directory only after the swap: if `..data` still points
-            // where it did, nothing we read was being deleted. Otherwise the read may be partial
-            // (some files already unlinked): read the new directory instead.
-            if std::fs::canonicalize(&data).ok().as_ref() == Some(&target) {
-                return result;
-            }
-            if attempt >= SWAP_RETRIES {
-                return Err(vec![LoadError::whole(
-                    &dir.display().to_string(),
-                    format!("cannot get a stable read: {KUBELET_DATA} kept changing"),
-                )]);
-            }
-        }
-    }
-    read_plain_dir(dir)
+    watch::read_volume(dir, read_plain_dir, |e| vec![LoadError::whole(&dir.display().to_string(), e)])
 }
 
 fn read_plain_dir(dir: &Path) -> Result<Vec<PolicyDocument>, Vec<LoadError>> {
@@ -120,38 +84,16 @@ pub fn spawn_watch(
     debounce: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (tx, rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only changes count: filtered here, before the channel coalesces, so an ignored event
-        // can never take the place of a change.
-        if res.is_ok_and(|ev| is_change(&ev.kind)) {
-            // A full channel already means "reload pending": coalesce.
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let (watcher, events) = watch::dir_events(&dir)?;
     let source = DirSource { dir: dir.clone(), store: store.clone(), _watcher: watcher };
     let target = Arc::new(StoreTarget { store, source: source_name(&dir) });
-    let events = ReceiverStream::new(rx);
-    let timing = watch::Timing::from_quiet(debounce).with_poll(POLL_EVERY);
+    let timing = watch::Timing::from_quiet(debounce).with_poll(watch::DIR_POLL_EVERY);
     Ok(tokio::spawn(watch::run(source, target, events, timing, shutdown)))
 }
 
 /// The store's `source` string for a directory.
 fn source_name(dir: &Path) -> String {
     format!("dir:{}", dir.display())
-}
-
-/// Whether a file event may have changed what a read sees. Our own reads arrive as access
-/// events (open, read, close without writing): counting them made every reload trigger the
-/// next one, forever. A writer closing its file does count.
-fn is_change(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
-        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Other => true,
-    }
 }
 
 /// The directory as a [`watch::Source`]; the notify watcher lives (and watches) as long as it.
@@ -193,36 +135,4 @@ fn read_logged(dir: &Path, store: &PolicyStore) -> Option<Vec<PolicyDocument>> {
             store.record_unreadable(errs);
         })
         .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
-
-    #[test]
-    fn reads_are_not_changes_and_writes_are() {
-        for read in [
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            EventKind::Access(AccessKind::Read),
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            EventKind::Access(AccessKind::Any),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
-        ] {
-            assert!(!is_change(&read), "{read:?}");
-        }
-        for write in [
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            // Unknown kinds, such as the rescan after a queue overflow: re-read to be safe.
-            EventKind::Other,
-            EventKind::Any,
-        ] {
-            assert!(is_change(&write), "{write:?}");
-        }
-    }
 }
