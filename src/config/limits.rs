@@ -231,13 +231,8 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
 
-    fn parse(y: &str) -> Result<Config, String> {
-        let c = Config::from_yaml(y)?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn defaults_are_sized_against_envoy() {

@@ -105,13 +105,8 @@ impl ListenConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
 
-    fn parse(y: &str) -> Result<Config, String> {
-        let c = Config::from_yaml(y)?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn drain_delay_defaults_and_bounds_name_the_field() {

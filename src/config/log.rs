@@ -93,13 +93,9 @@ pub enum OnFull {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, OnFull};
+    use crate::config::OnFull;
 
-    fn parse(y: &str) -> Result<Config, String> {
-        let c = Config::from_yaml(y)?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn on_full_defaults_to_drop_and_block_is_bounded() {

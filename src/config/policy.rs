@@ -158,13 +158,8 @@ fn validate_source(field: &str, dir: Option<&PathBuf>, kube: Option<&KubernetesS
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
 
-    fn parse(yaml: &str) -> Result<Config, String> {
-        let c = Config::from_yaml(yaml)?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn a_candidate_is_absent_by_default_and_defaults_to_sampling_everything() {

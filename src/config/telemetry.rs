@@ -119,13 +119,8 @@ pub enum TraceProtocol {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
 
-    fn parse(y: &str) -> Result<Config, String> {
-        let c = Config::from_yaml(y)?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn traces_are_off_by_default_and_bad_values_name_their_field() {

@@ -3,7 +3,8 @@ use std::net::SocketAddr;
 
 use super::*;
 
-fn parse(y: &str) -> Result<Config, String> {
+/// Parses and validates, as `Config::load` does; the section modules' tests use it too.
+pub(super) fn parse(y: &str) -> Result<Config, String> {
     let c = Config::from_yaml(y)?;
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
