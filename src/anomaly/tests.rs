@@ -135,3 +135,50 @@ fn claimed_identities_are_read_unverified_and_never_hold_the_credential() {
     let id = with_view(req().bearer(&format!("a.{huge}.b")), |v| claimed_identity(v, &headers));
     assert!(id.expect("bounded").len() <= MAX_KEY_BYTES + 16);
 }
+
+/// Log lines written while `f` runs (this thread only).
+fn captured(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let sub = tracing_subscriber::fmt().with_writer(move || out.clone()).with_ansi(false).finish();
+    tracing::subscriber::with_default(sub, f);
+    let bytes = buf.0.lock().expect("buffer").clone();
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+#[test]
+fn one_warn_line_per_crossing_and_no_credential_in_it() {
+    let cfg = ThrottleConfig { enabled: true, max_failures: 3, ..ThrottleConfig::default() };
+    let headers = CredentialHeaders { token: vec!["authorization".into()], api_key: Some("x-api-key".into()) };
+    let a = Anomalies::new(&cfg, headers, &mut Registry::default());
+    let logs = captured(|| {
+        for ip in ["10.0.0.1", "10.0.0.2"] {
+            let b =
+                CheckRequestBuilder::new("GET", "/x").host("h.test").source_ip(ip).header("x-api-key", "hunter2-key");
+            for _ in 0..10 {
+                with_view(b.clone(), |v| a.record_failure(v, "invalid_api_key"));
+            }
+        }
+    });
+    let warns: Vec<&str> = logs.lines().filter(|l| l.contains("crossed the threshold")).collect();
+    // Two sources cross, and the one API key they share crosses once.
+    assert_eq!(warns.len(), 3, "{logs}");
+    assert_eq!(warns.iter().filter(|l| l.contains("ip:10.0.0.1")).count(), 1, "{logs}");
+    assert_eq!(warns.iter().filter(|l| l.contains("kind=\"identity\"")).count(), 1, "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+    let r = a.report(10);
+    assert_eq!((r.sources_over_threshold, r.identities_over_threshold), (2, 1));
+    assert_eq!(r.identities[0].count, 20);
+}
