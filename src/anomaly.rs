@@ -135,6 +135,10 @@ impl Tracker {
         self.slots.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Counts one failure of `key` in `window`; true when this failure made the key cross the
     /// threshold (once per key and window).
     pub fn record(&mut self, key: &str, reason: &'static str, window: u64, now_ms: u64) -> bool {
