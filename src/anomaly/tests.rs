@@ -131,9 +131,13 @@ fn claimed_identities_are_read_unverified_and_never_hold_the_credential() {
     assert!(id.starts_with("key:") && id.len() == 12 && !id.contains("secret"), "{id}");
     // Garbage and oversized claims: nothing, or a bounded key.
     assert_eq!(with_view(req().bearer("not-a-jwt"), |v| claimed_identity(v, &headers)), None);
-    let huge = b64.encode(format!(r#"{{"iss":"x","sub":"{}"}}"#, "s".repeat(5000)));
+    let huge = b64.encode(format!(r#"{{"iss":"x","sub":"{}"}}"#, "s".repeat(2000)));
     let id = with_view(req().bearer(&format!("a.{huge}.b")), |v| claimed_identity(v, &headers));
-    assert!(id.expect("bounded").len() <= MAX_KEY_BYTES + 16);
+    let id = id.expect("bounded");
+    assert!(id.len() <= MAX_KEY_BYTES + 16 && id.starts_with("jwt:x|sss"), "{id}");
+    let huge = b64.encode(format!(r#"{{"iss":"x","sub":"{}"}}"#, "s".repeat(MAX_PAYLOAD_CHARS)));
+    let id = with_view(req().bearer(&format!("a.{huge}.b")), |v| claimed_identity(v, &headers));
+    assert_eq!(id.as_deref(), Some("jwt:?|(oversized claims)"), "not parsed, one shared signal");
 }
 
 /// Log lines written while `f` runs (this thread only).
