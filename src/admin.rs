@@ -2,7 +2,8 @@
 //! network: `/healthz` (alive), `/readyz` (a policy snapshot is live and we are not draining),
 //! `/metrics` (OpenMetrics). The diagnostics port (loopback only, enforced by config validation)
 //! serves `/policy` (live and candidate versions, sources, last reload errors), which names files, ConfigMaps and
-//! parse errors an attacker in the mesh has no business reading.
+//! parse errors an attacker in the mesh has no business reading, and `/anomalies` (the heaviest
+//! failing sources and claimed identities).
 //!
 //! Both listeners accept through [`crate::net::guard`]: a connection cap, a header timeout (no
 //! byte read for `limits.admin.header_timeout` closes the connection, so half-open and
@@ -12,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::anomaly::Anomalies;
 use crate::net::{ConnLimits, Guarded, ListenerMetrics};
 use crate::policy::PolicyStore;
 
@@ -51,11 +53,24 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-/// What `/policy` reads: the live store and, when configured, the candidate's.
+/// What the diagnostics handlers read: the live policy store and, when configured, the
+/// candidate's; the failed-authentication trackers.
 #[derive(Clone)]
 struct PolicyStores {
     live: Arc<PolicyStore>,
     candidate: Option<Arc<PolicyStore>>,
+    anomalies: Arc<Anomalies>,
+}
+
+#[derive(serde::Deserialize)]
+struct TopQuery {
+    limit: Option<usize>,
+}
+
+/// `/anomalies?limit=N`: the heaviest failing sources and claimed identities (default 20, at
+/// most 1000 of each). Keys name addresses and claimed subjects: diagnostics port only.
+async fn anomaly_report(State(s): State<PolicyStores>, Query(q): Query<TopQuery>) -> impl IntoResponse {
+    Json(s.anomalies.report(q.limit.unwrap_or(20)))
 }
 
 /// The live snapshot's status at the top level (as before candidates existed) and the
@@ -92,19 +107,24 @@ pub(crate) async fn serve(
     serve_router("admin", addr, app, limits, counters, shutdown).await
 }
 
-/// Binds and serves the diagnostics port (`/policy`) until shutdown. The caller has checked
-/// that `addr` is a loopback address.
+/// Binds and serves the diagnostics port (`/policy`, `/anomalies`) until shutdown. The caller
+/// has checked that `addr` is a loopback address.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_diagnostics(
     addr: SocketAddr,
     store: Arc<PolicyStore>,
     candidate: Option<Arc<PolicyStore>>,
+    anomalies: Arc<Anomalies>,
     limits: ConnLimits,
     metrics: ListenerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     // Defence in depth: config validation already refuses this.
     anyhow::ensure!(addr.ip().is_loopback(), "diagnostics address {addr} is not a loopback address");
-    let app = Router::new().route("/policy", get(policy)).with_state(PolicyStores { live: store, candidate });
+    let app = Router::new()
+        .route("/policy", get(policy))
+        .route("/anomalies", get(anomaly_report))
+        .with_state(PolicyStores { live: store, candidate, anomalies });
     serve_router("diagnostics", addr, app, limits, metrics, shutdown).await
 }
 

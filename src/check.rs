@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+use crate::anomaly::{Anomalies, CredentialHeaders};
 use crate::authn::{
     Authenticator, AuthnError, Credential, CredentialKind, Identities, RouteRefusal, RouteRequirements,
 };
@@ -30,11 +31,19 @@ pub struct Checker {
     rate_limiter: Option<RateLimiter>,
     /// The candidate (shadow) set; `None` costs nothing on the check path.
     shadow: Option<shadow::Shadow>,
+    /// Failed-authentication tracking and the optional pre-authentication throttle.
+    anomalies: Arc<Anomalies>,
 }
 
 impl Checker {
     pub fn new(cfg: &Config, store: Arc<PolicyStore>, registry: &mut Registry) -> anyhow::Result<Self> {
         let authn = Authenticator::new(cfg, registry.sub_registry_with_prefix("authn"))?;
+        let cred_headers = CredentialHeaders {
+            token: authn.jwt().token_headers(),
+            api_key: authn.api_keys().enabled().then(|| authn.api_keys().header().to_ascii_lowercase()),
+        };
+        let anomalies =
+            Arc::new(Anomalies::new(&cfg.authn.throttle, cred_headers, registry.sub_registry_with_prefix("anomaly")));
         let credential_headers = authn.credential_headers();
         let spellings = |names: &[String]| -> Vec<String> {
             names.iter().flat_map(|n| crate::config::separator_spellings(n)).collect()
@@ -60,6 +69,7 @@ impl Checker {
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty() || cfg.authn.api_keys.dir.is_some(),
             rate_limiter: cfg.rate_limit.as_ref().and_then(RateLimiter::new),
             shadow: None,
+            anomalies,
         })
     }
 
@@ -80,11 +90,29 @@ impl Checker {
         &self.authn
     }
 
+    /// Failed-authentication signals (`/anomalies`).
+    pub fn anomalies(&self) -> &Arc<Anomalies> {
+        &self.anomalies
+    }
+
     /// Decides one normalized request.
     pub async fn check(&self, view: &RequestView<'_>) -> Decision {
+        // A source over its failed-authentication budget is turned away before any credential
+        // is read or verified (off unless `authn.throttle.enabled`).
+        if let Some(wait) = self.anomalies.throttled(view) {
+            return Deny::new(Status::TooManyRequests, "auth_throttled", bounded(view.request_id))
+                .with_retry_after(wait)
+                .into();
+        }
         match self.authn.authenticate(view).await {
             Ok(ids) => self.check_as(view, ids),
-            Err(e) => self.authn_denial(&e, bounded(view.request_id)).into(),
+            Err(e) => {
+                // Unavailable keys are our outage, not the caller's failure.
+                if !matches!(e, AuthnError::KeysUnavailable) {
+                    self.anomalies.record_failure(view, e.label());
+                }
+                self.authn_denial(&e, bounded(view.request_id)).into()
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 #![warn(unreachable_pub)]
 
 mod admin;
+pub mod anomaly;
 pub mod authn;
 pub mod authz;
 pub mod check;

@@ -298,6 +298,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let anomalies = checker.anomalies().clone();
     let svc = AuthorizationServer::from_arc(Arc::new(AuthzService {
         checker,
         limits: cfg.limits.clone(),
@@ -370,6 +371,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             addr,
             store.clone(),
             candidate.clone(),
+            anomalies,
             admin_limits,
             listeners.for_listener("diagnostics"),
             shutdown_rx.clone(),

@@ -41,6 +41,10 @@ pub struct AuthnConfig {
     /// issuer before it is answered 503 + Retry-After (keep well under the proxy's timeout).
     #[serde(default = "d_unknown_kid_wait", with = "humantime_serde")]
     pub unknown_kid_wait: Duration,
+    /// Failed-authentication tracking (`/anomalies`, metrics, WARN lines) and the optional
+    /// pre-authentication throttle.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
 }
 
 fn d_negative_ttl() -> Duration {
@@ -65,7 +69,92 @@ impl Default for AuthnConfig {
             negative_cache_ttl: d_negative_ttl(),
             negative_cache_capacity: d_negative_capacity(),
             unknown_kid_wait: d_unknown_kid_wait(),
+            throttle: ThrottleConfig::default(),
         }
+    }
+}
+
+/// What identifies a source for the throttle and the source tracker.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleKey {
+    /// The mTLS peer principal (the source address when there is none).
+    Peer,
+    /// The connecting address Envoy reports (IPv6 by /64).
+    #[default]
+    SourceIp,
+    /// `x-forwarded-for`, the `trusted_hops`-th address from the right (the connecting address
+    /// when the header has fewer entries or that one is not an address).
+    ForwardedFor,
+}
+
+/// `authn.throttle`: failed authentications are always tracked (bounded); throttling is opt-in,
+/// because behind a gateway the wrong key would lock out every user behind it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Answer 429 + Retry-After, before any verification, to a source over `max_failures`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `peer`, `source_ip` or `forwarded_for`.
+    #[serde(default)]
+    pub key: ThrottleKey,
+    /// Proxies in front of Envoy that append to `x-forwarded-for` (only with `forwarded_for`).
+    #[serde(default = "d_trusted_hops")]
+    pub trusted_hops: u32,
+    /// Counting window (fixed windows; a throttled source waits for the window's end).
+    #[serde(default = "d_throttle_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Failed authentications per window at which a key is over the threshold (WARN, gauge,
+    /// and, when enabled, 429 for sources).
+    #[serde(default = "d_max_failures")]
+    pub max_failures: u32,
+    /// Entries per tracker (sources and claimed identities each): fixed memory.
+    #[serde(default = "d_track")]
+    pub track: usize,
+}
+
+fn d_trusted_hops() -> u32 {
+    1
+}
+fn d_throttle_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_failures() -> u32 {
+    20
+}
+fn d_track() -> usize {
+    10_000
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key: ThrottleKey::default(),
+            trusted_hops: d_trusted_hops(),
+            window: d_throttle_window(),
+            max_failures: d_max_failures(),
+            track: d_track(),
+        }
+    }
+}
+
+impl ThrottleConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=16).contains(&self.trusted_hops) {
+            return Err(ConfigError::invalid("authn.throttle.trusted_hops", "must be between 1 and 16"));
+        }
+        if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::invalid("authn.throttle.window", "must be between 1s and 24h"));
+        }
+        if self.max_failures == 0 {
+            return Err(ConfigError::invalid("authn.throttle.max_failures", "must be at least 1"));
+        }
+        if !(1..=1_000_000).contains(&self.track) {
+            return Err(ConfigError::invalid("authn.throttle.track", "must be between 1 and 1000000"));
+        }
+        Ok(())
     }
 }
 
@@ -312,7 +401,7 @@ impl AuthnConfig {
         if self.jwks.min_ttl > self.jwks.max_ttl {
             return Err(ConfigError::invalid("authn.jwks.min_ttl", "must not exceed `max_ttl`"));
         }
-        Ok(())
+        self.throttle.validate()
     }
 }
 
@@ -338,5 +427,27 @@ mod tests {
         let err = authn("  jwks: {max_keys: 0}\n").unwrap_err();
         assert!(err.contains("authn.jwks.max_keys"), "{err}");
         assert!(authn("  negative_cache_ttl: 0s\n").is_ok(), "0 disables");
+    }
+
+    #[test]
+    fn throttle_is_off_by_default_and_its_bounds_name_the_field() {
+        let cfg = authn("  issuers: []\n").expect("defaults are valid");
+        let t = &cfg.authn.throttle;
+        assert!(!t.enabled);
+        assert_eq!(t.key, super::ThrottleKey::SourceIp);
+        assert_eq!((t.trusted_hops, t.max_failures, t.track), (1, 20, 10_000));
+        assert_eq!(t.window, std::time::Duration::from_secs(60));
+        let cfg = authn("  throttle: {enabled: true, key: forwarded_for, trusted_hops: 2}\n").expect("valid");
+        assert_eq!(cfg.authn.throttle.key, super::ThrottleKey::ForwardedFor);
+        for (yaml, field) in [
+            ("  throttle: {trusted_hops: 0}\n", "authn.throttle.trusted_hops"),
+            ("  throttle: {window: 0s}\n", "authn.throttle.window"),
+            ("  throttle: {max_failures: 0}\n", "authn.throttle.max_failures"),
+            ("  throttle: {track: 0}\n", "authn.throttle.track"),
+        ] {
+            let err = authn(yaml).unwrap_err();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        assert!(authn("  throttle: {key: claimed_subject}\n").is_err(), "never an unverified claim");
     }
 }
