@@ -372,3 +372,28 @@ async fn shed_and_no_policy_503s_are_audited_and_subjects_can_be_hashed() {
     let sig = dave.rsplit('.').next().expect("signature");
     assert_no_secret(&server.seen, &[&dave, sig, "dave-the-subject", "c00k1e-s3cret-value"]);
 }
+
+/// `log.subject: hash`: an allowed user's subject and `User` principal are the digest; the
+/// subject itself is in no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_subjects_replace_the_subject_and_the_user_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_with(dir.path(), "  subject: hash", "");
+    server.wait_for("saying the Unix socket listens", |v| {
+        v["message"].as_str().is_some_and(|m| m.contains("listening on Unix socket"))
+    });
+    let mut client = AuthorizationClient::new(uds_channel(&dir.path().join("authz.sock")).await);
+    let tok = token("erin-the-subject").mint();
+    let r = client.check(req("GET", "/api/orders").id("rid-hashed").bearer(&tok).build()).await.expect("rpc");
+    assert!(is_allowed(r.get_ref()), "{r:?}");
+    let hashed = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(&sha2::Sha256::digest(b"erin-the-subject")[..8]))
+    };
+    let line = server.wait_for("for rid-hashed", |v| v["request_id"] == "rid-hashed");
+    assert_always(&line, "rid-hashed", 200, "allowed");
+    assert_eq!(line["subject"], hashed.as_str());
+    assert_eq!(line["principal"], format!(r#"User::"{hashed}""#));
+    assert_eq!((line["issuer"].as_str(), line["authn"].as_str()), (Some(ISSUER), Some("jwt")));
+    assert_no_secret(&server.seen, &["erin-the-subject", &tok]);
+}
