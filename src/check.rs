@@ -14,7 +14,6 @@ use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
 use crate::decision::{Allow, Audit, AuthnMethods, Challenge, Decision, Deny, Scheme, Status};
 use crate::policy::PolicyStore;
-use crate::proto::auth::CheckRequest;
 use crate::ratelimit::RateLimiter;
 use crate::request::{BodyLimits, InvalidRequest, RequestView};
 
@@ -321,20 +320,9 @@ fn identity_audit(view: &RequestView<'_>, ids: &Identities) -> Audit {
     a
 }
 
-/// What can be read safely from a request that was not (or could not be) normalized: the
-/// transport facts Envoy reported, nothing from the request line or headers.
-pub fn raw_audit(req: &CheckRequest) -> Audit {
-    let source = req.attributes.as_ref().and_then(|a| a.source.as_ref());
-    Audit {
-        source_ip: source.and_then(|p| p.address.as_ref()).and_then(crate::request::ip_of),
-        peer: source.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()).and_then(loggable_peer).map(str::to_owned),
-        ..Audit::default()
-    }
-}
-
 /// A peer principal as logged: printable ASCII and bounded (a SPIFFE id is at most 2048
 /// bytes), else left out rather than written into a log line.
-fn loggable_peer(p: &str) -> Option<&str> {
+pub(crate) fn loggable_peer(p: &str) -> Option<&str> {
     (p.len() <= 2048 && p.bytes().all(|b| b.is_ascii_graphic())).then_some(p)
 }
 

@@ -70,9 +70,17 @@ impl AuthzService {
     }
 }
 
-/// A decision made without a normalized request: its audit has only the transport facts.
+/// A decision made without a normalized request (400, shed 503, panic 500): its audit has only
+/// the transport facts Envoy reported, nothing from the request line or headers.
 fn with_raw_audit(mut d: Decision, req: &CheckRequest) -> Decision {
-    *d.audit_mut() = check::raw_audit(req);
+    let source = req.attributes.as_ref().and_then(|a| a.source.as_ref());
+    let a = d.audit_mut();
+    a.source_ip = source.and_then(|p| p.address.as_ref()).and_then(crate::request::ip_of);
+    a.peer = source
+        .map(|p| p.principal.as_str())
+        .filter(|p| !p.is_empty())
+        .and_then(check::loggable_peer)
+        .map(str::to_owned);
     d
 }
 
