@@ -126,6 +126,10 @@ impl Authorization for AuthzService {
 /// credential: identities are the verified ones, request facts the normalized ones, no header.
 /// Absent facts are left out of the line; formatting happens here, once.
 fn log_decision(d: &Decision, latency_us: u128, subject_log: SubjectLog) {
+    // Filtered out (e.g. `level: warn`): skip the hashing and escaping below.
+    if !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO) {
+        return;
+    }
     let a = d.audit();
     let hash = subject_log == SubjectLog::Hash;
     let subject = a.subject.as_deref().map(|s| if hash { Cow::Owned(subject_hash(s)) } else { printable(s) });
