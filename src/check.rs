@@ -13,7 +13,7 @@ use crate::authn::{
 };
 use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
-use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
+use crate::decision::{Allow, Audit, AuthnMethods, Challenge, Decision, Deny, Scheme, Status};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
 use crate::request::{BodyLimits, InvalidRequest, RequestView};
@@ -106,12 +106,13 @@ impl Checker {
         }
         match self.authn.authenticate(view).await {
             Ok(ids) => self.check_as(view, ids),
+            // Nothing was verified: the audit has the request's facts, no claimed identity.
             Err(e) => {
                 // Unavailable keys are our outage, not the caller's failure.
                 if !matches!(e, AuthnError::KeysUnavailable) {
                     self.anomalies.record_failure(view, e.label());
                 }
-                self.authn_denial(&e, bounded(view.request_id)).into()
+                self.authn_denial(&e, bounded(view.request_id)).with_audit(request_audit(view)).into()
             }
         }
     }
@@ -119,6 +120,19 @@ impl Checker {
     /// Decides one normalized request as if authentication had proven `ids`: everything after
     /// authentication, exactly as [`Checker::check`] does it (`portcullis test` states identities).
     pub fn check_as(&self, view: &RequestView<'_>, ids: Identities) -> Decision {
+        let mut audit = identity_audit(view, &ids);
+        let mut d = self.decide_as(view, ids, &mut audit);
+        *d.audit_mut() = audit;
+        d
+    }
+
+    /// The version of the live policy snapshot, if any (for decisions that never reached it).
+    pub fn live_policy_version(&self) -> Option<String> {
+        self.store.load().map(|s| s.version.clone())
+    }
+
+    /// [`Checker::check_as`] without the audit record, which it completes as it goes.
+    fn decide_as(&self, view: &RequestView<'_>, ids: Identities, audit: &mut Audit) -> Decision {
         let rid = bounded(view.request_id);
         // The route's own requirements (Envoy's per-route context extensions) narrow what
         // authentication proved, before any quota or policy work. A requirement that cannot be
@@ -133,6 +147,8 @@ impl Checker {
                 Err(refusal) => return self.route_denial(&route, refusal, rid).into(),
             },
         };
+        // User wins the principal precedence, so a token left after narrowing is the principal.
+        audit.principal_is_subject = ids.jwt.is_some();
         // Over-quota callers are turned away before any policy work.
         if let Some(rl) = &self.rate_limiter
             && let Err(wait) = rl.check(view, &ids)
@@ -142,6 +158,7 @@ impl Checker {
         let Some(snapshot) = self.store.load() else {
             return Deny::new(Status::Unavailable, "no_policy", rid).with_retry_after(5).into();
         };
+        audit.policy_version = Some(snapshot.version.clone());
         // An empty policy set (e.g. every policy ConfigMap deleted) is an explicit deny-all.
         if snapshot.policy_count == 0 {
             return Decision::deny(Status::Forbidden, "deny_all", rid);
@@ -184,6 +201,7 @@ impl Checker {
                 remove_headers,
                 request_id: rid.to_owned(),
                 shadow,
+                audit: Audit::default(),
             }
             .into();
         }
@@ -304,6 +322,36 @@ impl Checker {
         let remove = self.owned_spellings.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned().collect();
         (set, remove)
     }
+}
+
+/// The audit facts of a request that normalized, before any identity is known.
+fn request_audit(view: &RequestView<'_>) -> Audit {
+    Audit {
+        source_ip: view.source_ip,
+        peer: view.source_principal.and_then(loggable_peer).map(str::to_owned),
+        method: view.method.clone(),
+        host: view.host.clone(),
+        path: view.path.clone(),
+        ..Audit::default()
+    }
+}
+
+/// The audit facts of a request and what authentication proved about it.
+fn identity_audit(view: &RequestView<'_>, ids: &Identities) -> Audit {
+    let mut a = request_audit(view);
+    if let Some(j) = &ids.jwt {
+        a.issuer = Some(j.issuer.clone());
+        a.subject = Some(j.subject.clone());
+    }
+    a.api_client = ids.api_client.as_ref().map(|c| c.client.clone());
+    a.authn = AuthnMethods { jwt: ids.jwt.is_some(), mtls: ids.peer.is_some(), api_key: ids.api_client.is_some() };
+    a
+}
+
+/// A peer principal as logged: printable ASCII and bounded (a SPIFFE id is at most 2048
+/// bytes), else left out rather than written into a log line.
+pub(crate) fn loggable_peer(p: &str) -> Option<&str> {
+    (p.len() <= 2048 && p.bytes().all(|b| b.is_ascii_graphic())).then_some(p)
 }
 
 /// The decision for a request that could not be normalized: a 400 that still echoes its id.

@@ -3,7 +3,10 @@
 //! `response` (for the wire) or by the CLI (for people).
 //!
 //! A sum type, so a decision cannot contradict itself: only an [`Allow`] carries upstream
-//! headers, only a [`Deny`] carries a status, a challenge or a `Retry-After`.
+//! headers, only a [`Deny`] carries a status, a challenge or a `Retry-After`. Both carry an
+//! [`Audit`]: who asked for what, as far as the check got, for the decision log.
+use std::net::IpAddr;
+use std::sync::Arc;
 
 /// HTTP status of a denial (an allow is always 200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,60 @@ impl ShadowOutcome {
     }
 }
 
+/// The authentication methods that succeeded (what was proven, before a route narrowed it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthnMethods {
+    pub jwt: bool,
+    pub mtls: bool,
+    pub api_key: bool,
+}
+
+impl AuthnMethods {
+    /// Comma-separated in a fixed order (`jwt,mtls,api_key`); empty when nothing was proven.
+    /// Static strings, so logging them costs no allocation.
+    pub fn as_str(self) -> &'static str {
+        match (self.jwt, self.mtls, self.api_key) {
+            (false, false, false) => "",
+            (true, false, false) => "jwt",
+            (false, true, false) => "mtls",
+            (false, false, true) => "api_key",
+            (true, true, false) => "jwt,mtls",
+            (true, false, true) => "jwt,api_key",
+            (false, true, true) => "mtls,api_key",
+            (true, true, true) => "jwt,mtls,api_key",
+        }
+    }
+}
+
+/// Who asked for what and from where, for the decision log: filled as far as the check got.
+/// Never a credential. Identities are only what authentication *verified*: a rejected token's
+/// issuer or subject is never recorded (it is an unproven claim). Request facts are the
+/// normalized ones; a request that did not normalize (400) has none of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// The caller's trace id (W3C `traceparent` or B3), when one was sent and is valid.
+    pub trace_id: Option<u128>,
+    /// The connecting address Envoy reported.
+    pub source_ip: Option<IpAddr>,
+    /// The mTLS peer certificate's identity as Envoy reported it (`source.principal`, a SPIFFE
+    /// id under Istio), whether or not its trust domain is trusted; dropped if not printable.
+    pub peer: Option<String>,
+    /// A verified token's issuer and subject.
+    pub issuer: Option<Arc<str>>,
+    pub subject: Option<String>,
+    /// The client a valid API key belongs to (never the key).
+    pub api_client: Option<String>,
+    /// The decision's principal is the token's subject (so hashing the subject hashes it too).
+    pub principal_is_subject: bool,
+    /// Upper-case method, lower-case host, canonical path; empty when not parsed.
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub authn: AuthnMethods,
+    /// Version of the policy snapshot that decided, or (before Cedar) the live one.
+    pub policy_version: Option<String>,
+}
+
 /// An allowed request and what to tell the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
@@ -82,6 +139,7 @@ pub struct Allow {
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,
+    pub audit: Audit,
 }
 
 /// A denied request.
@@ -103,6 +161,7 @@ pub struct Deny {
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,
+    pub audit: Audit,
 }
 
 impl Deny {
@@ -119,6 +178,7 @@ impl Deny {
             policies: Vec::new(),
             request_id: request_id.to_owned(),
             shadow: None,
+            audit: Audit::default(),
         }
     }
 
@@ -129,6 +189,11 @@ impl Deny {
 
     pub fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
         self
     }
 }
@@ -228,6 +293,21 @@ impl Decision {
         match self {
             Decision::Allow(a) => a.shadow.as_ref(),
             Decision::Deny(d) => d.shadow.as_ref(),
+        }
+    }
+
+    /// Who asked for what, as far as the check got.
+    pub fn audit(&self) -> &Audit {
+        match self {
+            Decision::Allow(a) => &a.audit,
+            Decision::Deny(d) => &d.audit,
+        }
+    }
+
+    pub fn audit_mut(&mut self) -> &mut Audit {
+        match self {
+            Decision::Allow(a) => &mut a.audit,
+            Decision::Deny(d) => &mut d.audit,
         }
     }
 

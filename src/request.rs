@@ -470,7 +470,7 @@ fn collect_route_facts<'a>(
     Ok(out)
 }
 
-fn ip_of(addr: &Address) -> Option<IpAddr> {
+pub(crate) fn ip_of(addr: &Address) -> Option<IpAddr> {
     match addr.address.as_ref()? {
         address::Address::SocketAddress(sa) => sa.address.parse().ok(),
         address::Address::Pipe(_) => None,

@@ -216,6 +216,7 @@ mod tests {
             remove_headers: vec!["x-portcullis-peer".into()],
             request_id: "r1".into(),
             shadow: None,
+            audit: Default::default(),
         });
         let r = render(&d, &ResponseOptions::default());
         assert_eq!(r.status.as_ref().unwrap().code, 0);
@@ -322,6 +323,7 @@ mod tests {
             remove_headers: Vec::new(),
             request_id: "r9".into(),
             shadow: None,
+            audit: Default::default(),
         })
     }
 

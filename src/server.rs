@@ -4,6 +4,7 @@
 //! readiness and gRPC health go NOT_SERVING at once while the listeners keep answering for
 //! `listen.drain_delay` (so the proxy and kubelet notice before anything is refused); then the
 //! listeners stop accepting and in-flight checks get `listen.drain_timeout` to finish.
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::admin::{self, AdminState};
 use crate::check::{self, Checker};
-use crate::config::{Config, HeaderNames, Limits, MatrixParameters};
+use crate::config::{Config, HeaderNames, Limits, MatrixParameters, SubjectLog};
 use crate::decision::Decision;
 use crate::metrics::CheckMetrics;
 use crate::net::{ConnLimits, ListenerFamilies};
@@ -42,6 +43,8 @@ pub struct AuthzService {
     traces: Option<Arc<crate::trace::CheckTracer>>,
     /// `limits.max_in_flight` slots, shared by every gRPC listener.
     in_flight: Semaphore,
+    /// `log.subject`: how decision lines show a token's subject.
+    log_subject: SubjectLog,
 }
 
 impl AuthzService {
@@ -52,9 +55,33 @@ impl AuthzService {
         tests::fault_hook(req).await;
         match RequestView::from_check_route(req, &self.limits, self.matrix, RouteFactNamespaces::of(&self.cedar)) {
             Ok(view) => self.checker.check(&view).await,
-            Err(e) => check::invalid_request(&e),
+            Err(e) => with_raw_audit(check::invalid_request(&e), req),
         }
     }
+
+    /// What only the server knows for the audit record: the caller's trace id, and the live
+    /// policy version when the decision did not reach the policy set.
+    fn complete_audit(&self, req: &CheckRequest, d: &mut Decision) {
+        let a = d.audit_mut();
+        a.trace_id = crate::trace::request_trace_id(req);
+        if a.policy_version.is_none() {
+            a.policy_version = self.checker.live_policy_version();
+        }
+    }
+}
+
+/// A decision made without a normalized request (400, shed 503, panic 500): its audit has only
+/// the transport facts Envoy reported, nothing from the request line or headers.
+fn with_raw_audit(mut d: Decision, req: &CheckRequest) -> Decision {
+    let source = req.attributes.as_ref().and_then(|a| a.source.as_ref());
+    let a = d.audit_mut();
+    a.source_ip = source.and_then(|p| p.address.as_ref()).and_then(crate::request::ip_of);
+    a.peer = source
+        .map(|p| p.principal.as_str())
+        .filter(|p| !p.is_empty())
+        .and_then(check::loggable_peer)
+        .map(str::to_owned);
+    d
 }
 
 #[tonic::async_trait]
@@ -68,10 +95,11 @@ impl Authorization for AuthzService {
         // would make every check behind it late too).
         let Ok(_slot) = self.in_flight.try_acquire() else {
             self.metrics.shed();
-            let decision = check::overloaded(crate::request::raw_request_id(&req));
+            let mut decision = with_raw_audit(check::overloaded(crate::request::raw_request_id(&req)), &req);
+            self.complete_audit(&req, &mut decision);
             let elapsed = start.elapsed();
             self.metrics.record(false, decision.reason(), elapsed.as_secs_f64());
-            log_decision(&decision, elapsed.as_micros());
+            log_decision(&decision, elapsed.as_micros(), self.log_subject);
             if let (Some(t), Some(span)) = (&self.traces, span) {
                 t.finish(span, &decision);
             }
@@ -79,13 +107,14 @@ impl Authorization for AuthzService {
         };
         // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
         // failure_mode_allow could turn into an allow).
-        let decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
+        let mut decision = std::panic::AssertUnwindSafe(self.decide(&req)).catch_unwind().await.unwrap_or_else(|_| {
             tracing::error!("check panicked; denied");
-            check::panicked(crate::request::raw_request_id(&req))
+            with_raw_audit(check::panicked(crate::request::raw_request_id(&req)), &req)
         });
+        self.complete_audit(&req, &mut decision);
         let elapsed = start.elapsed();
         self.metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
-        log_decision(&decision, elapsed.as_micros());
+        log_decision(&decision, elapsed.as_micros(), self.log_subject);
         if let (Some(t), Some(span)) = (&self.traces, span) {
             t.finish(span, &decision);
         }
@@ -93,20 +122,69 @@ impl Authorization for AuthzService {
     }
 }
 
-/// The one decision log line per check. Never a token: only the principal and ids.
-fn log_decision(d: &Decision, latency_us: u128) {
+/// The one decision log line per check (schema: docs/observability.md, "Decision log"). Never a
+/// credential: identities are the verified ones, request facts the normalized ones, no header.
+/// Absent facts are left out of the line; formatting happens here, once.
+fn log_decision(d: &Decision, latency_us: u128, subject_log: SubjectLog) {
+    // Filtered out (e.g. `level: warn`): skip the hashing and escaping below.
+    if !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO) {
+        return;
+    }
+    let a = d.audit();
+    let hash = subject_log == SubjectLog::Hash;
+    let subject = a.subject.as_deref().map(|s| if hash { Cow::Owned(subject_hash(s)) } else { printable(s) });
+    let principal = match (&subject, hash && a.principal_is_subject && !d.principal().is_empty()) {
+        (Some(h), true) => Cow::Owned(format!("{}::\"{h}\"", principal_type(d.principal()))),
+        _ => printable(d.principal()),
+    };
     tracing::info!(
         target: "portcullis::decision",
         request_id = %d.request_id(),
-        principal = %d.principal(),
+        trace_id = a.trace_id.map(|t| tracing::field::display(TraceId(t))),
+        source_ip = a.source_ip.map(tracing::field::display),
+        peer = a.peer.as_deref(),
+        issuer = a.issuer.as_deref(),
+        subject = subject.as_deref(),
+        api_client = a.api_client.as_deref(),
+        principal = %principal,
+        authn = a.authn.as_str(),
+        method = (!a.method.is_empty()).then_some(a.method.as_str()),
+        host = (!a.host.is_empty()).then_some(a.host.as_str()),
+        path = (!a.path.is_empty()).then_some(a.path.as_str()),
         action = %d.action(),
         resource = %d.resource(),
         decision = d.verdict(),
         status = d.http_status(),
         reason = d.reason(),
         policies = ?d.policies(),
+        policy_version = a.policy_version.as_deref(),
         latency_us = latency_us as u64,
     );
+}
+
+/// A trace id as 32 lower-case hex digits, formatted only when the line is written.
+struct TraceId(u128);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// `sha256:` and the first 16 hex digits of SHA-256(subject) (`log.subject: hash`).
+fn subject_hash(subject: &str) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(&sha2::Sha256::digest(subject.as_bytes())[..8]))
+}
+
+/// `User` from `User::"alice"`.
+fn principal_type(principal: &str) -> &str {
+    principal.rfind("::\"").map_or(principal, |i| &principal[..i])
+}
+
+/// A value as logged: control characters escaped, so a text line stays one line.
+fn printable(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) { Cow::Owned(s.escape_debug().to_string()) } else { Cow::Borrowed(s) }
 }
 
 /// A started sidecar: its bound addresses and the handle to stop it.
@@ -308,6 +386,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics,
         traces: traces.clone(),
         in_flight: Semaphore::new(cfg.limits.max_in_flight),
+        log_subject: cfg.log.subject,
     }))
     .max_decoding_message_size(cfg.limits.max_message_bytes);
     let g = &cfg.limits.grpc;

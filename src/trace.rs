@@ -254,6 +254,11 @@ impl CheckTracer {
         if !d.request_id().is_empty() {
             attrs.push(KeyValue::new("portcullis.request_id", d.request_id().to_owned()));
         }
+        let methods = d.audit().authn.as_str();
+        if !methods.is_empty() {
+            let m: Vec<StringValue> = methods.split(',').map(StringValue::from).collect();
+            attrs.push(KeyValue::new("portcullis.authn.methods", Value::Array(Array::String(m))));
+        }
         span.set_attributes(attrs);
         // A denial is the check working; only a failure to decide is an error.
         if status >= 500 {
@@ -293,6 +298,15 @@ fn raw_header<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
         found = http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     }
     found.filter(|v| v.len() <= MAX_CONTEXT_HEADER.max(MAX_TRACESTATE))
+}
+
+/// The trace id a request carries (W3C, else B3), for the decision log; `None` when there is
+/// none or it is malformed. The same reading as the span's parent.
+pub(crate) fn request_trace_id(req: &CheckRequest) -> Option<u128> {
+    match parent(|name| raw_header(req, name)) {
+        Parent::Remote(sc) => Some(u128::from_be_bytes(sc.trace_id().to_bytes())),
+        Parent::Unsampled | Parent::None => None,
+    }
 }
 
 /// The trace context a request carries.

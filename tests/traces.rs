@@ -138,6 +138,9 @@ async fn check_span_joins_the_w3c_trace_and_carries_the_decision() {
     assert_eq!(attr(sp, "portcullis.rate_limited"), Some(Value::BoolValue(false)));
     let Some(Value::ArrayValue(ids)) = attr(sp, "portcullis.policy_ids") else { panic!("policy ids: {sp:?}") };
     assert!(!ids.values.is_empty());
+    let Some(Value::ArrayValue(m)) = attr(sp, "portcullis.authn.methods") else { panic!("authn methods: {sp:?}") };
+    let methods: Vec<_> = m.values.iter().map(|v| v.value.clone()).collect();
+    assert_eq!(methods, [Some(Value::StringValue("jwt".into()))]);
     // Without include_subject: the principal's type only, and never the credential.
     assert!(attr(sp, "enduser.id").is_none());
     let text = all_values(sp);
@@ -148,6 +151,7 @@ async fn check_span_joins_the_w3c_trace_and_carries_the_decision() {
     assert_eq!(str_attr(&denied[0], "portcullis.decision"), "deny");
     assert_eq!(int_attr(&denied[0], "http.response.status_code"), 401);
     assert_eq!(str_attr(&denied[0], "portcullis.reason"), "credential_required");
+    assert!(attr(&denied[0], "portcullis.authn.methods").is_none(), "nothing was proven");
 }
 
 #[tokio::test]

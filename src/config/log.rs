@@ -28,6 +28,10 @@ pub struct LogConfig {
     /// when some were).
     #[serde(default = "default_dropped_warn_interval", with = "humantime_serde")]
     pub dropped_warn_interval: Duration,
+    /// How decision lines show a token's subject (and a `User` principal): `plain` (default), or
+    /// `hash`, a short SHA-256 digest that still correlates one subject's lines.
+    #[serde(default)]
+    pub subject: SubjectLog,
 }
 
 fn default_level() -> String {
@@ -52,6 +56,7 @@ impl Default for LogConfig {
             on_full: OnFull::default(),
             block_timeout: default_block_timeout(),
             dropped_warn_interval: default_dropped_warn_interval(),
+            subject: SubjectLog::default(),
         }
     }
 }
@@ -80,6 +85,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a verified token's subject appears in decision lines.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectLog {
+    /// As the token states it: an audit line must say who.
+    #[default]
+    Plain,
+    /// `sha256:` and the first 16 hex digits of SHA-256(subject): pseudonymous, not anonymous
+    /// (a known subject can be hashed and searched for).
+    Hash,
+}
+
 /// What a log call does when the writer's queue is full.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +110,7 @@ pub enum OnFull {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::OnFull;
+    use crate::config::{OnFull, SubjectLog};
 
     use crate::config::tests::parse;
 
@@ -113,5 +130,13 @@ mod tests {
         assert!(err.contains("wait"), "{err}");
         let err = parse("policy: {dir: x}\nlog: {dropped_warn_interval: 1ms}\n").unwrap_err();
         assert!(err.contains("log.dropped_warn_interval"), "{err}");
+    }
+
+    #[test]
+    fn subject_defaults_to_plain_and_only_plain_or_hash_parse() {
+        assert_eq!(parse("policy: {dir: x}\n").unwrap().log.subject, SubjectLog::Plain);
+        assert_eq!(parse("policy: {dir: x}\nlog: {subject: hash}\n").unwrap().log.subject, SubjectLog::Hash);
+        let err = parse("policy: {dir: x}\nlog: {subject: redact}\n").unwrap_err();
+        assert!(err.contains("redact"), "{err}");
     }
 }
