@@ -79,7 +79,7 @@ cases:
 fn the_shipped_suites_pass() {
     let r = portcullis(&["test", "-c", "examples/demo/config.yaml", "examples/demo/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.ends_with("test result: ok. 19 passed, 0 failed\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("test result: ok. 22 passed, 0 failed\n"), "{}", r.stdout);
     let r = portcullis(&["test", "charts/portcullis/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains(" 0 failed"), "{}", r.stdout);
