@@ -124,6 +124,32 @@ async fn keycloak_nested_roles_grant_groups() {
 }
 
 #[tokio::test]
+async fn claims_to_tags_maps_a_nested_claim_over_a_top_level_one() {
+    let s = Sidecar::start_configured(
+        |_| {},
+        |_, cfg| {
+            issuer(cfg).claims_to_tags.insert("org.tenant".into(), "tenant".into());
+        },
+    )
+    .await;
+    // demo policy `tenant-header-must-match`: principal.getTag("tenant") == resource.getTag("x-tenant").
+    let tenants = |t: common::Tok| req("GET", "/api/tenants/acme/orders").header("x-tenant", "acme").bearer(&t.mint());
+    let r = s.check(tenants(token("alice").claim("org", json!({"tenant": "acme"}))).build()).await;
+    assert!(is_allowed(&r), "nested tenant: {r:?}");
+    // The mapped claim wins over a top-level claim of the tag's name, also when it is absent.
+    for t in [
+        token("alice").claim("tenant", "acme").claim("org", json!({"tenant": "globex"})),
+        token("alice").claim("tenant", "acme"),
+        token("alice").claim("tenant", "acme").claim("org", json!({"tenant": ["acme"]})),
+    ] {
+        let r = s.check(tenants(t).build()).await;
+        assert_eq!(http_status(&r), 403, "{r:?}");
+        assert_eq!(policy_ids(&r), vec!["tenant-header-must-match"]);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn required_typ_refuses_an_id_token() {
     let s = Sidecar::start_configured(|_| {}, |_, cfg| issuer(cfg).required_typ = Some("at+jwt".into())).await;
     let c = claims("alice", json!({}));

@@ -50,6 +50,10 @@ pub struct IssuerConfig {
     /// claims injected as identity headers.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// Claim (name, dotted path or JSON pointer: [`ClaimPath`]) → `User` tag name, for nested
+    /// claims (top-level scalar claims are tags under their own names anyway).
+    #[serde(default)]
+    pub claims_to_tags: BTreeMap<String, String>,
     /// Claims (names, dotted paths or JSON pointers: [`ClaimPath`]) whose values become the
     /// user's parent `Group` entities.
     #[serde(default = "default_group_claims")]
@@ -290,6 +294,16 @@ impl IssuerConfig {
         for c in self.claims_to_headers.keys() {
             ClaimPath::parse(c).map_err(|e| ConfigError::invalid(field(&format!("claims_to_headers.{c}")), e))?;
         }
+        for (c, tag) in &self.claims_to_tags {
+            let f = field(&format!("claims_to_tags.{c}"));
+            ClaimPath::parse(c).map_err(|e| ConfigError::invalid(&f, e))?;
+            if tag.is_empty() {
+                return Err(ConfigError::invalid(f, "the tag name must not be empty"));
+            }
+            if self.claims_to_tags.values().filter(|t| *t == tag).count() > 1 {
+                return Err(ConfigError::invalid(f, format!("`{tag}` is the target of another claim")));
+            }
+        }
         if let Some(t) = &self.required_typ
             && (t.trim().is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -330,6 +344,33 @@ mod tests {
             Ok(ClaimPath::Pointer(vec!["a/b".into(), "c~d".into(), "~1".into()]))
         );
         assert_eq!(ClaimPath::parse("/"), Ok(ClaimPath::Pointer(vec![String::new()])));
+    }
+
+    fn config_error(issuer_yaml: &str) -> String {
+        let text = format!("policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n{issuer_yaml}");
+        match crate::config::Config::from_yaml(&text).map(|c| c.validate()) {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_claim_field() {
+        let e = config_error("      group_claims: [groups, '/a~2']\n");
+        assert!(e.contains("authn.issuers[0].group_claims[1]"), "{e}");
+        let e = config_error("      claims_to_headers: {'/x~': x-y}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_headers./x~"), "{e}");
+        let e = config_error("      claims_to_tags: {a.b: t, /c: t}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_tags.") && e.contains("another claim"), "{e}");
+        let e = config_error("      claims_to_tags: {a.b: ''}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_tags.a.b"), "{e}");
+        let e = config_error("      required_typ: 'at jwt'\n");
+        assert!(e.contains("authn.issuers[0].required_typ"), "{e}");
+        let e = config_error("      max_token_age: 0s\n");
+        assert!(e.contains("authn.issuers[0].max_token_age"), "{e}");
+        let ok = "      required_typ: at+jwt\n      max_token_age: 1h\n      claims_to_tags: {/org/id: org}\n      group_claims: [realm_access.roles]\n";
+        assert_eq!(config_error(ok), "");
     }
 
     #[test]

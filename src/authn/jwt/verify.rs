@@ -44,6 +44,7 @@ pub(super) struct Issuer {
     pub(super) group_claim_names: Vec<String>,
     pub(super) group_namespace: GroupNamespace,
     pub(super) claims_to_headers: Vec<(ClaimPath, String)>,
+    pub(super) claims_to_tags: Vec<(ClaimPath, String)>,
     pub(super) required_typ: Option<String>,
     /// Seconds; `exp`, `nbf` and `iat` are judged with it.
     pub(super) leeway: u64,
@@ -124,6 +125,19 @@ impl Issuer {
             }
         }
         let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
+        let mut tags: Vec<(String, String)> = claims
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claim_names.contains(k))
+            .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+            .collect();
+        // A mapped tag replaces a top-level claim of the same name; an absent or non-scalar
+        // value leaves no tag of that name at all, so `hasTag` never sees the top-level one.
+        for (path, tag) in &self.claims_to_tags {
+            tags.retain(|(k, _)| k != tag);
+            if let Some(v) = claims::resolve(claims, path).and_then(scalar_string) {
+                tags.push((tag.clone(), v));
+            }
+        }
         Ok(JwtIdentity {
             issuer: self.name.clone(),
             subject,
@@ -139,11 +153,7 @@ impl Issuer {
                 })
                 .filter(|(_, v)| v.bytes().all(|b| b >= 0x20 && b != 0x7f))
                 .collect(),
-            claims: claims
-                .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claim_names.contains(k))
-                .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
-                .collect(),
+            claims: tags,
             scopes: claims::scopes(claims)?,
             audiences: claims::audiences(claims)?,
             expires_at,
@@ -209,6 +219,10 @@ pub(super) fn build_issuer(
     for (c, h) in &ic.claims_to_headers {
         claims_to_headers.push((parse(format!("claims_to_headers.{c}"), c)?, h.to_ascii_lowercase()));
     }
+    let mut claims_to_tags = Vec::new();
+    for (c, t) in &ic.claims_to_tags {
+        claims_to_tags.push((parse(format!("claims_to_tags.{c}"), c)?, t.clone()));
+    }
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
         sources: Vec::new(),
@@ -227,6 +241,7 @@ pub(super) fn build_issuer(
         group_claim_names: ic.group_claims.clone(),
         group_namespace: cfg.group_namespace.unwrap_or_default(),
         claims_to_headers,
+        claims_to_tags,
         required_typ: ic.required_typ.clone(),
         leeway: ic.leeway.as_secs(),
         max_token_age: ic.max_token_age.map(|d| d.as_secs()),
