@@ -79,7 +79,7 @@ cases:
 fn the_shipped_suites_pass() {
     let r = portcullis(&["test", "-c", "examples/demo/config.yaml", "examples/demo/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.ends_with("test result: ok. 19 passed, 0 failed\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("test result: ok. 22 passed, 0 failed\n"), "{}", r.stdout);
     let r = portcullis(&["test", "charts/portcullis/policies"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains(" 0 failed"), "{}", r.stdout);
@@ -300,7 +300,7 @@ fn explain_shows_what_cedar_saw_for_an_allow() {
     assert!(out.contains("namespace: \"frontend\""), "the principal entity is shown: {out}");
     // Indexing leaves out the policies that cannot match a Service's GET of /public/*.
     let considered = out.lines().find(|l| l.starts_with("  considered:")).expect("considered line");
-    assert!(considered.contains(" of 9 policies: "), "{considered}");
+    assert!(considered.contains(" of 10 policies: "), "{considered}");
     assert!(considered.contains("public-read") && !considered.contains("batch-client-write"), "{considered}");
     assert!(out.contains("  satisfied:   public-read\n"), "{out}");
     assert!(out.contains("  determining: public-read\n"), "{out}");
@@ -409,7 +409,7 @@ fn validate_reports_file_line_column_message() {
     // Clean: exit 0 and a count.
     let r = portcullis(&["validate", "examples/demo/policies"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.starts_with("ok: 9 policies, version "), "{}", r.stdout);
+    assert!(r.stdout.starts_with("ok: 10 policies, version "), "{}", r.stdout);
 }
 
 const CUTOFF_POLICIES: &str = r#"

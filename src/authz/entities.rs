@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use cedar_policy::{Entities, EntityTypeName};
-use cedar_policy_core::ast::{Eid, Entity, EntityType, EntityUID, PartialValue};
+use cedar_policy_core::ast::{Eid, Entity, EntityType, EntityUID, PartialValue, Value};
 use cedar_policy_core::entities::{Dereference, Entities as CoreEntities};
 
 use super::CedarMapping;
@@ -19,6 +19,10 @@ pub(super) fn uid(ty: &EntityType, id: &str) -> EntityUID {
 
 fn s(v: &str) -> PartialValue {
     PartialValue::from(v)
+}
+
+fn string_set(v: &[String]) -> PartialValue {
+    PartialValue::from(Value::set(v.iter().map(|s| Value::from(s.as_str())), None))
 }
 
 /// Cedar re-walks every entity of the store for each entity added to it, so every request paid
@@ -92,7 +96,11 @@ pub(super) fn principal<'a>(
             let tags = jwt.claims.iter().map(|(k, v)| (k.as_str().into(), s(v)));
             let e = Entity::new_with_attr_partial_value(
                 u.clone(),
-                [(model::USER_ISSUER.into(), s(&jwt.issuer))],
+                [
+                    (model::USER_ISSUER.into(), s(&jwt.issuer)),
+                    (model::USER_SCOPES.into(), string_set(&jwt.scopes)),
+                    (model::USER_AUDIENCES.into(), string_set(&jwt.audiences)),
+                ],
                 indirect,
                 parents,
                 tags,

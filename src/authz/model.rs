@@ -26,8 +26,11 @@ pub const ROUTE: &str = "Route";
 /// Actions are `Action::"<HTTP method>"`.
 pub const ACTION: &str = "Action";
 
-/// `User` attributes.
+/// `User` attributes. `scopes` (OAuth `scope`/`scp`) and `audiences` (`aud`) are always
+/// present, empty when the token has none, so policies need no `has`.
 pub const USER_ISSUER: &str = "issuer";
+pub const USER_SCOPES: &str = "scopes";
+pub const USER_AUDIENCES: &str = "audiences";
 /// `Service` attributes.
 pub const SERVICE_SPIFFE_ID: &str = "spiffe_id";
 pub const SERVICE_TRUST_DOMAIN: &str = "trust_domain";
@@ -50,7 +53,7 @@ pub const ROUTE_TAG_ROUTE_METADATA: &str = "route_metadata:";
 /// Every entity type of the model with its attributes, and whether it carries string tags.
 pub const ENTITY_TYPES: [(&str, &[&str], bool); 6] = [
     (GROUP, &[], false),
-    (USER, &[USER_ISSUER], true),
+    (USER, &[USER_ISSUER, USER_SCOPES, USER_AUDIENCES], true),
     (SERVICE, &[SERVICE_SPIFFE_ID, SERVICE_TRUST_DOMAIN, SERVICE_NAMESPACE, SERVICE_ACCOUNT], false),
     (API_CLIENT, &[], false),
     (ANONYMOUS, &[], false),
@@ -299,6 +302,8 @@ mod tests {
         };
         for (from, to) in [
             ("  issuer: String,", "  iss: String,"),
+            ("  scopes: Set<String>,\n", ""),
+            ("  audiences: Set<String>,", "  audiences?: Set<String>,"),
             ("  service: String,\n", ""),
             ("  request_id: String,", "  request_id: String,\n  tenant: String,"),
             ("source_ip?: ipaddr", "source_ip: ipaddr"),

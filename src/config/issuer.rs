@@ -36,13 +36,26 @@ pub struct IssuerConfig {
     /// Claims that must be present besides `exp`.
     #[serde(default)]
     pub required_claims: Vec<String>,
+    /// The JOSE header `typ` a token must carry (RFC 8725 §3.11, e.g. `at+jwt` per RFC 9068),
+    /// compared case-insensitively with an optional `application/` prefix; unset: not checked.
+    #[serde(default)]
+    pub required_typ: Option<String>,
+    /// Longest accepted time since `iat` (plus `leeway`); a token without `iat` is then refused.
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_age: Option<Duration>,
     /// Where the token is read from, tried in order.
     #[serde(default = "default_token_sources")]
     pub from: Vec<TokenSource>,
-    /// Claim name → upstream header name, for claims injected as identity headers.
+    /// Claim (name, dotted path or JSON pointer: [`ClaimPath`]) → upstream header name, for
+    /// claims injected as identity headers.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
-    /// Claims whose values become the user's parent `Group` entities.
+    /// Claim (name, dotted path or JSON pointer: [`ClaimPath`]) → `User` tag name, for nested
+    /// claims (top-level scalar claims are tags under their own names anyway).
+    #[serde(default)]
+    pub claims_to_tags: BTreeMap<String, String>,
+    /// Claims (names, dotted paths or JSON pointers: [`ClaimPath`]) whose values become the
+    /// user's parent `Group` entities.
     #[serde(default = "default_group_claims")]
     pub group_claims: Vec<String>,
     /// Allow `http://` for every URL fetched for this issuer (discovery, `jwks_uri`, the
@@ -184,6 +197,66 @@ pub fn fetchable_url(url: &reqwest::Url, allow_insecure_http: bool) -> bool {
     }
 }
 
+/// Most segments a claim path may have: deeper than any IdP nests its claims.
+pub const MAX_CLAIM_PATH_SEGMENTS: usize = 16;
+
+/// Where a claim is read from, as `group_claims` and `claims_to_headers` name it.
+///
+/// - A name starting with `/` is an RFC 6901 JSON pointer (`/realm_access/roles`; `~1` is `/`,
+///   `~0` is `~`; a segment of digits indexes an array).
+/// - Any other name is first an exact top-level claim (so `https://example.com/claims/tenant`
+///   and other names containing dots work as they are); only if the token has no such claim is
+///   it a dotted path through nested objects (`resource_access.orders-api.roles`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPath {
+    /// The unescaped segments of a JSON pointer.
+    Pointer(Vec<String>),
+    /// An exact top-level name, and its dot-separated segments (one when it has no dot).
+    Name { name: String, segments: Vec<String> },
+}
+
+impl ClaimPath {
+    /// Parses a configured claim name; the error says what is wrong with it.
+    pub fn parse(s: &str) -> Result<ClaimPath, String> {
+        if s.is_empty() {
+            return Err("a claim name must not be empty".into());
+        }
+        let path = match s.strip_prefix('/') {
+            Some(rest) => {
+                let segments = rest.split('/').map(unescape_pointer).collect::<Result<Vec<_>, _>>()?;
+                ClaimPath::Pointer(segments)
+            }
+            None => ClaimPath::Name { name: s.to_owned(), segments: s.split('.').map(str::to_owned).collect() },
+        };
+        let depth = match &path {
+            ClaimPath::Pointer(s) | ClaimPath::Name { segments: s, .. } => s.len(),
+        };
+        if depth > MAX_CLAIM_PATH_SEGMENTS {
+            return Err(format!("`{s}` has {depth} segments; at most {MAX_CLAIM_PATH_SEGMENTS}"));
+        }
+        Ok(path)
+    }
+}
+
+/// One JSON pointer segment: `~1` is `/`, `~0` is `~` (in that order, RFC 6901 §4); any other
+/// `~` is an error.
+fn unescape_pointer(seg: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(seg.len());
+    let mut chars = seg.chars();
+    while let Some(c) = chars.next() {
+        if c != '~' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('~'),
+            Some('1') => out.push('/'),
+            _ => return Err(format!("`{seg}`: in a JSON pointer `~` must be followed by `0` or `1`")),
+        }
+    }
+    Ok(out)
+}
+
 impl IssuerConfig {
     /// Checks one issuer (`authn.issuers[i]`); uniqueness is checked by the caller.
     pub(super) fn validate(&self, i: usize, group_namespace: Option<GroupNamespace>) -> Result<(), ConfigError> {
@@ -215,6 +288,30 @@ impl IssuerConfig {
             return Err(ConfigError::invalid(field("from"), "must list at least one token source"));
         }
         check_issuer_urls(i, self)?;
+        for (j, c) in self.group_claims.iter().enumerate() {
+            ClaimPath::parse(c).map_err(|e| ConfigError::invalid(field(&format!("group_claims[{j}]")), e))?;
+        }
+        for c in self.claims_to_headers.keys() {
+            ClaimPath::parse(c).map_err(|e| ConfigError::invalid(field(&format!("claims_to_headers.{c}")), e))?;
+        }
+        for (c, tag) in &self.claims_to_tags {
+            let f = field(&format!("claims_to_tags.{c}"));
+            ClaimPath::parse(c).map_err(|e| ConfigError::invalid(&f, e))?;
+            if tag.is_empty() {
+                return Err(ConfigError::invalid(f, "the tag name must not be empty"));
+            }
+            if self.claims_to_tags.values().filter(|t| *t == tag).count() > 1 {
+                return Err(ConfigError::invalid(f, format!("`{tag}` is the target of another claim")));
+            }
+        }
+        if let Some(t) = &self.required_typ
+            && (t.trim().is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::invalid(field("required_typ"), "must be a media type such as `at+jwt`"));
+        }
+        if self.max_token_age.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::invalid(field("max_token_age"), "must be more than zero (or unset)"));
+        }
         if group_namespace == Some(GroupNamespace::PerIssuer) && self.issuer.contains('#') {
             return Err(ConfigError::invalid(
                 field("issuer"),
@@ -222,5 +319,68 @@ impl IssuerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str, segs: &[&str]) -> ClaimPath {
+        ClaimPath::Name { name: s.to_owned(), segments: segs.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    #[test]
+    fn claim_paths_parse_as_pointers_or_names() {
+        assert_eq!(ClaimPath::parse("groups"), Ok(name("groups", &["groups"])));
+        assert_eq!(ClaimPath::parse("realm_access.roles"), Ok(name("realm_access.roles", &["realm_access", "roles"])));
+        assert_eq!(
+            ClaimPath::parse("/realm_access/roles"),
+            Ok(ClaimPath::Pointer(vec!["realm_access".into(), "roles".into()]))
+        );
+        // RFC 6901 escapes, `~01` is `~1` (not `/`).
+        assert_eq!(
+            ClaimPath::parse("/a~1b/c~0d/~01"),
+            Ok(ClaimPath::Pointer(vec!["a/b".into(), "c~d".into(), "~1".into()]))
+        );
+        assert_eq!(ClaimPath::parse("/"), Ok(ClaimPath::Pointer(vec![String::new()])));
+    }
+
+    fn config_error(issuer_yaml: &str) -> String {
+        let text = format!("policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://i\n{issuer_yaml}");
+        match crate::config::Config::from_yaml(&text).map(|c| c.validate()) {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_claim_field() {
+        let e = config_error("      group_claims: [groups, '/a~2']\n");
+        assert!(e.contains("authn.issuers[0].group_claims[1]"), "{e}");
+        let e = config_error("      claims_to_headers: {'/x~': x-y}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_headers./x~"), "{e}");
+        let e = config_error("      claims_to_tags: {a.b: t, /c: t}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_tags.") && e.contains("another claim"), "{e}");
+        let e = config_error("      claims_to_tags: {a.b: ''}\n");
+        assert!(e.contains("authn.issuers[0].claims_to_tags.a.b"), "{e}");
+        let e = config_error("      required_typ: 'at jwt'\n");
+        assert!(e.contains("authn.issuers[0].required_typ"), "{e}");
+        let e = config_error("      max_token_age: 0s\n");
+        assert!(e.contains("authn.issuers[0].max_token_age"), "{e}");
+        let ok = "      required_typ: at+jwt\n      max_token_age: 1h\n      claims_to_tags: {/org/id: org}\n      group_claims: [realm_access.roles]\n";
+        assert_eq!(config_error(ok), "");
+    }
+
+    #[test]
+    fn bad_claim_paths_are_refused() {
+        for bad in ["", "/a~2", "/a~", "/~x/b"] {
+            assert!(ClaimPath::parse(bad).is_err(), "{bad:?}");
+        }
+        let deep = "/a".repeat(MAX_CLAIM_PATH_SEGMENTS + 1);
+        assert!(ClaimPath::parse(&deep).unwrap_err().contains("segments"));
+        assert!(ClaimPath::parse(&"/a".repeat(MAX_CLAIM_PATH_SEGMENTS)).is_ok());
+        assert!(ClaimPath::parse(&vec!["a"; MAX_CLAIM_PATH_SEGMENTS + 1].join(".")).is_err());
     }
 }

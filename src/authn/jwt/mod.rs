@@ -15,6 +15,7 @@ use crate::config::{AuthnConfig, Limits, TokenSource};
 use crate::request::RequestView;
 
 mod cache;
+mod claims;
 mod extract;
 mod negative;
 mod verify;
@@ -37,9 +38,13 @@ pub struct JwtIdentity {
     pub claims: Vec<(String, String)>,
     /// `(header, value)` pairs from the issuer's `claims_to_headers`.
     pub headers: Vec<(String, String)>,
-    /// The token's `aud` (a string or the strings of an array), for per-route audiences.
+    /// OAuth scopes from `scope` and `scp`, sorted: the `User`'s `scopes` attribute.
+    pub scopes: Vec<String>,
+    /// The token's `aud` (a string or the strings of an array), for per-route audiences and
+    /// the `User`'s `audiences` attribute.
     pub audiences: Vec<String>,
-    /// `exp`, seconds since the epoch.
+    /// Seconds since the epoch until which the identity holds: `exp`, or earlier when the
+    /// issuer's `max_token_age` ends first.
     pub expires_at: u64,
     kid: Option<String>,
     key_fingerprint: [u8; 16],
@@ -85,6 +90,14 @@ pub enum JwtError {
     Duplicate,
     #[error("token was sent where its issuer does not accept it")]
     WrongSource,
+    #[error("token type is not accepted")]
+    WrongTokenType,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token is older than allowed")]
+    TooOld,
+    #[error("token maps too many claim values")]
+    TooManyClaimValues,
 }
 
 impl JwtError {
@@ -109,6 +122,10 @@ impl JwtError {
             JwtError::MissingClaim => "missing_claim",
             JwtError::Duplicate => "duplicate_token",
             JwtError::WrongSource => "wrong_token_source",
+            JwtError::WrongTokenType => "wrong_token_type",
+            JwtError::IssuedInFuture => "token_issued_in_future",
+            JwtError::TooOld => "token_too_old",
+            JwtError::TooManyClaimValues => "too_many_claim_values",
         }
     }
 }
@@ -275,6 +292,7 @@ impl JwtIdentity {
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             headers: Vec::new(),
+            scopes: Vec::new(),
             audiences: Vec::new(),
             expires_at: u64::MAX,
             kid: None,

@@ -62,10 +62,14 @@ fn cacheable(e: JwtError) -> bool {
         | JwtError::UnknownCritical
         | JwtError::KeyMismatch
         | JwtError::BadSignature
-        | JwtError::Expired => true,
+        | JwtError::Expired
+        | JwtError::WrongTokenType
+        | JwtError::TooOld // like Expired: time only moves forward
+        | JwtError::TooManyClaimValues => true,
         JwtError::TooLarge // refused before any work anyway
         | JwtError::UnknownKey
         | JwtError::NotYetValid
+        | JwtError::IssuedInFuture // becomes valid as time passes
         | JwtError::UnknownIssuer
         | JwtError::BadAudience
         | JwtError::MissingClaim

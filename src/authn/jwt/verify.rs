@@ -8,10 +8,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde_json::{Map, Value};
 
+use super::claims::{self, scalar_string};
 use super::{JwtAuthenticator, JwtError, JwtIdentity};
 use crate::authn::AuthnError;
 use crate::authn::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey, http_client};
-use crate::config::{AuthnConfig, GroupNamespace, IssuerConfig, JwtAlgorithm};
+use crate::config::{AuthnConfig, ClaimPath, GroupNamespace, IssuerConfig, JwtAlgorithm};
 
 /// The jsonwebtoken algorithm for a configured one (the names are the same RFC 7518 names).
 pub fn algorithm(a: JwtAlgorithm) -> Algorithm {
@@ -38,9 +39,17 @@ pub(super) struct Issuer {
     pub(super) keys: Arc<IssuerKeys>,
     pub(super) validations: HashMap<Algorithm, Validation>,
     pub(super) required_claims: Vec<String>,
-    pub(super) group_claims: Vec<String>,
+    pub(super) group_claims: Vec<ClaimPath>,
+    /// The group claims as configured: top-level claims of these names are not also tags.
+    pub(super) group_claim_names: Vec<String>,
     pub(super) group_namespace: GroupNamespace,
-    pub(super) claims_to_headers: Vec<(String, String)>,
+    pub(super) claims_to_headers: Vec<(ClaimPath, String)>,
+    pub(super) claims_to_tags: Vec<(ClaimPath, String)>,
+    pub(super) required_typ: Option<String>,
+    /// Seconds; `exp`, `nbf` and `iat` are judged with it.
+    pub(super) leeway: u64,
+    /// Seconds.
+    pub(super) max_token_age: Option<u64>,
 }
 
 impl JwtAuthenticator {
@@ -84,7 +93,17 @@ impl JwtAuthenticator {
 
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(map_jwt_error)?;
         let claims = data.claims;
+        // Checked on verified tokens only, so a forged token is refused for its signature.
+        if let Some(want) = &issuer.required_typ
+            && !typ_matches(header.get("typ"), want)
+        {
+            return Err(JwtError::WrongTokenType.into());
+        }
         let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let too_old_at = check_iat(&claims, now, issuer.leeway, issuer.max_token_age)?;
+        // A cached token is dropped once it is too old, as at its `exp`.
+        let expires_at = too_old_at.map_or(expires_at, |t| t.min(expires_at));
         let identity = issuer.identity(&claims, expires_at, key.kid.clone(), key.fingerprint)?;
         Ok((Arc::new(identity), idx))
     }
@@ -106,29 +125,37 @@ impl Issuer {
             }
         }
         let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
+        let mut tags: Vec<(String, String)> = claims
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claim_names.contains(k))
+            .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+            .collect();
+        // A mapped tag replaces a top-level claim of the same name; an absent or non-scalar
+        // value leaves no tag of that name at all, so `hasTag` never sees the top-level one.
+        for (path, tag) in &self.claims_to_tags {
+            tags.retain(|(k, _)| k != tag);
+            if let Some(v) = claims::resolve(claims, path).and_then(scalar_string) {
+                tags.push((tag.clone(), v));
+            }
+        }
         Ok(JwtIdentity {
             issuer: self.name.clone(),
             subject,
-            groups: collect_groups(claims, &self.group_claims)
+            groups: claims::groups(claims, &self.group_claims)?
                 .into_iter()
                 .map(|g| self.group_namespace.group_id(&self.name, &g))
                 .collect(),
             headers: self
                 .claims_to_headers
                 .iter()
-                .filter_map(|(claim, header)| claims.get(claim).and_then(scalar_string).map(|v| (header.clone(), v)))
+                .filter_map(|(claim, header)| {
+                    claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), v))
+                })
                 .filter(|(_, v)| v.bytes().all(|b| b >= 0x20 && b != 0x7f))
                 .collect(),
-            claims: claims
-                .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claims.contains(k))
-                .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
-                .collect(),
-            audiences: match claims.get("aud") {
-                Some(Value::String(a)) => vec![a.clone()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-                _ => Vec::new(),
-            },
+            claims: tags,
+            scopes: claims::scopes(claims)?,
+            audiences: claims::audiences(claims)?,
             expires_at,
             kid,
             key_fingerprint,
@@ -184,6 +211,18 @@ pub(super) fn build_issuer(
         }
         validations.insert(alg, v);
     }
+    let parse =
+        |field: String, c: &str| ClaimPath::parse(c).map_err(|e| anyhow::anyhow!("issuer {}: {field}: {e}", ic.issuer));
+    let group_claims =
+        ic.group_claims.iter().map(|c| parse("group_claims".into(), c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut claims_to_headers = Vec::new();
+    for (c, h) in &ic.claims_to_headers {
+        claims_to_headers.push((parse(format!("claims_to_headers.{c}"), c)?, h.to_ascii_lowercase()));
+    }
+    let mut claims_to_tags = Vec::new();
+    for (c, t) in &ic.claims_to_tags {
+        claims_to_tags.push((parse(format!("claims_to_tags.{c}"), c)?, t.clone()));
+    }
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
         sources: Vec::new(),
@@ -198,9 +237,14 @@ pub(super) fn build_issuer(
         ),
         validations,
         required_claims: ic.required_claims.clone(),
-        group_claims: ic.group_claims.clone(),
+        group_claims,
+        group_claim_names: ic.group_claims.clone(),
         group_namespace: cfg.group_namespace.unwrap_or_default(),
-        claims_to_headers: ic.claims_to_headers.iter().map(|(c, h)| (c.clone(), h.to_ascii_lowercase())).collect(),
+        claims_to_headers,
+        claims_to_tags,
+        required_typ: ic.required_typ.clone(),
+        leeway: ic.leeway.as_secs(),
+        max_token_age: ic.max_token_age.map(|d| d.as_secs()),
     })
 }
 
@@ -261,28 +305,48 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
     }
 }
 
-fn collect_groups(claims: &Map<String, Value>, names: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in names {
-        match claims.get(n) {
-            Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned)),
-            // OAuth `scope`-style space-separated lists.
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
-            _ => {}
-        }
+/// A media type without its optional `application/` prefix (RFC 7515 §4.1.9).
+fn media_subtype(t: &str) -> &str {
+    let t = t.trim();
+    match t.get(..12) {
+        Some(p) if p.eq_ignore_ascii_case("application/") => &t[12..],
+        _ => t,
     }
-    out.sort();
-    out.dedup();
-    out
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// Whether the header's `typ` is the required one (RFC 8725 §3.11): case-insensitive, with or
+/// without `application/`. A missing or non-string `typ` never matches.
+fn typ_matches(typ: Option<&Value>, want: &str) -> bool {
+    typ.and_then(Value::as_str).is_some_and(|t| media_subtype(t).eq_ignore_ascii_case(media_subtype(want)))
+}
+
+/// `iat` must not be in the future beyond `leeway`; with `max_age` it must be present and not
+/// older than `max_age` (plus `leeway`). Returns when the token becomes too old. A NumericDate
+/// may have a fraction (RFC 7519 §2); an `iat` that is not a non-negative number is malformed.
+fn check_iat(
+    claims: &Map<String, Value>,
+    now: u64,
+    leeway: u64,
+    max_age: Option<u64>,
+) -> Result<Option<u64>, JwtError> {
+    let iat = match claims.get("iat") {
+        None if max_age.is_some() => return Err(JwtError::MissingClaim),
+        None => return Ok(None),
+        Some(v) => match (v.as_u64(), v.as_f64()) {
+            (Some(i), _) => i,
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => f as u64,
+            _ => return Err(JwtError::Malformed),
+        },
+    };
+    if iat > now.saturating_add(leeway) {
+        return Err(JwtError::IssuedInFuture);
     }
+    let Some(max_age) = max_age else { return Ok(None) };
+    let too_old_at = iat.saturating_add(max_age);
+    if now > too_old_at.saturating_add(leeway) {
+        return Err(JwtError::TooOld);
+    }
+    Ok(Some(too_old_at))
 }
 
 #[cfg(test)]
@@ -323,8 +387,40 @@ mod tests {
     }
 
     #[test]
-    fn groups_come_from_arrays_and_space_lists() {
-        let c: Map<String, Value> = serde_json::from_str(r#"{"groups":["b","a"],"roles":"x y"}"#).unwrap();
-        assert_eq!(collect_groups(&c, &["groups".into(), "roles".into()]), vec!["a", "b", "x", "y"]);
+    fn typ_is_compared_case_insensitively_with_an_optional_application_prefix() {
+        let t = |v: Value| typ_matches(Some(&v), "at+jwt");
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"] {
+            assert!(t(Value::from(ok)), "{ok}");
+        }
+        for bad in ["JWT", "jwt", "at+jwt2", "application/jwt", "text/at+jwt", "", "id_token"] {
+            assert!(!t(Value::from(bad)), "{bad}");
+        }
+        assert!(!t(serde_json::json!(["at+jwt"])));
+        assert!(!typ_matches(None, "at+jwt"));
+        assert!(typ_matches(Some(&Value::from("at+jwt")), "application/AT+JWT"));
+    }
+
+    #[test]
+    fn iat_in_the_future_and_token_age() {
+        let c = |iat: Value| -> Map<String, Value> { [("iat".to_owned(), iat)].into_iter().collect() };
+        let now = 1_000_000;
+        // Within the leeway either way.
+        assert_eq!(check_iat(&c(Value::from(now + 30)), now, 30, None), Ok(None));
+        assert_eq!(check_iat(&c(Value::from(now + 31)), now, 30, None), Err(JwtError::IssuedInFuture));
+        assert_eq!(check_iat(&c(Value::from(u64::MAX)), now, 30, Some(60)), Err(JwtError::IssuedInFuture));
+        assert_eq!(check_iat(&c(Value::from(now - 90)), now, 30, Some(60)), Ok(Some(now - 30)));
+        assert_eq!(check_iat(&c(Value::from(now - 91)), now, 30, Some(60)), Err(JwtError::TooOld));
+        assert_eq!(check_iat(&c(Value::from(0)), now, 0, Some(60)), Err(JwtError::TooOld));
+        // Without max_token_age an old token is fine, and iat is optional.
+        assert_eq!(check_iat(&c(Value::from(0)), now, 0, None), Ok(None));
+        assert_eq!(check_iat(&Map::new(), now, 0, None), Ok(None));
+        assert_eq!(check_iat(&Map::new(), now, 0, Some(60)), Err(JwtError::MissingClaim));
+        // A fraction is a NumericDate; anything else is not.
+        assert_eq!(check_iat(&c(serde_json::json!(999_999.9)), now, 0, Some(60)), Ok(Some(999_999 + 60)));
+        for bad in
+            [serde_json::json!(-1), serde_json::json!("1000000"), serde_json::json!(null), serde_json::json!(1e300)]
+        {
+            assert_eq!(check_iat(&c(bad.clone()), now, 30, None), Err(JwtError::Malformed), "{bad}");
+        }
     }
 }
