@@ -157,7 +157,7 @@ fn d_status_max_lists() -> u64 {
     100
 }
 fn d_status_max_bytes() -> usize {
-    4 * 1024 * 1024
+    1024 * 1024
 }
 
 impl Default for StatusListConfig {

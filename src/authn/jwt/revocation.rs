@@ -25,16 +25,16 @@ const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// A point in time: seconds since the epoch, or an RFC 3339 string.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum Instant {
+enum Moment {
     Unix(u64),
     Text(String),
 }
 
-impl Instant {
+impl Moment {
     fn secs(&self, field: &str) -> Result<u64, String> {
         match self {
-            Instant::Unix(n) => Ok(*n),
-            Instant::Text(t) => humantime::parse_rfc3339_weak(t)
+            Moment::Unix(n) => Ok(*n),
+            Moment::Text(t) => humantime::parse_rfc3339_weak(t)
                 .ok()
                 .and_then(|st| st.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
@@ -58,7 +58,7 @@ struct JtiEntry {
     id: String,
     /// After this time the entry may be dropped (typically the token's `exp`).
     #[serde(default)]
-    forget_after: Option<Instant>,
+    forget_after: Option<Moment>,
     /// Only tokens of this issuer; absent: any issuer's token with this `jti`.
     #[serde(default)]
     issuer: Option<String>,
@@ -70,7 +70,7 @@ struct SubjectEntry {
     issuer: String,
     subject: String,
     /// Every token of this subject with `iat` before this time is refused.
-    revoked_before: Instant,
+    revoked_before: Moment,
 }
 
 /// One validated deny-list.
