@@ -38,10 +38,11 @@ pub(super) struct StatusRef {
 /// `status.status_list` of verified claims: `None` without one; a present but malformed
 /// reference is a malformed token (never ignored).
 pub(super) fn status_ref(claims: &Map<String, Value>) -> Result<Option<StatusRef>, JwtError> {
-    let Some(status) = claims.get("status") else { return Ok(None) };
-    let status = status.as_object().ok_or(JwtError::Malformed)?;
-    // Other status mechanisms may be listed beside it; we implement only this one.
-    let Some(sl) = status.get("status_list") else { return Ok(None) };
+    // A non-object `status` is some other (pre-draft) claim of the issuer's, not a reference;
+    // other status mechanisms may be listed beside `status_list`: we implement only this one.
+    let Some(sl) = claims.get("status").and_then(Value::as_object).and_then(|s| s.get("status_list")) else {
+        return Ok(None);
+    };
     let idx = sl.get("idx").and_then(Value::as_u64).ok_or(JwtError::Malformed)?;
     let uri = sl.get("uri").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     Ok(Some(StatusRef { idx, uri: uri.to_owned() }))
@@ -279,12 +280,13 @@ mod tests {
         let c = |j: &str| serde_json::from_str::<Map<String, Value>>(j).unwrap();
         assert_eq!(status_ref(&c(r#"{"sub":"a"}"#)), Ok(None));
         assert_eq!(status_ref(&c(r#"{"status":{"other":{}}}"#)), Ok(None));
+        assert_eq!(status_ref(&c(r#"{"status":"active"}"#)), Ok(None), "an unrelated claim of that name");
         assert_eq!(
             status_ref(&c(r#"{"status":{"status_list":{"idx":3,"uri":"https://i/s/1"}}}"#)),
             Ok(Some(StatusRef { idx: 3, uri: "https://i/s/1".into() }))
         );
         for bad in [
-            r#"{"status":"revoked"}"#,
+            r#"{"status":{"status_list":"https://i/s/1"}}"#,
             r#"{"status":{"status_list":{"idx":-1,"uri":"https://i/s/1"}}}"#,
             r#"{"status":{"status_list":{"idx":"3","uri":"https://i/s/1"}}}"#,
             r#"{"status":{"status_list":{"idx":3}}}"#,
