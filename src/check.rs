@@ -286,7 +286,9 @@ impl Checker {
                 };
                 d.with_challenge(scheme_challenge(*kind, error, Some(&e.to_string())))
             }
-            AuthnError::KeysUnavailable => Deny { status: Status::Unavailable, ..d }.with_retry_after(5),
+            AuthnError::KeysUnavailable | AuthnError::StatusListUnavailable => {
+                Deny { status: Status::Unavailable, ..d }.with_retry_after(5)
+            }
             // RFC 6750 §3.1: a credential sent twice is an `invalid_request` (400) in its own scheme.
             AuthnError::DuplicateCredential(kind) => Deny {
                 status: Status::BadRequest,

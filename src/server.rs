@@ -327,6 +327,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
     }
 
+    // The token deny-list: loaded by the authenticator at start, then watched.
+    if let (Some(dir), Some(store)) = (cfg.authn.revocation.dir.clone(), checker.authenticator().jwt().deny_list()) {
+        let h = crate::authn::jwt::spawn_deny_list_watch(
+            dir,
+            store.clone(),
+            cfg.authn.revocation.debounce,
+            shutdown_rx.clone(),
+        )?;
+        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+    }
+
     // Fetch signing keys now so the first request does not wait for them.
     {
         let c = checker.clone();

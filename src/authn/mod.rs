@@ -86,6 +86,9 @@ pub enum AuthnError {
     /// The token's keys cannot be had because the issuer's provider is unreachable (503).
     #[error("signing keys for issuer unavailable")]
     KeysUnavailable,
+    /// The token's status list cannot be had (and `authn.status_list.on_unavailable: deny`) (503).
+    #[error("token status list unavailable")]
+    StatusListUnavailable,
     /// The request carries a credential more than once, which is ambiguous (400).
     #[error("{0} appears more than once")]
     DuplicateCredential(Credential),
@@ -107,6 +110,7 @@ impl AuthnError {
         match self {
             AuthnError::InvalidToken(e) => e.label(),
             AuthnError::KeysUnavailable => "jwks_unavailable",
+            AuthnError::StatusListUnavailable => "status_list_unavailable",
             AuthnError::DuplicateCredential(_) => "duplicate_credential",
             AuthnError::MalformedCredential(_) => "malformed_credential",
             AuthnError::InvalidApiKey => "invalid_api_key",

@@ -45,6 +45,12 @@ pub struct AuthnConfig {
     /// pre-authentication throttle.
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    /// Deny-lists of revoked tokens (`jti`) and subjects ("revoked before"), from a watched dir.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+    /// OAuth Token Status List checks for tokens carrying `status.status_list`.
+    #[serde(default)]
+    pub status_list: StatusListConfig,
 }
 
 fn d_negative_ttl() -> Duration {
@@ -70,6 +76,105 @@ impl Default for AuthnConfig {
             negative_cache_capacity: d_negative_capacity(),
             unknown_kid_wait: d_unknown_kid_wait(),
             throttle: ThrottleConfig::default(),
+            revocation: RevocationConfig::default(),
+            status_list: StatusListConfig::default(),
+        }
+    }
+}
+
+/// Token deny-lists: every non-hidden file of `dir` (a mounted ConfigMap works) is a YAML
+/// document `{jti: [{id, forget_after, issuer?}], subjects: [{issuer, subject, revoked_before}]}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Directory watched and reloaded; absent: no deny-list.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Most entries (`jti` plus `subjects`, after forgotten ones are dropped): a larger set is refused.
+    #[serde(default = "d_revocation_max_entries")]
+    pub max_entries: usize,
+    /// Quiet period that folds a burst of changes to `dir` into one reload.
+    #[serde(default = "d_api_key_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+fn d_revocation_max_entries() -> usize {
+    100_000
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self { dir: None, max_entries: d_revocation_max_entries(), debounce: d_api_key_debounce() }
+    }
+}
+
+/// What a token whose status list cannot be had (and has no usable stale copy) gets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// 503 + Retry-After, reason `status_list_unavailable`.
+    #[default]
+    Deny,
+    /// Accepted as if valid (logged and counted).
+    Allow,
+}
+
+/// Status list fetching and caching (fetches follow the JWKS rules: scheme, redirects, caps).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListConfig {
+    /// Outcome when the list cannot be fetched or verified and no stale copy may be used.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Freshness lifetime when the status list token has neither `ttl` nor `exp`.
+    #[serde(default = "d_status_default_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Upper bound on a list's freshness lifetime (`ttl`/`exp` from the token are capped by it).
+    #[serde(default = "d_status_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long past its freshness a list keeps answering while refreshes fail.
+    #[serde(default = "d_status_max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// After a failed fetch, the same URI is not fetched again for this long.
+    #[serde(default = "d_status_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Most status lists cached.
+    #[serde(default = "d_status_max_lists")]
+    pub max_lists: u64,
+    /// Largest decompressed status list, in bytes.
+    #[serde(default = "d_status_max_bytes")]
+    pub max_list_bytes: usize,
+}
+
+fn d_status_default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_status_max_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d_status_max_stale() -> Duration {
+    Duration::from_secs(600)
+}
+fn d_status_retry() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_status_max_lists() -> u64 {
+    100
+}
+fn d_status_max_bytes() -> usize {
+    1024 * 1024
+}
+
+impl Default for StatusListConfig {
+    fn default() -> Self {
+        Self {
+            on_unavailable: OnUnavailable::Deny,
+            default_ttl: d_status_default_ttl(),
+            max_ttl: d_status_max_ttl(),
+            max_stale: d_status_max_stale(),
+            retry_interval: d_status_retry(),
+            max_lists: d_status_max_lists(),
+            max_list_bytes: d_status_max_bytes(),
         }
     }
 }
@@ -401,6 +506,19 @@ impl AuthnConfig {
         if self.jwks.min_ttl > self.jwks.max_ttl {
             return Err(ConfigError::invalid("authn.jwks.min_ttl", "must not exceed `max_ttl`"));
         }
+        if self.revocation.max_entries == 0 {
+            return Err(ConfigError::invalid("authn.revocation.max_entries", "must be at least 1"));
+        }
+        let sl = &self.status_list;
+        if sl.max_lists == 0 {
+            return Err(ConfigError::invalid("authn.status_list.max_lists", "must be at least 1"));
+        }
+        if sl.max_list_bytes == 0 {
+            return Err(ConfigError::invalid("authn.status_list.max_list_bytes", "must be at least 1"));
+        }
+        if sl.default_ttl > sl.max_ttl {
+            return Err(ConfigError::invalid("authn.status_list.default_ttl", "must not exceed `max_ttl`"));
+        }
         self.throttle.validate()
     }
 }
@@ -449,5 +567,31 @@ mod tests {
             assert!(err.contains(field), "{yaml}: {err}");
         }
         assert!(authn("  throttle: {key: claimed_subject}\n").is_err(), "never an unverified claim");
+    }
+
+    #[test]
+    fn revocation_and_status_list_defaults_and_bounds() {
+        let cfg = authn("  issuers: []\n").expect("defaults are valid");
+        assert_eq!(cfg.authn.revocation.dir, None);
+        assert_eq!(cfg.authn.revocation.max_entries, 100_000);
+        assert_eq!(cfg.authn.status_list.on_unavailable, crate::config::OnUnavailable::Deny);
+        let err = authn("  revocation: {max_entries: 0}\n").unwrap_err();
+        assert!(err.contains("authn.revocation.max_entries"), "{err}");
+        let err = authn("  status_list: {default_ttl: 2h, max_ttl: 1h}\n").unwrap_err();
+        assert!(err.contains("authn.status_list.default_ttl"), "{err}");
+        assert!(authn("  status_list: {on_unavailable: sometimes}\n").is_err());
+        let iss = |uris: &str| authn(&format!("  issuers: [{{issuer: https://i, status_list_uris: [{uris}]}}]\n"));
+        assert!(iss("'https://i/statuslists/'").is_ok());
+        for (bad, why) in [
+            ("'https://i/statuslists'", "must end with"),
+            ("'http://i/statuslists/'", "must be https"),
+            ("'https://i/s/?x=1'", "no query"),
+            ("'https://u:p@i/s/'", "credentials"),
+            ("'ftp://i/s/'", "must be https"),
+            ("'/s/'", "status_list_uris[0]"),
+        ] {
+            let err = iss(bad).unwrap_err();
+            assert!(err.contains("authn.issuers[0].status_list_uris[0]") && err.contains(why), "{bad}: {err}");
+        }
     }
 }

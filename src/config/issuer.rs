@@ -62,6 +62,10 @@ pub struct IssuerConfig {
     /// discovered `jwks_uri`). Off: plain HTTP lets anyone on the path swap the signing keys.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// URL prefixes (each ending in `/`) under which this issuer's tokens may name a status list
+    /// (`status.status_list.uri`); a token naming any other URI is refused (401).
+    #[serde(default)]
+    pub status_list_uris: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<JwtAlgorithm> {
@@ -311,6 +315,20 @@ impl IssuerConfig {
         }
         if self.max_token_age.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::invalid(field("max_token_age"), "must be more than zero (or unset)"));
+        }
+        for (j, prefix) in self.status_list_uris.iter().enumerate() {
+            let f = field(&format!("status_list_uris[{j}]"));
+            let url = reqwest::Url::parse(prefix).map_err(|e| ConfigError::invalid(&f, format!("`{prefix}`: {e}")))?;
+            if !fetchable_url(&url, self.allow_insecure_http) {
+                return Err(ConfigError::invalid(f, "must be https (or http with `allow_insecure_http: true`)"));
+            }
+            // A prefix that does not end a path segment would also match `…/lists-evil`.
+            if !url.path().ends_with('/') || url.query().is_some() || url.fragment().is_some() {
+                return Err(ConfigError::invalid(f, "must end with `/` and have no query or fragment"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::invalid(f, "must not carry credentials"));
+            }
         }
         if group_namespace == Some(GroupNamespace::PerIssuer) && self.issuer.contains('#') {
             return Err(ConfigError::invalid(

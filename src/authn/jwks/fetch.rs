@@ -106,9 +106,9 @@ impl IssuerKeys {
         Ok((keys, ttl))
     }
 
-    /// One GET to the key server, in its own span when traces are on (a root span: a fetch is
+    /// One GET to the key server (also used for status lists: the same rules), in its own span when traces are on (a root span: a fetch is
     /// not caused by one check). Only the URL's scheme and host are recorded, never its path.
-    async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
+    pub(crate) async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
         use opentelemetry::trace::{Span as _, Tracer as _};
         let tracer = opentelemetry::global::tracer("portcullis");
         let mut span = tracer

@@ -7,13 +7,14 @@ use moka::Expiry;
 use prometheus_client::encoding::EncodeLabelSet;
 use sha2::{Digest, Sha256};
 
-use super::{JwtAuthenticator, JwtError, JwtIdentity};
+use super::{JwtAuthenticator, JwtError, JwtIdentity, RevocationFacts};
 use crate::authn::AuthnError;
 
 #[derive(Clone)]
 pub(super) struct CachedToken {
     pub(super) identity: Arc<JwtIdentity>,
     pub(super) issuer: usize,
+    pub(super) facts: Arc<RevocationFacts>,
 }
 
 pub(super) struct UntilExp {
@@ -45,6 +46,7 @@ impl JwtAuthenticator {
                 if self.still_valid(&hit).await {
                     self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
                     self.check_source(hit.issuer, source)?;
+                    self.check_revoked(&hit.identity, hit.issuer, &hit.facts).await?;
                     return Ok(hit.identity);
                 }
                 cache.invalidate(&digest).await;
@@ -66,9 +68,12 @@ impl JwtAuthenticator {
                 return Err(e);
             }
         };
+        let facts = Arc::new(RevocationFacts::from_verified(token)?);
         if let Some(cache) = &self.cache {
-            cache.insert(digest, CachedToken { identity: identity.clone(), issuer }).await;
+            let entry = CachedToken { identity: identity.clone(), issuer, facts: facts.clone() };
+            cache.insert(digest, entry).await;
         }
+        self.check_revoked(&identity, issuer, &facts).await?;
         Ok(identity)
     }
 

@@ -18,10 +18,14 @@ mod cache;
 mod claims;
 mod extract;
 mod negative;
+mod revocation;
+mod status_list;
 mod verify;
 
 use cache::{CacheLabel, CachedToken, UntilExp};
 use negative::NegativeCache;
+pub use revocation::{DenyListStore, spawn_watch as spawn_deny_list_watch};
+use status_list::{StatusLists, StatusRef};
 use verify::{Issuer, build_issuer};
 
 pub use verify::algorithm;
@@ -98,6 +102,10 @@ pub enum JwtError {
     TooOld,
     #[error("token maps too many claim values")]
     TooManyClaimValues,
+    #[error("token has been revoked")]
+    Revoked,
+    #[error("token status list is not trusted")]
+    StatusUriNotAllowed,
 }
 
 impl JwtError {
@@ -126,6 +134,8 @@ impl JwtError {
             JwtError::IssuedInFuture => "token_issued_in_future",
             JwtError::TooOld => "token_too_old",
             JwtError::TooManyClaimValues => "too_many_claim_values",
+            JwtError::Revoked => "token_revoked",
+            JwtError::StatusUriNotAllowed => "status_list_uri_not_allowed",
         }
     }
 }
@@ -146,6 +156,34 @@ pub struct JwtAuthenticator {
     cache_lookups: Family<CacheLabel, Counter>,
     negative: Option<NegativeCache>,
     verifications: Counter,
+    deny_list: Option<Arc<DenyListStore>>,
+    status_lists: StatusLists,
+}
+
+/// What revocation is judged on, read from a verified token's claims and kept with it in the
+/// verified-token cache (so cache hits are checked too).
+#[derive(Debug, Clone, Default)]
+pub(super) struct RevocationFacts {
+    jti: Option<String>,
+    iat: Option<u64>,
+    status: Option<StatusRef>,
+}
+
+impl RevocationFacts {
+    /// From a token whose signature has just been verified (its payload is trusted).
+    fn from_verified(token: &str) -> Result<Self, JwtError> {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
+        let bytes =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)?;
+        Ok(Self {
+            jti: claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
+            iat: claims.get("iat").and_then(serde_json::Value::as_u64),
+            status: status_list::status_ref(&claims)?,
+        })
+    }
 }
 
 impl JwtAuthenticator {
@@ -187,6 +225,15 @@ impl JwtAuthenticator {
             negative_lookups.clone(),
         );
         let negative = NegativeCache::new(cfg.negative_cache_ttl, cfg.negative_cache_capacity, negative_lookups);
+        let deny_list = match &cfg.revocation.dir {
+            Some(dir) => {
+                let store = DenyListStore::new(cfg.revocation.max_entries, registry);
+                store.load_dir(dir).map_err(|e| anyhow::anyhow!("authn.revocation.dir: {e}"))?;
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
+        let status_lists = StatusLists::new(&cfg.status_list, &cfg.issuers, registry);
         let verifications = Counter::default();
         registry.register(
             "token_verifications",
@@ -203,7 +250,29 @@ impl JwtAuthenticator {
             cache_lookups,
             negative,
             verifications,
+            deny_list,
+            status_lists,
         })
+    }
+
+    /// The deny-list store, when `authn.revocation.dir` is set (watched by the server).
+    pub fn deny_list(&self) -> Option<&Arc<DenyListStore>> {
+        self.deny_list.as_ref()
+    }
+
+    /// The revocation hook, run on every verified token (fresh or from the cache): deny-lists,
+    /// then the token's status list. Never negatively cached.
+    async fn check_revoked(&self, id: &JwtIdentity, issuer: usize, facts: &RevocationFacts) -> Result<(), AuthnError> {
+        if let Some(store) = &self.deny_list
+            && store.load().revokes(&id.issuer, &id.subject, facts.jti.as_deref(), facts.iat)
+        {
+            return Err(JwtError::Revoked.into());
+        }
+        if let Some(r) = &facts.status {
+            let iss = self.issuers.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+            self.status_lists.check(issuer, iss, r).await?;
+        }
+        Ok(())
     }
 
     /// Header names tokens are read from.

@@ -74,7 +74,10 @@ fn cacheable(e: JwtError) -> bool {
         | JwtError::BadAudience
         | JwtError::MissingClaim
         | JwtError::Duplicate
-        | JwtError::WrongSource => false,
+        | JwtError::WrongSource
+        // Revocation is decided after verification and never remembered here.
+        | JwtError::Revoked
+        | JwtError::StatusUriNotAllowed => false,
     }
 }
 
