@@ -60,7 +60,7 @@ impl Checker {
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
                 || cfg.authn.api_keys.dir.is_some()
                 || cfg.authn.api_keys.kubernetes.is_some(),
-            rate_limiter: cfg.rate_limit.as_ref().and_then(RateLimiter::new),
+            rate_limiter: RateLimiter::for_config(cfg),
             shadow: None,
         })
     }

@@ -234,3 +234,35 @@ async fn a_mounted_secret_volume_adds_rotates_expires_refuses_and_deletes_keys()
     assert_eq!(try_key(&s, "dir-later").await.0, 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_its_own_rate_limit_is_throttled_by_it_without_a_global_limit() {
+    let s = Sidecar::start_configured(
+        |_| {},
+        |dir: &Path, cfg: &mut Config| {
+            let keys = dir.join("keys");
+            std::fs::create_dir_all(&keys).expect("mkdir");
+            kubelet_swap(
+                &keys,
+                1,
+                &[
+                    ("limited", "client: batch\nkey: dir-limited\nrate_limit: {requests_per_second: 1, burst: 1}\n"),
+                    ("open", &entry("dir-open")),
+                ],
+            );
+            cfg.authn.api_keys.dir = Some(keys);
+            assert!(cfg.rate_limit.is_none(), "no global limit in this test");
+        },
+    )
+    .await;
+    let mut limited = Vec::new();
+    for _ in 0..5 {
+        limited.push(try_key(&s, "dir-limited").await);
+    }
+    assert_eq!(limited[0].0, 200);
+    assert!(limited.contains(&(429, "rate_limited".into())), "{limited:?}");
+    for _ in 0..5 {
+        assert_eq!(try_key(&s, "dir-open").await.0, 200, "a key without its own limit is not limited");
+    }
+    s.stop().await;
+}

@@ -24,6 +24,15 @@ pub use store::{KeyStatus, KeyStore};
 pub struct ApiClientIdentity {
     pub client: String,
     pub groups: Vec<String>,
+    /// The key's own rate limit (from its Secret entry), used instead of the global one.
+    pub rate_limit: Option<KeyRateLimit>,
+}
+
+/// A per-key rate limit: `requests_per_second` sustained, `burst` at once (both at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRateLimit {
+    pub requests_per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
 }
 
 /// Looks keys up by digest.
@@ -44,7 +53,14 @@ impl ApiKeyAuthenticator {
             let mut d = [0u8; 32];
             // Config validation guarantees 64 hex characters.
             if hex::decode_to_slice(&k.sha256, &mut d).is_ok() {
-                by_digest.insert(d, Arc::new(ApiClientIdentity { client: k.client.clone(), groups: k.groups.clone() }));
+                by_digest.insert(
+                    d,
+                    Arc::new(ApiClientIdentity {
+                        client: k.client.clone(),
+                        groups: k.groups.clone(),
+                        rate_limit: None,
+                    }),
+                );
                 inline.insert(d, format!("authn.api_keys.keys[{i}]"));
             }
         }
