@@ -66,8 +66,10 @@ impl Checker {
             names: cfg.headers.clone(),
             owned_spellings,
             bearer_configured: !cfg.authn.issuers.is_empty(),
-            api_keys_configured: !cfg.authn.api_keys.keys.is_empty() || cfg.authn.api_keys.dir.is_some(),
-            rate_limiter: cfg.rate_limit.as_ref().and_then(RateLimiter::new),
+            api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
+                || cfg.authn.api_keys.dir.is_some()
+                || cfg.authn.api_keys.kubernetes.is_some(),
+            rate_limiter: RateLimiter::for_config(cfg),
             shadow: None,
             anomalies,
         })

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod decision;
+pub mod kubeapi;
 pub mod metrics;
 pub mod net;
 pub mod policy;

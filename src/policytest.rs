@@ -336,7 +336,7 @@ fn identities(cfg: &Config, checker: &Checker, id: &CaseIdentity) -> Result<Iden
     if let Some(c) = &id.api_client {
         let configured = cfg.authn.api_keys.keys.iter().find(|k| k.client == c.client).map(|k| k.groups.clone());
         let groups = c.groups.clone().or(configured).unwrap_or_default();
-        ids.api_client = Some(Arc::new(ApiClientIdentity { client: c.client.clone(), groups }));
+        ids.api_client = Some(Arc::new(ApiClientIdentity { client: c.client.clone(), groups, rate_limit: None }));
     }
     Ok(ids)
 }

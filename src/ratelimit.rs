@@ -1,13 +1,18 @@
 //! Per-caller rate limiting (GCRA, via governor), applied after authentication and before Cedar:
 //! a caller over its quota gets a 429 with `Retry-After`. Callers are keyed by their proven
 //! identity, anonymous callers by source IP. The key table is bounded: once `max_tracked` callers
-//! are being tracked, new ones share one overflow bucket until idle entries are pruned.
+//! are being tracked, new ones share one overflow bucket until idle entries are pruned. An API
+//! key may carry its own quota (its Secret entry's `rate_limit`): that client is then limited by
+//! it instead of the global one, even when no global limit is configured.
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::authn::apikey::KeyRateLimit;
 use crate::authn::{Identities, PrincipalRef};
-use crate::config::RateLimitConfig;
+use crate::config::{Config, RateLimitConfig};
 use crate::request::RequestView;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -16,10 +21,18 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 const OVERFLOW: &str = "\u{0}overflow";
 /// How often idle entries may be pruned (pruning walks the whole table).
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// Most distinct per-key quotas with a limiter at once; past it (after pruning idle ones) a key's
+/// own quota falls back to the global one.
+const MAX_KEY_QUOTAS: usize = 1024;
+
+type Keyed = DefaultKeyedRateLimiter<String>;
 
 /// Keyed limiter with a bounded table.
 pub(crate) struct RateLimiter {
-    limiter: DefaultKeyedRateLimiter<String>,
+    /// The global quota; `None` when only API keys' own quotas limit.
+    limiter: Option<Arc<Keyed>>,
+    /// One keyed limiter per distinct per-key quota.
+    key_quotas: Mutex<HashMap<KeyRateLimit, Arc<Keyed>>>,
     clock: DefaultClock,
     max_tracked: usize,
     started: Instant,
@@ -31,45 +44,86 @@ impl RateLimiter {
     pub(crate) fn new(cfg: &RateLimitConfig) -> Option<Self> {
         let rate = NonZeroU32::new(cfg.requests_per_second)?;
         let burst = cfg.burst.and_then(NonZeroU32::new).unwrap_or(rate);
-        Some(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        Some(Self::build(Some(Quota::per_second(rate).allow_burst(burst)), cfg.max_tracked))
+    }
+
+    /// The limiter for a config: the global `rate_limit` if any; and, when API keys come from
+    /// Secrets (whose entries may carry their own `rate_limit`), one even without it.
+    pub(crate) fn for_config(cfg: &Config) -> Option<Self> {
+        if let Some(rl) = cfg.rate_limit.as_ref().and_then(Self::new) {
+            return Some(rl);
+        }
+        let keys = &cfg.authn.api_keys;
+        let max_tracked = cfg.rate_limit.as_ref().map_or(100_000, |r| r.max_tracked);
+        (keys.dir.is_some() || keys.kubernetes.is_some()).then(|| Self::build(None, max_tracked))
+    }
+
+    fn build(global: Option<Quota>, max_tracked: usize) -> Self {
+        Self {
+            limiter: global.map(|q| Arc::new(DefaultKeyedRateLimiter::keyed(q))),
+            key_quotas: Mutex::default(),
             clock: DefaultClock::default(),
-            max_tracked: cfg.max_tracked.max(1),
+            max_tracked: max_tracked.max(1),
             started: Instant::now(),
             last_prune_ms: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// The limiter for this caller: its API key's own quota if it has one, else the global one.
+    fn limiter_for(&self, ids: &Identities) -> Option<Arc<Keyed>> {
+        let PrincipalRef::ApiClient(c) = ids.principal() else { return self.limiter.clone() };
+        let Some(q) = c.rate_limit else { return self.limiter.clone() };
+        let mut quotas = self.key_quotas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = quotas.get(&q) {
+            return Some(l.clone());
+        }
+        if quotas.len() >= MAX_KEY_QUOTAS {
+            // Forget quotas nobody is using (e.g. of rotated keys).
+            quotas.retain(|_, l| {
+                l.retain_recent();
+                !l.is_empty()
+            });
+        }
+        if quotas.len() >= MAX_KEY_QUOTAS {
+            tracing::warn!(client = %c.client, "too many distinct per-key rate limits; the global one applies");
+            return self.limiter.clone();
+        }
+        let l = Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_second(q.requests_per_second).allow_burst(q.burst)));
+        quotas.insert(q, l.clone());
+        Some(l)
     }
 
     /// `Ok` if the caller may proceed; otherwise the seconds to wait (at least 1).
     pub(crate) fn check(&self, req: &RequestView<'_>, ids: &Identities) -> Result<(), u32> {
+        let Some(limiter) = self.limiter_for(ids) else { return Ok(()) };
         let mut key = caller_key(req, ids);
-        if self.limiter.len() >= self.max_tracked {
-            self.prune();
-            if self.limiter.len() >= self.max_tracked {
+        if limiter.len() >= self.max_tracked {
+            self.prune(&limiter);
+            if limiter.len() >= self.max_tracked {
                 key = OVERFLOW.to_owned();
             }
         }
-        self.limiter.check_key(&key).map_err(|not_until| {
+        limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             wait.as_secs_f64().ceil().max(1.0) as u32
         })
     }
 
-    fn prune(&self) {
+    fn prune(&self, limiter: &Keyed) {
         let now = self.started.elapsed().as_millis() as u64;
         let last = self.last_prune_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as u64
             && self.last_prune_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
     }
 
-    /// Callers currently tracked (tests check the table stays bounded).
+    /// Callers currently tracked by the global quota (tests check the table stays bounded).
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {
-        self.limiter.len()
+        self.limiter.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -178,6 +232,54 @@ mod tests {
         assert!(rl.check(&vb, &user_via_peer).is_err());
         // The address alone is its own caller.
         assert!(rl.check(&vb, &Identities::default()).is_ok());
+    }
+
+    fn api_client(name: &str, rate_limit: Option<(u32, u32)>) -> Identities {
+        let nz = |n: u32| NonZeroU32::new(n).expect("non-zero");
+        Identities {
+            api_client: Some(Arc::new(crate::authn::ApiClientIdentity {
+                client: name.into(),
+                groups: Vec::new(),
+                rate_limit: rate_limit.map(|(r, b)| KeyRateLimit { requests_per_second: nz(r), burst: nz(b) }),
+            })),
+            ..Identities::default()
+        }
+    }
+
+    #[test]
+    fn an_api_key_with_its_own_quota_is_limited_by_it_instead_of_the_global_one() {
+        let rl =
+            RateLimiter::new(&RateLimitConfig { requests_per_second: 1, burst: Some(1), max_tracked: 10 }).unwrap();
+        let r = spec("10.0.0.1");
+        let v = RequestView::from_check(&r, &Limits::default()).unwrap();
+        // A generous key: more than the global burst passes.
+        let big = api_client("big", Some((1, 3)));
+        for _ in 0..3 {
+            assert!(rl.check(&v, &big).is_ok());
+        }
+        assert!(rl.check(&v, &big).is_err(), "its own burst is the limit");
+        // A key without one: the global quota.
+        let plain = api_client("plain", None);
+        assert!(rl.check(&v, &plain).is_ok());
+        assert!(rl.check(&v, &plain).is_err());
+    }
+
+    #[test]
+    fn per_key_quotas_apply_without_a_global_limit_and_nothing_else_is_limited() {
+        let yaml = "policy: {dir: p}\nauthn: {api_keys: {dir: k}}\n";
+        let cfg = crate::config::Config::from_yaml(yaml).expect("config");
+        let rl = RateLimiter::for_config(&cfg).expect("a limiter for per-key quotas");
+        let r = spec("10.0.0.1");
+        let v = RequestView::from_check(&r, &Limits::default()).unwrap();
+        let strict = api_client("strict", Some((1, 1)));
+        assert!(rl.check(&v, &strict).is_ok());
+        assert!(rl.check(&v, &strict).is_err());
+        for _ in 0..10 {
+            assert!(rl.check(&v, &api_client("plain", None)).is_ok());
+            assert!(rl.check(&v, &Identities::default()).is_ok());
+        }
+        let none = crate::config::Config::from_yaml("policy: {dir: p}\n").expect("config");
+        assert!(RateLimiter::for_config(&none).is_none(), "no Secret source, no global limit: no limiter");
     }
 
     #[test]

@@ -326,6 +326,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         )?;
         tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
     }
+    // API keys from labelled Secrets through the API: applied once every namespace is listed.
+    if let (Some(k8s), Some(keys)) =
+        (cfg.authn.api_keys.kubernetes.as_ref(), checker.authenticator().api_keys().secrets())
+    {
+        let client = crate::kubeapi::client(k8s.kubeconfig.as_deref()).await.context("authn.api_keys.kubernetes")?;
+        let source = crate::authn::apikey::kube::SecretSource::new(
+            client,
+            k8s,
+            cfg.authn.api_keys.debounce,
+            registry.sub_registry_with_prefix("authn_api_keys_kubernetes"),
+        );
+        let h = source.spawn(keys.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move { h.await.map_err(anyhow::Error::from) }));
+    }
 
     // The token deny-list: loaded by the authenticator at start, then watched.
     if let (Some(dir), Some(store)) = (cfg.authn.revocation.dir.clone(), checker.authenticator().jwt().deny_list()) {

@@ -1,6 +1,6 @@
 //! API keys: compared by SHA-256 digest, so neither the config nor memory holds a usable key.
 //! Keys come from the config (`keys`, for local use) and from Secrets: a mounted Secret volume
-//! ([`files`]), swapped as a whole set by [`store::KeyStore`]; expiry is checked on every request.
+//! ([`files`]) or labelled Secrets through the Kubernetes API ([`kube`]), swapped as a whole set by [`store::KeyStore`]; expiry is checked on every request.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,6 +14,7 @@ use super::AuthnError;
 
 pub mod files;
 pub mod keyset;
+pub mod kube;
 pub mod store;
 
 pub use store::{KeyStatus, KeyStore};
@@ -23,6 +24,15 @@ pub use store::{KeyStatus, KeyStore};
 pub struct ApiClientIdentity {
     pub client: String,
     pub groups: Vec<String>,
+    /// The key's own rate limit (from its Secret entry), used instead of the global one.
+    pub rate_limit: Option<KeyRateLimit>,
+}
+
+/// A per-key rate limit: `requests_per_second` sustained, `burst` at once (both at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRateLimit {
+    pub requests_per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
 }
 
 /// Looks keys up by digest.
@@ -43,18 +53,28 @@ impl ApiKeyAuthenticator {
             let mut d = [0u8; 32];
             // Config validation guarantees 64 hex characters.
             if hex::decode_to_slice(&k.sha256, &mut d).is_ok() {
-                by_digest.insert(d, Arc::new(ApiClientIdentity { client: k.client.clone(), groups: k.groups.clone() }));
+                by_digest.insert(
+                    d,
+                    Arc::new(ApiClientIdentity {
+                        client: k.client.clone(),
+                        groups: k.groups.clone(),
+                        rate_limit: None,
+                    }),
+                );
                 inline.insert(d, format!("authn.api_keys.keys[{i}]"));
             }
         }
-        let secrets = match &cfg.dir {
-            None => None,
-            Some(dir) => {
+        let secrets = match (&cfg.dir, &cfg.kubernetes) {
+            (Some(dir), _) => {
                 let store = KeyStore::new(inline, registry);
                 files::load_into(dir, &store)
                     .map_err(|e| anyhow::anyhow!("authn.api_keys.dir: API keys could not be loaded: {e}"))?;
                 Some(Arc::new(store))
             }
+            // Filled by the watch once every namespace has been listed; until then no Secret
+            // key is known, so API clients are refused (fail closed).
+            (None, Some(_)) => Some(Arc::new(KeyStore::new(inline, registry))),
+            (None, None) => None,
         };
         Ok(Self { header: cfg.header.to_ascii_lowercase(), by_digest, secrets })
     }

@@ -285,7 +285,7 @@ mod tests {
         let r = parse(&[("portcullis.require", "credential"), ("portcullis.credentials", "bearer")]).expect("valid");
         let mut ids = Identities {
             peer: Some(peer()),
-            api_client: Some(Arc::new(ApiClientIdentity { client: "ci".into(), groups: Vec::new() })),
+            api_client: Some(Arc::new(ApiClientIdentity { client: "ci".into(), groups: Vec::new(), rate_limit: None })),
             ..Default::default()
         };
         assert_eq!(r.apply(ids.clone()).err(), Some(RouteRefusal::CredentialRequired));

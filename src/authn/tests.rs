@@ -8,7 +8,7 @@ use proptest::prelude::*;
 #[test]
 fn the_principal_is_user_then_api_client_then_service_then_anonymous() {
     let user = Arc::new(JwtIdentity::for_tests("https://i", "alice", &[], &[]));
-    let client = Arc::new(ApiClientIdentity { client: "ci".into(), groups: Vec::new() });
+    let client = Arc::new(ApiClientIdentity { client: "ci".into(), groups: Vec::new(), rate_limit: None });
     let peer = PeerIdentity {
         spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
         trust_domain: "cluster.local".into(),

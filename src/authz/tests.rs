@@ -77,6 +77,7 @@ fn client(name: &str, groups: &[&str]) -> Identities {
         api_client: Some(Arc::new(ApiClientIdentity {
             client: name.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            rate_limit: None,
         })),
         ..Default::default()
     }

@@ -419,9 +419,36 @@ pub struct ApiKeyConfig {
     /// (`client`, `key` or `sha256`, optional `groups`, `expires`). Watched and reloaded.
     #[serde(default)]
     pub dir: Option<PathBuf>,
-    /// Quiet period that folds a burst of changes to `dir` into one reload.
+    /// Labelled Secrets read through the Kubernetes API: each data key of each selected Secret
+    /// holds one entry document (as in `dir`). Needs `get/list/watch` on Secrets.
+    #[serde(default)]
+    pub kubernetes: Option<ApiKeyKubernetes>,
+    /// Quiet period that folds a burst of changes to `dir` or the Secrets into one reload.
     #[serde(default = "d_api_key_debounce", with = "humantime_serde")]
     pub debounce: Duration,
+}
+
+/// API key Secrets watched through the Kubernetes API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyKubernetes {
+    /// Namespaces to watch; empty means the pod's own namespace (`POD_NAMESPACE`).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Label selector for API key Secrets (Kubernetes syntax).
+    #[serde(default = "d_api_key_selector")]
+    pub selector: String,
+    /// A kubeconfig file to use instead of in-cluster / default discovery.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Post a Warning Event (`ApiKeyRejected`) on a Secret whose update was refused (needs
+    /// `create` on `events.k8s.io/events`).
+    #[serde(default = "yes")]
+    pub events: bool,
+}
+
+fn d_api_key_selector() -> String {
+    "portcullis.dev/api-key=true".into()
 }
 
 fn d_api_key_debounce() -> Duration {
@@ -434,7 +461,13 @@ fn d_api_key_header() -> String {
 
 impl Default for ApiKeyConfig {
     fn default() -> Self {
-        Self { header: d_api_key_header(), keys: Vec::new(), dir: None, debounce: d_api_key_debounce() }
+        Self {
+            header: d_api_key_header(),
+            keys: Vec::new(),
+            dir: None,
+            kubernetes: None,
+            debounce: d_api_key_debounce(),
+        }
     }
 }
 
@@ -491,6 +524,25 @@ impl AuthnConfig {
                 return Err(ConfigError::invalid(
                     format!("authn.api_keys.keys[{i}].sha256"),
                     "must be 64 hex characters (the SHA-256 of the key, never the key itself)",
+                ));
+            }
+        }
+        if let Some(k) = &self.api_keys.kubernetes {
+            if self.api_keys.dir.is_some() {
+                // Both would replace the same key set; one source of Secrets is enough.
+                return Err(ConfigError::invalid(
+                    "authn.api_keys.kubernetes",
+                    "set only one of `dir` (a mounted Secret) or `kubernetes` (Secrets through the API)",
+                ));
+            }
+            if k.selector.trim().is_empty() {
+                // An empty selector would read every Secret in the namespace as an API key.
+                return Err(ConfigError::invalid("authn.api_keys.kubernetes.selector", "must not be empty"));
+            }
+            if let Some(i) = k.namespaces.iter().position(|n| n.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("authn.api_keys.kubernetes.namespaces[{i}]"),
+                    "must not be empty",
                 ));
             }
         }
@@ -593,5 +645,22 @@ mod tests {
             let err = iss(bad).unwrap_err();
             assert!(err.contains("authn.issuers[0].status_list_uris[0]") && err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn api_key_secrets_through_the_api_default_and_are_checked() {
+        let cfg = authn("  api_keys: {kubernetes: {}}\n").expect("defaults are valid");
+        let k = cfg.authn.api_keys.kubernetes.expect("set");
+        assert_eq!(k.selector, "portcullis.dev/api-key=true");
+        assert!(k.events && k.namespaces.is_empty() && k.kubeconfig.is_none());
+        for (yaml, field) in [
+            ("  api_keys: {dir: /k, kubernetes: {}}\n", "authn.api_keys.kubernetes"),
+            ("  api_keys: {kubernetes: {selector: ' '}}\n", "authn.api_keys.kubernetes.selector"),
+            ("  api_keys: {kubernetes: {namespaces: [a, '']}}\n", "authn.api_keys.kubernetes.namespaces[1]"),
+        ] {
+            let err = authn(yaml).unwrap_err();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        assert!(authn("  api_keys: {kubernetes: {selectr: a}}\n").is_err(), "unknown fields refused");
     }
 }

@@ -137,6 +137,9 @@ impl Config {
         if let Some(d) = self.authn.api_keys.dir.as_mut() {
             fix(d);
         }
+        if let Some(f) = self.authn.api_keys.kubernetes.as_mut().and_then(|k| k.kubeconfig.as_mut()) {
+            fix(f);
+        }
         if let Some(c) = self.policy.candidate.as_mut() {
             c.dir.iter_mut().chain(c.kubernetes.iter_mut().flat_map(|k| k.kubeconfig.as_mut())).for_each(fix);
         }

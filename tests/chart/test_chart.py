@@ -110,7 +110,9 @@ def test_restriction_check_catches_a_root_container():
 @scenarios
 def test_service_account_token_only_where_the_api_is_used(scenario):
     rendered = render(scenario)
-    kube = rendered.portcullis_config()["policy"].get("kubernetes") is not None
+    cfg = rendered.portcullis_config()
+    api_keys = (cfg.get("authn") or {}).get("api_keys") or {}
+    kube = cfg["policy"].get("kubernetes") is not None or api_keys.get("kubernetes") is not None
     sa = rendered.one("ServiceAccount")
     assert sa["automountServiceAccountToken"] is kube
     for obj in rendered.of_kind("Deployment") + rendered.of_kind("Pod"):
@@ -374,7 +376,7 @@ def expected_allowed_headers(cfg: dict) -> list[str]:
         for src in iss.get("from", [{"header": "authorization", "prefix": "Bearer "}]):
             out.append(src["header"].lower() if "header" in src else "cookie")
     keys = authn.get("api_keys") or {}
-    if keys.get("keys"):
+    if keys.get("keys") or keys.get("dir") or keys.get("kubernetes"):
         out.append(keys.get("header", "x-api-key").lower())
     if (cfg.get("headers") or {}).get("strip_foreign_credentials"):
         out.append("authorization")
@@ -415,6 +417,8 @@ ALLOWED_HEADER_CASES = {
         [],
         ["x-team-key", "x-api-key"],
     ),
+    "api keys from a mounted Secret": (["apiKeys.secret=team-keys"], ["x-api-key"], ["authorization"]),
+    "api keys from Secrets through the API": (["apiKeys.kubernetes.enabled=true"], ["x-api-key"], ["authorization"]),
     "context headers": (
         ['json:config.cedar.context_headers=["X-Tenant","x-region","x-request-id"]'],
         ["x-tenant", "x-region"],
@@ -707,6 +711,66 @@ def test_kubernetes_source_defaults_to_the_release_namespace():
     assert not render("default", "policies.source=kubernetes", "rbac.create=false").of_kind("Role")
 
 
+# API keys -------------------------------------------------------------------------------------
+
+
+def granted_rules(role: dict) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_no_api_key_source_and_no_secret_access_by_default():
+    rendered = render()
+    assert "dir" not in (rendered.portcullis_config().get("authn") or {}).get("api_keys", {})
+    assert not rendered.of_kind("Role")
+    assert all("secret" not in v for v in pod_spec(rendered.deployment())["volumes"])
+
+
+def test_a_mounted_api_key_secret_becomes_the_key_dir_without_api_access():
+    rendered = render("default", "apiKeys.secret=team-keys")
+    keys = rendered.portcullis_config()["authn"]["api_keys"]
+    assert keys["dir"] == "/etc/portcullis/api-keys" and "kubernetes" not in keys
+    spec = pod_spec(rendered.deployment())
+    mounted = mount_dir_of(spec, container(spec, "portcullis"), "/etc/portcullis/api-keys/batch")
+    assert mounted and mounted[1]["secret"]["secretName"] == "team-keys"
+    mount = next(m for m in container(spec, "portcullis")["volumeMounts"] if m["mountPath"] == "/etc/portcullis/api-keys")
+    assert mount["readOnly"] is True and "subPath" not in mount, "a directory mount: kubelet's ..data swap reaches it"
+    # Only portcullis mounts the keys, and nothing may read Secrets through the API.
+    assert all(m["name"] != "portcullis-api-keys" for c in all_containers(spec) if c["name"] != "portcullis" for m in c.get("volumeMounts", []))
+    assert not rendered.of_kind("Role") and not rendered.of_kind("ClusterRole")
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_api_key_secrets_through_the_api_get_a_namespaced_secrets_role_only_then():
+    rendered = render("default", "apiKeys.kubernetes.enabled=true")
+    keys = rendered.portcullis_config()["authn"]["api_keys"]
+    assert keys["kubernetes"] == {"namespaces": [NAMESPACE], "selector": "portcullis.dev/api-key=true"}
+    assert "dir" not in keys
+    roles = rendered.of_kind("Role")
+    assert [r["metadata"]["namespace"] for r in roles] == [NAMESPACE]
+    assert not rendered.of_kind("ClusterRole") and not rendered.of_kind("ClusterRoleBinding")
+    granted = granted_rules(roles[0])
+    assert {("", "secrets", v) for v in ("get", "list", "watch")} <= granted
+    assert ("events.k8s.io", "events", "create") in granted
+    assert all(r in ("secrets", "events") for _, r, _ in granted), "more than the watch needs"
+    assert not any(v in ("create", "update", "patch", "delete", "*") for _, r, v in granted if r == "secrets")
+    (binding,) = rendered.of_kind("RoleBinding")
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": rendered.one("ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}]
+    assert pod_spec(rendered.deployment())["automountServiceAccountToken"] is True
+    for obj in roles + [binding]:
+        validate_k8s(obj)
+
+    # A dedicated namespace narrows what the pod can read; the policy Role stays separate.
+    rendered = render("default", "apiKeys.kubernetes.enabled=true", "apiKeys.kubernetes.namespaces={team-keys}",
+                      "apiKeys.kubernetes.selector=team/keys=yes", "policies.source=kubernetes")
+    keys = rendered.portcullis_config()["authn"]["api_keys"]
+    assert keys["kubernetes"] == {"namespaces": ["team-keys"], "selector": "team/keys=yes"}
+    secrets_in = {r["metadata"]["namespace"] for r in rendered.of_kind("Role") if any(res == "secrets" for _, res, _ in granted_rules(r))}
+    assert secrets_in == {"team-keys"}, "Secrets are readable only where the keys live"
+    assert {r["metadata"]["namespace"] for r in rendered.of_kind("Role")} == {NAMESPACE, "team-keys"}
+    assert not render("default", "apiKeys.kubernetes.enabled=true", "rbac.create=false").of_kind("Role")
+
+
 # Metrics --------------------------------------------------------------------------------------
 
 
@@ -821,6 +885,9 @@ REFUSED = [
     (["--set", "policies.bundled=false"], "needs policies"),
     (["--set", "workload.terminationGracePeriodSeconds=15"], "must exceed shutdown.drainDelaySeconds"),
     (["--set", "shutdown.drainTimeoutSeconds=0"], "drainTimeoutSeconds"),
+    (["--set", "apiKeys.secret=k", "--set", "apiKeys.kubernetes.enabled=true"], "exclusive"),
+    (["--set", "apiKeys.kubernetes.selector="], "selector"),
+    (["--set", "apiKeys.secret=Not_A_Name"], "secret"),
 ]
 
 

@@ -1,5 +1,5 @@
 //! A stand-in for the Kubernetes API server, on 127.0.0.1, speaking just enough of the
-//! list/watch protocol for ConfigMaps for the real `kube` client and `kube-runtime` watcher:
+//! list/watch protocol for ConfigMaps and Secrets for the real `kube` client and `kube-runtime` watcher:
 //! resourceVersions, label selectors, ADDED/MODIFIED/DELETED, BOOKMARK, `410 Gone` for a
 //! compacted resourceVersion, and dropped watch streams. It also accepts `events.k8s.io/v1`
 //! Events (POST, and the PATCH kube's Recorder sends for a repeat) and records them.
@@ -23,6 +23,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 #[derive(Clone, Debug)]
 struct Change {
     rv: u64,
+    /// `configmaps` or `secrets`.
+    resource: &'static str,
     kind: &'static str,
     namespace: String,
     object: Value,
@@ -31,7 +33,8 @@ struct Change {
 #[derive(Default)]
 struct World {
     rv: u64,
-    objects: BTreeMap<(String, String), Value>,
+    /// By (resource, namespace, name).
+    objects: BTreeMap<(&'static str, String, String), Value>,
     history: Vec<Change>,
     /// A watch resuming from a resourceVersion below this is told `410 Gone`.
     compacted: u64,
@@ -78,6 +81,7 @@ impl FakeApiServer {
         let inner = Arc::new(Inner { world: Mutex::new(World { rv: 100, ..World::default() }), changes, drops });
         let app = Router::new()
             .route("/api/v1/namespaces/{ns}/configmaps", get(configmaps))
+            .route("/api/v1/namespaces/{ns}/secrets", get(secrets))
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(create_event))
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}", patch(patch_event))
             .fallback(not_found)
@@ -120,41 +124,71 @@ impl FakeApiServer {
 
     /// Creates or replaces a ConfigMap (ADDED or MODIFIED).
     pub fn put(&self, ns: &str, name: &str, labels: &[(&str, &str)], data: &[(&str, &str)]) {
+        let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+        self.put_object("configmaps", "ConfigMap", ns, name, labels, json!(data));
+    }
+
+    /// Creates or replaces a Secret (ADDED or MODIFIED); values are sent base64-encoded in
+    /// `data`, as the API server does.
+    pub fn put_secret(&self, ns: &str, name: &str, labels: &[(&str, &str)], data: &[(&str, &[u8])]) {
+        use base64::Engine as _;
+        let data: BTreeMap<&str, String> =
+            data.iter().map(|(k, v)| (*k, base64::engine::general_purpose::STANDARD.encode(v))).collect();
+        self.put_object("secrets", "Secret", ns, name, labels, json!(data));
+    }
+
+    fn put_object(
+        &self,
+        resource: &'static str,
+        kind_name: &str,
+        ns: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        data: Value,
+    ) {
         let mut w = self.world();
         w.rv += 1;
         let rv = w.rv;
-        let key = (ns.to_owned(), name.to_owned());
+        let key = (resource, ns.to_owned(), name.to_owned());
         let kind = if w.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-        let data: BTreeMap<&str, &str> = data.iter().copied().collect();
         let object = json!({
             "apiVersion": "v1",
-            "kind": "ConfigMap",
+            "kind": kind_name,
             "metadata": {
-                "name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                "name": name, "namespace": ns, "uid": format!("uid-{resource}-{ns}-{name}"),
                 "resourceVersion": rv.to_string(), "labels": labels,
             },
             "data": data,
         });
         w.objects.insert(key, object.clone());
-        self.record(&mut w, Change { rv, kind, namespace: ns.to_owned(), object });
+        self.record(&mut w, Change { rv, resource, kind, namespace: ns.to_owned(), object });
     }
 
     /// Deletes a ConfigMap (DELETED).
     pub fn delete(&self, ns: &str, name: &str) {
+        self.delete_object("configmaps", ns, name);
+    }
+
+    /// Deletes a Secret (DELETED).
+    pub fn delete_secret(&self, ns: &str, name: &str) {
+        self.delete_object("secrets", ns, name);
+    }
+
+    fn delete_object(&self, resource: &'static str, ns: &str, name: &str) {
         let mut w = self.world();
-        let Some(mut object) = w.objects.remove(&(ns.to_owned(), name.to_owned())) else { return };
+        let Some(mut object) = w.objects.remove(&(resource, ns.to_owned(), name.to_owned())) else { return };
         w.rv += 1;
         let rv = w.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(&mut w, Change { rv, kind: "DELETED", namespace: ns.to_owned(), object });
+        self.record(&mut w, Change { rv, resource, kind: "DELETED", namespace: ns.to_owned(), object });
     }
 
     /// Deletes a ConfigMap without any watcher seeing it: the change is only visible to a
     /// fresh list (as after history compaction while a watch was down).
     pub fn delete_unseen(&self, ns: &str, name: &str) {
         let mut w = self.world();
-        if w.objects.remove(&(ns.to_owned(), name.to_owned())).is_some() {
+        if w.objects.remove(&("configmaps", ns.to_owned(), name.to_owned())).is_some() {
             w.rv += 1;
         }
     }
@@ -225,13 +259,29 @@ async fn configmaps(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if q.get("watch").map(String::as_str) == Some("true") {
-        watch_configmaps(inner, ns, q).await
+        watch_objects(inner, "configmaps", ns, q).await
     } else {
-        list_configmaps(inner, ns, q)
+        list_objects(inner, "configmaps", ns, q)
     }
 }
 
-fn list_configmaps(inner: Arc<Inner>, ns: String, q: HashMap<String, String>) -> Response {
+async fn secrets(
+    State(inner): State<Arc<Inner>>,
+    UrlPath(ns): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.get("watch").map(String::as_str) == Some("true") {
+        watch_objects(inner, "secrets", ns, q).await
+    } else {
+        list_objects(inner, "secrets", ns, q)
+    }
+}
+
+fn list_kind(resource: &str) -> (&'static str, &'static str) {
+    if resource == "secrets" { ("Secret", "SecretList") } else { ("ConfigMap", "ConfigMapList") }
+}
+
+fn list_objects(inner: Arc<Inner>, resource: &'static str, ns: String, q: HashMap<String, String>) -> Response {
     let mut w = inner.world.lock().expect("world lock");
     w.lists += 1;
     let ns_fails = w.fail_lists_in.get_mut(&ns).filter(|n| **n > 0).map(|n| *n -= 1).is_some();
@@ -243,15 +293,15 @@ fn list_configmaps(inner: Arc<Inner>, ns: String, q: HashMap<String, String>) ->
     let items: Vec<Value> = w
         .objects
         .iter()
-        .filter(|((n, _), o)| *n == ns && matches(q.get("labelSelector"), o))
+        .filter(|((r, n, _), o)| *r == resource && *n == ns && matches(q.get("labelSelector"), o))
         .map(|(_, o)| o.clone())
         .collect();
-    let body = json!({"apiVersion": "v1", "kind": "ConfigMapList",
+    let body = json!({"apiVersion": "v1", "kind": list_kind(resource).1,
                       "metadata": {"resourceVersion": w.rv.to_string()}, "items": items});
     axum::Json(body).into_response()
 }
 
-async fn watch_configmaps(inner: Arc<Inner>, ns: String, q: HashMap<String, String>) -> Response {
+async fn watch_objects(inner: Arc<Inner>, resource: &'static str, ns: String, q: HashMap<String, String>) -> Response {
     let since: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let selector = q.get("labelSelector").cloned();
     let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
@@ -282,13 +332,13 @@ async fn watch_configmaps(inner: Arc<Inner>, ns: String, q: HashMap<String, Stri
             return;
         }
         if bookmarks {
-            let bm = json!({"type": "BOOKMARK", "object": {"kind": "ConfigMap", "apiVersion": "v1",
+            let bm = json!({"type": "BOOKMARK", "object": {"kind": list_kind(resource).0, "apiVersion": "v1",
                             "metadata": {"resourceVersion": now.to_string()}}});
             if tx.send(line(bm)).await.is_err() {
                 return;
             }
         }
-        let wanted = |c: &Change| c.namespace == ns && matches(selector.as_ref(), &c.object);
+        let wanted = |c: &Change| c.resource == resource && c.namespace == ns && matches(selector.as_ref(), &c.object);
         for c in replay.into_iter().filter(|c| wanted(c)) {
             if tx.send(line(json!({"type": c.kind, "object": c.object}))).await.is_err() {
                 return;

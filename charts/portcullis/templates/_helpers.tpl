@@ -71,6 +71,9 @@ app.kubernetes.io/part-of: portcullis
 {{- fail "policies.candidate.selector must differ from policies.kubernetes.selector: the candidate would be the live set" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.apiKeys.secret .Values.apiKeys.kubernetes.enabled -}}
+{{- fail "apiKeys.secret and apiKeys.kubernetes.enabled are exclusive: choose the mounted Secret or Secrets through the API" -}}
+{{- end -}}
 {{- if .Values.workload.create -}}
 {{- $drain := add (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.drainTimeoutSeconds) -}}
 {{- if le (int .Values.workload.terminationGracePeriodSeconds) $drain -}}
@@ -122,6 +125,12 @@ unix
 {{- end -}}
 {{- end -}}
 
+{{- define "portcullis.apiKeyNamespaces" -}}
+{{- $ns := .Values.apiKeys.kubernetes.namespaces -}}
+{{- if not $ns -}}{{- $ns = list .Release.Namespace -}}{{- end -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
+
 {{- define "portcullis.watchNamespaces" -}}
 {{- $ns := .Values.policies.kubernetes.namespaces -}}
 {{- if not $ns -}}{{- $ns = list .Release.Namespace -}}{{- end -}}
@@ -169,6 +178,17 @@ issuers), so that Envoy, the probes and the volumes always agree with the server
 {{- if .Values.issuers -}}
 {{- $authn := default (dict) $cfg.authn -}}
 {{- $_ := set $authn "issuers" .Values.issuers -}}
+{{- $_ := set $cfg "authn" $authn -}}
+{{- end -}}
+{{- if or .Values.apiKeys.secret .Values.apiKeys.kubernetes.enabled -}}
+{{- $authn := default (dict) $cfg.authn -}}
+{{- $keys := default (dict) $authn.api_keys -}}
+{{- if .Values.apiKeys.secret -}}
+{{- $_ := set $keys "dir" "/etc/portcullis/api-keys" -}}
+{{- else -}}
+{{- $_ := set $keys "kubernetes" (dict "namespaces" (include "portcullis.apiKeyNamespaces" . | fromJsonArray) "selector" .Values.apiKeys.kubernetes.selector) -}}
+{{- end -}}
+{{- $_ := set $authn "api_keys" $keys -}}
 {{- $_ := set $cfg "authn" $authn -}}
 {{- end -}}
 {{- if .Values.groupNamespace -}}
@@ -221,7 +241,7 @@ header portcullis reads reaches it (a credential header that does not would be j
 while the app still receives the unverified credential), and nothing else does. JSON list of
 lower-case names, first occurrence kept:
   every issuer's `from` headers (default authorization), cookie if an issuer reads a cookie;
-  authn.api_keys.header (default x-api-key) when keys are configured;
+  authn.api_keys.header (default x-api-key) when keys, a key dir or key Secrets are configured;
   authorization when headers.strip_foreign_credentials is on;
   cedar.context_headers; content-type (gRPC calls and JSON bodies are recognized by it);
   x-request-id; W3C and B3 tracing headers; envoy.extAuthz.extraAllowedHeaders.
@@ -239,7 +259,7 @@ lower-case names, first occurrence kept:
 {{- end -}}
 {{- end -}}
 {{- $keys := default (dict) $authn.api_keys -}}
-{{- if $keys.keys -}}
+{{- if or $keys.keys $keys.dir $keys.kubernetes -}}
 {{- $out = append $out (lower (default "x-api-key" $keys.header)) -}}
 {{- end -}}
 {{- $headers := default (dict) $cfg.headers -}}
@@ -316,6 +336,11 @@ volumeMounts:
     mountPath: /etc/portcullis/candidate
     readOnly: true
   {{- end }}
+  {{- if .Values.apiKeys.secret }}
+  - name: portcullis-api-keys
+    mountPath: /etc/portcullis/api-keys
+    readOnly: true
+  {{- end }}
   {{- if eq (include "portcullis.transport" .) "unix" }}
   - name: portcullis-socket
     mountPath: {{ include "portcullis.socketDir" . }}
@@ -337,6 +362,11 @@ volumeMounts:
   configMap:
     name: {{ .Values.policies.candidate.existingConfigMap }}
 {{- end }}
+{{- if .Values.apiKeys.secret }}
+- name: portcullis-api-keys
+  secret:
+    secretName: {{ .Values.apiKeys.secret }}
+{{- end }}
 {{- if eq (include "portcullis.transport" .) "unix" }}
 - name: portcullis-socket
   emptyDir:
@@ -346,5 +376,5 @@ volumeMounts:
 {{- end -}}
 
 {{- define "portcullis.automountToken" -}}
-{{- if eq .Values.policies.source "kubernetes" -}}true{{- else -}}false{{- end -}}
+{{- if or (eq .Values.policies.source "kubernetes") .Values.apiKeys.kubernetes.enabled -}}true{{- else -}}false{{- end -}}
 {{- end -}}

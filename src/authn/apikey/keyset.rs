@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::ApiClientIdentity;
+use super::{ApiClientIdentity, KeyRateLimit};
 
 /// Most entries accepted in one set, and the largest entry document: bounded memory whatever a
 /// Secret holds.
@@ -31,6 +31,18 @@ struct EntryDoc {
     /// RFC 3339; the key is refused from then on.
     #[serde(default)]
     expires: Option<String>,
+    /// This key's own rate limit, instead of the global `rate_limit`.
+    #[serde(default)]
+    rate_limit: Option<RateLimitDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitDoc {
+    requests_per_second: u32,
+    /// Defaults to `requests_per_second`.
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 /// Why an entry set was refused; `origin` names the Secret (and data key) or file.
@@ -103,7 +115,8 @@ impl KeySet {
             .iter()
             .map(|(d, e)| {
                 let exp = e.expires_at.map(humantime::format_rfc3339_seconds).map(|t| t.to_string());
-                format!("{}|{}|{:?}|{:?}", hex::encode(d), e.identity.client, e.identity.groups, exp)
+                let rl = e.identity.rate_limit.map(|r| (r.requests_per_second, r.burst));
+                format!("{}|{}|{:?}|{:?}|{:?}", hex::encode(d), e.identity.client, e.identity.groups, exp, rl)
             })
             .collect();
         lines.sort();
@@ -117,7 +130,10 @@ fn parse(origin: &str, text: &str) -> Result<([u8; 32], ApiClientIdentity, Optio
     }
     // The error text of a YAML parser may quote the input, which may be a key: never echo it.
     let doc: EntryDoc = serde_saphyr::from_str(text).map_err(|_| {
-        invalid(origin, "not an API key entry (want YAML: client, key or sha256, optional groups and expires)")
+        invalid(
+            origin,
+            "not an API key entry (want YAML: client, key or sha256, optional groups, expires and rate_limit)",
+        )
     })?;
     if doc.client.trim().is_empty() || doc.client.chars().any(char::is_control) {
         return Err(invalid(origin, "`client` must be a non-empty printable name"));
@@ -146,7 +162,20 @@ fn parse(origin: &str, text: &str) -> Result<([u8; 32], ApiClientIdentity, Optio
                 .map_err(|_| invalid(origin, format!("`expires` is not an RFC 3339 time: {t:?}")))?,
         ),
     };
-    Ok((digest, ApiClientIdentity { client: doc.client, groups: doc.groups }, expires_at))
+    let rate_limit = match doc.rate_limit {
+        None => None,
+        Some(r) => {
+            let requests_per_second = std::num::NonZeroU32::new(r.requests_per_second)
+                .ok_or_else(|| invalid(origin, "`rate_limit.requests_per_second` must be at least 1"))?;
+            let burst = match r.burst {
+                None => requests_per_second,
+                Some(b) => std::num::NonZeroU32::new(b)
+                    .ok_or_else(|| invalid(origin, "`rate_limit.burst` must be at least 1"))?,
+            };
+            Some(KeyRateLimit { requests_per_second, burst })
+        }
+    };
+    Ok((digest, ApiClientIdentity { client: doc.client, groups: doc.groups, rate_limit }, expires_at))
 }
 
 /// Whether a key with this expiry is refused at `now`.
@@ -227,6 +256,24 @@ mod tests {
         assert!(!expired(exp, at - std::time::Duration::from_secs(1)));
         assert!(expired(exp, at));
         assert!(!expired(None, at));
+    }
+
+    #[test]
+    fn a_per_key_rate_limit_is_parsed_checked_and_part_of_the_version() {
+        let plain = KeySet::build(&docs(&[("f", "client: a\nkey: k\n")])).expect("valid");
+        let limited =
+            KeySet::build(&docs(&[("f", "client: a\nkey: k\nrate_limit: {requests_per_second: 2}\n")])).expect("valid");
+        let rl = limited.by_digest.values().next().and_then(|e| e.identity.rate_limit).expect("rate limit");
+        assert_eq!((rl.requests_per_second.get(), rl.burst.get()), (2, 2), "burst defaults to the rate");
+        assert_ne!(plain.version(), limited.version(), "a changed limit alone is a change");
+        for (text, want) in [
+            ("client: a\nkey: k\nrate_limit: {requests_per_second: 0}\n", "rate_limit.requests_per_second"),
+            ("client: a\nkey: k\nrate_limit: {requests_per_second: 1, burst: 0}\n", "rate_limit.burst"),
+            ("client: a\nkey: k\nrate_limit: {rps: 1}\n", "not an API key entry"),
+        ] {
+            let errs = KeySet::build(&docs(&[("s/x", text)])).unwrap_err();
+            assert!(errs[0].to_string().contains(want), "{text:?}: {}", errs[0]);
+        }
     }
 
     #[test]

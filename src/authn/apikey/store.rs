@@ -54,6 +54,17 @@ impl KeyStore {
 
     /// Validates a complete entry set and swaps it in, or refuses it and keeps the last good.
     pub fn apply(&self, docs: &[(String, String)], source: &str) -> Result<(), Vec<KeyError>> {
+        self.apply_checked(docs, Vec::new(), source)
+    }
+
+    /// [`KeyStore::apply`] with problems the source found itself (e.g. a Secret value that is
+    /// not text): any refuses the set, listed with the entries' own errors.
+    pub(crate) fn apply_checked(
+        &self,
+        docs: &[(String, String)],
+        mut found: Vec<KeyError>,
+        source: &str,
+    ) -> Result<(), Vec<KeyError>> {
         let built = KeySet::build(docs).and_then(|set| {
             let clashes: Vec<KeyError> = set
                 .by_digest
@@ -66,6 +77,14 @@ impl KeyStore {
                 .collect();
             if clashes.is_empty() { Ok(set) } else { Err(clashes) }
         });
+        let built = match built {
+            Ok(set) if found.is_empty() => Ok(set),
+            Ok(_) => Err(found),
+            Err(errs) => {
+                found.extend(errs);
+                Err(found)
+            }
+        };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match built {
             Ok(set) => {
