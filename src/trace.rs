@@ -259,6 +259,13 @@ impl CheckTracer {
             let m: Vec<StringValue> = methods.split(',').map(StringValue::from).collect();
             attrs.push(KeyValue::new("portcullis.authn.methods", Value::Array(Array::String(m))));
         }
+        // The candidate (shadow) set's view, when one was evaluated: never in headers.
+        if let Some(sh) = d.shadow() {
+            attrs.push(KeyValue::new("portcullis.shadow.decision", sh.verdict()));
+            let ids: Vec<StringValue> = sh.policies.iter().take(MAX_POLICY_IDS).map(|p| p.clone().into()).collect();
+            attrs.push(KeyValue::new("portcullis.shadow.policy_ids", Value::Array(Array::String(ids))));
+            attrs.push(KeyValue::new("portcullis.shadow.version", sh.version.clone()));
+        }
         span.set_attributes(attrs);
         // A denial is the check working; only a failure to decide is an error.
         if status >= 500 {

@@ -141,6 +141,7 @@ async fn check_span_joins_the_w3c_trace_and_carries_the_decision() {
     let Some(Value::ArrayValue(m)) = attr(sp, "portcullis.authn.methods") else { panic!("authn methods: {sp:?}") };
     let methods: Vec<_> = m.values.iter().map(|v| v.value.clone()).collect();
     assert_eq!(methods, [Some(Value::StringValue("jwt".into()))]);
+    assert!(attr(sp, "portcullis.shadow.decision").is_none(), "no candidate set, no shadow attributes");
     // Without include_subject: the principal's type only, and never the credential.
     assert!(attr(sp, "enduser.id").is_none());
     let text = all_values(sp);
@@ -265,4 +266,49 @@ async fn traces_off_exports_nothing() {
     on.stop().await;
     assert_eq!(rx.by_trace(marker).len(), 1);
     assert!(rx.by_trace(TRACE).is_empty(), "traces off exported a span");
+}
+
+#[tokio::test]
+async fn a_candidate_sets_view_is_on_the_span() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(
+        |_| {},
+        move |tmp: &std::path::Path, c: &mut Config| {
+            traces_on(endpoint, false)(tmp, c);
+            // The candidate: the demo set plus a forbid-all, so it disagrees with every allow.
+            let cdir = tmp.join("candidate");
+            common::copy_demo_policies(&cdir);
+            std::fs::write(
+                cdir.join("zz.cedar"),
+                "@id(\"candidate-forbid-all\")\nforbid (principal, action, resource);\n",
+            )
+            .expect("write candidate policy");
+            let y = format!("policy: {{dir: x, candidate: {{dir: '{}'}}}}\n", cdir.display());
+            c.policy.candidate = Config::from_yaml(&y).expect("parses").policy.candidate;
+        },
+    )
+    .await;
+    let alice = token("alice").mint();
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    // The candidate loads in the background: the live decision is unaffected either way.
+    eventually(WAIT, "the candidate is loaded", async || {
+        let r = s.check(req("GET", "/api/orders/42").bearer(&alice).build()).await;
+        assert!(is_allowed(&r), "the live set decides");
+        let (_, body) = s.diagnostics_get("/policy").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/policy is JSON");
+        v["candidate"]["version"].is_string()
+    })
+    .await;
+    let r = s.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await;
+    assert!(is_allowed(&r), "the live set decides");
+    s.stop().await;
+    let spans = rx.by_trace(TRACE);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let sp = &spans[0];
+    assert_eq!(str_attr(sp, "portcullis.decision"), "allow");
+    assert_eq!(str_attr(sp, "portcullis.shadow.decision"), "deny");
+    let Some(Value::ArrayValue(ids)) = attr(sp, "portcullis.shadow.policy_ids") else { panic!("shadow ids: {sp:?}") };
+    let ids: Vec<_> = ids.values.iter().map(|v| v.value.clone()).collect();
+    assert_eq!(ids, [Some(Value::StringValue("candidate-forbid-all".into()))]);
+    assert!(!str_attr(sp, "portcullis.shadow.version").is_empty());
 }
