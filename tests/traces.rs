@@ -312,3 +312,59 @@ async fn a_candidate_sets_view_is_on_the_span() {
     assert_eq!(ids, [Some(Value::StringValue("candidate-forbid-all".into()))]);
     assert!(!str_attr(sp, "portcullis.shadow.version").is_empty());
 }
+
+#[tokio::test]
+async fn token_cache_hit_and_miss_are_on_the_span() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(|_| {}, traces_on(endpoint, false)).await;
+    let alice = token("alice").mint();
+    let forged = token("alice").signed_with("rsa2.pem").mint();
+    let get = |trace: &str| req("GET", "/api/orders/42").header("traceparent", &format!("00-{trace}-{PARENT}-01"));
+    let (first, second) = ("a1000000000000000000000000000001", "a1000000000000000000000000000002");
+    let (bad, none) = ("a1000000000000000000000000000003", "a1000000000000000000000000000004");
+    assert!(is_allowed(&s.check(get(first).bearer(&alice).build()).await));
+    // The same token again: answered from the verified-token cache.
+    assert!(is_allowed(&s.check(get(second).bearer(&alice).build()).await));
+    assert_eq!(http_status(&s.check(get(bad).bearer(&forged).build()).await), 401);
+    assert_eq!(http_status(&s.check(get(none).build()).await), 401);
+    s.stop().await;
+
+    let one = |t: &str| {
+        let mut v = rx.by_trace(t);
+        assert_eq!(v.len(), 1, "{t}: {v:?}");
+        v.remove(0)
+    };
+    assert_eq!(str_attr(&one(first), "portcullis.token_cache"), "miss");
+    assert_eq!(str_attr(&one(second), "portcullis.token_cache"), "hit");
+    // A refused token was still looked up (and missed); a request without one was not.
+    let refused = one(bad);
+    assert_eq!(str_attr(&refused, "portcullis.token_cache"), "miss");
+    assert_eq!(str_attr(&refused, "portcullis.decision"), "deny");
+    assert!(attr(&one(none), "portcullis.token_cache").is_none(), "no token, no lookup");
+}
+
+#[tokio::test]
+async fn no_token_cache_attribute_when_the_cache_is_off() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(
+        |_| {},
+        move |tmp: &std::path::Path, c: &mut Config| {
+            traces_on(endpoint, false)(tmp, c);
+            c.authn.token_cache.max_entries = 0;
+        },
+    )
+    .await;
+    let alice = token("alice").mint();
+    for _ in 0..2 {
+        let tp = format!("00-{TRACE}-{PARENT}-01");
+        assert!(is_allowed(
+            &s.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await
+        ));
+    }
+    s.stop().await;
+    let spans = rx.by_trace(TRACE);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for sp in &spans {
+        assert!(attr(sp, "portcullis.token_cache").is_none(), "{sp:?}");
+    }
+}
