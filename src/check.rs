@@ -106,15 +106,21 @@ impl Checker {
                 .with_retry_after(wait)
                 .into();
         }
-        match self.authn.authenticate(view).await {
-            Ok(ids) => self.check_as(view, ids),
+        let mut token_cache = None;
+        match self.authn.authenticate_noting(view, &mut token_cache).await {
+            Ok(ids) => {
+                let mut d = self.check_as(view, ids);
+                d.audit_mut().token_cache = token_cache;
+                d
+            }
             // Nothing was verified: the audit has the request's facts, no claimed identity.
             Err(e) => {
                 // Unavailable keys are our outage, not the caller's failure.
                 if !matches!(e, AuthnError::KeysUnavailable) {
                     self.anomalies.record_failure(view, e.label());
                 }
-                self.authn_denial(&e, bounded(view.request_id)).with_audit(request_audit(view)).into()
+                let audit = Audit { token_cache, ..request_audit(view) };
+                self.authn_denial(&e, bounded(view.request_id)).with_audit(audit).into()
             }
         }
     }

@@ -119,6 +119,9 @@ pub struct Audit {
     pub host: String,
     pub path: String,
     pub authn: AuthnMethods,
+    /// `hit` or `miss` when a bearer token was looked up in the verified-token cache; `None`
+    /// when no token was sent or the cache is off.
+    pub token_cache: Option<&'static str>,
     /// Version of the policy snapshot that decided, or (before Cedar) the live one.
     pub policy_version: Option<String>,
 }

@@ -148,6 +148,7 @@ fn log_decision(d: &Decision, latency_us: u128, subject_log: SubjectLog) {
         api_client = a.api_client.as_deref(),
         principal = %principal,
         authn = a.authn.as_str(),
+        token_cache = a.token_cache,
         method = (!a.method.is_empty()).then_some(a.method.as_str()),
         host = (!a.host.is_empty()).then_some(a.host.as_str()),
         path = (!a.path.is_empty()).then_some(a.path.as_str()),

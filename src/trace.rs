@@ -259,6 +259,9 @@ impl CheckTracer {
             let m: Vec<StringValue> = methods.split(',').map(StringValue::from).collect();
             attrs.push(KeyValue::new("portcullis.authn.methods", Value::Array(Array::String(m))));
         }
+        if let Some(c) = d.audit().token_cache {
+            attrs.push(KeyValue::new("portcullis.token_cache", c));
+        }
         // The candidate (shadow) set's view, when one was evaluated: never in headers.
         if let Some(sh) = d.shadow() {
             attrs.push(KeyValue::new("portcullis.shadow.decision", sh.verdict()));

@@ -261,6 +261,8 @@ async fn every_outcome_logs_who_what_why_and_never_a_credential() {
     assert_eq!(allow["subject"], "alice");
     assert_eq!(allow["principal"], r#"User::"alice""#);
     assert_eq!(allow["authn"], "jwt,mtls");
+    // alice's first check: her token was looked up in the verified-token cache and missed.
+    assert_eq!(allow["token_cache"], "miss");
     assert_eq!((allow["method"].as_str(), allow["host"].as_str()), (Some("GET"), Some(HOST)));
     assert_eq!(allow["path"], "/api/orders");
     assert!(allow["action"].as_str().is_some_and(|a| a.contains("GET")), "{allow}");
@@ -274,7 +276,7 @@ async fn every_outcome_logs_who_what_why_and_never_a_credential() {
     assert_always(&key, "rid-key", 200, "allowed");
     assert_eq!((key["api_client"].as_str(), key["authn"].as_str()), (Some("batch"), Some("api_key")));
     assert_eq!(key["principal"], r#"ApiClient::"batch""#);
-    absent(&key, &["issuer", "subject", "trace_id", "peer"]);
+    absent(&key, &["issuer", "subject", "trace_id", "peer", "token_cache"]);
 
     // A 400: only the transport facts; nothing parsed from the request, no identity.
     let bad = line(&mut server, "rid-400".into());
@@ -282,7 +284,7 @@ async fn every_outcome_logs_who_what_why_and_never_a_credential() {
     assert_eq!((bad["trace_id"].as_str(), bad["peer"].as_str()), (Some(TRACE_ID), Some(PEER)));
     assert_eq!((bad["principal"].as_str(), bad["authn"].as_str()), (Some(""), Some("")));
     assert_eq!(bad["policy_version"], version.as_str());
-    absent(&bad, &["method", "host", "path", "issuer", "subject", "api_client"]);
+    absent(&bad, &["method", "host", "path", "issuer", "subject", "api_client", "token_cache"]);
 
     // A refused token: the request's facts, but its claimed issuer and subject are not logged.
     let forged_line = line(&mut server, "rid-forged".into());
@@ -290,6 +292,7 @@ async fn every_outcome_logs_who_what_why_and_never_a_credential() {
     assert_eq!(forged_line["trace_id"], TRACE_ID);
     assert_eq!((forged_line["method"].as_str(), forged_line["path"].as_str()), (Some("GET"), Some("/api/orders")));
     assert_eq!(forged_line["authn"], "");
+    assert_eq!(forged_line["token_cache"], "miss");
     absent(&forged_line, &["issuer", "subject", "api_client", "peer"]);
     let badkey = line(&mut server, "rid-badkey".into());
     assert_always(&badkey, "rid-badkey", 401, "invalid_api_key");
@@ -305,6 +308,8 @@ async fn every_outcome_logs_who_what_why_and_never_a_credential() {
     assert_always(&throttled, &limited, 429, "rate_limited");
     assert_eq!((throttled["subject"].as_str(), throttled["issuer"].as_str()), (Some("carol"), Some(ISSUER)));
     assert_eq!(throttled["policy_version"], version.as_str());
+    // carol's token was verified on her first check: every later one is a cache hit.
+    assert_eq!(throttled["token_cache"], "hit");
 
     let good_sig = good.rsplit('.').next().expect("signature");
     let forged_sig = forged.rsplit('.').next().expect("signature");

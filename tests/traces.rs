@@ -312,3 +312,120 @@ async fn a_candidate_sets_view_is_on_the_span() {
     assert_eq!(ids, [Some(Value::StringValue("candidate-forbid-all".into()))]);
     assert!(!str_attr(sp, "portcullis.shadow.version").is_empty());
 }
+
+#[tokio::test]
+async fn token_cache_hit_and_miss_are_on_the_span() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(|_| {}, traces_on(endpoint, false)).await;
+    let alice = token("alice").mint();
+    let forged = token("alice").signed_with("rsa2.pem").mint();
+    let get = |trace: &str| req("GET", "/api/orders/42").header("traceparent", &format!("00-{trace}-{PARENT}-01"));
+    let (first, second) = ("a1000000000000000000000000000001", "a1000000000000000000000000000002");
+    let (bad, none) = ("a1000000000000000000000000000003", "a1000000000000000000000000000004");
+    assert!(is_allowed(&s.check(get(first).bearer(&alice).build()).await));
+    // The same token again: answered from the verified-token cache.
+    assert!(is_allowed(&s.check(get(second).bearer(&alice).build()).await));
+    assert_eq!(http_status(&s.check(get(bad).bearer(&forged).build()).await), 401);
+    assert_eq!(http_status(&s.check(get(none).build()).await), 401);
+    s.stop().await;
+
+    let one = |t: &str| {
+        let mut v = rx.by_trace(t);
+        assert_eq!(v.len(), 1, "{t}: {v:?}");
+        v.remove(0)
+    };
+    assert_eq!(str_attr(&one(first), "portcullis.token_cache"), "miss");
+    assert_eq!(str_attr(&one(second), "portcullis.token_cache"), "hit");
+    // A refused token was still looked up (and missed); a request without one was not.
+    let refused = one(bad);
+    assert_eq!(str_attr(&refused, "portcullis.token_cache"), "miss");
+    assert_eq!(str_attr(&refused, "portcullis.decision"), "deny");
+    assert!(attr(&one(none), "portcullis.token_cache").is_none(), "no token, no lookup");
+}
+
+#[tokio::test]
+async fn no_token_cache_attribute_when_the_cache_is_off() {
+    let (rx, endpoint) = Receiver::start().await;
+    let s = Sidecar::start_configured(
+        |_| {},
+        move |tmp: &std::path::Path, c: &mut Config| {
+            traces_on(endpoint, false)(tmp, c);
+            c.authn.token_cache.max_entries = 0;
+        },
+    )
+    .await;
+    let alice = token("alice").mint();
+    for _ in 0..2 {
+        let tp = format!("00-{TRACE}-{PARENT}-01");
+        assert!(is_allowed(
+            &s.check(req("GET", "/api/orders/42").bearer(&alice).header("traceparent", &tp).build()).await
+        ));
+    }
+    s.stop().await;
+    let spans = rx.by_trace(TRACE);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for sp in &spans {
+        assert!(attr(sp, "portcullis.token_cache").is_none(), "{sp:?}");
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_watch_restarts_are_root_spans() {
+    use common::kube::FakeApiServer;
+    let api = FakeApiServer::start().await;
+    let demo = common::repo().join("examples/demo/policies");
+    let files: Vec<(String, String)> = std::fs::read_dir(&demo)
+        .expect("demo dir")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let name = p.file_name().expect("name").to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).expect("demo file"))
+        })
+        .collect();
+    let data: Vec<(&str, &str)> = files.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    api.put("policies", "demo", &[("portcullis.dev/policy", "true")], &data);
+    // The first list fails (a 500): the watcher retries it with backoff.
+    api.fail_next_lists_in("policies", 1);
+    let (rx, endpoint) = Receiver::start().await;
+    let kubeconfig = |tmp: &std::path::Path| api.write_kubeconfig(tmp);
+    let s = Sidecar::start_configured(
+        |_| {},
+        move |tmp: &std::path::Path, c: &mut Config| {
+            traces_on(endpoint, false)(tmp, c);
+            c.policy.dir = None;
+            c.policy.kubernetes = Some(portcullis::config::KubernetesSource {
+                namespaces: vec!["policies".into()],
+                selector: "portcullis.dev/policy=true".into(),
+                kubeconfig: Some(kubeconfig(tmp)),
+                events: false,
+            });
+        },
+    )
+    .await;
+    eventually(WAIT, "policies loaded after the failed list", async || s.running().store.is_ready()).await;
+    // History compacted while the watch drops: resuming gets 410 Gone, and the watcher re-lists.
+    api.compact();
+    api.drop_watches();
+    eventually(WAIT, "a 410 Gone was sent", async || api.gone_sent() >= 1).await;
+    let restarts = |kind: &'static str| {
+        let rx = rx.clone();
+        move || {
+            rx.spans()
+                .into_iter()
+                .filter(|sp| sp.name == "portcullis.kubernetes.watch_restart")
+                .find(|sp| attr(sp, "error.type") == Some(Value::StringValue(kind.into())))
+        }
+    };
+    let list = eventually(WAIT, "the failed-list span", async || restarts("initial_list_failed")()).await;
+    let gone = eventually(WAIT, "the 410 span", async || restarts("watch_error")()).await;
+    s.stop().await;
+
+    for sp in [&list, &gone] {
+        assert!(sp.parent_span_id.is_empty(), "a root span: {sp:?}");
+        assert_eq!(str_attr(sp, "k8s.namespace.name"), "policies");
+        assert_eq!(sp.status.as_ref().map(|st| st.code), Some(2), "STATUS_CODE_ERROR: {sp:?}");
+    }
+    assert_ne!(list.trace_id, gone.trace_id, "each restart is its own trace");
+    assert_eq!(int_attr(&gone, "http.response.status_code"), 410);
+    assert!(attr(&list, "http.response.status_code").is_none());
+}

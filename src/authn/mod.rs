@@ -161,9 +161,19 @@ impl Authenticator {
     /// Proves what the request's credentials say. Any present-but-invalid credential fails the
     /// whole request: a bad token never degrades to "anonymous".
     pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Identities, AuthnError> {
+        self.authenticate_noting(req, &mut None).await
+    }
+
+    /// [`Authenticator::authenticate`], also noting in `token_cache` whether a token was
+    /// answered from the verified-token cache (`hit`/`miss`; left alone when none was looked up).
+    pub async fn authenticate_noting(
+        &self,
+        req: &RequestView<'_>,
+        token_cache: &mut Option<&'static str>,
+    ) -> Result<Identities, AuthnError> {
         let peer = self.peer.authenticate(req)?;
         let api_client = self.api_keys.authenticate(req)?;
-        let jwt = self.jwt.authenticate(req).await?;
+        let jwt = self.jwt.authenticate(req, token_cache).await?;
         Ok(Identities { jwt, peer, api_client })
     }
 

@@ -35,7 +35,13 @@ pub(super) struct CacheLabel {
 
 impl JwtAuthenticator {
     /// Verifies one token; with `source`, its issuer must accept tokens from that source.
-    pub(super) async fn verify_from(&self, token: &str, source: Option<usize>) -> Result<Arc<JwtIdentity>, AuthnError> {
+    /// `looked_up` is set to `hit` or `miss` when the verified-token cache was consulted.
+    pub(super) async fn verify_from(
+        &self,
+        token: &str,
+        source: Option<usize>,
+        looked_up: &mut Option<&'static str>,
+    ) -> Result<Arc<JwtIdentity>, AuthnError> {
         // Size first: nothing is parsed from an oversized token.
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge.into());
@@ -45,6 +51,7 @@ impl JwtAuthenticator {
             if let Some(hit) = cache.get(&digest).await {
                 if self.still_valid(&hit).await {
                     self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    *looked_up = Some("hit");
                     self.check_source(hit.issuer, source)?;
                     self.check_revoked(&hit.identity, hit.issuer, &hit.facts).await?;
                     return Ok(hit.identity);
@@ -52,6 +59,7 @@ impl JwtAuthenticator {
                 cache.invalidate(&digest).await;
             }
             self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
+            *looked_up = Some("miss");
         }
         if let Some(neg) = &self.negative
             && let Some(e) = neg.get(&digest).await

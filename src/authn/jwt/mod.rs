@@ -307,13 +307,18 @@ impl JwtAuthenticator {
     }
 
     /// `Ok(None)` when the request carries no token; an error for a present-but-bad one.
-    pub async fn authenticate(&self, req: &RequestView<'_>) -> Result<Option<Arc<JwtIdentity>>, AuthnError> {
+    /// `token_cache` is set to `hit` or `miss` when the verified-token cache was consulted.
+    pub async fn authenticate(
+        &self,
+        req: &RequestView<'_>,
+        token_cache: &mut Option<&'static str>,
+    ) -> Result<Option<Arc<JwtIdentity>>, AuthnError> {
         if self.issuers.is_empty() {
             return Ok(None);
         }
         let res = match self.extract(req) {
             Ok(None) => return Ok(None),
-            Ok(Some((token, source))) => self.verify_from(token, Some(source)).await,
+            Ok(Some((token, source))) => self.verify_from(token, Some(source), token_cache).await,
             Err(e) => Err(e),
         };
         match res {
@@ -347,7 +352,7 @@ impl JwtAuthenticator {
 
     /// Verifies one token from any source (or answers from the verified-token cache).
     pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, AuthnError> {
-        self.verify_from(token, None).await
+        self.verify_from(token, None, &mut None).await
     }
 }
 

@@ -116,6 +116,7 @@ impl watch::Source for Watched {
             Err(e) => {
                 self.watch_errors.get_or_create(&NamespaceLabel { namespace: ns.clone() }).inc();
                 tracing::warn!(namespace = %ns, error = %e, "policy ConfigMap watch failed; retrying with backoff");
+                restart_span(&ns, &e);
                 false
             }
         }
@@ -177,5 +178,38 @@ impl Watched {
                 }
             }
         });
+    }
+}
+
+/// A short root span marking a watch restart: the watcher retries with backoff (and re-lists
+/// when it must) after this error. Not caused by a check, so it starts its own trace, as the JWKS
+/// fetch span does; with traces off the global tracer is a no-op.
+fn restart_span(ns: &str, e: &watcher::Error) {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    let tracer = opentelemetry::global::tracer("portcullis");
+    let mut attrs = vec![
+        opentelemetry::KeyValue::new("k8s.namespace.name", ns.to_owned()),
+        opentelemetry::KeyValue::new("error.type", error_kind(e)),
+    ];
+    // The API server's own refusal (410 Gone: the history was compacted, so it re-lists).
+    if let watcher::Error::WatchError(status) = e {
+        attrs.push(opentelemetry::KeyValue::new("http.response.status_code", i64::from(status.code)));
+    }
+    let mut span = tracer.span_builder(RESTART_SPAN).with_attributes(attrs).start(&tracer);
+    span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+    span.end();
+}
+
+/// Name of the watch-restart span.
+const RESTART_SPAN: &str = "portcullis.kubernetes.watch_restart";
+
+/// A bounded label for a watch error (the span attribute `error.type`).
+fn error_kind(e: &watcher::Error) -> &'static str {
+    match e {
+        watcher::Error::InitialListFailed(_) => "initial_list_failed",
+        watcher::Error::WatchStartFailed(_) => "watch_start_failed",
+        watcher::Error::WatchError(_) => "watch_error",
+        watcher::Error::WatchFailed(_) => "watch_failed",
+        watcher::Error::NoResourceVersion => "no_resource_version",
     }
 }
