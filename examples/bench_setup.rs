@@ -33,9 +33,28 @@ fn main() -> anyhow::Result<()> {
         fx.config_yaml(grpc, &unix, admin, 10_000)
     );
     std::fs::write(dir.join("cached-traced.yaml"), traced)?;
+    // Forged tokens: without the negative cache every one is verified (what a flood of distinct
+    // forgeries costs); with the pre-authentication throttle on, a source is turned away with a 429
+    // before any verification once it has failed `max_failures` times.
+    let uncached_refusals =
+        fx.config_yaml(grpc, &unix, admin, 10_000).replacen("authn:\n", "authn:\n  negative_cache_ttl: 0s\n", 1);
+    std::fs::write(dir.join("forged-nocache.yaml"), &uncached_refusals)?;
+    let throttled = uncached_refusals.replacen(
+        "authn:\n",
+        "authn:\n  throttle: {enabled: true, key: source_ip, max_failures: 20, window: 1h}\n",
+        1,
+    );
+    std::fs::write(dir.join("forged-throttled.yaml"), throttled)?;
 
+    // A well-formed RS256 token of a trusted issuer and known kid whose signature does not verify.
+    let genuine = token(Algorithm::RS256, 4);
+    let forged = match genuine.rsplit_once('.') {
+        Some((signed, sig)) => format!("{signed}.{}", sig.chars().rev().collect::<String>()),
+        None => anyhow::bail!("a JWT has three parts"),
+    };
     let frames = [
         ("anonymous", Caller::Anonymous),
+        ("jwt-forged", Caller::Bearer(forged)),
         ("jwt-rs256", Caller::Bearer(token(Algorithm::RS256, 1))),
         ("jwt-es256", Caller::Bearer(token(Algorithm::ES256, 2))),
         ("jwt-eddsa", Caller::Bearer(token(Algorithm::EdDSA, 3))),

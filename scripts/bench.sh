@@ -13,6 +13,10 @@
 # The "traces on" scenario builds a span for every check and exports to an OTLP collector on
 # 127.0.0.1:4317 if one runs there (run one to price the export too); without one, every span is
 # still built and queued, then dropped and counted (portcullis_trace_spans_dropped_total).
+# The "forged RS256" scenarios send one forged token (trusted issuer, known kid, bad signature) from
+# one source: verified every time (negative cache off: what distinct forgeries cost), answered from
+# the negative cache, and with the pre-authentication throttle on (after 20 failures every check is
+# a 429 auth_throttled, decided before any verification).
 #
 # Usage: scripts/bench.sh            (about 10 minutes once the release build exists)
 # Knobs: BENCH_DURATION=8 BENCH_CONNS=8 BENCH_STREAMS=16 BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
@@ -140,6 +144,9 @@ SCENARIOS=(
   "JWT RS256 cached, decision log off|cached-quiet|jwt-rs256|allow:allowed"
   "JWT RS256 cached, traces on 100% sampled|cached-traced|jwt-rs256|allow:allowed"
   "JWT RS256 cached, shadow on|cached-shadow|jwt-rs256|allow:allowed"
+  "forged RS256, verified every time|forged-nocache|jwt-forged|deny:bad_signature"
+  "forged RS256, negative cache|cached|jwt-forged|deny:bad_signature"
+  "forged RS256, source throttled after 20|forged-throttled|jwt-forged|"
 )
 
 for transport in tcp uds; do
