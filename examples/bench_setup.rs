@@ -10,7 +10,7 @@ mod support;
 use std::path::PathBuf;
 
 use jsonwebtoken::Algorithm;
-use support::{Caller, Fixture, PEER, check_request, grpc_frame, token};
+use support::{Caller, Fixture, PEER, check_request, grpc_frame, key_path, token, token_with};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -46,12 +46,9 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::write(dir.join("forged-throttled.yaml"), throttled)?;
 
-    // A well-formed RS256 token of a trusted issuer and known kid whose signature does not verify.
-    let genuine = token(Algorithm::RS256, 4);
-    let forged = match genuine.rsplit_once('.') {
-        Some((signed, sig)) => format!("{signed}.{}", sig.chars().rev().collect::<String>()),
-        None => anyhow::bail!("a JWT has three parts"),
-    };
+    // A well-formed RS256 token of a trusted issuer that names the kid of one published key but is
+    // signed with the other: its signature does not verify.
+    let forged = token_with(&key_path("rsa2.pem"), Algorithm::RS256, Some("rsa-1"), 4, 800);
     let frames = [
         ("anonymous", Caller::Anonymous),
         ("jwt-forged", Caller::Bearer(forged)),
