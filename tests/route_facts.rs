@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use jsonwebtoken::Algorithm;
-use portcullis::config::Config;
 use portcullis::proto::auth::CheckRequest;
 use portcullis::proto::core::Metadata;
 
@@ -24,33 +22,18 @@ when {
 };
 "#;
 
-async fn start() -> (portcullis::server::Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy_dir = dir.path().join("policies");
-    copy_demo_policies(&policy_dir);
-    std::fs::write(policy_dir.join("route.cedar"), ROUTE_POLICIES).expect("write route policies");
-    let jwks = portcullis::token::jwks_for(&key("rsa1.pem"), Algorithm::RS256, KID).expect("jwks");
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, serde_json::to_vec(&jwks).expect("jwks json")).expect("write jwks");
-    let sock = dir.path().join("authz.sock");
-    let yaml = sidecar_yaml(&[
-        ("GRPC", "127.0.0.1:0"),
-        ("UNIX", &sock.display().to_string()),
-        ("ADMIN", "127.0.0.1:0"),
-        ("DIAGNOSTICS", "127.0.0.1:0"),
-        ("POLICY_DIR", &policy_dir.display().to_string()),
-        ("ISSUER", ISSUER),
-        ("JWKS_FILE", &jwks_path.display().to_string()),
-    ]);
-    let cedar = "cedar:\n  context_headers: [x-tenant]\n";
-    assert!(yaml.contains(cedar), "the shared config maps x-tenant");
-    let yaml = yaml.replace(
-        cedar,
-        "cedar:\n  context_headers: [x-tenant, ext-tenant]\n  route_metadata_namespaces: [com.example.route]\n",
-    );
-    let cfg = Config::from_yaml(&yaml).expect("config parses");
-    cfg.validate().expect("config is valid");
-    (portcullis::server::start(cfg).await.expect("sidecar starts"), dir)
+/// The shared sidecar plus the route policies, `ext-tenant` as a context header (so a header
+/// named like the extension is mapped into Cedar) and one route metadata namespace.
+async fn start() -> Sidecar {
+    Sidecar::start_configured(
+        |policies| std::fs::write(policies.join("route.cedar"), ROUTE_POLICIES).expect("write route policies"),
+        |_, cfg| {
+            assert_eq!(cfg.cedar.context_headers, ["x-tenant"], "the shared config maps x-tenant");
+            cfg.cedar.context_headers.push("ext-tenant".into());
+            cfg.cedar.route_metadata_namespaces = vec!["com.example.route".into()];
+        },
+    )
+    .await
 }
 
 fn with_extensions(mut rq: CheckRequest, ext: &[(&str, &str)]) -> CheckRequest {
@@ -76,9 +59,8 @@ fn with_route_metadata(mut rq: CheckRequest, ns: &str, fields: &[(&str, &str)]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_extensions_decide_and_headers_cannot_imitate_them() {
-    let (running, _dir) = start().await;
-    let url = format!("http://{}", running.grpc_addr.expect("grpc listener"));
-    let mut c = portcullis::proto::auth::authorization_client::AuthorizationClient::new(tcp_channel(&url).await);
+    let s = start().await;
+    let mut c = s.tcp().await;
     let mut check = async |rq: CheckRequest| c.check(rq).await.expect("rpc").into_inner();
 
     // The same request: allowed with the real extension, refused without it.
@@ -116,5 +98,6 @@ async fn context_extensions_decide_and_headers_cannot_imitate_them() {
     let r = check(with_extensions(req("GET", "/tenant/x").build(), &[("tenant", "a"), ("note", &long)])).await;
     assert_eq!((http_status(&r), meta(&r, "reason").as_str()), (400, "route_fact_too_long"));
 
-    tokio::time::timeout(WAIT, running.shutdown()).await.expect("shutdown in time").expect("clean shutdown");
+    drop(check);
+    s.stop().await;
 }
