@@ -98,6 +98,5 @@ async fn context_extensions_decide_and_headers_cannot_imitate_them() {
     let r = check(with_extensions(req("GET", "/tenant/x").build(), &[("tenant", "a"), ("note", &long)])).await;
     assert_eq!((http_status(&r), meta(&r, "reason").as_str()), (400, "route_fact_too_long"));
 
-    drop(check);
     s.stop().await;
 }
