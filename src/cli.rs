@@ -16,6 +16,17 @@ use crate::policy::{PolicySnapshot, PolicyStore, files, snapshot::format_errors}
 use crate::proto::auth::{self, CheckRequest, CheckResponse};
 use crate::request::{RequestView, RouteFactNamespaces};
 
+/// `println!`/`print!` for the commands' output. A reader that went away (`portcullis check … |
+/// head`) ends the output quietly; `println!` would panic on the broken pipe. The exit code still
+/// says how the command went.
+macro_rules! say {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! say_raw {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
 mod explain;
 mod test;
 
@@ -211,6 +222,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout, ignoring a closed reader (see `say!`).
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -240,9 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match PolicySnapshot::build(&docs, &dir.display().to_string()) {
                 Ok(s) => {
-                    println!("ok: {} policies, version {}", s.policy_count, s.version);
+                    say!("ok: {} policies, version {}", s.policy_count, s.version);
                     for w in &s.warnings {
-                        println!("warning: {w}");
+                        say!("warning: {w}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -300,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(crate::authn::jwt::algorithm)
                 .context("unsupported algorithm")?;
             if jwks {
-                println!("{}", serde_json::to_string_pretty(&crate::token::jwks_for(&key, alg, &kid)?)?);
+                say!("{}", serde_json::to_string_pretty(&crate::token::jwks_for(&key, alg, &kid)?)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let mut extra = BTreeMap::new();
@@ -318,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kid: Some(kid),
                 extra,
             };
-            println!("{}", crate::token::mint(&key, alg, &spec)?);
+            say!("{}", crate::token::mint(&key, alg, &spec)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -368,20 +385,20 @@ async fn offline_check(
         Ok(view) => checker.check(&view).await,
         Err(e) => crate::check::invalid_request(&e),
     };
-    println!("decision:  {} (HTTP {})", d.verdict(), d.http_status());
-    println!("reason:    {}", d.reason());
-    println!("principal: {}", d.principal());
-    println!("action:    {}", d.action());
-    println!("resource:  {}", d.resource());
-    println!("policies:  {}", d.policies().join(", "));
+    say!("decision:  {} (HTTP {})", d.verdict(), d.http_status());
+    say!("reason:    {}", d.reason());
+    say!("principal: {}", d.principal());
+    say!("action:    {}", d.action());
+    say!("resource:  {}", d.resource());
+    say!("policies:  {}", d.policies().join(", "));
     if let Some(a) = d.as_allow() {
         for (k, v) in &a.upstream_headers {
-            println!("header:    {k}: {v}");
+            say!("header:    {k}: {v}");
         }
         print_removals(&a.remove_headers);
     }
     if let Some(c) = d.as_deny().and_then(|den| den.challenge.as_ref()) {
-        println!("header:    www-authenticate: {}", crate::response::challenge_header(c));
+        say!("header:    www-authenticate: {}", crate::response::challenge_header(c));
     }
     if explain {
         print_explanation(explanation);
@@ -431,25 +448,25 @@ fn print_response(resp: &CheckResponse) -> bool {
     };
     match &resp.http_response {
         Some(HttpResponse::DeniedResponse(d)) => {
-            println!("decision:  deny (HTTP {})", d.status.as_ref().map(|s| s.code).unwrap_or(403));
+            say!("decision:  deny (HTTP {})", d.status.as_ref().map(|s| s.code).unwrap_or(403));
         }
-        _ => println!("decision:  {}", if allowed { "allow" } else { "deny (HTTP 403)" }),
+        _ => say!("decision:  {}", if allowed { "allow" } else { "deny (HTTP 403)" }),
     }
-    println!("reason:    {}", meta("reason"));
-    println!("principal: {}", meta("principal"));
-    println!("policies:  {}", meta("policy_ids"));
+    say!("reason:    {}", meta("reason"));
+    say!("principal: {}", meta("principal"));
+    say!("policies:  {}", meta("policy_ids"));
     match &resp.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
             for h in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
-                println!("header:    {}: {}", h.key, h.value);
+                say!("header:    {}: {}", h.key, h.value);
             }
             print_removals(&ok.headers_to_remove);
         }
         Some(HttpResponse::DeniedResponse(d)) => {
             for h in d.headers.iter().filter_map(|h| h.header.as_ref()) {
-                println!("header:    {}: {}", h.key, h.value);
+                say!("header:    {}: {}", h.key, h.value);
             }
-            println!("body:      {}", d.body);
+            say!("body:      {}", d.body);
         }
         None => {}
     }
@@ -464,8 +481,8 @@ fn print_removals(names: &[String]) {
     let (underscored, plain): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| n.contains('_'));
     let plain: Vec<&str> = plain.iter().map(|n| n.as_str()).collect();
     if underscored.is_empty() {
-        println!("remove:    {}", plain.join(", "));
+        say!("remove:    {}", plain.join(", "));
     } else {
-        println!("remove:    {} (and {} `_` spellings of owned names)", plain.join(", "), underscored.len());
+        say!("remove:    {} (and {} `_` spellings of owned names)", plain.join(", "), underscored.len());
     }
 }

@@ -645,3 +645,22 @@ fn check_takes_a_fixed_time_offline() {
     let r = portcullis(&["check", &req, "--server", "http://127.0.0.1:1", "--time", "0"]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
 }
+
+/// A one-shot command whose reader has gone (`portcullis validate … | head`) ends with its normal
+/// exit code, never with a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly_not_with_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "examples/demo/policies"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    // Closed before the command can have written anything: its first write hits a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{:?} {stderr}", out.status);
+}

@@ -41,12 +41,12 @@ pub(super) fn run_tests(
     }
     let human = policytest::render_human(&reports, coverage);
     match format {
-        TestFormat::Human => print!("{human}"),
+        TestFormat::Human => say_raw!("{human}"),
         TestFormat::Junit => {
             let xml = policytest::render_junit(&reports)?;
             match &output {
                 Some(p) => std::fs::write(p, xml).with_context(|| format!("writing {}", p.display()))?,
-                None => print!("{xml}"),
+                None => say_raw!("{xml}"),
             }
             // People still read the summary; stdout may be the XML.
             eprint!("{human}");
