@@ -31,6 +31,9 @@ use crate::policy::PolicyStore;
 /// What the admin handlers read.
 pub(crate) struct AdminState {
     pub store: Arc<PolicyStore>,
+    /// Whether the sidecar can decide correctly (a live policy snapshot, and API keys listed
+    /// when they come from the Kubernetes API); the same answer gRPC health gives.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub registry: Registry,
     pub draining: Arc<AtomicBool>,
 }
@@ -42,7 +45,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let status = s.store.status();
     let draining = s.draining.load(Ordering::Acquire);
-    let ready = s.store.is_ready() && !draining;
+    let ready = (s.ready)() && !draining;
     let body = serde_json::json!({
         "ready": ready,
         "draining": draining,

@@ -359,18 +359,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokio::spawn(async move { c.authenticator().jwt().warm_up().await });
     }
 
+    // Ready = a live policy snapshot, and API keys from the Kubernetes API listed once (before
+    // that every Secret-held key would be refused as unknown).
+    let ready: Arc<dyn Fn() -> bool + Send + Sync> = {
+        let keys = cfg.authn.api_keys.kubernetes.as_ref().and(checker.authenticator().api_keys().secrets().cloned());
+        let store = store.clone();
+        Arc::new(move || store.is_ready() && keys.as_ref().is_none_or(|k| k.is_loaded()))
+    };
+
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     health.set_not_serving::<AuthorizationServer<AuthzService>>().await;
     let health_task = {
         // The only writer of the health status, so nothing can flip it back to SERVING once
         // the drain has begun.
-        let (store, mut drain) = (store.clone(), drain_rx);
+        let (ready, mut drain) = (ready.clone(), drain_rx);
         tokio::spawn(async move {
             let mut serving = false;
             loop {
                 let draining = *drain.borrow();
-                let want = store.is_ready() && !draining;
+                let want = ready() && !draining;
                 if want != serving {
                     let st = if want {
                         tonic_health::ServingStatus::Serving
@@ -488,7 +496,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let mut admin_addr = None;
     if let Some(addr) = cfg.listen.admin {
-        let state = Arc::new(AdminState { store: store.clone(), registry, draining: draining.clone() });
+        let state = Arc::new(AdminState { store: store.clone(), ready, registry, draining: draining.clone() });
         let (bound, task) =
             admin::serve(addr, state, admin_limits, listeners.for_listener("admin"), shutdown_rx.clone()).await?;
         admin_addr = Some(bound);

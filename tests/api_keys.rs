@@ -1,6 +1,6 @@
 //! API keys from Secrets, over the wire (a real sidecar answering gRPC Checks):
 //! - labelled Secrets through the real `kube` client against `common::kube::FakeApiServer`:
-//!   nothing before the first list, add, rotate, invalid (Event, last good kept), duplicates
+//!   nothing (and not ready) before the first list, add, rotate, invalid (Event, last good kept), duplicates
 //!   across Secrets (both named), delete;
 //! - a mounted Secret volume swapped as the kubelet does (`..data` symlink): add, rotate,
 //!   expiry, invalid (last good kept), delete.
@@ -72,10 +72,15 @@ async fn secrets_through_the_api_add_rotate_refuse_and_delete_keys_without_a_res
     let s = kube_sidecar(&api).await;
     eventually(WAIT, "the first list is attempted", async || api.lists() > 0).await;
     assert_eq!(try_key(&s, "k8s-key-one").await, (401, "invalid_api_key".into()));
+    // Policies are live, but every Secret-held key would be refused: not ready, so the proxy
+    // sends no traffic here yet.
+    let (code, body) = s.admin_get("/readyz").await;
+    assert_eq!(code, 503, "not ready before the first Secret list: {body}");
     api.fail_next_lists(0);
 
-    // Add: the first complete list applies the Secret.
+    // Add: the first complete list applies the Secret, and the sidecar becomes ready.
     until(&s, "k8s-key-one", 200, "the listed key is accepted").await;
+    eventually(WAIT, "ready once the Secrets are listed", async || s.admin_get("/readyz").await.0 == 200).await;
     assert_eq!(try_key(&s, "unselected-key").await.0, 401, "a Secret without the label is not read");
     // The inline config key still works alongside.
     assert_eq!(try_key(&s, "demo-batch-key").await.0, 200);

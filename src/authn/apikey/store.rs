@@ -52,6 +52,12 @@ impl KeyStore {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// True once a key set has been applied (an empty one counts): until the Kubernetes source
+    /// has listed every namespace, a valid key would be refused, so the sidecar is not ready.
+    pub fn is_loaded(&self) -> bool {
+        self.status.lock().map(|s| s.version.is_some()).unwrap_or(false)
+    }
+
     /// Validates a complete entry set and swaps it in, or refuses it and keeps the last good.
     pub fn apply(&self, docs: &[(String, String)], source: &str) -> Result<(), Vec<KeyError>> {
         self.apply_checked(docs, Vec::new(), source)
