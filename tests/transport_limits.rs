@@ -230,7 +230,7 @@ async fn streams_over_the_global_cap_get_503_overloaded_and_slots_come_back() {
 
     let (_, metrics) = s.admin_get("/metrics").await;
     for line in [
-        r#"portcullis_grpc_streams_refused_total{method="check"} 4"#,
+        r#"portcullis_grpc_streams_refused_total{method="check",answer="in_band"} 4"#,
         r#"portcullis_checks_total{decision="deny",reason="overloaded"} 4"#,
         "portcullis_grpc_streams_open 8\n",
     ] {

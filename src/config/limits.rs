@@ -36,7 +36,7 @@ pub struct Limits {
     /// with an in-band 503 `overloaded` + `Retry-After: 1`, never queued.
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight: usize,
-    /// The gRPC listeners (TCP and Unix socket, each).
+    /// The gRPC listeners (TCP and Unix socket, each; `max_open_streams` over all of them).
     #[serde(default)]
     pub grpc: GrpcLimits,
     /// The admin and diagnostics HTTP listeners (each).
@@ -44,7 +44,7 @@ pub struct Limits {
     pub admin: AdminLimits,
 }
 
-/// Transport limits of each gRPC listener.
+/// Transport limits of each gRPC listener, and the open-stream cap shared by all of them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcLimits {

@@ -11,6 +11,14 @@
 //! its message: a Check with the same in-band 503 `overloaded` as load shedding (a successful
 //! RPC, so Envoy returns that 503 rather than its `status_on_error`), anything else with
 //! `RESOURCE_EXHAUSTED`. Refusing is cheap and frees the stream at once; nothing is queued.
+//!
+//! The in-band answer carries a DATA frame, which HTTP/2 flow control holds back until the
+//! client grants window: a client that never does keeps each answered stream open (no slot,
+//! but still HTTP/2 stream state and a task), which would let it grow memory past the cap. So
+//! at most a quarter of the cap's worth of in-band refusals may be unsent at once; past that a
+//! Check gets the trailers-only `RESOURCE_EXHAUSTED` too (HEADERS frames are not
+//! flow-controlled, so that stream ends at once). Envoy reads its answers, so it sees the
+//! in-band 503.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,6 +45,8 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 #[derive(Clone)]
 pub(super) struct StreamCap {
     slots: Arc<Semaphore>,
+    /// In-band refusals not yet sent (see the module docs).
+    unsent: Arc<Semaphore>,
     refusal: Arc<Refusal>,
 }
 
@@ -66,6 +76,7 @@ impl StreamCap {
         framed.extend_from_slice(&message);
         Self {
             slots: Arc::new(Semaphore::new(max_open_streams)),
+            unsent: Arc::new(Semaphore::new((max_open_streams / 4).max(1))),
             refusal: Arc::new(Refusal { check_message: Bytes::from(framed), streams, checks, log_subject }),
         }
     }
@@ -74,12 +85,14 @@ impl StreamCap {
     fn refuse(&self, path: &str) -> http::Response<CappedBody> {
         let start = Instant::now();
         let r = &self.refusal;
-        if path != CHECK_PATH {
-            r.streams.refused(false);
+        let check = path == CHECK_PATH;
+        let unsent = if check { self.unsent.clone().try_acquire_owned().ok() } else { None };
+        let Some(unsent) = unsent else {
+            r.streams.refused(check, false);
             return tonic::Status::resource_exhausted("too many open gRPC streams (limits.grpc.max_open_streams)")
                 .into_http();
-        }
-        r.streams.refused(true);
+        };
+        r.streams.refused(true, true);
         // Counted and logged like a shed check, with what is known without the message.
         let decision = check::overloaded("");
         let elapsed = start.elapsed();
@@ -90,6 +103,7 @@ impl StreamCap {
         let mut resp = http::Response::new(CappedBody::Refused {
             message: Some(r.check_message.clone()),
             trailers: Some(trailers),
+            _unsent: Some(unsent),
         });
         resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         resp
@@ -167,15 +181,17 @@ pub(super) enum CappedBody {
         _slot: Slot,
     },
     /// A gRPC message (if any) then trailers (if any); both `None` for a trailers-only answer.
+    /// An in-band answer holds one of the unsent-refusal permits until it is dropped.
     Refused {
         message: Option<Bytes>,
         trailers: Option<HeaderMap>,
+        _unsent: Option<OwnedSemaphorePermit>,
     },
 }
 
 impl Default for CappedBody {
     fn default() -> Self {
-        Self::Refused { message: None, trailers: None }
+        Self::Refused { message: None, trailers: None, _unsent: None }
     }
 }
 
@@ -186,7 +202,7 @@ impl http_body::Body for CappedBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         match self.get_mut() {
             Self::Held { inner, .. } => Pin::new(inner).poll_frame(cx),
-            Self::Refused { message, trailers } => Poll::Ready(
+            Self::Refused { message, trailers, .. } => Poll::Ready(
                 message.take().map(|m| Ok(Frame::data(m))).or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
             ),
         }
@@ -195,7 +211,7 @@ impl http_body::Body for CappedBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Held { inner, .. } => inner.is_end_stream(),
-            Self::Refused { message, trailers } => message.is_none() && trailers.is_none(),
+            Self::Refused { message, trailers, .. } => message.is_none() && trailers.is_none(),
         }
     }
 
@@ -288,15 +304,36 @@ mod tests {
         let health = svc.call(request("/grpc.health.v1.Health/Check")).await.expect("infallible");
         assert_eq!(health.headers()["grpc-status"], (tonic::Code::ResourceExhausted as i32).to_string().as_str());
         assert!(health.body().is_end_stream(), "trailers-only");
-        assert_eq!((streams.refused_total(true), streams.refused_total(false)), (1, 1));
+        assert_eq!(streams.refused_total("check", true), 1);
+        assert_eq!(streams.refused_total("other", false), 1);
 
         // The held calls end (reset, timeout): their slots are free again.
         drop(held);
         assert_eq!(streams.open_now(), 0);
         let again: Vec<_> = (0..2).map(|_| svc.call(request(CHECK_PATH))).collect();
         assert_eq!(streams.open_now(), 2, "both slots taken again, none leaked");
-        assert_eq!(streams.refused_total(true), 1);
+        assert_eq!(streams.refused_total("check", true), 1);
         drop(again);
+    }
+
+    /// In-band refusals whose answer is not sent yet (a client that grants no HTTP/2 window) are
+    /// bounded: past a quarter of the cap a Check gets the trailers-only RESOURCE_EXHAUSTED,
+    /// which flow control cannot hold back; once an answer is gone, in-band refusals resume.
+    #[tokio::test]
+    async fn unsent_in_band_refusals_are_bounded() {
+        let streams = StreamMetrics::unregistered();
+        let mut svc = cap(4, &streams).layer(Parked);
+        let _held: Vec<_> = (0..4).map(|_| svc.call(request(CHECK_PATH))).collect();
+        let unsent = svc.call(request(CHECK_PATH)).await.expect("infallible");
+        assert!(matches!(unsent.body(), CappedBody::Refused { message: Some(_), .. }), "in band");
+        let bare = svc.call(request(CHECK_PATH)).await.expect("infallible");
+        assert_eq!(bare.headers()["grpc-status"], (tonic::Code::ResourceExhausted as i32).to_string().as_str());
+        assert!(bare.body().is_end_stream(), "trailers-only");
+        assert_eq!(streams.refused_total("check", false), 1);
+        drop(unsent);
+        let again = svc.call(request(CHECK_PATH)).await.expect("infallible");
+        assert!(matches!(again.body(), CappedBody::Refused { message: Some(_), .. }), "in band again");
+        assert_eq!(streams.refused_total("check", true), 2);
     }
 
     /// A call that completed keeps its slot while its response body is alive (a streaming
