@@ -58,10 +58,11 @@ pub struct GrpcLimits {
     /// slot from its headers until its response has been sent (or it is reset, or
     /// `request_timeout` ends it); one more is answered at once without reading its message: a
     /// Check gets the in-band 503 `overloaded` + `Retry-After: 1`, any other method
-    /// `RESOURCE_EXHAUSTED`. Each open stream costs ~25 KiB (HTTP/2 stream state, the call's
-    /// buffers, its future) even before its message arrives, and `max_connections` ×
-    /// `max_concurrent_streams` is far more than a sidecar's memory: this is the cap that bounds
-    /// that memory. The default, 2,048 (~50 MiB of streams), is twice Envoy's circuit breaker
+    /// `RESOURCE_EXHAUSTED` (so does a Check while `max_open_streams / 4` in-band answers are
+    /// still unsent to a client that does not read them). Each open stream costs ~25 KiB
+    /// (HTTP/2 stream state, the call's buffers, its future) even before its message arrives,
+    /// and `max_connections` × `max_concurrent_streams` is far more than a sidecar's memory:
+    /// this is the cap that bounds that memory. The default, 2,048 (~50 MiB of streams), is twice Envoy's circuit breaker
     /// (1,024 requests in flight) and four times `max_in_flight`, so a legitimate proxy never
     /// reaches it, and stays well inside the chart's 256 MiB memory limit.
     #[serde(default = "d_open_streams")]
