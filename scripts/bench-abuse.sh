@@ -5,19 +5,23 @@
 #   1. idle-connection flood: ABUSE_IDLE_CONNS HTTP/2 connections that send nothing after the
 #      handshake; RSS and open connections before, while held, after the idle timeout, after close.
 #   2. slow-stream flood: ABUSE_SLOW_CONNS connections each opening as many header-only streams as
-#      it can, a quarter of them with a partial message; RSS before, while held, after the request
-#      timeout, after close; streams refused (REFUSED_STREAM) counted.
+#      it can, 48 per connection with a partial message; RSS before, while held, after the request
+#      timeout, after close; RST_STREAMs seen by the client (REFUSED_STREAM over the per-connection
+#      cap, and the reset that follows each answered-but-unfinished stream), the streams the server
+#      held open (portcullis_grpc_streams_open while held) and those refused by the global cap
+#      limits.grpc.max_open_streams (portcullis_grpc_streams_refused_total, answered 503 overloaded).
 #   3. forged-token flood: 1,024 checks in flight with forged RS256 tokens (Envoy's default
 #      circuit breaker), with one legitimate check at a time alongside; the legitimate p50/p99
 #      (must stay under 250 ms, Envoy's deadline being 200 ms by default) and the server's decisions
 #      (bad_signature, overloaded, allowed).
 # The server config is bench.sh's plus `limits.grpc: {idle_timeout: ABUSE_IDLE_TIMEOUT,
-# request_timeout: ABUSE_REQUEST_TIMEOUT, keepalive_interval: null}`, short so that one run sees
-# the reclaim; every other limit is the default.
+# request_timeout: ABUSE_REQUEST_TIMEOUT, keepalive_interval: null, max_open_streams:
+# ABUSE_MAX_OPEN_STREAMS}`, the timeouts short so that one run sees the reclaim; every other limit
+# is the default.
 #
 # Usage: scripts/bench-abuse.sh     Knobs: ABUSE_PROFILE=release|dev ABUSE_DURATION=10
 #        ABUSE_IDLE_CONNS=2000 ABUSE_SLOW_CONNS=40 ABUSE_IDLE_TIMEOUT=5 ABUSE_REQUEST_TIMEOUT=5
-#        ABUSE_MAX_IN_FLIGHT=512
+#        ABUSE_MAX_IN_FLIGHT=512 ABUSE_MAX_OPEN_STREAMS=2048 (the default cap)
 #        ABUSE_SERVER_CPU=0 ABUSE_CLIENT_CPU=1 ABUSE_OUT=target/bench-abuse
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,7 @@ SLOW_CONNS=${ABUSE_SLOW_CONNS:-40}
 IDLE_TIMEOUT=${ABUSE_IDLE_TIMEOUT:-5}
 REQUEST_TIMEOUT=${ABUSE_REQUEST_TIMEOUT:-5}
 MAX_IN_FLIGHT=${ABUSE_MAX_IN_FLIGHT:-512}
+MAX_OPEN_STREAMS=${ABUSE_MAX_OPEN_STREAMS:-2048}
 SERVER_CPU=${ABUSE_SERVER_CPU:-0}
 CLIENT_CPU=${ABUSE_CLIENT_CPU:-1}
 TCP=127.0.0.1:19391
@@ -58,12 +63,12 @@ rm -rf "$OUT" && mkdir -p "$OUT/logs"
   cat "$OUT/fixture/cached.yaml"
   echo "limits:"
   echo "  max_in_flight: $MAX_IN_FLIGHT"
-  echo "  grpc: {idle_timeout: ${IDLE_TIMEOUT}s, request_timeout: ${REQUEST_TIMEOUT}s, keepalive_interval: null}"
+  echo "  grpc: {idle_timeout: ${IDLE_TIMEOUT}s, request_timeout: ${REQUEST_TIMEOUT}s, keepalive_interval: null, max_open_streams: $MAX_OPEN_STREAMS}"
 } >"$OUT/fixture/abuse.yaml"
 
 cat >"$OUT/abuse.py" <<'PY'
 """Raw HTTP/2 clients for the floods: only what is needed to open connections and streams."""
-import socket, struct, sys, time
+import socket, struct, sys, time, urllib.request
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -82,6 +87,14 @@ def rss_kib(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
+    return 0
+
+def metric(admin, name):
+    """One sample from the server's /metrics (0 when absent)."""
+    body = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
     return 0
 
 def alive(socks):
@@ -133,7 +146,7 @@ def idle(host, port, n, pid, idle_timeout):
     r3 = rss_kib(pid)
     print(f"{n}\t{held}\t{left}\t{r0/1024:.1f}\t{r1/1024:.1f}\t{r2/1024:.1f}\t{r3/1024:.1f}")
 
-def slow(host, port, conns, pid, request_timeout):
+def slow(host, port, conns, pid, request_timeout, admin):
     r0 = rss_kib(pid)
     socks, rst = [], 0
     for _ in range(conns):
@@ -165,6 +178,7 @@ def slow(host, port, conns, pid, request_timeout):
     socks, more = alive(socks)
     rst += more
     r1 = rss_kib(pid)
+    held = metric(admin, "portcullis_grpc_streams_open")
     time.sleep(request_timeout + 2)
     socks, more = alive(socks)
     rst += more
@@ -173,7 +187,7 @@ def slow(host, port, conns, pid, request_timeout):
         s.close()
     time.sleep(1)
     r3 = rss_kib(pid)
-    print(f"{conns}\t{rst}\t{r0/1024:.1f}\t{r1/1024:.1f}\t{r2/1024:.1f}\t{r3/1024:.1f}")
+    print(f"{conns}\t{rst}\t{held}\t{r0/1024:.1f}\t{r1/1024:.1f}\t{r2/1024:.1f}\t{r3/1024:.1f}")
 
 def forge(src, dst):
     """Flips one character of the token's signature: same length, valid base64url, bad signature."""
@@ -191,7 +205,7 @@ if __name__ == "__main__":
     if mode == "idle":
         idle(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
     elif mode == "slow":
-        slow(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+        slow(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
     elif mode == "forge":
         forge(sys.argv[2], sys.argv[3])
 PY
@@ -239,7 +253,9 @@ stop_server
 
 echo "== slow-stream flood: $SLOW_CONNS connections" >&2
 start_server "$OUT/logs/slow.server.log"
-slow_row=$(taskset -c "$CLIENT_CPU" python3 "$OUT/abuse.py" slow "$HOST" "$PORT" "$SLOW_CONNS" "$SERVER_PID" "$REQUEST_TIMEOUT")
+slow_row=$(taskset -c "$CLIENT_CPU" python3 "$OUT/abuse.py" slow "$HOST" "$PORT" "$SLOW_CONNS" "$SERVER_PID" "$REQUEST_TIMEOUT" "$ADMIN")
+capped=$(metric 'portcullis_grpc_streams_refused_total{method="check",answer="in_band"}')
+capped_status=$(metric 'portcullis_grpc_streams_refused_total{method="check",answer="status"}')
 stop_server
 
 echo "== forged-token flood with legitimate traffic alongside" >&2
@@ -266,11 +282,11 @@ forged_rps=$(awk '/^finished in/ {gsub(/,/, "", $4); print $4}' "$OUT/logs/forge
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
   echo "$idle_row" | awk -F'\t' -v r="${refused:-0}" '{printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, r, $4, $5, $6, $7}'
   echo
-  echo "### Slow-stream flood (2,048 header-only streams per connection, 48 with 16 KiB of a 200 KiB message; max_concurrent_streams 1024, request_timeout ${REQUEST_TIMEOUT}s)"
+  echo "### Slow-stream flood (2,048 header-only streams per connection, 48 with 16 KiB of a 200 KiB message; max_concurrent_streams 1024, max_open_streams $MAX_OPEN_STREAMS, request_timeout ${REQUEST_TIMEOUT}s)"
   echo
-  echo "| connections | RST_STREAM seen | RSS before MiB | RSS held MiB | RSS after request timeout MiB | RSS after close MiB |"
-  echo "|---:|---:|---:|---:|---:|---:|"
-  echo "$slow_row" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}'
+  echo "| connections | RST_STREAM seen | streams held open (metric) | refused by the open-stream cap: 503 in band / RESOURCE_EXHAUSTED (metric) | RSS before MiB | RSS held MiB | RSS after request timeout MiB | RSS after close MiB |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "$slow_row" | awk -F'\t' -v c="${capped:-0} / ${capped_status:-0}" '{printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, c, $4, $5, $6, $7}'
   echo
   echo "### Forged-token flood (64 connections x 16 streams of forged RS256 tokens, max_in_flight $MAX_IN_FLIGHT) with legitimate checks alongside"
   echo

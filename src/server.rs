@@ -22,7 +22,7 @@ use crate::admin::{self, AdminState};
 use crate::check::{self, Checker};
 use crate::config::{Config, HeaderNames, Limits, MatrixParameters, SubjectLog};
 use crate::decision::Decision;
-use crate::metrics::CheckMetrics;
+use crate::metrics::{CheckMetrics, StreamMetrics};
 use crate::net::{ConnLimits, ListenerFamilies};
 use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
@@ -411,6 +411,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let anomalies = checker.anomalies().clone();
+    // One stream cap for every gRPC listener (see streams.rs).
+    let stream_cap = streams::StreamCap::new(
+        cfg.limits.grpc.max_open_streams,
+        &response_options(&cfg.headers),
+        StreamMetrics::register(&mut registry),
+        metrics.clone(),
+        cfg.log.subject,
+    );
     let svc = AuthorizationServer::from_arc(Arc::new(AuthzService {
         checker,
         limits: cfg.limits.clone(),
@@ -435,7 +443,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         if let Some(age) = g.max_connection_age {
             b = b.max_connection_age(age).max_connection_age_grace(g.max_connection_age_grace);
         }
-        b.add_service(health_svc.clone()).add_service(reflection.clone()).add_service(svc.clone())
+        b.layer(stream_cap.clone())
+            .add_service(health_svc.clone())
+            .add_service(reflection.clone())
+            .add_service(svc.clone())
     };
 
     let drain = cfg.listen.drain_timeout;
@@ -611,5 +622,6 @@ async fn wait_for_signal() {
     }
 }
 
+mod streams;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! Transport and resource limits (`limits.*`) over real connections on 127.0.0.1: HTTP/2 streams
 //! over the per-connection cap are refused while the connection keeps serving, a silent connection
 //! is closed by the server, a connection over the listener cap is closed at once, too many header
-//! bytes are refused in-band (400 `headers_too_large`), and a half-open admin connection is closed
+//! bytes are refused in-band (400 `headers_too_large`), streams over the global open-stream cap
+//! get the in-band 503 `overloaded` at once, and a half-open admin connection is closed
 //! after the header timeout. (Load shedding, which needs a check held in flight, is shown in the
 //! server's unit tests with a test-only hold hook: `cargo test --lib server::`.)
 //!
@@ -12,7 +13,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use portcullis::proto::auth::CheckResponse;
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -23,6 +26,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const CANCEL: u32 = 0x8;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
@@ -66,7 +70,7 @@ fn check_headers() -> Vec<u8> {
     h
 }
 
-async fn read_frame(s: &mut TcpStream) -> Frame {
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Frame {
     let mut head = [0u8; 9];
     tokio::time::timeout(WAIT, s.read_exact(&mut head)).await.expect("a frame in time").expect("frame header");
     let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
@@ -77,7 +81,7 @@ async fn read_frame(s: &mut TcpStream) -> Frame {
 }
 
 /// Reads frames until `want` matches one (a GOAWAY fails the test).
-async fn until(s: &mut TcpStream, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
+async fn until<S: AsyncRead + Unpin>(s: &mut S, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
     for _ in 0..100 {
         let f = read_frame(s).await;
         assert_ne!(f.kind, GOAWAY, "server sent GOAWAY while waiting for {what}: {:?}", f.payload);
@@ -90,7 +94,7 @@ async fn until(s: &mut TcpStream, what: &str, want: impl Fn(&Frame) -> bool) -> 
 
 /// Sends a PING and waits for its ACK: the connection is alive and every frame sent before it
 /// has been processed.
-async fn ping(s: &mut TcpStream, data: [u8; 8]) {
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, data: [u8; 8]) {
     s.write_all(&frame(PING, 0, 0, &data)).await.expect("send PING");
     until(s, "PING ACK", |f| f.kind == PING && f.flags & ACK != 0 && f.payload == data).await;
 }
@@ -98,7 +102,11 @@ async fn ping(s: &mut TcpStream, data: [u8; 8]) {
 /// Opens an HTTP/2 connection: preface and settings exchanged; returns the server's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
 async fn h2_connect(addr: std::net::SocketAddr) -> (TcpStream, Option<u32>) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    h2_handshake(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// The HTTP/2 handshake of [`h2_connect`] on any connection (e.g. the Unix socket).
+async fn h2_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> (S, Option<u32>) {
     s.write_all(PREFACE).await.expect("preface");
     s.write_all(&frame(SETTINGS, 0, 0, &[])).await.expect("settings");
     let settings = until(&mut s, "server SETTINGS", |f| f.kind == SETTINGS && f.flags & ACK == 0).await;
@@ -122,6 +130,31 @@ async fn closed_by_server(s: &mut TcpStream, what: &str) {
             Ok(Ok(_)) => continue, // e.g. the server's SETTINGS or an HTTP error page
         }
     }
+}
+
+/// Reads the response on `stream` up to its END_STREAM and decodes the gRPC message it carried
+/// (a reset instead of an answer fails the test).
+async fn check_answer<S: AsyncRead + Unpin>(s: &mut S, stream: u32) -> CheckResponse {
+    let mut data = Vec::new();
+    loop {
+        let f = until(s, "the answer on the stream", |f| f.stream == stream).await;
+        assert_ne!(f.kind, RST_STREAM, "stream {stream} was reset instead of answered: {:?}", f.payload);
+        if f.kind == DATA {
+            data.extend_from_slice(&f.payload);
+        }
+        if f.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert!(data.len() >= 5 && data[0] == 0, "one uncompressed gRPC message: {data:?}");
+    CheckResponse::decode(&data[5..]).expect("a CheckResponse")
+}
+
+/// A Check answered with the in-band refusal: 503 `overloaded`, `Retry-After: 1`.
+fn assert_overloaded(r: &CheckResponse, what: &str) {
+    assert_eq!(http_status(r), 503, "{what}: {r:?}");
+    assert!(denied(r).body.contains(r#""error":"overloaded""#), "{what}: {r:?}");
+    assert_eq!(denied_header(r, "retry-after").as_deref(), Some("1"), "{what}: {r:?}");
 }
 
 // ---- the tests --------------------------------------------------------------------------------
@@ -157,6 +190,73 @@ async fn streams_over_the_per_connection_cap_are_refused_and_the_connection_stay
     let r = until(&mut conn, "response on stream 7", |f| f.stream == 7 && (f.kind == HEADERS || f.kind == RST_STREAM))
         .await;
     assert_eq!(r.kind, HEADERS, "stream 7 is answered, not refused");
+    s.stop().await;
+}
+
+/// `limits.grpc.max_open_streams` is one cap over every gRPC listener and connection: with 8
+/// header-only streams held open on a TCP connection and a Unix socket connection (their
+/// messages never sent, so they never reach the check handler), a ninth stream, on either one or
+/// on a new connection, is answered at once, unread, with the in-band 503 `overloaded` (a
+/// successful RPC, as Envoy needs it); the held streams are still unanswered. Resetting and
+/// closing them gives their slots back: checks are decided again. `request_timeout` is far
+/// longer than the test, so only the reset and close can free the slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_global_cap_get_503_overloaded_and_slots_come_back() {
+    let s = Sidecar::start_extra("limits:\n  grpc: {max_open_streams: 8, request_timeout: 300s}\n").await;
+    let addr = s.running().grpc_addr.expect("grpc");
+    let headers = check_headers();
+    let (mut tcp, _) = h2_connect(addr).await;
+    let (mut uds, _) = h2_handshake(tokio::net::UnixStream::connect(s.unix_path()).await.expect("connect unix")).await;
+    let held_tcp = [1u32, 3, 5, 7, 9];
+    for id in held_tcp {
+        tcp.write_all(&frame(HEADERS, END_HEADERS, id, &headers)).await.expect("headers");
+    }
+    for id in [1u32, 3, 5] {
+        uds.write_all(&frame(HEADERS, END_HEADERS, id, &headers)).await.expect("headers");
+    }
+    let open = |n: u32| format!("portcullis_grpc_streams_open {n}\n");
+    eventually(WAIT, "8 streams open", async || s.admin_get("/metrics").await.1.contains(&open(8))).await;
+
+    // One more on each held connection, on a new connection, and from a gRPC client.
+    tcp.write_all(&frame(HEADERS, END_HEADERS, 11, &headers)).await.expect("headers");
+    assert_overloaded(&check_answer(&mut tcp, 11).await, "ninth stream, TCP connection");
+    uds.write_all(&frame(HEADERS, END_HEADERS, 7, &headers)).await.expect("headers");
+    assert_overloaded(&check_answer(&mut uds, 7).await, "ninth stream, Unix socket connection");
+    let (mut fresh, _) = h2_connect(addr).await;
+    fresh.write_all(&frame(HEADERS, END_HEADERS, 1, &headers)).await.expect("headers");
+    assert_overloaded(&check_answer(&mut fresh, 1).await, "ninth stream, new connection");
+    let r = s.check(req("GET", "/public/x").id("rid-capped").build()).await;
+    assert_overloaded(&r, "gRPC client");
+
+    let (_, metrics) = s.admin_get("/metrics").await;
+    for line in [
+        r#"portcullis_grpc_streams_refused_total{method="check",answer="in_band"} 4"#,
+        r#"portcullis_checks_total{decision="deny",reason="overloaded"} 4"#,
+        "portcullis_grpc_streams_open 8\n",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    // The held streams were never answered: a PING round trip shows nothing else came for them.
+    ping(&mut tcp, *b"heldheld").await;
+
+    // Reset the TCP streams and close the Unix socket connection: every slot comes back.
+    for id in held_tcp {
+        tcp.write_all(&frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes())).await.expect("reset");
+    }
+    drop(uds);
+    eventually(WAIT, "every slot given back", async || s.admin_get("/metrics").await.1.contains(&open(0))).await;
+    for i in 0..10 {
+        let r = s.check(req("GET", "/public/x").id(&format!("after-{i}")).build()).await;
+        assert_eq!(http_status(&r), 200, "{r:?}");
+    }
+    // And the cap still holds 8, not fewer: 8 new streams are all held, the ninth refused.
+    for id in [13u32, 15, 17, 19, 21, 23, 25, 27] {
+        tcp.write_all(&frame(HEADERS, END_HEADERS, id, &headers)).await.expect("headers");
+    }
+    eventually(WAIT, "8 streams open again", async || s.admin_get("/metrics").await.1.contains(&open(8))).await;
+    tcp.write_all(&frame(HEADERS, END_HEADERS, 29, &headers)).await.expect("headers");
+    assert_overloaded(&check_answer(&mut tcp, 29).await, "ninth stream again");
+    drop(tcp);
     s.stop().await;
 }
 

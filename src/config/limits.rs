@@ -36,7 +36,7 @@ pub struct Limits {
     /// with an in-band 503 `overloaded` + `Retry-After: 1`, never queued.
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight: usize,
-    /// The gRPC listeners (TCP and Unix socket, each).
+    /// The gRPC listeners (TCP and Unix socket, each; `max_open_streams` over all of them).
     #[serde(default)]
     pub grpc: GrpcLimits,
     /// The admin and diagnostics HTTP listeners (each).
@@ -44,7 +44,7 @@ pub struct Limits {
     pub admin: AdminLimits,
 }
 
-/// Transport limits of each gRPC listener.
+/// Transport limits of each gRPC listener, and the open-stream cap shared by all of them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcLimits {
@@ -54,6 +54,19 @@ pub struct GrpcLimits {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: one more stream is refused (`REFUSED_STREAM`).
     #[serde(default = "d_streams")]
     pub max_concurrent_streams: u32,
+    /// Open gRPC streams across every gRPC listener and connection together. A stream holds its
+    /// slot from its headers until its response has been sent (or it is reset, or
+    /// `request_timeout` ends it); one more is answered at once without reading its message: a
+    /// Check gets the in-band 503 `overloaded` + `Retry-After: 1`, any other method
+    /// `RESOURCE_EXHAUSTED` (so does a Check while `max_open_streams / 4` in-band answers are
+    /// still unsent to a client that does not read them). Each open stream costs ~25 KiB
+    /// (HTTP/2 stream state, the call's buffers, its future) even before its message arrives,
+    /// and `max_connections` × `max_concurrent_streams` is far more than a sidecar's memory:
+    /// this is the cap that bounds that memory. The default, 2,048 (~50 MiB of streams), is twice Envoy's circuit breaker
+    /// (1,024 requests in flight) and four times `max_in_flight`, so a legitimate proxy never
+    /// reaches it, and stays well inside the chart's 256 MiB memory limit.
+    #[serde(default = "d_open_streams")]
+    pub max_open_streams: usize,
     /// Deadline of one RPC, reading the message included; past it the RPC fails (CANCELLED).
     #[serde(default = "d_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -119,6 +132,9 @@ fn d_grpc_conns() -> usize {
 fn d_streams() -> u32 {
     1024
 }
+fn d_open_streams() -> usize {
+    2048
+}
 fn d_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -170,6 +186,7 @@ impl Default for GrpcLimits {
         Self {
             max_connections: d_grpc_conns(),
             max_concurrent_streams: d_streams(),
+            max_open_streams: d_open_streams(),
             request_timeout: d_request_timeout(),
             idle_timeout: d_idle(),
             keepalive_interval: d_keepalive_interval(),
@@ -195,14 +212,23 @@ fn nonzero(field: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() { Err(ConfigError::invalid(field, "must be more than 0")) } else { Ok(()) }
 }
 
+/// A cap backed by a semaphore, which holds at most `Semaphore::MAX_PERMITS` (and panics beyond).
+fn slots(field: &str, v: usize) -> Result<(), ConfigError> {
+    if v > tokio::sync::Semaphore::MAX_PERMITS { Err(ConfigError::invalid(field, "is too large")) } else { Ok(()) }
+}
+
 impl Limits {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         positive("limits.max_header_bytes", self.max_header_bytes)?;
         positive("limits.max_message_bytes", self.max_message_bytes)?;
         positive("limits.max_in_flight", self.max_in_flight)?;
+        slots("limits.max_in_flight", self.max_in_flight)?;
         let g = &self.grpc;
         positive("limits.grpc.max_connections", g.max_connections)?;
+        slots("limits.grpc.max_connections", g.max_connections)?;
         positive("limits.grpc.max_concurrent_streams", g.max_concurrent_streams as usize)?;
+        positive("limits.grpc.max_open_streams", g.max_open_streams)?;
+        slots("limits.grpc.max_open_streams", g.max_open_streams)?;
         positive("limits.grpc.max_header_list_bytes", g.max_header_list_bytes as usize)?;
         nonzero("limits.grpc.request_timeout", g.request_timeout)?;
         nonzero("limits.grpc.idle_timeout", g.idle_timeout)?;
@@ -223,6 +249,7 @@ impl Limits {
         }
         let a = &self.admin;
         positive("limits.admin.max_connections", a.max_connections)?;
+        slots("limits.admin.max_connections", a.max_connections)?;
         nonzero("limits.admin.header_timeout", a.header_timeout)?;
         nonzero("limits.admin.connection_timeout", a.connection_timeout)?;
         Ok(())
@@ -243,6 +270,9 @@ mod tests {
         assert_eq!(l.max_in_flight, 512);
         assert_eq!(l.grpc.max_concurrent_streams, 1024);
         assert_eq!(l.grpc.max_connections, 256);
+        assert_eq!(l.grpc.max_open_streams, 2048);
+        // Above what a legitimate proxy holds open (Envoy's circuit breaker, our in-flight cap).
+        assert!(l.grpc.max_open_streams > 1024 && l.grpc.max_open_streams > l.max_in_flight);
         assert_eq!(l.grpc.idle_timeout.as_secs(), 300);
         assert_eq!(l.grpc.keepalive_interval.map(|d| d.as_secs()), Some(60));
         assert_eq!(l.admin.header_timeout.as_secs(), 5);
@@ -255,6 +285,9 @@ mod tests {
             ("limits: {max_header_bytes: 0}", "limits.max_header_bytes"),
             ("limits: {grpc: {max_connections: 0}}", "limits.grpc.max_connections"),
             ("limits: {grpc: {max_concurrent_streams: 0}}", "limits.grpc.max_concurrent_streams"),
+            ("limits: {grpc: {max_open_streams: 0}}", "limits.grpc.max_open_streams"),
+            ("limits: {grpc: {max_open_streams: 18446744073709551615}}", "limits.grpc.max_open_streams"),
+            ("limits: {max_in_flight: 18446744073709551615}", "limits.max_in_flight"),
             ("limits: {grpc: {request_timeout: 0s}}", "limits.grpc.request_timeout"),
             ("limits: {grpc: {idle_timeout: 60s}}", "limits.grpc.idle_timeout"),
             ("limits: {admin: {header_timeout: 0s}}", "limits.admin.header_timeout"),
