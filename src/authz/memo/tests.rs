@@ -223,7 +223,8 @@ fn every_context_attribute_is_keyed() {
 }
 
 /// One forbid per input, none of them a guard the index reads (each starts with `has`), so
-/// only the memo key can tell the two requests of a pair apart.
+/// only the memo key can tell the two requests of a pair apart. `f-rid` is in the `Service`
+/// slice only: every set holding it reads `request_id` and is never memoized.
 const PAIRS: &str = r#"
     @id("base") permit (principal, action, resource);
     @id("f-post") forbid (principal, action == Action::"POST", resource);
@@ -231,7 +232,8 @@ const PAIRS: &str = r#"
     @id("f-host") forbid (principal, action, resource) when { context has host && context.host == "bad.svc" };
     @id("f-scheme") forbid (principal, action, resource) when { context has scheme && context.scheme == "http" };
     @id("f-query") forbid (principal, action, resource) when { context has query && context.query == "bad=1" };
-    @id("f-rid") forbid (principal, action, resource) when { context has request_id && context.request_id == "bad" };
+    @id("f-rid") forbid (principal is Service, action, resource)
+        when { context has request_id && context.request_id == "bad" };
     @id("f-time") forbid (principal, action, resource) when { context has time && context.time > 2000000000 };
     @id("f-ip") forbid (principal, action, resource)
         when { context has source_ip && context.source_ip.isInRange(ip("10.0.0.0/8")) };
@@ -301,17 +303,27 @@ fn with_jwt(ids: &mut Identities, f: impl FnOnce(&mut crate::authn::JwtIdentity)
     }
 }
 
+/// The caller of a pair's base request.
+#[derive(Clone, Copy)]
+enum Base {
+    /// [`base_ids`]: a user, with a peer.
+    User,
+    /// The API client `k`, no groups.
+    Client,
+    /// Only the peer.
+    Service,
+}
+
 /// Each changes exactly one input of the base request into one a policy of [`PAIRS`] forbids.
-/// `true`: the base caller is an API client (`k`, no groups) instead of the user.
-const CHANGES: &[(&str, bool, Change)] = &[
-    ("method", false, |r, _, _| http(r).method = "POST".into()),
-    ("path", false, |r, _, _| http(r).path = "/bad".into()),
-    ("host", false, |r, _, _| http(r).host = "bad.svc".into()),
-    ("scheme", false, |r, _, _| http(r).scheme = "http".into()),
-    ("query", false, |r, _, _| http(r).query = "bad=1".into()),
-    ("request_id", false, |r, _, _| http(r).id = "bad".into()),
-    ("time", false, |_, _, t| *t = Some(2_100_000_000)),
-    ("source_ip", false, |r, _, _| {
+const CHANGES: &[(&str, Base, Change)] = &[
+    ("method", Base::User, |r, _, _| http(r).method = "POST".into()),
+    ("path", Base::User, |r, _, _| http(r).path = "/bad".into()),
+    ("host", Base::User, |r, _, _| http(r).host = "bad.svc".into()),
+    ("scheme", Base::User, |r, _, _| http(r).scheme = "http".into()),
+    ("query", Base::User, |r, _, _| http(r).query = "bad=1".into()),
+    ("request_id", Base::Service, |r, _, _| http(r).id = "bad".into()),
+    ("time", Base::User, |_, _, t| *t = Some(2_100_000_000)),
+    ("source_ip", Base::User, |r, _, _| {
         if let Some(crate::proto::core::address::Address::SocketAddress(s)) = r
             .attributes
             .as_mut()
@@ -322,31 +334,35 @@ const CHANGES: &[(&str, bool, Change)] = &[
             s.address = "10.1.2.3".into();
         }
     }),
-    ("peer", false, |_, ids, _| ids.peer = Some(peer("bad"))),
-    ("authn methods", false, |_, ids, _| ids.api_client = client("k", &[]).api_client),
-    ("context header", false, |r, _, _| {
+    ("peer", Base::User, |_, ids, _| ids.peer = Some(peer("bad"))),
+    ("authn methods", Base::User, |_, ids, _| ids.api_client = client("k", &[]).api_client),
+    ("context header", Base::User, |r, _, _| {
         http(r).headers.insert("x-tenant".into(), "bad".into());
     }),
-    ("route fact", false, |r, _, _| {
+    ("route fact", Base::User, |r, _, _| {
         if let Some(a) = r.attributes.as_mut() {
             a.context_extensions.insert("tenant".into(), "bad".into());
         }
     }),
-    ("group", false, |_, ids, _| with_jwt(ids, |j| j.groups.push("bad".into()))),
-    ("subject", false, |_, ids, _| with_jwt(ids, |j| j.subject = "mallory".into())),
-    ("claim", false, |_, ids, _| with_jwt(ids, |j| j.claims[0].1 = "bad".into())),
-    ("issuer", false, |_, ids, _| with_jwt(ids, |j| j.issuer = "https://bad".into())),
-    ("scopes", false, |_, ids, _| with_jwt(ids, |j| j.scopes.push("bad".into()))),
-    ("audience", false, |_, ids, _| with_jwt(ids, |j| j.audiences.push("bad".into()))),
-    ("api client", true, |_, ids, _| *ids = client("mallory", &[])),
-    ("api client group", true, |_, ids, _| *ids = client("k", &["bad"])),
+    ("group", Base::User, |_, ids, _| with_jwt(ids, |j| j.groups.push("bad".into()))),
+    ("subject", Base::User, |_, ids, _| with_jwt(ids, |j| j.subject = "mallory".into())),
+    ("claim", Base::User, |_, ids, _| with_jwt(ids, |j| j.claims[0].1 = "bad".into())),
+    ("issuer", Base::User, |_, ids, _| with_jwt(ids, |j| j.issuer = "https://bad".into())),
+    ("scopes", Base::User, |_, ids, _| with_jwt(ids, |j| j.scopes.push("bad".into()))),
+    ("audience", Base::User, |_, ids, _| with_jwt(ids, |j| j.audiences.push("bad".into()))),
+    ("api client", Base::Client, |_, ids, _| *ids = client("mallory", &[])),
+    ("api client group", Base::Client, |_, ids, _| *ids = client("k", &["bad"])),
 ];
 
 #[test]
 fn requests_differing_in_one_input_are_never_answered_from_each_other() {
     let base_req = base_request();
-    for (name, client_base, change) in CHANGES {
-        let base_ids = || if *client_base { client("k", &[]) } else { base_ids() };
+    for (name, base, change) in CHANGES {
+        let base_ids = || match base {
+            Base::User => base_ids(),
+            Base::Client => client("k", &[]),
+            Base::Service => Identities { peer: Some(peer("frontend")), ..Default::default() },
+        };
         let (mut req, mut ids, mut time) = (base_req.clone(), base_ids(), Some(NOW));
         change(&mut req, &mut ids, &mut time);
         let base_view = view_of(&base_req);
