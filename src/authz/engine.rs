@@ -304,6 +304,9 @@ struct Prepared {
 
 /// The decision memo's answer, or what Cedar must evaluate (and, on a miss, the key to store
 /// its answer under).
+// Returned once and destructured at once: boxing `Prepared` would only add an allocation to
+// every evaluated request.
+#[allow(clippy::large_enum_variant)]
 enum Prep {
     Hit(AuthzOutcome),
     Eval(Prepared, Option<Pending>),
