@@ -85,6 +85,17 @@ fn cedar(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("authorize_spiffe_peer", n), |b| {
             b.iter(|| authz::authorize(&snap.engine, black_box(&peer_view), &peer_ids, &mapping).expect("evaluates"))
         });
+        // The same requests answered from the decision memo (warm: every iteration is a hit).
+        let memo_snap = Arc::new(support::snapshot(n));
+        let memo = mapping.clone().with_decision_memo(authz::DecisionMemoSettings::unmetered(10_000));
+        let hit = authz::authorize(&memo_snap.engine, &view, &ids, &memo).expect("evaluates");
+        assert_eq!((hit.allowed, &hit.policies), (out.allowed, &out.policies));
+        group.bench_function(BenchmarkId::new("authorize_jwt_user_memo_hit", n), |b| {
+            b.iter(|| authz::authorize(&memo_snap.engine, black_box(&view), &ids, &memo).expect("evaluates"))
+        });
+        group.bench_function(BenchmarkId::new("authorize_spiffe_peer_memo_hit", n), |b| {
+            b.iter(|| authz::authorize(&memo_snap.engine, black_box(&peer_view), &peer_ids, &memo).expect("evaluates"))
+        });
     }
     group.finish();
 }

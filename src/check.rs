@@ -60,7 +60,11 @@ impl Checker {
         Ok(Self {
             // Policies never see credentials, nor identity headers a client could have spoofed.
             mapping: CedarMapping::new(&cfg.cedar.context_headers, &[credential_headers, identity_spellings].concat())
-                .with_body_limits(BodyLimits::of(&cfg.request, &cfg.limits)),
+                .with_body_limits(BodyLimits::of(&cfg.request, &cfg.limits))
+                .with_decision_memo(authz::DecisionMemoSettings::new(
+                    cfg.cedar.decision_memo.max_entries,
+                    registry.sub_registry_with_prefix("authz"),
+                )),
             authn,
             store,
             names: cfg.headers.clone(),

@@ -62,10 +62,14 @@ pub(super) struct ContextParts<'a> {
     pub(super) body: Option<Value>,
 }
 
+/// `context.time` from the clock: unix seconds.
+pub(super) fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// The one place a Cedar context is built.
 pub(super) fn context(c: &ContextParts<'_>) -> Result<CoreContext, AuthzError> {
-    let now =
-        c.time.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0));
+    let now = c.time.unwrap_or_else(now);
     let mut ctx: BTreeMap<_, Value> = BTreeMap::from([
         (model::CTX_METHOD.into(), c.method.into()),
         (model::CTX_PATH.into(), c.path.into()),

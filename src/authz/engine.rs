@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 use cedar_policy_core::ast::Value;
@@ -19,11 +19,12 @@ use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
 use cedar_policy_core::validator::{ValidatorSchema, context_schema_for_action};
 
-use super::context::{ContextParts, context};
+use super::context::{self as ctx, ContextParts, context};
 use super::documents::{self, LoadError, PolicyDocument};
 use super::entities::{self, base_entities, service_entity, uid};
 use super::guard::Facts;
 use super::index::{FitsSchema, PolicyIndex, Shape, Unfit};
+use super::memo::{DecisionMemo, Lookup, Pending, Probe};
 use super::model::{self, PrincipalKind, public, types};
 use super::{AuthzError, AuthzOutcome, CedarMapping};
 use crate::authn::Identities;
@@ -49,6 +50,9 @@ pub struct Engine {
     /// By action id, for actions whose context declares gRPC attributes or a body (none for
     /// the shipped schema's body: then a body is never looked at).
     declared: HashMap<String, Declared>,
+    /// Decisions by distinct input, sized by the first [`authorize`] call's
+    /// `cedar.decision_memo.max_entries` (one config per process); dropped with the engine.
+    memo: OnceLock<Option<DecisionMemo>>,
 }
 
 impl fmt::Debug for Engine {
@@ -93,7 +97,8 @@ impl Engine {
         let declared = declared(&schema).map_err(|e| vec![LoadError::whole(source, format!("schema context: {e}"))])?;
         let index = index(&policies, &schema, &entities, enum_types, &declared)
             .map_err(|e| vec![LoadError::whole(source, format!("policy index: {e}"))])?;
-        Ok(Engine { policy_count: policies.policies().count(), policies, schema, entities, index, declared })
+        let policy_count = policies.policies().count();
+        Ok(Engine { policy_count, policies, schema, entities, index, declared, memo: OnceLock::new() })
     }
 
     pub fn policies(&self) -> &PolicySet {
@@ -112,6 +117,15 @@ impl Engine {
 
     pub fn policy_count(&self) -> usize {
         self.policy_count
+    }
+
+    /// The decision memo, if `mapping` wants one (and the first caller did).
+    pub(super) fn memo(&self, mapping: &CedarMapping) -> Option<&DecisionMemo> {
+        let max = mapping.decision_memo.max_entries;
+        if max == 0 {
+            return None;
+        }
+        self.memo.get_or_init(|| DecisionMemo::new(max)).as_ref()
     }
 }
 
@@ -241,7 +255,8 @@ pub fn authorize(
     authorize_with(engine, req, ids, mapping, false)
 }
 
-/// [`authorize`], or with `whole` against every policy and static entity (tests compare).
+/// [`authorize`], or with `whole` against every policy and static entity (tests compare), which
+/// never uses the decision memo.
 pub(super) fn authorize_with(
     engine: &Engine,
     req: &RequestView<'_>,
@@ -249,7 +264,11 @@ pub(super) fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
-    let p = prepare(engine, req, ids, mapping, whole, false)?;
+    let memo = if whole { None } else { engine.memo(mapping) };
+    let (p, pending) = match prepare(engine, req, ids, mapping, whole, false, memo)? {
+        Prep::Hit(outcome) => return Ok(outcome),
+        Prep::Eval(p, pending) => (p, pending),
+    };
     let pset: &CorePolicySet = (*p.policies).as_ref();
     let response = CoreAuthorizer::new().is_authorized(p.request, pset, &p.entities);
     let errors: Vec<String> = response.diagnostics.errors.iter().map(|e| e.to_string()).collect();
@@ -257,14 +276,18 @@ pub(super) fn authorize_with(
     let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
     policies.sort_unstable();
     let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
-    Ok(AuthzOutcome {
+    let outcome = AuthzOutcome {
         allowed,
         policies,
         errors,
         principal: p.principal.to_string(),
         action: p.action.to_string(),
         resource: p.resource.to_string(),
-    })
+    };
+    if let (Some(memo), Some(pending)) = (memo, pending) {
+        memo.insert(pending, &outcome);
+    }
+    Ok(outcome)
 }
 
 /// Everything Cedar is handed for one request.
@@ -279,8 +302,19 @@ struct Prepared {
     built: Vec<Arc<Entity>>,
 }
 
-/// Builds the Cedar request and entities and selects the policies (all of them with `whole`);
-/// keeps a copy of the per-request entities only when explaining (not on the request path).
+/// The decision memo's answer, or what Cedar must evaluate (and, on a miss, the key to store
+/// its answer under).
+// Returned once and destructured at once: boxing `Prepared` would only add an allocation to
+// every evaluated request.
+#[allow(clippy::large_enum_variant)]
+enum Prep {
+    Hit(AuthzOutcome),
+    Eval(Prepared, Option<Pending>),
+}
+
+/// Selects the policies (all of them with `whole`), asks `memo` when given, and otherwise builds
+/// the Cedar request and entities; keeps a copy of the per-request entities only when explaining
+/// (not on the request path).
 fn prepare(
     engine: &Engine,
     req: &RequestView<'_>,
@@ -288,23 +322,12 @@ fn prepare(
     mapping: &CedarMapping,
     whole: bool,
     keep_built: bool,
-) -> Result<Prepared, AuthzError> {
+    memo: Option<&DecisionMemo>,
+) -> Result<Prep, AuthzError> {
     let t = types()?;
     let index = &engine.index;
-    let base: &CoreEntities = if whole { engine.entities.as_ref() } else { (**index.entities()).as_ref() };
-    let mut extra: Vec<Arc<Entity>> = Vec::with_capacity(3);
-
-    // The peer is an entity of its own whenever present, so `context.peer` can point at it.
-    let peer = ids.peer.as_ref().map(|p| {
-        let (u, e) = service_entity(t, p);
-        extra.push(Arc::new(e));
-        u
-    });
-    let (principal, kind, principal_facts) = entities::principal(t, ids, peer.as_ref(), base, &mut extra);
-    let action = uid(&t.action, &req.method);
+    let (kind, principal_facts) = entities::principal_facts(ids);
     let service = req.host.split('.').next().unwrap_or("");
-    let resource = entities::route(t, req, service, mapping, &mut extra);
-
     let methods = ids.methods();
     // Only what the schema declares for this action is read: with no declared body, the body
     // is never looked at.
@@ -317,7 +340,77 @@ fn prepare(
         },
         None => None,
     };
-    let parts = ContextParts {
+    // The same values the context below is built from (the peer is present exactly when proven).
+    let shape = Shape {
+        source_ip: req.source_ip.is_some(),
+        peer: ids.peer.is_some(),
+        authn: !methods.is_empty(),
+        grpc: grpc.is_some(),
+        body: body.is_some(),
+    };
+    // Guards read the very values the context and the `Route` entity are built from.
+    let facts = Facts {
+        route_host: &req.host,
+        route_path: &req.path,
+        route_service: service,
+        method: &req.method,
+        path: &req.path,
+        query: req.query,
+        host: &req.host,
+        scheme: req.scheme,
+        request_id: req.request_id,
+        principal: principal_facts,
+    };
+    let selected = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
+        Unfit::Action => AuthzError::Request(format!(
+            "the schema declares no action {} for principal type {}",
+            uid(&t.action, &req.method),
+            t.of(kind)
+        )),
+        Unfit::Schema(m) => AuthzError::Request(m),
+    })?;
+    // One clock reading: the context below and the memo key hold the same `time`.
+    let time = req.time.unwrap_or_else(ctx::now);
+    // A body is the client's value, validated per request: never memoized, nor are requests
+    // validated one by one (`validates_each_request`).
+    let memo = memo.filter(|_| !shape.body && !index.validates_each_request());
+    let pending = match (memo, selected.id) {
+        (Some(memo), Some(set)) => {
+            let probe = Probe { set, reads: selected.reads, shape: shape.bits(), req, ids, mapping, time, grpc };
+            match memo.lookup(&probe) {
+                Lookup::Hit(outcome) => {
+                    mapping.decision_memo.count("hit");
+                    return Ok(Prep::Hit(outcome));
+                }
+                Lookup::Miss(p) => {
+                    mapping.decision_memo.count("miss");
+                    Some(p)
+                }
+                Lookup::Bypass => {
+                    mapping.decision_memo.count("bypass");
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            mapping.decision_memo.count("bypass");
+            None
+        }
+        (None, _) => None,
+    };
+
+    let base: &CoreEntities = if whole { engine.entities.as_ref() } else { (**index.entities()).as_ref() };
+    let mut extra: Vec<Arc<Entity>> = Vec::with_capacity(3);
+    // The peer is an entity of its own whenever present, so `context.peer` can point at it.
+    let peer = ids.peer.as_ref().map(|p| {
+        let (u, e) = service_entity(t, p);
+        extra.push(Arc::new(e));
+        u
+    });
+    let principal = entities::principal(t, ids, peer.as_ref(), base, &mut extra);
+    let action = uid(&t.action, &req.method);
+    let resource = entities::route(t, req, service, mapping, &mut extra);
+    let context = context(&ContextParts {
         method: &req.method,
         path: &req.path,
         query: req.query,
@@ -327,37 +420,9 @@ fn prepare(
         authn: &methods,
         source_ip: req.source_ip,
         peer: peer.as_ref(),
-        time: req.time,
+        time: Some(time),
         grpc,
         body,
-    };
-    let context = context(&parts)?;
-    // Guards read the very values the context and the `Route` entity were built from.
-    let shape = Shape {
-        source_ip: parts.source_ip.is_some(),
-        peer: parts.peer.is_some(),
-        authn: !parts.authn.is_empty(),
-        grpc: parts.grpc.is_some(),
-        body: parts.body.is_some(),
-    };
-    let facts = Facts {
-        route_host: parts.host,
-        route_path: parts.path,
-        route_service: service,
-        method: parts.method,
-        path: parts.path,
-        query: parts.query,
-        host: parts.host,
-        scheme: parts.scheme,
-        request_id: parts.request_id,
-        principal: principal_facts,
-    };
-    let policies = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
-        Unfit::Action => AuthzError::Request(format!(
-            "the schema declares no action {action} for principal type {}",
-            principal.entity_type()
-        )),
-        Unfit::Schema(m) => AuthzError::Request(m),
     })?;
     // A body is the client's value: a request carrying one is always validated, and a body
     // that does not have the declared type is the client's error (400).
@@ -382,7 +447,7 @@ fn prepare(
             Some(context),
         )
     };
-    let policies = if whole { index.whole() } else { policies };
+    let policies = if whole { index.whole() } else { selected.policies.clone() };
     // Per-request entities are leaves built by us from verified data, with their ancestors
     // already complete (group_ancestry), unless a static entity could sit below one of them.
     let tc = if whole || index.static_entities_reach_request_types() {
@@ -395,7 +460,7 @@ fn prepare(
         .clone()
         .add_entities(extra, None::<&NoEntitiesSchema>, tc, Extensions::all_available())
         .map_err(|e| AuthzError::Entity(e.to_string()))?;
-    Ok(Prepared { request, policies, entities, principal, action, resource, built })
+    Ok(Prep::Eval(Prepared { request, policies, entities, principal, action, resource, built }, pending))
 }
 
 /// What Cedar saw and did for one request, for `portcullis check --explain` (offline only: it
@@ -443,7 +508,9 @@ pub fn explain(
     mapping: &CedarMapping,
 ) -> Result<Explanation, AuthzError> {
     use cedar_policy_core::authorizer::AuthorizationError;
-    let p = prepare(engine, req, ids, mapping, false, true)?;
+    let Prep::Eval(p, _) = prepare(engine, req, ids, mapping, false, true, None)? else {
+        return Err(AuthzError::Request("explained without the decision memo".into()));
+    };
     let pset: &CorePolicySet = (*p.policies).as_ref();
     let authorizer = CoreAuthorizer::new();
     let mut satisfied = Vec::new();

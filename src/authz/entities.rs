@@ -74,19 +74,40 @@ fn group_ancestry(t: &Types, names: &[String], base: &CoreEntities) -> (HashSet<
     (indirect, parents)
 }
 
+/// The request's principal type and the attributes guards read, without building anything:
+/// the same choice as [`principal`].
+pub(super) fn principal_facts(ids: &Identities) -> (PrincipalKind, PrincipalFacts<'_>) {
+    match ids.principal() {
+        PrincipalRef::User(jwt) => (PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer }),
+        PrincipalRef::ApiClient(_) => (PrincipalKind::ApiClient, PrincipalFacts::None),
+        // `principal` falls back to `Anonymous` without a peer entity, which is there exactly
+        // when a peer was proven.
+        PrincipalRef::Service(p) if ids.peer.is_some() => (
+            PrincipalKind::Service,
+            PrincipalFacts::Service {
+                spiffe_id: &p.spiffe_id,
+                trust_domain: &p.trust_domain,
+                namespace: &p.namespace,
+                service_account: &p.service_account,
+            },
+        ),
+        PrincipalRef::Service(_) | PrincipalRef::Anonymous => (PrincipalKind::Anonymous, PrincipalFacts::None),
+    }
+}
+
 /// The request's principal: exactly one, the strongest proven identity (User > ApiClient >
 /// Service > Anonymous). Its entity goes into `extra` unless it is the peer's, already there.
-pub(super) fn principal<'a>(
+pub(super) fn principal(
     t: &Types,
-    ids: &'a Identities,
+    ids: &Identities,
     peer: Option<&EntityUID>,
     base: &CoreEntities,
     extra: &mut Vec<Arc<Entity>>,
-) -> (EntityUID, PrincipalKind, PrincipalFacts<'a>) {
+) -> EntityUID {
     let anonymous = |extra: &mut Vec<Arc<Entity>>| {
         let u = uid(&t.anonymous, model::ANONYMOUS_ID);
         extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], HashSet::new(), HashSet::new(), [])));
-        (u, PrincipalKind::Anonymous, PrincipalFacts::None)
+        u
     };
     // The precedence itself is authn's one rule (`Identities::principal`).
     match ids.principal() {
@@ -106,25 +127,19 @@ pub(super) fn principal<'a>(
                 tags,
             );
             extra.push(Arc::new(e));
-            (u, PrincipalKind::User, PrincipalFacts::User { issuer: &jwt.issuer })
+            u
         }
         PrincipalRef::ApiClient(client) => {
             let u = uid(&t.api_client, &client.client);
             let (indirect, parents) = group_ancestry(t, &client.groups, base);
             extra.push(Arc::new(Entity::new_with_attr_partial_value(u.clone(), [], indirect, parents, [])));
-            (u, PrincipalKind::ApiClient, PrincipalFacts::None)
+            u
         }
         // The peer's entity is already built (it is also `context.peer`).
-        PrincipalRef::Service(p) => {
-            let Some(u) = peer else { return anonymous(extra) };
-            let facts = PrincipalFacts::Service {
-                spiffe_id: &p.spiffe_id,
-                trust_domain: &p.trust_domain,
-                namespace: &p.namespace,
-                service_account: &p.service_account,
-            };
-            (u.clone(), PrincipalKind::Service, facts)
-        }
+        PrincipalRef::Service(_) => match peer {
+            Some(u) => u.clone(),
+            None => anonymous(extra),
+        },
         PrincipalRef::Anonymous => anonymous(extra),
     }
 }

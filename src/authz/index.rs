@@ -18,7 +18,7 @@
 //! evaluating every policy). Anything the index does not understand is kept for Cedar.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
@@ -27,7 +27,18 @@ use cedar_policy::{
 use serde_json::Value;
 
 use super::guard::{Facts, Guard};
+use super::memo::Reads;
 use super::model::PrincipalKind;
+
+/// The policies chosen for a request, and which context attributes they can read.
+#[derive(Debug)]
+pub(super) struct Selected {
+    pub policies: Arc<PolicySet>,
+    pub reads: Reads,
+    /// Unique within the index for a set the index keeps; `None` for a set built for one request
+    /// (or every policy, the fallback), which the decision memo then leaves alone.
+    pub id: Option<u64>,
+}
 
 /// What varies in a request's Cedar context, and so in whether it fits the schema: optional
 /// attributes present or not, and whether the `authn` set is empty (an empty set fits any set
@@ -64,6 +75,11 @@ impl Shape {
         all
     };
 
+    /// One bit per optional attribute.
+    pub(super) fn bits(self) -> u8 {
+        self.slot() as u8
+    }
+
     fn slot(self) -> usize {
         usize::from(self.source_ip)
             | usize::from(self.peer) << 1
@@ -81,13 +97,15 @@ const MAX_MEMO_POLICIES: usize = 65_536;
 /// The policies that can match one (action, principal type).
 struct Slice {
     policies: Vec<Policy>,
+    /// What each policy of `policies` can read of the context (computed once, at build).
+    reads: Vec<Reads>,
     /// Indices into `policies` with no guard: always handed to Cedar.
     unguarded: Vec<u32>,
     guarded: Vec<(u32, Guard)>,
     /// Whether a request of each [`Shape`] fits the schema (checked once, at build).
     fits: [Result<(), String>; SHAPES],
     /// Policy sets by the guarded policies they hold.
-    sets: ArcSwap<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+    sets: ArcSwap<HashMap<Box<[u32]>, Arc<Selected>>>,
 }
 
 /// Whether a request of an action, principal kind and shape passes the schema's validation.
@@ -100,7 +118,11 @@ pub(super) struct PolicyIndex {
     /// Static entities without those that cannot change an answer.
     entities: Arc<Entities>,
     whole: Arc<PolicySet>,
+    /// `whole`, as the selection of last resort.
+    whole_selected: Arc<Selected>,
     memo_policies: AtomicUsize,
+    /// The next [`Selected::id`].
+    next_set_id: AtomicU64,
     validate_each_request: bool,
     /// Some static entity has an ancestor of a type built per request.
     static_below_request_types: bool,
@@ -151,11 +173,14 @@ impl PolicyIndex {
             });
             slices.insert(action.id().unescaped().to_owned(), per_kind);
         }
+        let whole = Arc::new(policies.clone());
         PolicyIndex {
             slices,
             entities: Arc::new(entities),
-            whole: Arc::new(policies.clone()),
+            whole_selected: Arc::new(Selected { policies: whole.clone(), reads: Reads::ALL, id: None }),
+            whole,
             memo_policies: AtomicUsize::new(0),
+            next_set_id: AtomicU64::new(0),
             validate_each_request: fits.is_none(),
             static_below_request_types,
         }
@@ -184,10 +209,11 @@ impl PolicyIndex {
         kind: PrincipalKind,
         shape: Shape,
         facts: &Facts<'_>,
-    ) -> Result<Arc<PolicySet>, Unfit> {
+    ) -> Result<Arc<Selected>, Unfit> {
         let slice = self.slices.get(action).and_then(|s| s[kind.slot()].as_ref()).ok_or(Unfit::Action)?;
         slice.fits[shape.slot()].clone().map_err(Unfit::Schema)?;
-        Ok(slice.select(facts, &self.memo_policies).unwrap_or_else(|| self.whole.clone()))
+        let selected = slice.select(facts, &self.memo_policies, &self.next_set_id);
+        Ok(selected.unwrap_or_else(|| self.whole_selected.clone()))
     }
 
     /// Every policy, as an alternative to [`PolicyIndex::select`] (tests compare the two).
@@ -200,6 +226,7 @@ impl Slice {
     fn unfit(fits: [Result<(), String>; SHAPES]) -> Slice {
         Slice {
             policies: Vec::new(),
+            reads: Vec::new(),
             unguarded: Vec::new(),
             guarded: Vec::new(),
             fits,
@@ -223,20 +250,27 @@ impl Slice {
             }
             policies.push((*p).clone());
         }
-        Slice { policies, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
+        let reads = policies.iter().map(Reads::of_policy).collect();
+        Slice { policies, reads, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
     }
 
     /// `None` only if a set could not be built (ids are unique, so never): use every policy.
-    fn select(&self, facts: &Facts<'_>, budget: &AtomicUsize) -> Option<Arc<PolicySet>> {
+    fn select(&self, facts: &Facts<'_>, budget: &AtomicUsize, next_id: &AtomicU64) -> Option<Arc<Selected>> {
         let key: Vec<u32> = self.guarded.iter().filter(|(_, g)| g.may_hold(facts)).map(|(i, _)| *i).collect();
         if let Some(set) = self.sets.load().get(key.as_slice()) {
             return Some(set.clone());
         }
-        let chosen = self.unguarded.iter().chain(&key).filter_map(|i| self.policies.get(*i as usize)).cloned();
-        let set = Arc::new(PolicySet::from_policies(chosen).ok()?);
+        let members = || self.unguarded.iter().chain(&key).map(|i| *i as usize);
+        let chosen = members().filter_map(|i| self.policies.get(i)).cloned();
+        let policies = Arc::new(PolicySet::from_policies(chosen).ok()?);
+        let reads = members().filter_map(|i| self.reads.get(i)).fold(Reads::NONE, |a, r| a.union(*r));
         let size = self.unguarded.len() + key.len();
         let current = self.sets.load();
-        if current.len() < MAX_SETS_PER_SLICE && budget.fetch_add(size, Ordering::Relaxed) + size <= MAX_MEMO_POLICIES {
+        let keep =
+            current.len() < MAX_SETS_PER_SLICE && budget.fetch_add(size, Ordering::Relaxed) + size <= MAX_MEMO_POLICIES;
+        let id = keep.then(|| next_id.fetch_add(1, Ordering::Relaxed));
+        let set = Arc::new(Selected { policies, reads, id });
+        if keep {
             // Copy-on-write: readers never wait; a racing insert may be lost and is redone.
             let mut next = HashMap::clone(&current);
             next.insert(key.into_boxed_slice(), set.clone());

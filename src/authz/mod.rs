@@ -5,17 +5,20 @@
 //!
 //! `model` names the Cedar model; `documents` parses and validates policy documents; `engine`
 //! compiles them and evaluates requests, with `entities` and `context` building the request
-//! and `index` (with its `guard` compiler) choosing the policies that can matter.
+//! and `index` (with its `guard` compiler) choosing the policies that can matter; `memo` keeps
+//! each engine's answers by distinct input (exactly what the chosen policies can read).
 mod context;
 mod documents;
 mod engine;
 mod entities;
 mod guard;
 mod index;
+mod memo;
 pub mod model;
 
 pub use documents::{DocKind, LoadError, PolicyDocument, format_errors};
 pub use engine::{Compiled, Engine, Explanation, authorize, explain};
+pub use memo::DecisionMemoSettings;
 
 /// Why an authorization request could not even be evaluated (each is a deny).
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +46,13 @@ pub struct AuthzOutcome {
     pub resource: String,
 }
 
-/// Which request headers to expose as `Route` tags, and how much body a policy may read.
+/// Which request headers to expose as `Route` tags, how much body a policy may read, and the
+/// decision memo (off unless set with [`CedarMapping::with_decision_memo`]).
 #[derive(Debug, Clone, Default)]
 pub struct CedarMapping {
     pub context_headers: Vec<String>,
     pub body_limits: crate::request::BodyLimits,
+    pub decision_memo: DecisionMemoSettings,
 }
 
 impl CedarMapping {
@@ -58,12 +63,17 @@ impl CedarMapping {
             .map(|h| h.to_ascii_lowercase())
             .filter(|h| !credential_headers.contains(h) && h != "cookie")
             .collect();
-        Self { context_headers, body_limits: Default::default() }
+        Self { context_headers, body_limits: Default::default(), decision_memo: Default::default() }
     }
 
     /// With `request.max_body_bytes` / `request.max_body_depth`.
     pub fn with_body_limits(self, body_limits: crate::request::BodyLimits) -> Self {
         Self { body_limits, ..self }
+    }
+
+    /// With `cedar.decision_memo`.
+    pub fn with_decision_memo(self, decision_memo: DecisionMemoSettings) -> Self {
+        Self { decision_memo, ..self }
     }
 }
 

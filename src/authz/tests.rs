@@ -15,7 +15,7 @@ use crate::request::RequestView;
 
 /// The tests' own schema: the shape of the shipped model, kept here so these tests do not move
 /// when an example changes. Tests derive variants from it with [`schema_with`].
-const SCHEMA: &str = r#"
+pub(super) const SCHEMA: &str = r#"
     entity Group;
     entity User in [Group] { issuer: String } tags String;
     entity Service in [Group] {
@@ -38,16 +38,16 @@ const SCHEMA: &str = r#"
 
 /// [`SCHEMA`] with one declaration changed (which must be there, so no test silently runs
 /// against the unchanged schema).
-fn schema_with(from: &str, to: &str) -> String {
+pub(super) fn schema_with(from: &str, to: &str) -> String {
     assert!(SCHEMA.contains(from), "the test schema has no `{from}`");
     SCHEMA.replace(from, to)
 }
 
-fn snapshot(policies: &str) -> Engine {
+pub(super) fn snapshot(policies: &str) -> Engine {
     snapshot_with_schema(SCHEMA.into(), policies)
 }
 
-fn snapshot_with_schema(schema: String, policies: &str) -> Engine {
+pub(super) fn snapshot_with_schema(schema: String, policies: &str) -> Engine {
     let docs = [
         PolicyDocument { origin: "s.cedarschema".into(), kind: DocKind::Schema, text: schema },
         PolicyDocument { origin: "p.cedar".into(), kind: DocKind::Policies, text: policies.into() },
@@ -55,7 +55,7 @@ fn snapshot_with_schema(schema: String, policies: &str) -> Engine {
     Engine::compile(&docs, "test").expect("test policies build").engine
 }
 
-fn request(method: &str, path: &str) -> CheckRequest {
+pub(super) fn request(method: &str, path: &str) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(attribute_context::Request {
@@ -72,7 +72,7 @@ fn request(method: &str, path: &str) -> CheckRequest {
     }
 }
 
-fn client(name: &str, groups: &[&str]) -> Identities {
+pub(super) fn client(name: &str, groups: &[&str]) -> Identities {
     Identities {
         api_client: Some(Arc::new(ApiClientIdentity {
             client: name.into(),
@@ -122,7 +122,7 @@ fn selected(snap: &Engine, method: &str, kind: PrincipalKind) -> Vec<String> {
     };
     let shape = Shape { authn: kind != PrincipalKind::Anonymous, ..Shape::default() };
     let set = snap.index.select(method, kind, shape, &facts).expect("fits the schema");
-    let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+    let mut ids: Vec<String> = set.policies.policies().map(|p| p.id().to_string()).collect();
     ids.sort();
     ids
 }
@@ -155,7 +155,7 @@ fn sliced_decisions_match_evaluating_every_policy() {
 /// Policies whose leading conjuncts the index reads (equality, `like`, negation, `unless`,
 /// principal attributes) mixed with ones it must leave to Cedar (`||`, tags, and an
 /// overflow: an evaluation error, so a deny, when its guard holds).
-const GUARDED: &str = r#"
+pub(super) const GUARDED: &str = r#"
     @id("api") permit (principal, action in Action::"read", resource) when { resource.path like "/api/*" };
     @id("evil") forbid (principal, action, resource) when { resource.host == "evil.example" };
     @id("tenant") permit (principal is User, action == Action::"GET", resource)
@@ -181,14 +181,14 @@ const GUARDED: &str = r#"
         when { context.query == "confirm=1" && resource.host like "*.svc" };
 "#;
 
-fn user(issuer: &str, groups: &[&str], claims: &[(&str, &str)]) -> Identities {
+pub(super) fn user(issuer: &str, groups: &[&str], claims: &[(&str, &str)]) -> Identities {
     Identities {
         jwt: Some(Arc::new(crate::authn::JwtIdentity::for_tests(issuer, "alice", groups, claims))),
         ..Default::default()
     }
 }
 
-fn peer(ns: &str) -> crate::authn::PeerIdentity {
+pub(super) fn peer(ns: &str) -> crate::authn::PeerIdentity {
     crate::authn::PeerIdentity {
         spiffe_id: format!("spiffe://cluster.local/ns/{ns}/sa/web"),
         trust_domain: "cluster.local".into(),
@@ -197,7 +197,7 @@ fn peer(ns: &str) -> crate::authn::PeerIdentity {
     }
 }
 
-fn callers() -> Vec<Identities> {
+pub(super) fn callers() -> Vec<Identities> {
     let via_peer = |mut ids: Identities, ns: &str| {
         ids.peer = Some(peer(ns));
         ids
@@ -215,10 +215,9 @@ fn callers() -> Vec<Identities> {
     ]
 }
 
-#[test]
-fn guarded_selection_decides_exactly_as_every_policy_would() {
-    let snap = snapshot(GUARDED);
-    let mapping = CedarMapping::default();
+/// Requests over [`GUARDED`]'s guards: methods, hosts, paths (wildcards, Unicode, negations),
+/// schemes and queries. Each with a label for failure messages.
+pub(super) fn guarded_requests() -> Vec<(String, CheckRequest)> {
     let hosts = ["a.svc", "evil.example", "orders.svc", "secure.svc", "b.other"];
     let paths = [
         "/api/x",
@@ -237,8 +236,7 @@ fn guarded_selection_decides_exactly_as_every_policy_would() {
         "/\u{fc}",
         "/a*b",
     ];
-    let mut compared = 0;
-    let mut outcomes = HashSet::new();
+    let mut out = Vec::new();
     for method in ["GET", "POST", "DELETE"] {
         for host in hosts {
             for path in paths {
@@ -251,25 +249,37 @@ fn guarded_selection_decides_exactly_as_every_policy_would() {
                         http.scheme = scheme.into();
                         http.query = query.into();
                     }
-                    let Ok(view) = RequestView::from_check(&req, &Limits::default()) else { continue };
-                    for ids in callers() {
-                        let got = authorize(&snap, &view, &ids, &mapping).expect("evaluates");
-                        let want = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
-                        // Errors are compared by the policy they name: their text carries
-                        // `context.time`, which may tick between the two evaluations.
-                        let blamed = |errors: &[String]| -> Vec<String> {
-                            errors.iter().map(|e| e.split(':').next().unwrap_or(e).to_owned()).collect()
-                        };
-                        assert_eq!(
-                            (got.allowed, &got.policies, blamed(&got.errors)),
-                            (want.allowed, &want.policies, blamed(&want.errors)),
-                            "{method} {host}{path} {scheme} {ids:?}"
-                        );
-                        outcomes.insert((got.allowed, got.policies.clone(), !got.errors.is_empty()));
-                        compared += 1;
-                    }
+                    out.push((format!("{method} {host}{path} {scheme}"), req));
                 }
             }
+        }
+    }
+    out
+}
+
+#[test]
+fn guarded_selection_decides_exactly_as_every_policy_would() {
+    let snap = snapshot(GUARDED);
+    let mapping = CedarMapping::default();
+    let mut compared = 0;
+    let mut outcomes = HashSet::new();
+    for (label, req) in guarded_requests() {
+        let Ok(view) = RequestView::from_check(&req, &Limits::default()) else { continue };
+        for ids in callers() {
+            let got = authorize(&snap, &view, &ids, &mapping).expect("evaluates");
+            let want = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
+            // Errors are compared by the policy they name: their text carries
+            // `context.time`, which may tick between the two evaluations.
+            let blamed = |errors: &[String]| -> Vec<String> {
+                errors.iter().map(|e| e.split(':').next().unwrap_or(e).to_owned()).collect()
+            };
+            assert_eq!(
+                (got.allowed, &got.policies, blamed(&got.errors)),
+                (want.allowed, &want.policies, blamed(&want.errors)),
+                "{label} {ids:?}"
+            );
+            outcomes.insert((got.allowed, got.policies.clone(), !got.errors.is_empty()));
+            compared += 1;
         }
     }
     assert!(compared > 1000, "only {compared} requests compared");
@@ -296,7 +306,7 @@ fn the_index_hands_cedar_only_the_policies_whose_guards_hold() {
     let shape = Shape { authn: true, ..Shape::default() };
     let ids = |host, path| -> Vec<String> {
         let set = snap.index.select("GET", PrincipalKind::User, shape, &facts(host, path)).expect("fits");
-        let mut v: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+        let mut v: Vec<String> = set.policies.policies().map(|p| p.id().to_string()).collect();
         v.sort();
         v
     };
@@ -535,7 +545,7 @@ fn route_metadata_tags_carry_the_namespace() {
 }
 
 /// A request with a content type and a body (`body` field), for the body and gRPC tests.
-fn request_with(method: &str, path: &str, content_type: &str, body: &str) -> CheckRequest {
+pub(super) fn request_with(method: &str, path: &str, content_type: &str, body: &str) -> CheckRequest {
     let mut req = request(method, path);
     if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
         http.headers.insert("content-type".into(), content_type.into());
@@ -555,7 +565,7 @@ const BODY_POLICY: &str = r#"
 "#;
 
 /// [`SCHEMA`] where the write actions have a context of their own that declares `decl`.
-fn body_schema(decl: &str) -> String {
+pub(super) fn body_schema(decl: &str) -> String {
     let write = r#"action "POST", "PUT", "PATCH", "DELETE" in ["write"]
         appliesTo { principal: [User, Service, ApiClient, Anonymous], resource: [Route], context: Ctx };"#;
     let ctx = SCHEMA.split("type Ctx = {").nth(1).and_then(|s| s.split("};").next()).expect("the test schema has Ctx");

@@ -8,6 +8,8 @@ use super::headers::check_header_name;
 const MAX_NAMESPACES: usize = 16;
 /// Longest metadata namespace name, in bytes.
 const MAX_NAMESPACE_BYTES: usize = 128;
+/// Most entries of a decision memo: each holds a key of at most 4 KiB and an outcome.
+const MAX_MEMO_ENTRIES: u64 = 1_000_000;
 
 /// Mapping of requests into Cedar.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -27,6 +29,28 @@ pub struct CedarConfig {
     /// `Route` tags `route_metadata:<namespace>:<key>`. Default none.
     #[serde(default)]
     pub route_metadata_namespaces: Vec<String>,
+    /// Cedar's answers kept per policy snapshot, by everything the chosen policies can read.
+    #[serde(default)]
+    pub decision_memo: DecisionMemoConfig,
+}
+
+/// `cedar.decision_memo`: decide once per distinct input (exact: see `authz::memo`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionMemoConfig {
+    /// Most decisions kept per snapshot (least recently used go first); 0 turns the memo off.
+    #[serde(default = "default_memo_entries")]
+    pub max_entries: u64,
+}
+
+fn default_memo_entries() -> u64 {
+    10_000
+}
+
+impl Default for DecisionMemoConfig {
+    fn default() -> Self {
+        Self { max_entries: default_memo_entries() }
+    }
 }
 
 impl CedarConfig {
@@ -36,6 +60,12 @@ impl CedarConfig {
         }
         check_namespaces("cedar.metadata_namespaces", &self.metadata_namespaces)?;
         check_namespaces("cedar.route_metadata_namespaces", &self.route_metadata_namespaces)?;
+        if self.decision_memo.max_entries > MAX_MEMO_ENTRIES {
+            return Err(ConfigError::invalid(
+                "cedar.decision_memo.max_entries",
+                format!("at most {MAX_MEMO_ENTRIES} (0 turns the memo off)"),
+            ));
+        }
         Ok(())
     }
 }
@@ -81,5 +111,19 @@ mod tests {
         let many: Vec<String> = (0..17).map(|i| format!("ns{i}")).collect();
         let e = CedarConfig { metadata_namespaces: many, ..Default::default() }.validate().expect_err("too many");
         assert!(e.to_string().contains("cedar.metadata_namespaces"), "{e}");
+    }
+
+    #[test]
+    fn the_decision_memo_is_on_by_default_bounded_and_named() {
+        let memo = |yaml: &str| -> CedarConfig { serde_saphyr::from_str(yaml).expect("parses") };
+        assert_eq!(memo("context_headers: []").decision_memo.max_entries, 10_000);
+        assert_eq!(memo("decision_memo: {}").decision_memo.max_entries, 10_000);
+        let off = memo("decision_memo: { max_entries: 0 }");
+        assert_eq!(off.decision_memo.max_entries, 0);
+        assert!(off.validate().is_ok());
+        let huge = memo("decision_memo: { max_entries: 1000001 }");
+        let e = huge.validate().expect_err("too large").to_string();
+        assert!(e.contains("cedar.decision_memo.max_entries"), "{e}");
+        assert!(serde_saphyr::from_str::<CedarConfig>("decision_memo: { entries: 5 }").is_err(), "unknown field");
     }
 }
