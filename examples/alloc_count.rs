@@ -107,12 +107,16 @@ fn main() -> anyhow::Result<()> {
         let mut req = check_request(&caller, "5f0c8a1e-3b7d-4c2a-9e61-0d2b8f4a7c13");
         if name == "api key" {
             let http = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut());
-            if let Some(m) = http.and_then(|h| h.header_map.as_mut()) {
-                m.headers.push(portcullis::proto::core::HeaderValue {
+            let http = http.expect("bench request has HTTP attributes");
+            match http.header_map.as_mut() {
+                Some(m) => m.headers.push(portcullis::proto::core::HeaderValue {
                     key: "x-api-key".into(),
                     value: API_KEY.into(),
                     raw_value: Vec::new(),
-                });
+                }),
+                None => {
+                    http.headers.insert("x-api-key".into(), API_KEY.into());
+                }
             }
         }
         let limits = Limits::default();
