@@ -24,6 +24,8 @@ pub struct Checker {
     store: Arc<PolicyStore>,
     mapping: CedarMapping,
     names: HeaderNames,
+    /// The identity header names, lower-cased once here rather than on every allow.
+    identity_names: IdentityNames,
     /// Every spelling of every owned header, sorted: removed on allow unless set exactly.
     owned_spellings: Vec<String>,
     bearer_configured: bool,
@@ -68,6 +70,7 @@ impl Checker {
             authn,
             store,
             names: cfg.headers.clone(),
+            identity_names: IdentityNames::of(&cfg.headers),
             owned_spellings,
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
@@ -314,27 +317,49 @@ impl Checker {
     /// header except the exact names set here (Envoy applies removals after additions, so
     /// listing a set name would delete our own value; the set ones overwrite client copies).
     fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(String, String)>, Vec<String>) {
-        let n = &self.names;
+        let n = &self.identity_names;
         // Claim headers first, identity headers last; config keeps the two sets disjoint.
-        let mut set: Vec<(String, String)> = Vec::new();
+        let claims = ids.jwt.as_ref().map_or(0, |j| j.headers.len());
+        let mut set: Vec<(String, String)> = Vec::with_capacity(claims + 4);
         if let Some(j) = &ids.jwt {
             set.extend(j.headers.iter().cloned());
         }
-        set.push((n.principal.to_ascii_lowercase(), principal.to_owned()));
+        set.push((n.principal.clone(), principal.to_owned()));
         if let Some(j) = &ids.jwt {
-            set.push((n.subject.to_ascii_lowercase(), j.subject.clone()));
-            set.push((n.issuer.to_ascii_lowercase(), j.issuer.to_string()));
+            set.push((n.subject.clone(), j.subject.clone()));
+            set.push((n.issuer.clone(), j.issuer.to_string()));
         }
         if let Some(p) = &ids.peer {
-            set.push((n.peer.to_ascii_lowercase(), p.spiffe_id.clone()));
+            set.push((n.peer.clone(), p.spiffe_id.clone()));
         }
         if let Some(c) = &ids.api_client {
-            set.push((n.client.to_ascii_lowercase(), c.client.clone()));
+            set.push((n.client.clone(), c.client.clone()));
         }
         // A value that cannot be a header value (control characters) is dropped, never sent.
         set.retain(|(_, v)| !v.is_empty() && v.bytes().all(|b| b >= 0x20 && b != 0x7f));
         let remove = self.owned_spellings.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned().collect();
         (set, remove)
+    }
+}
+
+/// `headers.{principal,subject,issuer,peer,client}`, lower-case.
+struct IdentityNames {
+    principal: String,
+    subject: String,
+    issuer: String,
+    peer: String,
+    client: String,
+}
+
+impl IdentityNames {
+    fn of(h: &HeaderNames) -> Self {
+        Self {
+            principal: h.principal.to_ascii_lowercase(),
+            subject: h.subject.to_ascii_lowercase(),
+            issuer: h.issuer.to_ascii_lowercase(),
+            peer: h.peer.to_ascii_lowercase(),
+            client: h.client.to_ascii_lowercase(),
+        }
     }
 }
 
@@ -344,8 +369,8 @@ fn request_audit(view: &RequestView<'_>) -> Audit {
         source_ip: view.source_ip,
         peer: view.source_principal.and_then(loggable_peer).map(str::to_owned),
         method: view.method.clone(),
-        host: view.host.clone(),
-        path: view.path.clone(),
+        host: view.host.to_string(),
+        path: view.path.to_string(),
         ..Audit::default()
     }
 }

@@ -1,5 +1,6 @@
 //! Normalizes an Envoy `CheckRequest` once into a [`RequestView`]: the only place that reads the
 //! request side of the wire types. Everything downstream sees canonical, bounded values.
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::config::{CedarConfig, Limits, MatrixParameters};
@@ -144,17 +145,18 @@ impl<'c> RouteFactNamespaces<'c> {
     }
 }
 
-/// One normalized view of a check request. Header names and values borrow from the request.
+/// One normalized view of a check request. Header names and values borrow from the request, and
+/// so do the path and host when they arrive canonical already (the common case).
 #[derive(Debug, Clone)]
 pub struct RequestView<'a> {
     /// Upper-case HTTP method.
     pub method: String,
     /// Canonical path without query or fragment.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Raw query string (without `?`), empty if none.
     pub query: &'a str,
     /// Lower-case host without port.
-    pub host: String,
+    pub host: Cow<'a, str>,
     /// `http` / `https`, as Envoy reported it.
     pub scheme: &'a str,
     headers: Vec<(&'a str, &'a str)>,
@@ -253,12 +255,12 @@ impl<'a> RequestView<'a> {
             Some((p, q)) => (p, q),
             None => (raw_path, non_empty(&http.query).unwrap_or("")),
         };
-        let path = normalize_path(raw_only_path, matrix)?;
+        let path = canonical::path_of(raw_only_path, matrix)?;
 
         // Every copy of the host must name the same host; each is parsed, so a bad copy is a 400.
-        let mut host: Option<String> = None;
+        let mut host: Option<Cow<'a, str>> = None;
         for copy in [non_empty(&http.host), lookup(":authority"), lookup("host")].into_iter().flatten() {
-            let h = normalize_host(copy)?;
+            let h = canonical::host_of(copy)?;
             match &host {
                 Some(first) if *first != h => return Err(RequestError::ConflictingHost),
                 Some(_) => {}

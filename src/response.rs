@@ -65,8 +65,13 @@ fn quota_value(v: &str) -> String {
 /// An identity header that overwrites any client copy on every Envoy version: `append: false`
 /// for the ones that read the deprecated field, `OVERWRITE_IF_EXISTS_OR_ADD` for the rest.
 fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    overwrite_owned(key.to_owned(), value.to_owned())
+}
+
+/// [`overwrite`] for a name and value already owned (moved in, not copied).
+fn overwrite_owned(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        header: Some(HeaderValue { key, value, raw_value: Vec::new() }),
         append: Some(false),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         keep_empty_value: false,
@@ -89,7 +94,11 @@ pub fn challenge_header(c: &Challenge) -> String {
 }
 
 fn string(v: &str) -> Value {
-    Value { kind: Some(Kind::StringValue(v.to_owned())) }
+    owned_string(v.to_owned())
+}
+
+fn owned_string(v: String) -> Value {
+    Value { kind: Some(Kind::StringValue(v)) }
 }
 
 /// What Envoy's access log and rate-limit filter see under `envoy.filters.http.ext_authz`.
@@ -99,7 +108,7 @@ fn metadata(d: &Decision, keys: &QuotaKeys) -> Struct {
     fields.insert("reason".to_owned(), string(d.reason()));
     // Empty before authorization (a deny); an allow always has one.
     let principal = if d.principal().is_empty() { String::new() } else { quota_value(d.principal()) };
-    fields.insert("principal".to_owned(), string(&principal));
+    fields.insert("principal".to_owned(), owned_string(principal));
     fields.insert(
         "policy_ids".to_owned(),
         Value { kind: Some(Kind::ListValue(ListValue { values: d.policies().iter().map(|p| string(p)).collect() })) },
@@ -137,20 +146,26 @@ fn insert_quota_keys(fields: &mut BTreeMap<String, Value>, a: &Allow, keys: &Quo
     for (key, header) in wanted {
         let Some(header) = header.filter(|h| !h.is_empty()) else { continue };
         if let Some((_, v)) = a.upstream_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header)) {
-            fields.insert(key.to_owned(), string(&quota_value(v)));
+            fields.insert(key.to_owned(), owned_string(quota_value(v)));
         }
     }
 }
 
 /// The policy-ids response header, when configured and there are ids to send.
 fn policy_header(opts: &ResponseOptions, policies: &[String]) -> Option<HeaderValueOption> {
-    opts.policy_ids_header.as_ref().filter(|_| !policies.is_empty()).map(|h| overwrite(h, &policies.join(",")))
+    opts.policy_ids_header
+        .as_ref()
+        .filter(|_| !policies.is_empty())
+        .map(|h| overwrite_owned(h.clone(), policies.join(",")))
 }
 
 /// Builds the wire response.
 pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
     let (status, http_response) = match d {
-        Decision::Allow(a) => render_allow(a, opts),
+        Decision::Allow(a) => {
+            let headers = a.upstream_headers.iter().map(|(k, v)| overwrite(k, v)).collect();
+            render_allow(headers, a.remove_headers.clone(), &a.policies, opts)
+        }
         Decision::Deny(den) => render_deny(den, opts),
     };
     CheckResponse {
@@ -160,11 +175,32 @@ pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
     }
 }
 
-fn render_allow(a: &Allow, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
+/// [`render`] for a decision whose headers are not needed afterwards (the server only logs it,
+/// and a decision line has no headers): an allow's upstream and removal headers are moved into
+/// the response rather than copied, and left empty in `d`. The response is the same.
+pub fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckResponse {
+    let metadata = metadata(d, &opts.quota_keys);
+    let (status, http_response) = match d {
+        Decision::Allow(a) => {
+            let headers = std::mem::take(&mut a.upstream_headers);
+            let headers = headers.into_iter().map(|(k, v)| overwrite_owned(k, v)).collect();
+            render_allow(headers, std::mem::take(&mut a.remove_headers), &a.policies, opts)
+        }
+        Decision::Deny(den) => render_deny(den, opts),
+    };
+    CheckResponse { status: Some(status), http_response: Some(http_response), dynamic_metadata: Some(metadata) }
+}
+
+fn render_allow(
+    headers: Vec<HeaderValueOption>,
+    headers_to_remove: Vec<String>,
+    policies: &[String],
+    opts: &ResponseOptions,
+) -> (RpcStatus, HttpResponse) {
     let ok = OkHttpResponse {
-        headers: a.upstream_headers.iter().map(|(k, v)| overwrite(k, v)).collect(),
-        headers_to_remove: a.remove_headers.clone(),
-        response_headers_to_add: policy_header(opts, &a.policies).into_iter().collect(),
+        headers,
+        headers_to_remove,
+        response_headers_to_add: policy_header(opts, policies).into_iter().collect(),
         dynamic_metadata: None,
     };
     (RpcStatus { code: code::OK, message: String::new(), details: Vec::new() }, HttpResponse::OkResponse(ok))
@@ -182,14 +218,14 @@ fn render_deny(d: &Deny, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
     };
     let mut headers = vec![overwrite("content-type", "application/json")];
     if let Some(c) = &d.challenge {
-        headers.push(overwrite("www-authenticate", &challenge_header(c)));
+        headers.push(overwrite_owned("www-authenticate".to_owned(), challenge_header(c)));
     }
     if let Some(s) = d.retry_after {
-        headers.push(overwrite("retry-after", &s.to_string()));
+        headers.push(overwrite_owned("retry-after".to_owned(), s.to_string()));
     }
     headers.extend(policy_header(opts, &d.policies));
     // A small body: the reason class and the request id, never internals.
-    let body = serde_json::json!({ "error": d.reason, "request_id": d.request_id }).to_string();
+    let body = deny_body(d.reason, &d.request_id);
     (
         RpcStatus { code: grpc, message: d.reason.to_owned(), details: Vec::new() },
         HttpResponse::DeniedResponse(DeniedHttpResponse {
@@ -198,6 +234,18 @@ fn render_deny(d: &Deny, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
             body,
         }),
     )
+}
+
+/// `{"error":…,"request_id":…}`, written straight into one buffer (no JSON tree per deny).
+fn deny_body(reason: &str, request_id: &str) -> String {
+    let mut b = Vec::with_capacity(32 + reason.len() + request_id.len());
+    b.extend_from_slice(b"{\"error\":");
+    let _ = serde_json::to_writer(&mut b, reason);
+    b.extend_from_slice(b",\"request_id\":");
+    let _ = serde_json::to_writer(&mut b, request_id);
+    b.push(b'}');
+    // serde_json writes UTF-8; the fallback is unreachable and still valid JSON.
+    String::from_utf8(b).unwrap_or_else(|_| "{}".to_owned())
 }
 
 #[cfg(test)]
@@ -238,6 +286,44 @@ mod tests {
         let www = den.headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == "www-authenticate");
         assert_eq!(www.map(|h| h.value.as_str()), Some(r#"Bearer realm="portcullis", error="invalid_token""#));
         assert_eq!(den.body, r#"{"error":"token_expired","request_id":"r2"}"#);
+    }
+
+    #[test]
+    fn taking_the_headers_renders_the_same_response() {
+        let mut den = Deny::new(Status::Unauthorized, "token_expired", "r\"7\\")
+            .with_challenge(Challenge { scheme: Scheme::Bearer, error: Some("invalid_token"), description: None })
+            .with_retry_after(5);
+        den.policies = vec!["p1".into(), "p2".into()];
+        let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), quota_keys: keys() };
+        let cases = [
+            allow_with(r#"User::"alice""#, &[("x-portcullis-subject", "alice"), ("x-tenant", "acme")]),
+            {
+                let mut d = allow_with("p", &[]);
+                if let Decision::Allow(a) = &mut d {
+                    a.remove_headers = vec!["x-a".into(), "x_a".into()];
+                }
+                d
+            },
+            den.into(),
+        ];
+        for d in cases {
+            let want = render(&d, &opts);
+            let mut taken = d.clone();
+            assert_eq!(render_taking_headers(&mut taken, &opts), want);
+            if let Decision::Allow(a) = &taken {
+                assert!(a.upstream_headers.is_empty() && a.remove_headers.is_empty());
+            }
+            // Nothing else of the decision changed: the log line is the same.
+            assert_eq!((taken.audit(), taken.policies(), taken.principal()), (d.audit(), d.policies(), d.principal()));
+        }
+    }
+
+    #[test]
+    fn a_deny_body_is_json_with_the_request_id_escaped() {
+        let body = deny_body("no_permit", "a\"b\\c");
+        assert_eq!(body, r#"{"error":"no_permit","request_id":"a\"b\\c"}"#);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["request_id"], "a\"b\\c");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! readiness and gRPC health go NOT_SERVING at once while the listeners keep answering for
 //! `listen.drain_delay` (so the proxy and kubelet notice before anything is refused); then the
 //! listeners stop accepting and in-flight checks get `listen.drain_timeout` to finish.
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,13 +96,11 @@ impl Authorization for AuthzService {
             self.metrics.shed();
             let mut decision = with_raw_audit(check::overloaded(crate::request::raw_request_id(&req)), &req);
             self.complete_audit(&req, &mut decision);
-            let elapsed = start.elapsed();
-            self.metrics.record(false, decision.reason(), elapsed.as_secs_f64());
-            log_decision(&decision, elapsed.as_micros(), self.log_subject);
             if let (Some(t), Some(span)) = (&self.traces, span) {
                 t.finish(span, &decision);
             }
-            return Ok(Response::new(response::render(&decision, &self.opts)));
+            let resp = finish_check(&self.metrics, &self.opts, self.log_subject, decision, start.elapsed());
+            return Ok(Response::new(resp));
         };
         // A panic anywhere in the pipeline is a deny, never an RPC error (which Envoy's
         // failure_mode_allow could turn into an allow).
@@ -112,80 +109,37 @@ impl Authorization for AuthzService {
             with_raw_audit(check::panicked(crate::request::raw_request_id(&req)), &req)
         });
         self.complete_audit(&req, &mut decision);
-        let elapsed = start.elapsed();
-        self.metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
-        log_decision(&decision, elapsed.as_micros(), self.log_subject);
         if let (Some(t), Some(span)) = (&self.traces, span) {
             t.finish(span, &decision);
         }
-        Ok(Response::new(response::render(&decision, &self.opts)))
+        Ok(Response::new(finish_check(&self.metrics, &self.opts, self.log_subject, decision, start.elapsed())))
     }
 }
 
-/// The one decision log line per check (schema: docs/observability.md, "Decision log"). Never a
-/// credential: identities are the verified ones, request facts the normalized ones, no header.
-/// Absent facts are left out of the line; formatting happens here, once.
-fn log_decision(d: &Decision, latency_us: u128, subject_log: SubjectLog) {
-    // Filtered out (e.g. `level: warn`): skip the hashing and escaping below.
-    if !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO) {
-        return;
-    }
-    let a = d.audit();
-    let hash = subject_log == SubjectLog::Hash;
-    let subject = a.subject.as_deref().map(|s| if hash { Cow::Owned(subject_hash(s)) } else { printable(s) });
-    let principal = match (&subject, hash && a.principal_is_subject && !d.principal().is_empty()) {
-        (Some(h), true) => Cow::Owned(format!("{}::\"{h}\"", principal_type(d.principal()))),
-        _ => printable(d.principal()),
-    };
-    tracing::info!(
-        target: "portcullis::decision",
-        request_id = %d.request_id(),
-        trace_id = a.trace_id.map(|t| tracing::field::display(TraceId(t))),
-        source_ip = a.source_ip.map(tracing::field::display),
-        peer = a.peer.as_deref(),
-        issuer = a.issuer.as_deref(),
-        subject = subject.as_deref(),
-        api_client = a.api_client.as_deref(),
-        principal = %principal,
-        authn = a.authn.as_str(),
-        token_cache = a.token_cache,
-        method = (!a.method.is_empty()).then_some(a.method.as_str()),
-        host = (!a.host.is_empty()).then_some(a.host.as_str()),
-        path = (!a.path.is_empty()).then_some(a.path.as_str()),
-        action = %d.action(),
-        resource = %d.resource(),
-        decision = d.verdict(),
-        status = d.http_status(),
-        reason = d.reason(),
-        policies = ?d.policies(),
-        policy_version = a.policy_version.as_deref(),
-        latency_us = latency_us as u64,
-    );
+/// What the handler does once a check is decided: count it, hand its decision line to the log
+/// writer, render the answer. Public (hidden) only so `examples/alloc_count` counts this exact
+/// work; not an API.
+#[doc(hidden)]
+pub fn finish_check(
+    metrics: &CheckMetrics,
+    opts: &ResponseOptions,
+    subject_log: SubjectLog,
+    decision: Decision,
+    elapsed: Duration,
+) -> CheckResponse {
+    metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
+    let mut decision = decision;
+    let resp = response::render_taking_headers(&mut decision, opts);
+    // Last, so the decision itself can be moved to the log writer.
+    decision_log::log_decision(decision, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), subject_log);
+    resp
 }
 
-/// A trace id as 32 lower-case hex digits, formatted only when the line is written.
-struct TraceId(u128);
-
-impl std::fmt::Display for TraceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-/// `sha256:` and the first 16 hex digits of SHA-256(subject) (`log.subject: hash`).
-fn subject_hash(subject: &str) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(&sha2::Sha256::digest(subject.as_bytes())[..8]))
-}
-
-/// `User` from `User::"alice"`.
-fn principal_type(principal: &str) -> &str {
-    principal.rfind("::\"").map_or(principal, |i| &principal[..i])
-}
-
-/// A value as logged: control characters escaped, so a text line stays one line.
-fn printable(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_control) { Cow::Owned(s.escape_debug().to_string()) } else { Cow::Borrowed(s) }
+/// Installs the process's log subscriber and writer thread as `serve` does; the returned guard
+/// flushes on drop. Public (hidden) only for `examples/alloc_count`.
+#[doc(hidden)]
+pub fn init_logging(cfg: &crate::config::LogConfig) -> impl Sized {
+    crate::telemetry::init(cfg)
 }
 
 /// A started sidecar: its bound addresses and the handle to stop it.
@@ -622,6 +576,7 @@ async fn wait_for_signal() {
     }
 }
 
+mod decision_log;
 mod streams;
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,12 @@
 //! at most `log.block_timeout`. A line that does not fit is counted in
 //! `portcullis_log_dropped_total` and reported by a periodic WARN; the check is answered either
 //! way, because a log sink must never become an authorization outage.
+//!
+//! With JSON logs, lines that every check writes (the decision line) are not even formatted on the
+//! check: the check queues a [`DeferredLine`] (its data, moved) and the writer thread formats it.
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +32,33 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Lines dropped by the process's log queue. Global like the subscriber it belongs to.
 static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The queue deferred lines go to: set once the JSON subscriber is installed (never for text logs,
+/// which `tracing` formats, nor in tests that install their own subscriber).
+static DEFERRED: OnceLock<DeferredLines> = OnceLock::new();
+
+/// A log line formatted by the writer thread rather than by the code that logs it: the caller
+/// checks the level (`tracing::enabled!`) and hands over the data; the line must be exactly what
+/// the installed formatter would have written.
+pub(crate) trait DeferredLine: Send {
+    /// Appends the whole line, newline included.
+    fn write_line(&self, out: &mut Vec<u8>);
+}
+
+/// Where deferred lines are queued; the same queue, order and `log.on_full` handling as every
+/// other line.
+pub(crate) struct DeferredLines(Arc<Queue>);
+
+impl DeferredLines {
+    pub(crate) fn push(&self, line: Box<dyn DeferredLine>) {
+        self.0.push(Item::Deferred(line));
+    }
+}
+
+/// The deferred-line queue, when JSON lines are written by this module's writer thread.
+pub(crate) fn deferred_lines() -> Option<&'static DeferredLines> {
+    DEFERRED.get()
+}
 
 /// Registers `log_dropped` (`portcullis_log_dropped_total`) in the server's registry.
 pub(crate) fn register(registry: &mut Registry) {
@@ -66,6 +96,9 @@ pub(crate) fn init(cfg: &LogConfig) -> LogGuard {
         LogFormat::Text => builder.try_init(),
     };
     if installed.is_ok() {
+        if cfg.format == LogFormat::Json {
+            let _ = DEFERRED.set(DeferredLines(queue.clone()));
+        }
         // The default hook writes to stderr directly, blocking on a stalled sink; the server
         // catches check panics (a deny), so route the report through the bounded queue too.
         std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panicked")));
@@ -116,8 +149,14 @@ struct Queue {
     dropped: Counter,
 }
 
+/// One queued line: formatted already, or formatted by the writer.
+enum Item {
+    Bytes(Vec<u8>),
+    Deferred(Box<dyn DeferredLine>),
+}
+
 struct State {
-    lines: VecDeque<Vec<u8>>,
+    lines: VecDeque<Item>,
     closed: bool,
     /// A blocking push timed out and the writer has not taken anything since: later lines are
     /// dropped without waiting, so a dead sink costs one `block_timeout`, not one per check.
@@ -143,8 +182,8 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one formatted line, or drops and counts it as `on_full` says.
-    fn push(&self, line: Vec<u8>) {
+    /// Queues one line, or drops and counts it as `on_full` says.
+    fn push(&self, line: Item) {
         let mut st = self.lock();
         if st.lines.len() >= self.capacity && !st.closed {
             if self.on_full == OnFull::Drop || st.stalled {
@@ -199,7 +238,10 @@ impl Queue {
             self.not_full.notify_all();
             let mut in_buf = 0;
             for line in batch.drain(..) {
-                buf.extend_from_slice(&line);
+                match line {
+                    Item::Bytes(b) => buf.extend_from_slice(&b),
+                    Item::Deferred(l) => l.write_line(&mut buf),
+                }
                 in_buf += 1;
                 if buf.len() >= WRITE_CHUNK {
                     self.write_out(&mut out, &mut buf, in_buf);
@@ -243,7 +285,7 @@ struct LineWriter<'a>(&'a Queue);
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.push(buf.to_vec());
+        self.0.push(Item::Bytes(buf.to_vec()));
         Ok(buf.len())
     }
 
@@ -291,13 +333,13 @@ mod tests {
 
     /// Pushes until the writer holds one batch and the queue is full again.
     fn fill(q: &Queue) {
-        q.push(b"first\n".to_vec());
+        q.push(Item::Bytes(b"first\n".to_vec()));
         // The writer takes the first line and then blocks in the sink.
         while !q.lock().lines.is_empty() {
             std::thread::yield_now();
         }
         for i in 0..q.capacity {
-            q.push(format!("line {i}\n").into_bytes());
+            q.push(Item::Bytes(format!("line {i}\n").into_bytes()));
         }
         assert_eq!(q.lock().lines.len(), q.capacity);
     }
@@ -307,7 +349,7 @@ mod tests {
         let (q, gate, written, done) = stuck_queue(OnFull::Drop);
         fill(&q);
         for _ in 0..10 {
-            q.push(b"over\n".to_vec());
+            q.push(Item::Bytes(b"over\n".to_vec()));
         }
         assert_eq!(q.dropped.get(), 10);
         // Once the sink moves again, everything queued is written and nothing else is lost.
@@ -324,11 +366,11 @@ mod tests {
     fn block_mode_waits_once_then_drops_until_the_writer_moves() {
         let (q, gate, _written, done) = stuck_queue(OnFull::Block);
         fill(&q);
-        q.push(b"timed out\n".to_vec());
+        q.push(Item::Bytes(b"timed out\n".to_vec()));
         assert_eq!(q.dropped.get(), 1);
         assert!(q.lock().stalled, "a timed-out wait marks the sink stalled");
         // Stalled: later lines are dropped without another wait.
-        q.push(b"no wait\n".to_vec());
+        q.push(Item::Bytes(b"no wait\n".to_vec()));
         assert_eq!(q.dropped.get(), 2);
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
@@ -336,12 +378,50 @@ mod tests {
         while q.lock().stalled {
             std::thread::yield_now();
         }
-        q.push(b"fits\n".to_vec());
+        q.push(Item::Bytes(b"fits\n".to_vec()));
         assert_eq!(q.dropped.get(), 2);
         q.close();
         done.recv_timeout(Duration::from_secs(10)).expect("writer finished");
-        q.push(b"after close\n".to_vec());
+        q.push(Item::Bytes(b"after close\n".to_vec()));
         assert_eq!(q.dropped.get(), 3);
+    }
+
+    /// A deferred line with fixed text.
+    struct Fixed(&'static str);
+
+    impl DeferredLine for Fixed {
+        fn write_line(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(self.0.as_bytes());
+        }
+    }
+
+    #[test]
+    fn deferred_lines_are_formatted_by_the_writer_in_queue_order() {
+        let q = Queue::new(OnFull::Drop, Duration::from_millis(20), 16, Counter::default());
+        q.push(Item::Bytes(b"a\n".to_vec()));
+        q.push(Item::Deferred(Box::new(Fixed("b\n"))));
+        q.push(Item::Bytes(b"c\n".to_vec()));
+        q.close();
+        let (tx, rx) = mpsc::channel();
+        let mut out = Vec::new();
+        q.run_writer(&mut out, tx);
+        rx.recv_timeout(Duration::from_secs(1)).expect("done");
+        assert_eq!(out, b"a\nb\nc\n");
+        assert_eq!(q.dropped.get(), 0);
+    }
+
+    #[test]
+    fn a_deferred_line_that_does_not_fit_is_dropped_and_counted() {
+        let (q, gate, written, done) = stuck_queue(OnFull::Drop);
+        fill(&q);
+        q.push(Item::Deferred(Box::new(Fixed("deferred\n"))));
+        assert_eq!(q.dropped.get(), 1);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        q.close();
+        done.recv_timeout(Duration::from_secs(10)).expect("writer finished");
+        let out = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(!out.contains("deferred"), "{out}");
     }
 
     #[test]
@@ -357,7 +437,7 @@ mod tests {
         }
         let q = Arc::new(Queue::new(OnFull::Drop, Duration::from_millis(20), 16, Counter::default()));
         for _ in 0..3 {
-            q.push(b"x\n".to_vec());
+            q.push(Item::Bytes(b"x\n".to_vec()));
         }
         q.close();
         let (tx, rx) = mpsc::channel();

@@ -1,5 +1,6 @@
 //! Canonical forms of the two inputs policies match on most: the path and the host. Pure
 //! functions of their input; ambiguity is a [`RequestError`] (400), never a guess.
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::RequestError;
@@ -11,8 +12,14 @@ use crate::config::MatrixParameters;
 /// `0x7f.0.0.1`, `2130706433`) is refused rather than decided on as a name. IPv6 comes back
 /// without brackets, in RFC 5952 form (`[0:0::1]` is `::1`).
 pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
+    host_of(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_host`], borrowing from `raw` when the canonical host is a slice of it (already
+/// lower-case: the common case costs no allocation).
+pub(super) fn host_of(raw: &str) -> Result<Cow<'_, str>, RequestError> {
     if raw.is_empty() {
-        return Ok(String::new());
+        return Ok(Cow::Borrowed(""));
     }
     if let Some(rest) = raw.strip_prefix('[') {
         let (inner, after) = rest.split_once(']').ok_or(RequestError::BadHost)?;
@@ -20,7 +27,7 @@ pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
             check_port(after.strip_prefix(':').ok_or(RequestError::BadHost)?)?;
         }
         let ip: Ipv6Addr = inner.parse().map_err(|_| RequestError::BadHost)?;
-        return Ok(ip.to_string());
+        return Ok(Cow::Owned(ip.to_string()));
     }
     let host = match raw.split_once(':') {
         Some((h, port)) => {
@@ -33,7 +40,11 @@ pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
     if host.is_empty() || host.len() > 253 {
         return Err(RequestError::BadHost);
     }
-    let host = host.to_ascii_lowercase();
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
     let mut last = "";
     for label in host.split('.') {
         let ok = (1..=63).contains(&label.len())
@@ -49,7 +60,7 @@ pub fn normalize_host(raw: &str) -> Result<String, RequestError> {
         || last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
     if numeric {
         let ip: Ipv4Addr = host.parse().map_err(|_| RequestError::BadHost)?;
-        if ip.to_string() != host {
+        if ip.to_string() != *host {
             return Err(RequestError::BadHost);
         }
     }
@@ -76,6 +87,38 @@ fn check_port(port: &str) -> Result<(), RequestError> {
 /// `;` (also `%3B`) unless `matrix` is [`MatrixParameters::Strip`], which removes `;…` from every
 /// segment before dot segments are resolved.
 pub fn normalize_path(raw: &str, matrix: MatrixParameters) -> Result<String, RequestError> {
+    path_of(raw, matrix).map(Cow::into_owned)
+}
+
+/// [`normalize_path`], borrowing `raw` when it is canonical already (see [`is_canonical_path`]).
+pub(super) fn path_of(raw: &str, matrix: MatrixParameters) -> Result<Cow<'_, str>, RequestError> {
+    if is_canonical_path(raw) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    rewrite_path(raw, matrix).map(Cow::Owned)
+}
+
+/// A path [`rewrite_path`] would return unchanged, in every matrix mode: absolute, printable
+/// ASCII without an escape, `;`, `\`, `#` or `?`, no `.`/`..` segment and no empty segment but
+/// a trailing one. Conservative: a `false` only means the full rewrite runs.
+fn is_canonical_path(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else { return false };
+    let plain = rest.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\' | b'#' | b'?'));
+    if !plain {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The full canonicalization behind [`normalize_path`].
+fn rewrite_path(raw: &str, matrix: MatrixParameters) -> Result<String, RequestError> {
     if !raw.starts_with('/') {
         return Err(RequestError::BadPath);
     }
@@ -169,5 +212,53 @@ fn utf8_len(first: u8) -> usize {
         0xe0..=0xef => 3,
         0xc0..=0xdf => 2,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string up to `len` over an alphabet with the characters that matter to paths.
+    fn all_paths(len: usize) -> Vec<String> {
+        const ALPHABET: [char; 9] = ['/', 'a', '.', '%', '2', 'e', ';', 'Z', '\\'];
+        let mut out = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..len {
+            frontier = frontier.iter().flat_map(|p| ALPHABET.iter().map(move |c| format!("{p}{c}"))).collect();
+            out.extend(frontier.iter().cloned());
+        }
+        out
+    }
+
+    #[test]
+    fn a_borrowed_path_is_exactly_what_the_rewrite_returns() {
+        let mut borrowed = 0;
+        for raw in all_paths(5) {
+            for matrix in [MatrixParameters::Refuse, MatrixParameters::Strip] {
+                let fast = path_of(&raw, matrix);
+                assert_eq!(fast.clone().map(Cow::into_owned), rewrite_path(&raw, matrix), "{raw:?} {matrix:?}");
+                if let Ok(Cow::Borrowed(_)) = fast {
+                    borrowed += 1;
+                }
+            }
+        }
+        // The fast path is taken, not just equivalent because it never runs.
+        assert!(borrowed > 1000, "{borrowed}");
+        for raw in ["/", "/a/", "/api/orders/12345", "/a.b/c~d/-_"] {
+            assert!(matches!(path_of(raw, MatrixParameters::Refuse), Ok(Cow::Borrowed(_))), "{raw}");
+        }
+        for raw in ["//a", "/a//b", "/a/./b", "/a/..", "/%41", "/a;b", "/é"] {
+            assert!(!matches!(path_of(raw, MatrixParameters::Strip), Ok(Cow::Borrowed(_))), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_lower_case_host_is_borrowed_and_others_are_rewritten() {
+        assert!(matches!(host_of("shop.example"), Ok(Cow::Borrowed("shop.example"))));
+        assert!(matches!(host_of("shop.example:8080"), Ok(Cow::Borrowed("shop.example"))));
+        assert_eq!(host_of("Shop.Example.").unwrap(), "shop.example");
+        assert_eq!(host_of("[0:0::1]:80").unwrap(), "::1");
+        assert_eq!(host_of("127.1"), Err(RequestError::BadHost));
     }
 }

@@ -97,7 +97,11 @@ impl StreamCap {
         let decision = check::overloaded("");
         let elapsed = start.elapsed();
         r.checks.record(false, decision.reason(), elapsed.as_secs_f64());
-        super::log_decision(&decision, elapsed.as_micros(), r.log_subject);
+        super::decision_log::log_decision(
+            decision,
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            r.log_subject,
+        );
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let mut resp = http::Response::new(CappedBody::Refused {
