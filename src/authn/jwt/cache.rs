@@ -67,7 +67,7 @@ impl JwtAuthenticator {
             return Err(e.into());
         }
         self.verifications.inc();
-        let (identity, issuer) = match self.verify_uncached(token, source).await {
+        let (identity, issuer, claims) = match self.verify_uncached(token, source).await {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {
@@ -76,7 +76,7 @@ impl JwtAuthenticator {
                 return Err(e);
             }
         };
-        let facts = Arc::new(RevocationFacts::from_verified(token)?);
+        let facts = Arc::new(RevocationFacts::from_claims(&claims)?);
         if let Some(cache) = &self.cache {
             let entry = CachedToken { identity: identity.clone(), issuer, facts: facts.clone() };
             cache.insert(digest, entry).await;

@@ -18,6 +18,7 @@ mod cache;
 mod claims;
 mod extract;
 mod negative;
+mod parse;
 mod revocation;
 mod status_list;
 mod verify;
@@ -170,18 +171,12 @@ pub(super) struct RevocationFacts {
 }
 
 impl RevocationFacts {
-    /// From a token whose signature has just been verified (its payload is trusted).
-    fn from_verified(token: &str) -> Result<Self, JwtError> {
-        use base64::Engine as _;
-        let payload = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
-        let bytes =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
-        let claims: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)?;
+    /// From the claims of a token whose signature has just been verified.
+    fn from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Result<Self, JwtError> {
         Ok(Self {
             jti: claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
             iat: claims.get("iat").and_then(serde_json::Value::as_u64),
-            status: status_list::status_ref(&claims)?,
+            status: status_list::status_ref(claims)?,
         })
     }
 }
