@@ -23,7 +23,7 @@ mod revocation;
 mod status_list;
 mod verify;
 
-use cache::{CacheLabel, CachedToken, UntilExp};
+use cache::{CacheLabel, TokenCache, UntilExp};
 use negative::NegativeCache;
 pub use revocation::{DenyListStore, spawn_watch as spawn_deny_list_watch};
 use status_list::{StatusLists, StatusRef};
@@ -152,9 +152,8 @@ pub struct JwtAuthenticator {
     by_name: HashMap<String, usize>,
     sources: Vec<TokenSource>,
     max_token_bytes: usize,
-    cache: Option<moka::future::Cache<[u8; 32], CachedToken>>,
+    cache: Option<TokenCache>,
     rejections: Family<ReasonLabel, Counter>,
-    cache_lookups: Family<CacheLabel, Counter>,
     negative: Option<NegativeCache>,
     verifications: Counter,
     deny_list: Option<Arc<DenyListStore>>,
@@ -203,16 +202,18 @@ impl JwtAuthenticator {
             by_name.insert(ic.issuer.clone(), issuers.len());
             issuers.push(issuer);
         }
-        let cache = (cfg.token_cache.max_entries > 0).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(cfg.token_cache.max_entries)
-                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
-                .build()
-        });
         let rejections = Family::<ReasonLabel, Counter>::default();
         registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
         let cache_lookups = Family::<CacheLabel, Counter>::default();
         registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
+        let cache = (cfg.token_cache.max_entries > 0).then(|| TokenCache {
+            cache: moka::future::Cache::builder()
+                .max_capacity(cfg.token_cache.max_entries)
+                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
+                .build(),
+            hits: cache_lookups.get_or_create(&CacheLabel { result: "hit" }).clone(),
+            misses: cache_lookups.get_or_create(&CacheLabel { result: "miss" }).clone(),
+        });
         let negative_lookups = Family::<CacheLabel, Counter>::default();
         registry.register(
             "token_negative_cache_lookups",
@@ -242,7 +243,6 @@ impl JwtAuthenticator {
             max_token_bytes: limits.max_token_bytes,
             cache,
             rejections,
-            cache_lookups,
             negative,
             verifications,
             deny_list,
@@ -294,8 +294,8 @@ impl JwtAuthenticator {
     pub async fn cached_tokens(&self) -> u64 {
         match &self.cache {
             Some(c) => {
-                c.run_pending_tasks().await;
-                c.entry_count()
+                c.cache.run_pending_tasks().await;
+                c.cache.entry_count()
             }
             None => 0,
         }
