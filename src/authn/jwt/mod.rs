@@ -206,13 +206,16 @@ impl JwtAuthenticator {
         registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
         let cache_lookups = Family::<CacheLabel, Counter>::default();
         registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
-        let cache = (cfg.token_cache.max_entries > 0).then(|| TokenCache {
-            cache: moka::future::Cache::builder()
+        let cache = (cfg.token_cache.max_entries > 0).then(|| {
+            // One statement each: the family's read guard must be gone before the next
+            // `get_or_create` takes its write lock.
+            let hits = cache_lookups.get_or_create(&CacheLabel { result: "hit" }).clone();
+            let misses = cache_lookups.get_or_create(&CacheLabel { result: "miss" }).clone();
+            let cache = moka::future::Cache::builder()
                 .max_capacity(cfg.token_cache.max_entries)
                 .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
-                .build(),
-            hits: cache_lookups.get_or_create(&CacheLabel { result: "hit" }).clone(),
-            misses: cache_lookups.get_or_create(&CacheLabel { result: "miss" }).clone(),
+                .build();
+            TokenCache { cache, hits, misses }
         });
         let negative_lookups = Family::<CacheLabel, Counter>::default();
         registry.register(
