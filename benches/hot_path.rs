@@ -55,6 +55,19 @@ fn jwt(c: &mut Criterion) {
             });
         }
     }
+    // The signature check alone, jsonwebtoken's primitive over a prebuilt key: the floor under
+    // the uncached rows (everything above it is parsing, claim checks and the identity).
+    let set = support::jwks();
+    for (alg, name) in [(Algorithm::RS256, "RS256"), (Algorithm::ES256, "ES256"), (Algorithm::EdDSA, "EdDSA")] {
+        let t = token(alg, 1);
+        let (input, sig) = t.rsplit_once('.').expect("three segments");
+        let kid = support::KEYS.iter().find(|k| k.1 == alg).map(|k| k.2).expect("fixture key");
+        let key = jsonwebtoken::DecodingKey::from_jwk(set.find(kid).expect("jwk")).expect("key");
+        assert!(jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key, alg).expect("verifies"), "{name}");
+        group.bench_function(BenchmarkId::new("signature_only", name), |b| {
+            b.iter(|| jsonwebtoken::crypto::verify(black_box(sig), input.as_bytes(), &key, alg).expect("verifies"))
+        });
+    }
     group.finish();
 }
 

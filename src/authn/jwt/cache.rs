@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use super::{JwtAuthenticator, JwtError, JwtIdentity, RevocationFacts};
@@ -15,6 +16,13 @@ pub(super) struct CachedToken {
     pub(super) identity: Arc<JwtIdentity>,
     pub(super) issuer: usize,
     pub(super) facts: Arc<RevocationFacts>,
+}
+
+/// The verified-token cache and its lookup counters, resolved once (not per request).
+pub(super) struct TokenCache {
+    pub(super) cache: moka::future::Cache<[u8; 32], CachedToken>,
+    pub(super) hits: Counter,
+    pub(super) misses: Counter,
 }
 
 pub(super) struct UntilExp {
@@ -47,10 +55,10 @@ impl JwtAuthenticator {
             return Err(JwtError::TooLarge.into());
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cache) = &self.cache {
+        if let Some(TokenCache { cache, hits, misses }) = &self.cache {
             if let Some(hit) = cache.get(&digest).await {
                 if self.still_valid(&hit).await {
-                    self.cache_lookups.get_or_create(&CacheLabel { result: "hit" }).inc();
+                    hits.inc();
                     *looked_up = Some("hit");
                     self.check_source(hit.issuer, source)?;
                     self.check_revoked(&hit.identity, hit.issuer, &hit.facts).await?;
@@ -58,7 +66,7 @@ impl JwtAuthenticator {
                 }
                 cache.invalidate(&digest).await;
             }
-            self.cache_lookups.get_or_create(&CacheLabel { result: "miss" }).inc();
+            misses.inc();
             *looked_up = Some("miss");
         }
         if let Some(neg) = &self.negative
@@ -67,7 +75,7 @@ impl JwtAuthenticator {
             return Err(e.into());
         }
         self.verifications.inc();
-        let (identity, issuer) = match self.verify_uncached(token, source).await {
+        let (identity, issuer, claims) = match self.verify_uncached(token, source).await {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {
@@ -76,8 +84,8 @@ impl JwtAuthenticator {
                 return Err(e);
             }
         };
-        let facts = Arc::new(RevocationFacts::from_verified(token)?);
-        if let Some(cache) = &self.cache {
+        let facts = Arc::new(RevocationFacts::from_claims(&claims)?);
+        if let Some(TokenCache { cache, .. }) = &self.cache {
             let entry = CachedToken { identity: identity.clone(), issuer, facts: facts.clone() };
             cache.insert(digest, entry).await;
         }

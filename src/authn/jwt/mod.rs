@@ -18,11 +18,12 @@ mod cache;
 mod claims;
 mod extract;
 mod negative;
+mod parse;
 mod revocation;
 mod status_list;
 mod verify;
 
-use cache::{CacheLabel, CachedToken, UntilExp};
+use cache::{CacheLabel, TokenCache, UntilExp};
 use negative::NegativeCache;
 pub use revocation::{DenyListStore, spawn_watch as spawn_deny_list_watch};
 use status_list::{StatusLists, StatusRef};
@@ -151,9 +152,8 @@ pub struct JwtAuthenticator {
     by_name: HashMap<String, usize>,
     sources: Vec<TokenSource>,
     max_token_bytes: usize,
-    cache: Option<moka::future::Cache<[u8; 32], CachedToken>>,
+    cache: Option<TokenCache>,
     rejections: Family<ReasonLabel, Counter>,
-    cache_lookups: Family<CacheLabel, Counter>,
     negative: Option<NegativeCache>,
     verifications: Counter,
     deny_list: Option<Arc<DenyListStore>>,
@@ -170,18 +170,12 @@ pub(super) struct RevocationFacts {
 }
 
 impl RevocationFacts {
-    /// From a token whose signature has just been verified (its payload is trusted).
-    fn from_verified(token: &str) -> Result<Self, JwtError> {
-        use base64::Engine as _;
-        let payload = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
-        let bytes =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
-        let claims: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)?;
+    /// From the claims of a token whose signature has just been verified.
+    fn from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Result<Self, JwtError> {
         Ok(Self {
             jti: claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
             iat: claims.get("iat").and_then(serde_json::Value::as_u64),
-            status: status_list::status_ref(&claims)?,
+            status: status_list::status_ref(claims)?,
         })
     }
 }
@@ -208,16 +202,21 @@ impl JwtAuthenticator {
             by_name.insert(ic.issuer.clone(), issuers.len());
             issuers.push(issuer);
         }
-        let cache = (cfg.token_cache.max_entries > 0).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(cfg.token_cache.max_entries)
-                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
-                .build()
-        });
         let rejections = Family::<ReasonLabel, Counter>::default();
         registry.register("token_rejections", "Rejected bearer tokens by reason", rejections.clone());
         let cache_lookups = Family::<CacheLabel, Counter>::default();
         registry.register("token_cache_lookups", "Verified-token cache lookups by result", cache_lookups.clone());
+        let cache = (cfg.token_cache.max_entries > 0).then(|| {
+            // One statement each: the family's read guard must be gone before the next
+            // `get_or_create` takes its write lock.
+            let hits = cache_lookups.get_or_create(&CacheLabel { result: "hit" }).clone();
+            let misses = cache_lookups.get_or_create(&CacheLabel { result: "miss" }).clone();
+            let cache = moka::future::Cache::builder()
+                .max_capacity(cfg.token_cache.max_entries)
+                .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
+                .build();
+            TokenCache { cache, hits, misses }
+        });
         let negative_lookups = Family::<CacheLabel, Counter>::default();
         registry.register(
             "token_negative_cache_lookups",
@@ -247,7 +246,6 @@ impl JwtAuthenticator {
             max_token_bytes: limits.max_token_bytes,
             cache,
             rejections,
-            cache_lookups,
             negative,
             verifications,
             deny_list,
@@ -299,8 +297,8 @@ impl JwtAuthenticator {
     pub async fn cached_tokens(&self) -> u64 {
         match &self.cache {
             Some(c) => {
-                c.run_pending_tasks().await;
-                c.entry_count()
+                c.cache.run_pending_tasks().await;
+                c.cache.entry_count()
             }
             None => 0,
         }

@@ -13,7 +13,9 @@ use super::cache::CacheLabel;
 
 pub(super) struct NegativeCache {
     cache: moka::future::Cache<[u8; 32], JwtError>,
-    lookups: Family<CacheLabel, Counter>,
+    /// Resolved once from the lookups family, not per request.
+    hits: Counter,
+    misses: Counter,
 }
 
 impl NegativeCache {
@@ -23,14 +25,15 @@ impl NegativeCache {
             return None;
         }
         let cache = moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
-        Some(Self { cache, lookups })
+        let hits = lookups.get_or_create(&CacheLabel { result: "hit" }).clone();
+        let misses = lookups.get_or_create(&CacheLabel { result: "miss" }).clone();
+        Some(Self { cache, hits, misses })
     }
 
     /// The remembered refusal of this token, if any.
     pub(super) async fn get(&self, digest: &[u8; 32]) -> Option<JwtError> {
         let hit = self.cache.get(digest).await;
-        let result = if hit.is_some() { "hit" } else { "miss" };
-        self.lookups.get_or_create(&CacheLabel { result }).inc();
+        if hit.is_some() { &self.hits } else { &self.misses }.inc();
         hit
     }
 

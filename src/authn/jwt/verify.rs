@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde_json::{Map, Value};
 
 use super::claims::{self, scalar_string};
+use super::parse::ParsedToken;
 use super::{JwtAuthenticator, JwtError, JwtIdentity};
 use crate::authn::AuthnError;
 use crate::authn::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey, http_client};
@@ -37,6 +36,8 @@ pub(super) struct Issuer {
     /// Indices into `JwtAuthenticator::sources` this issuer's tokens may arrive from.
     pub(super) sources: Vec<usize>,
     pub(super) keys: Arc<IssuerKeys>,
+    /// Per allowed algorithm: the claim rules (`exp`, `nbf`, `iss`, `aud`, required claims)
+    /// `parse::validate` applies.
     pub(super) validations: HashMap<Algorithm, Validation>,
     pub(super) required_claims: Vec<String>,
     pub(super) group_claims: Vec<ClaimPath>,
@@ -63,26 +64,22 @@ impl JwtAuthenticator {
         }
     }
 
+    /// Verifies a token the caches did not answer: one parse (see `parse`), the issuer picked
+    /// by the unverified `iss`, then the key, the signature and the claims. Returns the identity,
+    /// the issuer's index and the (now verified) claims.
     pub(super) async fn verify_uncached(
         &self,
         token: &str,
         source: Option<usize>,
-    ) -> Result<(Arc<JwtIdentity>, usize), AuthnError> {
-        let parts: Vec<&str> = token.split('.').collect();
-        match parts.len() {
-            3 => {}
-            5 => return Err(JwtError::Encrypted.into()),
-            _ => return Err(JwtError::Malformed.into()),
-        }
-        let header = decode_segment(parts[0])?;
-        let alg = check_header(&header)?;
-        let kid = header.get("kid").and_then(Value::as_str);
+    ) -> Result<(Arc<JwtIdentity>, usize, Map<String, Value>), AuthnError> {
+        let parsed = ParsedToken::parse(token)?;
+        let alg = parsed.alg;
+        let kid = parsed.header.get("kid").and_then(Value::as_str);
         // The payload is read unverified only to pick the issuer; nothing else is trusted yet.
-        let unverified = decode_segment(parts[1])?;
-        let iss_name = unverified.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
+        let iss_name = parsed.claims.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
         let idx = *self.by_name.get(iss_name).ok_or(JwtError::UnknownIssuer)?;
         self.check_source(idx, source)?;
-        let issuer = &self.issuers[idx];
+        let issuer = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
         let validation = issuer.validations.get(&alg).ok_or(JwtError::AlgorithmNotAllowed)?;
 
         let key = issuer.keys.key_for(kid).await.map_err(|e| match e {
@@ -91,8 +88,9 @@ impl JwtAuthenticator {
         })?;
         check_key_matches(&key, alg)?;
 
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation).map_err(map_jwt_error)?;
-        let claims = data.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        parsed.verify(&key.key, validation, now)?;
+        let ParsedToken { header, claims, .. } = parsed;
         // Checked on verified tokens only, so a forged token is refused for its signature.
         if let Some(want) = &issuer.required_typ
             && !typ_matches(header.get("typ"), want)
@@ -100,12 +98,11 @@ impl JwtAuthenticator {
             return Err(JwtError::WrongTokenType.into());
         }
         let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
-        let now = jsonwebtoken::get_current_timestamp();
         let too_old_at = check_iat(&claims, now, issuer.leeway, issuer.max_token_age)?;
         // A cached token is dropped once it is too old, as at its `exp`.
         let expires_at = too_old_at.map_or(expires_at, |t| t.min(expires_at));
         let identity = issuer.identity(&claims, expires_at, key.kid.clone(), key.fingerprint)?;
-        Ok((Arc::new(identity), idx))
+        Ok((Arc::new(identity), idx, claims))
     }
 }
 
@@ -248,13 +245,8 @@ pub(super) fn build_issuer(
     })
 }
 
-fn decode_segment(seg: &str) -> Result<Map<String, Value>, JwtError> {
-    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
-}
-
 /// RFC 8725 header checks, before any key is looked up.
-fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError> {
+pub(super) fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError> {
     let alg = h.get("alg").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     if alg.trim().eq_ignore_ascii_case("none") {
         return Err(JwtError::AlgNone);
@@ -289,7 +281,7 @@ fn check_key_matches(key: &VerifyKey, alg: Algorithm) -> Result<(), JwtError> {
     Ok(())
 }
 
-fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
+pub(super) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
         K::InvalidSignature => JwtError::BadSignature,

@@ -1,0 +1,494 @@
+//! One parse of a compact JWS (RFC 7515 §7.1): the token is split once, its header and payload
+//! are base64url-decoded once and each parsed once into a JSON object; the signature is checked
+//! over the `header.payload` bytes as sent, and the claims are validated from that same parse.
+//!
+//! The refusals are exactly those `jsonwebtoken::decode` made when it parsed the token again
+//! (twice) itself, including the ones that came from its serde types rather than from any rule:
+//! a duplicate member its typed `Header` or claims struct names, a header member of the wrong
+//! type, a `sub` that is an array or object, a non-empty array or object as `exp` or `nbf`.
+//! The tests below compare both on hostile tokens.
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::JwtError;
+use super::verify::{check_header, map_jwt_error};
+
+/// Members of jsonwebtoken's typed `Header`: a duplicate of one of these was refused.
+const HEADER_FIELDS: &[&str] =
+    &["typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc", "zip", "url", "nonce"];
+/// Header members jsonwebtoken typed as an optional string (`zip` and `enc` are strings too).
+const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256", "zip", "enc", "url", "nonce"];
+/// Claims jsonwebtoken's validation struct names: a duplicate of one of these was refused.
+const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
+
+/// A compact JWS, split and parsed, nothing about it trusted yet.
+pub(super) struct ParsedToken<'a> {
+    pub(super) header: Map<String, Value>,
+    /// The header's `alg`, as the RFC 8725 header checks read it.
+    pub(super) alg: Algorithm,
+    pub(super) claims: Map<String, Value>,
+    /// `<header>.<payload>` as sent: what the signature covers.
+    signing_input: &'a str,
+    signature: &'a str,
+    /// A member of the header is one jsonwebtoken's `Header` could not hold (judged after the
+    /// key lookup, where `jsonwebtoken::decode` parsed the header).
+    header_refused: bool,
+    /// A duplicate of a validated claim (judged after the signature, as jsonwebtoken did).
+    duplicate_claim: bool,
+}
+
+impl<'a> ParsedToken<'a> {
+    /// Splits and parses, with the same refusals in the same order as before: five segments are
+    /// JWE, anything but three is malformed, as is a segment that is not canonical unpadded
+    /// base64url or not exactly one JSON object; the header is checked before the payload is
+    /// read.
+    pub(super) fn parse(token: &'a str) -> Result<Self, JwtError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(JwtError::Malformed);
+        };
+        match parts.count() {
+            0 => {}
+            2 => return Err(JwtError::Encrypted),
+            _ => return Err(JwtError::Malformed),
+        }
+        let (header, header_dup) = decode_object(h, HEADER_FIELDS)?;
+        let alg = check_header(&header)?;
+        let (claims, duplicate_claim) = decode_object(p, VALIDATED_CLAIMS)?;
+        let header_refused = header_dup || !header_types_ok(&header);
+        // `h.len() + 1 + p.len()` is within `token`: the first two segments and their dot.
+        let signing_input = token.get(..h.len() + 1 + p.len()).ok_or(JwtError::Malformed)?;
+        Ok(Self { header, alg, claims, signing_input, signature: s, header_refused, duplicate_claim })
+    }
+
+    /// What `jsonwebtoken::decode` did once the key was chosen: the typed header, the
+    /// signature over the signing input, then the claims under `v`, in that order.
+    pub(super) fn verify(&self, key: &DecodingKey, v: &Validation, now: u64) -> Result<(), JwtError> {
+        if self.header_refused {
+            return Err(JwtError::Malformed);
+        }
+        let ok = jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), key, self.alg)
+            .map_err(map_jwt_error)?;
+        if !ok {
+            return Err(JwtError::BadSignature);
+        }
+        if self.duplicate_claim {
+            return Err(JwtError::Malformed);
+        }
+        validate(&self.claims, v, now)
+    }
+}
+
+/// Base64url (unpadded, canonical: the engine refuses padding and stray trailing bits) and
+/// then one JSON object; also whether a member named in `watched` appeared twice (the later
+/// value is kept, as serde_json's `Map` keeps it).
+fn decode_object(seg: &str, watched: &'static [&'static str]) -> Result<(Map<String, Value>, bool), JwtError> {
+    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let out = ObjectSeed(watched).deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
+    // Only whitespace may follow the object, as with `serde_json::from_slice`.
+    de.end().map_err(|_| JwtError::Malformed)?;
+    Ok(out)
+}
+
+struct ObjectSeed(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = (Map<String, Value>, bool);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed {
+    type Value = (Map<String, Value>, bool);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        let mut dup = false;
+        while let Some(k) = a.next_key::<String>()? {
+            let v: Value = a.next_value()?;
+            if self.0.contains(&k.as_str()) && map.contains_key(&k) {
+                dup = true;
+            }
+            map.insert(k, v);
+        }
+        Ok((map, dup))
+    }
+}
+
+/// Whether jsonwebtoken's `Header` could hold these members: string-typed ones are strings or
+/// null, `x5c` and `crit` arrays of strings or null. (`alg` was already read by name; `jwk`,
+/// `jku`, `x5u`, `x5c`, `crit` and `enc` are refused by the header checks before this matters.)
+fn header_types_ok(h: &Map<String, Value>) -> bool {
+    let opt_str = |v: &Value| v.is_string() || v.is_null();
+    HEADER_STRINGS.iter().all(|k| h.get(*k).is_none_or(opt_str))
+        && ["x5c", "crit"].iter().all(|k| {
+            h.get(*k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        })
+}
+
+/// A claim as jsonwebtoken's validation read it.
+enum Claim<T> {
+    Parsed(T),
+    FailedToParse,
+    NotPresent,
+}
+
+impl<T> Claim<T> {
+    fn parsed(&self) -> bool {
+        matches!(self, Claim::Parsed(_))
+    }
+}
+
+/// A NumericDate: a non-negative integer, or a finite non-negative number below 2^64, rounded.
+/// Anything else, `null` included, fails to parse.
+fn numeric(v: Option<&Value>) -> Claim<u64> {
+    let Some(v) = v else { return Claim::NotPresent };
+    match v.as_number() {
+        Some(n) if n.is_u64() => n.as_u64().map_or(Claim::FailedToParse, Claim::Parsed),
+        Some(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Claim::Parsed(f.round() as u64),
+            _ => Claim::FailedToParse,
+        },
+        _ => Claim::FailedToParse,
+    }
+}
+
+/// A string or an array of strings (`iss`, `aud`); `null` is absent.
+fn string_or_strings(v: Option<&Value>) -> Claim<Vec<&str>> {
+    match v {
+        None | Some(Value::Null) => Claim::NotPresent,
+        Some(Value::String(s)) => Claim::Parsed(vec![s.as_str()]),
+        Some(Value::Array(a)) => {
+            a.iter().map(Value::as_str).collect::<Option<Vec<&str>>>().map_or(Claim::FailedToParse, Claim::Parsed)
+        }
+        Some(_) => Claim::FailedToParse,
+    }
+}
+
+/// Whether a value can only have been half-read by jsonwebtoken's serde types, which then
+/// refused the whole payload: `sub` as an array or object (its string reader does not consume
+/// them), `exp`/`nbf` as a non-empty array or object (its number reader consumed only an empty
+/// one).
+fn unreadable(claims: &Map<String, Value>) -> bool {
+    let non_empty = |v: &Value| match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => false,
+    };
+    claims.get("sub").is_some_and(|v| v.is_array() || v.is_object())
+        || ["exp", "nbf"].iter().any(|k| claims.get(*k).is_some_and(non_empty))
+}
+
+/// jsonwebtoken's claim validation under `v`, over an already parsed payload, in its order:
+/// required claims (in a fixed order here, where jsonwebtoken walked a hash set), `exp`,
+/// `nbf`, `sub`, `iss`, `aud`.
+pub(super) fn validate(claims: &Map<String, Value>, v: &Validation, now: u64) -> Result<(), JwtError> {
+    if unreadable(claims) {
+        return Err(JwtError::Malformed);
+    }
+    let exp = numeric(claims.get("exp"));
+    let nbf = numeric(claims.get("nbf"));
+    let sub = match claims.get("sub") {
+        None | Some(Value::Null) => Claim::NotPresent,
+        Some(Value::String(s)) => Claim::Parsed(s.as_str()),
+        Some(_) => Claim::FailedToParse,
+    };
+    let iss = string_or_strings(claims.get("iss"));
+    let aud = string_or_strings(claims.get("aud"));
+    for (name, present) in [
+        ("exp", exp.parsed()),
+        ("sub", sub.parsed()),
+        ("iss", iss.parsed()),
+        ("aud", aud.parsed()),
+        ("nbf", nbf.parsed()),
+    ] {
+        if v.required_spec_claims.contains(name) && !present {
+            return Err(if name == "aud" { JwtError::BadAudience } else { JwtError::MissingClaim });
+        }
+    }
+    if v.validate_exp || v.validate_nbf {
+        if (v.validate_exp && matches!(exp, Claim::FailedToParse))
+            || (v.validate_nbf && matches!(nbf, Claim::FailedToParse))
+        {
+            return Err(JwtError::Malformed);
+        }
+        if let Claim::Parsed(exp) = exp {
+            if exp < v.reject_tokens_expiring_in_less_than {
+                return Err(JwtError::Malformed);
+            }
+            if v.validate_exp && exp - v.reject_tokens_expiring_in_less_than < now.saturating_sub(v.leeway) {
+                return Err(JwtError::Expired);
+            }
+        }
+        if let Claim::Parsed(nbf) = nbf
+            && v.validate_nbf
+            && nbf > now.saturating_add(v.leeway)
+        {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let (Claim::Parsed(sub), Some(want)) = (&sub, v.sub.as_deref())
+        && *sub != want
+    {
+        // jsonwebtoken's InvalidSubject, which we never configure on the request path.
+        return Err(JwtError::Malformed);
+    }
+    if let (Claim::Parsed(iss), Some(want)) = (&iss, &v.iss)
+        && !iss.iter().any(|i| want.contains(*i))
+    {
+        return Err(JwtError::UnknownIssuer);
+    }
+    if !v.validate_aud {
+        return Ok(());
+    }
+    match (&aud, &v.aud) {
+        // An audience the token names, with none configured: not for us.
+        (Claim::Parsed(_), None) => Err(JwtError::BadAudience),
+        (Claim::Parsed(a), Some(want)) if !a.iter().any(|x| want.contains(*x)) => Err(JwtError::BadAudience),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::EncodingKey;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const ISS: &str = "https://issuer.example";
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// A token over these exact header and payload bytes, HS256-signed with `SECRET`.
+    fn signed(header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256)
+            .expect("sign");
+        format!("{input}.{sig}")
+    }
+
+    /// The validation `build_issuer` configures (leeway 30 s).
+    fn validation(audiences: &[&str]) -> Validation {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[ISS]);
+        v.leeway = 30;
+        v.validate_nbf = true;
+        if audiences.is_empty() {
+            v.validate_aud = false;
+            v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        } else {
+            v.set_audience(audiences);
+            v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        }
+        v
+    }
+
+    /// The pipeline before this module: header read and checked, payload read unverified for
+    /// `iss`, then `jsonwebtoken::decode` (which parsed both again).
+    fn before(token: &str, v: &Validation) -> Result<(), JwtError> {
+        let seg = |s: &str| -> Result<Map<String, Value>, JwtError> {
+            let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::Malformed)?;
+            serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
+        };
+        let parts: Vec<&str> = token.split('.').collect();
+        match parts.len() {
+            3 => {}
+            5 => return Err(JwtError::Encrypted),
+            _ => return Err(JwtError::Malformed),
+        }
+        let alg = check_header(&seg(parts[0])?)?;
+        let unverified = seg(parts[1])?;
+        if unverified.get("iss").and_then(Value::as_str) != Some(ISS) {
+            return Err(JwtError::UnknownIssuer);
+        }
+        if alg != Algorithm::HS256 {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        jsonwebtoken::decode::<Map<String, Value>>(token, &DecodingKey::from_secret(SECRET), v)
+            .map(|_| ())
+            .map_err(map_jwt_error)
+    }
+
+    /// The same steps over one parse.
+    fn after(token: &str, v: &Validation) -> Result<(), JwtError> {
+        let p = ParsedToken::parse(token)?;
+        if p.claims.get("iss").and_then(Value::as_str) != Some(ISS) {
+            return Err(JwtError::UnknownIssuer);
+        }
+        if p.alg != Algorithm::HS256 {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        p.verify(&DecodingKey::from_secret(SECRET), v, jsonwebtoken::get_current_timestamp())
+    }
+
+    fn both(token: &str, v: &Validation, want: Result<(), JwtError>, what: &str) {
+        assert_eq!(before(token, v), want, "jsonwebtoken::decode on {what}");
+        assert_eq!(after(token, v), want, "one parse on {what}");
+    }
+
+    /// Hostile payloads (with a good header), each refused with the label jsonwebtoken gave it.
+    #[test]
+    fn claims_are_refused_exactly_as_jsonwebtoken_refused_them() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let (fut, past) = (now + 3600, now - 3600);
+        let h = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let ok = Ok(());
+        use JwtError::*;
+        let cases: Vec<(String, Result<(), JwtError>)> = vec![
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}"#), ok),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{past}}}"#), Err(Expired)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":{fut}}}"#), Err(NotYetValid)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":{past}}}"#), ok),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}.0}}"#), ok),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}  "#), ok),
+            // Absent or unparseable required claims.
+            (format!(r#"{{"iss":"{ISS}","exp":{fut}}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u"}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":"{fut}"}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":null}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":-1}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":1e300}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":true}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":[]}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{{}}}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":-0}}"#), Err(Expired)),
+            (format!(r#"{{"iss":"{ISS}","sub":5,"exp":{fut}}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":null,"exp":{fut}}}"#), Err(MissingClaim)),
+            (format!(r#"{{"iss":"{ISS}","sub":true,"exp":{fut}}}"#), Err(MissingClaim)),
+            // What jsonwebtoken's serde types could not read at all.
+            (format!(r#"{{"iss":"{ISS}","sub":[],"exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":["u"],"exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":{{}},"exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":[{fut}]}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{{"a":1}}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":null}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":"0"}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":[]}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":[0]}}"#), Err(Malformed)),
+            // Duplicate claims: refused for the ones jsonwebtoken validated, the last kept else.
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{past},"exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","sub":"admin","exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"x","iss":"{ISS}","sub":"u","exp":{fut}}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"nbf":0,"nbf":0}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"aud":"a","aud":"a"}}"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"x":1,"x":2}}"#), ok),
+            // The issuer is picked from the payload before anything else.
+            (format!(r#"{{"iss":["{ISS}"],"sub":"u","exp":{fut}}}"#), Err(UnknownIssuer)),
+            (format!(r#"{{"sub":"u","exp":{fut}}}"#), Err(UnknownIssuer)),
+            // Not one JSON object.
+            (format!(r#"[{{"iss":"{ISS}","sub":"u","exp":{fut}}}]"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}x"#), Err(Malformed)),
+            (format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}{{}}"#), Err(Malformed)),
+            (r#""{}""#.to_owned(), Err(Malformed)),
+            ("42".to_owned(), Err(Malformed)),
+            ("".to_owned(), Err(Malformed)),
+            (format!("{{\"iss\":\"{ISS}\",\"sub\":\"\u{fffd}\",\"exp\":{fut},}}"), Err(Malformed)),
+        ];
+        let v = validation(&[]);
+        for (payload, want) in &cases {
+            both(&signed(h, payload), &v, *want, payload);
+        }
+    }
+
+    #[test]
+    fn audiences_are_judged_exactly_as_jsonwebtoken_judged_them() {
+        let fut = jsonwebtoken::get_current_timestamp() + 3600;
+        let h = r#"{"alg":"HS256"}"#;
+        use JwtError::*;
+        let with = validation(&["a", "b"]);
+        let without = validation(&[]);
+        for (aud, want_with, want_without) in [
+            (r#""a""#, Ok(()), Ok(())),
+            (r#"["x","b"]"#, Ok(()), Ok(())),
+            (r#""c""#, Err(BadAudience), Ok(())),
+            (r#"["c"]"#, Err(BadAudience), Ok(())),
+            ("[]", Err(BadAudience), Ok(())),
+            ("[1]", Err(BadAudience), Ok(())),
+            ("null", Err(BadAudience), Ok(())),
+            ("5", Err(BadAudience), Ok(())),
+            (r#"{"a":1}"#, Err(BadAudience), Ok(())),
+        ] {
+            let t = signed(h, &format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut},"aud":{aud}}}"#));
+            both(&t, &with, want_with, aud);
+            both(&t, &without, want_without, aud);
+        }
+        let t = signed(h, &format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}"#));
+        both(&t, &with, Err(BadAudience), "no aud");
+    }
+
+    /// Hostile headers and segments, each refused with the label jsonwebtoken gave it.
+    #[test]
+    fn headers_and_encodings_are_refused_exactly_as_before() {
+        let fut = jsonwebtoken::get_current_timestamp() + 3600;
+        let p = format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}"#);
+        let v = validation(&[]);
+        use JwtError::*;
+        for (h, want) in [
+            (
+                r#"{"alg":"HS256","kid":"k","cty":"JWT","x5t":"t","x5t#S256":"s","nonce":"n","url":"u","zip":"z"}"#,
+                Ok(()),
+            ),
+            (r#"{"alg":"HS256","typ":null,"extra":[1,{"a":null}],"extra":2}"#, Ok(())),
+            (r#"{"alg":"HS256","alg":"HS256"}"#, Err(Malformed)),
+            (r#"{"alg":"RS256","alg":"HS256"}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","typ":"JWT","typ":"JWT"}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","kid":"a","kid":"a"}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","typ":5}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","cty":["x"]}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","zip":1}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","url":{}}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","x5t#S256":true}"#, Err(Malformed)),
+            (r#"{"alg":"HS256","kid":5}"#, Err(Malformed)),
+            (r#"{"alg":"none"}"#, Err(AlgNone)),
+            (r#"{"alg":"HS256","crit":["b64"]}"#, Err(UnknownCritical)),
+            (r#"{"alg":"HS256","jwk":null}"#, Err(EmbeddedKey)),
+            (r#"{"alg":"RS256"}"#, Err(AlgorithmNotAllowed)),
+            (r#"{"alg":"hs256"}"#, Err(UnsupportedAlgorithm)),
+            (r#"{"alg":5}"#, Err(Malformed)),
+            (r#"["HS256"]"#, Err(Malformed)),
+            (r#"{"alg":"HS256"} x"#, Err(Malformed)),
+        ] {
+            both(&signed(h, &p), &v, want, h);
+        }
+
+        let good = signed(r#"{"alg":"HS256"}"#, &p);
+        let (input, sig) = good.rsplit_once('.').expect("three segments");
+        let (h64, p64) = input.split_once('.').expect("three segments");
+        // Another canonical final character leaves a valid encoding and a wrong signature; one
+        // with stray trailing bits (HS256's 32 bytes end in a 4-bit character) is not base64url.
+        assert_eq!(sig.len() % 4, 3);
+        let last = sig.chars().last().expect("signature");
+        let other = if last == 'A' { 'E' } else { 'A' };
+        let head = &sig[..sig.len() - 1];
+        for (t, want) in [
+            (format!("{input}.{sig}"), Ok(())),
+            (format!("{input}.{head}{other}"), Err(BadSignature)),
+            (format!("{input}.{head}B"), Err(Malformed)),
+            (format!("{input}."), Err(BadSignature)),
+            (format!("{input}.{sig}="), Err(Malformed)),
+            (
+                format!("{input}.{}", sig.replace('-', "+").replace('_', "/")),
+                if sig.contains(['-', '_']) { Err(Malformed) } else { Ok(()) },
+            ),
+            (format!("{h64}=.{p64}.{sig}"), Err(Malformed)),
+            (format!("{h64}.{p64}==.{sig}"), Err(Malformed)),
+            (format!("{h64}.{p64}.{sig}.x"), Err(Malformed)),
+            (format!("{h64}.{p64}.{sig}.x.y"), Err(Encrypted)),
+            (format!("{h64}.{p64}"), Err(Malformed)),
+            (format!(" {input}.{sig}"), Err(Malformed)),
+            (format!("{input}.{sig}\u{0}"), Err(Malformed)),
+        ] {
+            both(&t, &v, want, &t);
+        }
+    }
+}
