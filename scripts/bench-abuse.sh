@@ -276,7 +276,7 @@ read -r lp50 lp99 ln < <(cut -f3 "$OUT/logs/legit.tsv" | sort -n |
 forged_rps=$(awk '/^finished in/ {gsub(/,/, "", $4); print $4}' "$OUT/logs/forged.txt")
 
 {
-  echo "### Idle-connection flood (limits.grpc.max_connections 1024, idle_timeout ${IDLE_TIMEOUT}s)"
+  echo "### Idle-connection flood (limits.grpc.max_connections 256 (default), idle_timeout ${IDLE_TIMEOUT}s)"
   echo
   echo "| opened | held by the server | left after idle timeout | refused (metric) | RSS before MiB | RSS held MiB | RSS after timeout MiB | RSS after close MiB |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
