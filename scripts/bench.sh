@@ -40,6 +40,8 @@
 # BENCH_PERF=1 profiles the server (perf record -g, cpu-clock) in an extra run of the first
 # selected scenario other than the ceiling (over TCP; pick it with BENCH_ONLY), after the
 # measured runs so the profiler does not disturb them, and prints the top 25 symbols.
+# BENCH_PERF_CALLGRAPH replaces `-g` (e.g. '--call-graph dwarf,16384' for inclusive costs through
+# inlined frames; the release profile keeps line-level debug info).
 #
 # Usage: scripts/bench.sh            (about 15 minutes once the release build exists)
 # Smoke test: BENCH_DURATION=1 BENCH_MICRO=0 BENCH_FLOOD_TOKENS=1000 BENCH_ONLY='API key' scripts/bench.sh
@@ -428,7 +430,7 @@ if [[ $PERF == 1 ]]; then
   fi
   start_server "$SERVER_KIND" "$OUT/logs/perf.server.log"
   h2load_run tcp "$OUT/fixture/$frame.bin" "$OUT/logs/perf.warmup.txt" -n 20000
-  perf record -e cpu-clock -g -p "$SERVER_PID" -o "$OUT/perf.data" >"$OUT/logs/perf-record.log" 2>&1 &
+  perf record -e cpu-clock ${BENCH_PERF_CALLGRAPH:--g} -p "$SERVER_PID" -o "$OUT/perf.data" >"$OUT/logs/perf-record.log" 2>&1 &
   PERF_PID=$!
   sleep 1
   if kill -0 "$PERF_PID" 2>/dev/null; then
