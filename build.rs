@@ -1,8 +1,20 @@
 //! Compiles the minimal Envoy ext_authz protos with protox (pure Rust, no system `protoc`) and
 //! writes the descriptor set next to the generated code for gRPC reflection.
+//!
+//! The server answers with `CheckResponseOut`, a wire-identical copy of `CheckResponse` whose
+//! header names and values, removals and metadata are `bytes::Bytes` (protobuf `string` and
+//! `bytes` share a wire type, and a `map` is a repeated key/value message on the wire): config
+//! strings are then shared into every answer instead of copied per check. Only the Rust types
+//! differ: reflection serves the descriptors as written in `proto/`, and the client (CLI, tests)
+//! is generated from them and decodes the standard `CheckResponse`.
 use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
+use prost_types::field_descriptor_proto::{Label, Type};
+use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet, OneofDescriptorProto};
+
+const AUTH: &str = "envoy/service/auth/v3/external_auth.proto";
+const CORE: &str = "envoy/config/core/v3/base.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -15,13 +27,152 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
+    println!("cargo:rerun-if-changed=build.rs");
     let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("ext_authz_descriptor.bin"), fds.encode_to_vec())?;
+
+    // Messages and the server, from the descriptors plus the encode-side copies.
     tonic_prost_build::configure()
         .build_server(true)
+        .build_client(false)
+        .compile_well_known_types(false)
+        .bytes(".envoy.service.auth.v3.HeaderValueOut")
+        .bytes(".envoy.service.auth.v3.OkHttpResponseOut")
+        .bytes(".envoy.service.auth.v3.FieldOut")
+        .bytes(".envoy.service.auth.v3.ValueOut")
+        .compile_fds(with_encode_side(fds.clone())?)?;
+
+    // The client, from the descriptors as written, over the messages generated above.
+    let client_dir = out.join("client");
+    fs::create_dir_all(&client_dir)?;
+    tonic_prost_build::configure()
+        .build_server(false)
         .build_client(true)
         .compile_well_known_types(false)
+        .extern_path(".envoy", "crate::proto::envoy")
+        .extern_path(".google.rpc", "crate::proto::google::rpc")
+        .out_dir(&client_dir)
         .compile_fds(fds)?;
     Ok(())
+}
+
+fn message<'a>(fds: &'a FileDescriptorSet, file: &str, name: &str) -> Result<&'a DescriptorProto, String> {
+    fds.file
+        .iter()
+        .find(|f| f.name() == file)
+        .and_then(|f| f.message_type.iter().find(|m| m.name() == name))
+        .ok_or_else(|| format!("{file}: no message {name}"))
+}
+
+/// `m` renamed, with the named fields retyped: to another message, or to `bytes`.
+fn copy(m: &DescriptorProto, name: &str, retype: &[(&str, Option<&str>)]) -> Result<DescriptorProto, String> {
+    let mut m = m.clone();
+    m.name = Some(name.to_owned());
+    // Nested enums stay with the original (the copy's fields still name them).
+    m.enum_type.clear();
+    for (field, to) in retype {
+        let f = m.field.iter_mut().find(|f| f.name() == *field).ok_or_else(|| format!("{name}: no field {field}"))?;
+        match to {
+            Some(msg) => f.type_name = Some(format!(".envoy.service.auth.v3.{msg}")),
+            None => {
+                f.set_type(Type::Bytes);
+                f.type_name = None;
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn field(name: &str, number: i32, label: Label, ty: Type, message: Option<&str>) -> FieldDescriptorProto {
+    let mut f = FieldDescriptorProto {
+        name: Some(name.to_owned()),
+        number: Some(number),
+        json_name: Some(name.to_owned()),
+        type_name: message.map(|m| format!(".envoy.service.auth.v3.{m}")),
+        ..Default::default()
+    };
+    f.set_label(label);
+    f.set_type(ty);
+    f
+}
+
+/// Adds the encode-side copies of `CheckResponse` (see the module comment) and makes `Check`
+/// answer with them. Field numbers and wire types are the originals'.
+fn with_encode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, String> {
+    let header_value = {
+        let mut m = copy(message(&fds, CORE, "HeaderValue")?, "HeaderValueOut", &[("key", None), ("value", None)])?;
+        // `raw_value` is never set in an answer.
+        m.field.retain(|f| f.name() != "raw_value");
+        m
+    };
+    let option =
+        copy(message(&fds, CORE, "HeaderValueOption")?, "HeaderValueOptionOut", &[("header", Some("HeaderValueOut"))])?;
+    let denied = copy(
+        message(&fds, AUTH, "DeniedHttpResponse")?,
+        "DeniedHttpResponseOut",
+        &[("headers", Some("HeaderValueOptionOut"))],
+    )?;
+    let ok = copy(
+        message(&fds, AUTH, "OkHttpResponse")?,
+        "OkHttpResponseOut",
+        &[
+            ("headers", Some("HeaderValueOptionOut")),
+            ("response_headers_to_add", Some("HeaderValueOptionOut")),
+            ("headers_to_remove", None),
+            ("dynamic_metadata", Some("StructOut")),
+        ],
+    )?;
+    let response = copy(
+        message(&fds, AUTH, "CheckResponse")?,
+        "CheckResponseOut",
+        &[
+            ("denied_response", Some("DeniedHttpResponseOut")),
+            ("ok_response", Some("OkHttpResponseOut")),
+            ("dynamic_metadata", Some("StructOut")),
+        ],
+    )?;
+    // google.protobuf.Struct as the wire sees it: `map<string, Value> fields = 1` is a repeated
+    // {key = 1, value = 2} message; Value's `string_value` is 3, `list_value` 6; ListValue's
+    // `values` is 1. Only the kinds an answer uses.
+    let strukt = DescriptorProto {
+        name: Some("StructOut".into()),
+        field: vec![field("fields", 1, Label::Repeated, Type::Message, Some("FieldOut"))],
+        ..Default::default()
+    };
+    let entry = DescriptorProto {
+        name: Some("FieldOut".into()),
+        field: vec![
+            field("key", 1, Label::Optional, Type::Bytes, None),
+            field("value", 2, Label::Optional, Type::Message, Some("ValueOut")),
+        ],
+        ..Default::default()
+    };
+    let mut string_value = field("string_value", 3, Label::Optional, Type::Bytes, None);
+    string_value.oneof_index = Some(0);
+    let mut list_value = field("list_value", 6, Label::Optional, Type::Message, Some("ListValueOut"));
+    list_value.oneof_index = Some(0);
+    let value = DescriptorProto {
+        name: Some("ValueOut".into()),
+        field: vec![string_value, list_value],
+        oneof_decl: vec![OneofDescriptorProto { name: Some("kind".into()), options: None }],
+        ..Default::default()
+    };
+    let list = DescriptorProto {
+        name: Some("ListValueOut".into()),
+        field: vec![field("values", 1, Label::Repeated, Type::Message, Some("ValueOut"))],
+        ..Default::default()
+    };
+    let auth = fds.file.iter_mut().find(|f| f.name() == AUTH).ok_or("no external_auth.proto")?;
+    auth.message_type.extend([header_value, option, denied, ok, response, strukt, entry, value, list]);
+    let check = auth
+        .service
+        .iter_mut()
+        .flat_map(|s| s.method.iter_mut())
+        .find(|m| m.name() == "Check")
+        .ok_or("no Check method")?;
+    check.output_type = Some(".envoy.service.auth.v3.CheckResponseOut".into());
+    // Source locations index the original messages; the copies have none.
+    auth.source_code_info = None;
+    Ok(fds)
 }

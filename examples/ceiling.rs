@@ -9,19 +9,19 @@ use std::path::PathBuf;
 
 use portcullis::proto::RpcStatus;
 use portcullis::proto::auth::authorization_server::{Authorization, AuthorizationServer};
-use portcullis::proto::auth::{CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse};
+use portcullis::proto::auth::{CheckRequest, CheckResponseOut, OkHttpResponseOut, check_response_out::HttpResponse};
 use tonic::{Request, Response, Status};
 
 struct AlwaysAllow;
 
 #[tonic::async_trait]
 impl Authorization for AlwaysAllow {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponseOut>, Status> {
         // Touch the decoded request so the decode cannot be optimized away.
         let _ = std::hint::black_box(request.into_inner());
-        Ok(Response::new(CheckResponse {
+        Ok(Response::new(CheckResponseOut {
             status: Some(RpcStatus { code: 0, ..Default::default() }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponseOut::default())),
             ..Default::default()
         }))
     }

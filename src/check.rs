@@ -5,6 +5,7 @@
 //! not normalize is decided by [`invalid_request`].
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
 use crate::anomaly::{Anomalies, CredentialHeaders};
@@ -27,7 +28,8 @@ pub struct Checker {
     /// The identity header names, lower-cased once here rather than on every allow.
     identity_names: IdentityNames,
     /// Every spelling of every owned header, sorted: removed on allow unless set exactly.
-    owned_spellings: Vec<String>,
+    /// `Bytes`, shared into every allow's removal list rather than copied.
+    owned_spellings: Vec<Bytes>,
     bearer_configured: bool,
     api_keys_configured: bool,
     rate_limiter: Option<RateLimiter>,
@@ -71,7 +73,7 @@ impl Checker {
             store,
             names: cfg.headers.clone(),
             identity_names: IdentityNames::of(&cfg.headers),
-            owned_spellings,
+            owned_spellings: owned_spellings.into_iter().map(Bytes::from).collect(),
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
                 || cfg.authn.api_keys.dir.is_some()
@@ -202,8 +204,8 @@ impl Checker {
             let (upstream_headers, mut remove_headers) = self.identity_headers_for(&ids, &outcome.principal);
             if self.names.strip_foreign_credentials || self.names.remove_credentials {
                 for h in self.authn.foreign_credential_headers(view) {
-                    if !remove_headers.contains(&h) {
-                        remove_headers.push(h);
+                    if !remove_headers.iter().any(|r| r == h.as_bytes()) {
+                        remove_headers.push(Bytes::from(h));
                     }
                 }
             }
@@ -316,49 +318,51 @@ impl Checker {
     /// Identity headers for the upstream, then the removal list: every spelling of every owned
     /// header except the exact names set here (Envoy applies removals after additions, so
     /// listing a set name would delete our own value; the set ones overwrite client copies).
-    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(String, String)>, Vec<String>) {
+    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, Vec<Bytes>) {
         let n = &self.identity_names;
+        let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         // Claim headers first, identity headers last; config keeps the two sets disjoint.
         let claims = ids.jwt.as_ref().map_or(0, |j| j.headers.len());
-        let mut set: Vec<(String, String)> = Vec::with_capacity(claims + 4);
+        let mut set: Vec<(Bytes, Bytes)> = Vec::with_capacity(claims + 4);
         if let Some(j) = &ids.jwt {
-            set.extend(j.headers.iter().cloned());
+            set.extend(j.headers.iter().map(|(k, v)| (text(k), text(v))));
         }
-        set.push((n.principal.clone(), principal.to_owned()));
+        set.push((n.principal.clone(), text(principal)));
         if let Some(j) = &ids.jwt {
-            set.push((n.subject.clone(), j.subject.clone()));
-            set.push((n.issuer.clone(), j.issuer.to_string()));
+            set.push((n.subject.clone(), text(&j.subject)));
+            set.push((n.issuer.clone(), text(&j.issuer)));
         }
         if let Some(p) = &ids.peer {
-            set.push((n.peer.clone(), p.spiffe_id.clone()));
+            set.push((n.peer.clone(), text(&p.spiffe_id)));
         }
         if let Some(c) = &ids.api_client {
-            set.push((n.client.clone(), c.client.clone()));
+            set.push((n.client.clone(), text(&c.client)));
         }
         // A value that cannot be a header value (control characters) is dropped, never sent.
-        set.retain(|(_, v)| !v.is_empty() && v.bytes().all(|b| b >= 0x20 && b != 0x7f));
-        let remove = self.owned_spellings.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned().collect();
+        set.retain(|(_, v)| !v.is_empty() && v.iter().all(|&b| b >= 0x20 && b != 0x7f));
+        let mut remove = Vec::with_capacity(self.owned_spellings.len());
+        remove.extend(self.owned_spellings.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned());
         (set, remove)
     }
 }
 
 /// `headers.{principal,subject,issuer,peer,client}`, lower-case.
 struct IdentityNames {
-    principal: String,
-    subject: String,
-    issuer: String,
-    peer: String,
-    client: String,
+    principal: Bytes,
+    subject: Bytes,
+    issuer: Bytes,
+    peer: Bytes,
+    client: Bytes,
 }
 
 impl IdentityNames {
     fn of(h: &HeaderNames) -> Self {
         Self {
-            principal: h.principal.to_ascii_lowercase(),
-            subject: h.subject.to_ascii_lowercase(),
-            issuer: h.issuer.to_ascii_lowercase(),
-            peer: h.peer.to_ascii_lowercase(),
-            client: h.client.to_ascii_lowercase(),
+            principal: h.principal.to_ascii_lowercase().into(),
+            subject: h.subject.to_ascii_lowercase().into(),
+            issuer: h.issuer.to_ascii_lowercase().into(),
+            peer: h.peer.to_ascii_lowercase().into(),
+            client: h.client.to_ascii_lowercase().into(),
         }
     }
 }

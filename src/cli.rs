@@ -393,7 +393,7 @@ async fn offline_check(
     say!("policies:  {}", d.policies().join(", "));
     if let Some(a) = d.as_allow() {
         for (k, v) in &a.upstream_headers {
-            say!("header:    {k}: {v}");
+            say!("header:    {}: {}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));
         }
         print_removals(&a.remove_headers);
     }
@@ -474,12 +474,12 @@ fn print_response(resp: &CheckResponse) -> bool {
 }
 
 /// Removals on one line for people: the owned names, and how many `_` spellings of them go too.
-fn print_removals(names: &[String]) {
+fn print_removals<N: AsRef<[u8]>>(names: &[N]) {
     if names.is_empty() {
         return;
     }
-    let (underscored, plain): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| n.contains('_'));
-    let plain: Vec<&str> = plain.iter().map(|n| n.as_str()).collect();
+    let names: Vec<std::borrow::Cow<'_, str>> = names.iter().map(|n| String::from_utf8_lossy(n.as_ref())).collect();
+    let (underscored, plain): (Vec<&str>, Vec<&str>) = names.iter().map(|n| n.as_ref()).partition(|n| n.contains('_'));
     if underscored.is_empty() {
         say!("remove:    {}", plain.join(", "));
     } else {

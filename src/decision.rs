@@ -8,6 +8,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// HTTP status of a denial (an allow is always 200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -135,10 +137,11 @@ pub struct Allow {
     pub resource: String,
     /// Determining Cedar policy ids.
     pub policies: Vec<String>,
-    /// Identity headers for the upstream, lower-case names.
-    pub upstream_headers: Vec<(String, String)>,
+    /// Identity headers for the upstream, lower-case names. `Bytes`, so that names (and values
+    /// kept by a cached identity) are shared into the answer, not copied per check.
+    pub upstream_headers: Vec<(Bytes, Bytes)>,
     /// Headers to remove from the upstream request.
-    pub remove_headers: Vec<String>,
+    pub remove_headers: Vec<Bytes>,
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,

@@ -459,12 +459,12 @@ fn compare(e: &Expectation, d: &Decision) -> Vec<String> {
             out.push(format!("expected policies [{}], got [{}]", list(&want), list(&got)));
         }
     }
-    let set: &[(String, String)] = d.as_allow().map(|a| a.upstream_headers.as_slice()).unwrap_or(&[]);
+    let set: &[(bytes::Bytes, bytes::Bytes)] = d.as_allow().map(|a| a.upstream_headers.as_slice()).unwrap_or(&[]);
     for (k, v) in &e.headers {
         let k = k.to_ascii_lowercase();
-        match set.iter().find(|(n, _)| *n == k) {
-            Some((_, got)) if got == v => {}
-            Some((_, got)) => out.push(format!("expected header {k}: {v:?}, got {got:?}")),
+        match set.iter().find(|(n, _)| n == k.as_bytes()).map(|(_, got)| String::from_utf8_lossy(got)) {
+            Some(got) if got == v.as_str() => {}
+            Some(got) => out.push(format!("expected header {k}: {v:?}, got {got:?}")),
             None => out.push(format!("expected header {k}: {v:?}, got none")),
         }
     }

@@ -1,14 +1,19 @@
 //! Renders a [`Decision`] as an Envoy `CheckResponse`: the only place a decision becomes wire
 //! types. The gRPC call itself always succeeds; the decision is in `status` and the HTTP parts.
-use std::collections::BTreeMap;
-
-use prost_types::{ListValue, Struct, Value, value::Kind};
+//!
+//! The answer is built as `CheckResponseOut`, the wire-identical copy of `CheckResponse` whose
+//! strings are [`Bytes`] (see build.rs): header names, the removal list and the metadata keys
+//! are shared from config or `'static`, never copied per check.
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
 use crate::proto::RpcStatus;
-use crate::proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse};
-use crate::proto::core::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
+use crate::proto::auth::{
+    CheckResponseOut, DeniedHttpResponseOut, FieldOut, HeaderValueOptionOut, HeaderValueOut, ListValueOut,
+    OkHttpResponseOut, StructOut, ValueOut, check_response_out::HttpResponse, value_out::Kind,
+};
+use crate::proto::core::header_value_option::HeaderAppendAction;
 use crate::proto::http::{HttpStatus, StatusCode};
 
 /// The realm every challenge names.
@@ -29,7 +34,7 @@ mod code {
 #[derive(Debug, Clone, Default)]
 pub struct ResponseOptions {
     /// Send the determining policy ids back to the client in this header.
-    pub policy_ids_header: Option<String>,
+    pub policy_ids_header: Option<Bytes>,
     /// Which upstream identity headers carry the quota keys of an allow's dynamic metadata.
     pub quota_keys: QuotaKeys,
 }
@@ -54,24 +59,20 @@ pub const MAX_METADATA_VALUE: usize = 256;
 /// A quota key: the value itself when short and free of control characters; otherwise
 /// `sha256:<32 hex>` of it, so an odd identity still gets a bucket of its own (bounded, and
 /// printable in a descriptor or log) instead of escaping the quota.
-fn quota_value(v: &str) -> String {
-    if v.len() <= MAX_METADATA_VALUE && !v.chars().any(char::is_control) {
-        return v.to_owned();
+fn quota_value(v: &Bytes) -> Bytes {
+    let printable = std::str::from_utf8(v).is_ok_and(|s| !s.chars().any(char::is_control));
+    if v.len() <= MAX_METADATA_VALUE && printable {
+        return v.clone();
     }
-    let digest = Sha256::digest(v.as_bytes());
-    format!("sha256:{}", hex::encode(&digest[..16]))
+    let digest = Sha256::digest(v);
+    Bytes::from(format!("sha256:{}", hex::encode(&digest[..16])))
 }
 
 /// An identity header that overwrites any client copy on every Envoy version: `append: false`
 /// for the ones that read the deprecated field, `OVERWRITE_IF_EXISTS_OR_ADD` for the rest.
-fn overwrite(key: &str, value: &str) -> HeaderValueOption {
-    overwrite_owned(key.to_owned(), value.to_owned())
-}
-
-/// [`overwrite`] for a name and value already owned (moved in, not copied).
-fn overwrite_owned(key: String, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue { key, value, raw_value: Vec::new() }),
+fn overwrite(key: Bytes, value: Bytes) -> HeaderValueOptionOut {
+    HeaderValueOptionOut {
+        header: Some(HeaderValueOut { key, value }),
         append: Some(false),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         keep_empty_value: false,
@@ -93,28 +94,34 @@ pub fn challenge_header(c: &Challenge) -> String {
     }
 }
 
-fn string(v: &str) -> Value {
-    owned_string(v.to_owned())
+fn field(key: &'static str, value: Bytes) -> FieldOut {
+    FieldOut { key: Bytes::from_static(key.as_bytes()), value: Some(ValueOut { kind: Some(Kind::StringValue(value)) }) }
 }
 
-fn owned_string(v: String) -> Value {
-    Value { kind: Some(Kind::StringValue(v)) }
+fn list(key: &'static str, items: &[String]) -> FieldOut {
+    let values = items.iter().map(|p| ValueOut { kind: Some(Kind::StringValue(Bytes::copy_from_slice(p.as_bytes()))) });
+    FieldOut {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Some(ValueOut { kind: Some(Kind::ListValue(ListValueOut { values: values.collect() })) }),
+    }
 }
 
-/// What Envoy's access log and rate-limit filter see under `envoy.filters.http.ext_authz`.
-fn metadata(d: &Decision, keys: &QuotaKeys) -> Struct {
-    let mut fields = BTreeMap::new();
-    fields.insert("decision".to_owned(), string(d.verdict()));
-    fields.insert("reason".to_owned(), string(d.reason()));
+fn text(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// What Envoy's access log and rate-limit filter see under `envoy.filters.http.ext_authz`: a
+/// `google.protobuf.Struct` on the wire, each key once.
+fn metadata(d: &Decision, keys: &QuotaKeys) -> StructOut {
+    let mut fields = Vec::with_capacity(14);
+    fields.push(field("decision", Bytes::from_static(d.verdict().as_bytes())));
+    fields.push(field("reason", Bytes::from_static(d.reason().as_bytes())));
     // Empty before authorization (a deny); an allow always has one.
-    let principal = if d.principal().is_empty() { String::new() } else { quota_value(d.principal()) };
-    fields.insert("principal".to_owned(), owned_string(principal));
-    fields.insert(
-        "policy_ids".to_owned(),
-        Value { kind: Some(Kind::ListValue(ListValue { values: d.policies().iter().map(|p| string(p)).collect() })) },
-    );
+    let principal = if d.principal().is_empty() { Bytes::new() } else { quota_value(&text(d.principal())) };
+    fields.push(field("principal", principal));
+    fields.push(list("policy_ids", d.policies()));
     if !d.request_id().is_empty() {
-        fields.insert("request_id".to_owned(), string(d.request_id()));
+        fields.push(field("request_id", text(d.request_id())));
     }
     if let Decision::Allow(a) = d {
         insert_quota_keys(&mut fields, a, keys);
@@ -122,20 +129,15 @@ fn metadata(d: &Decision, keys: &QuotaKeys) -> Struct {
     // The candidate's view goes to the access log only: never to a header the client or the
     // upstream could see.
     if let Some(sh) = d.shadow() {
-        fields.insert("shadow_decision".to_owned(), string(sh.verdict()));
-        fields.insert(
-            "shadow_policies".to_owned(),
-            Value {
-                kind: Some(Kind::ListValue(ListValue { values: sh.policies.iter().map(|p| string(p)).collect() })),
-            },
-        );
-        fields.insert("shadow_version".to_owned(), string(&sh.version));
+        fields.push(field("shadow_decision", Bytes::from_static(sh.verdict().as_bytes())));
+        fields.push(list("shadow_policies", &sh.policies));
+        fields.push(field("shadow_version", text(&sh.version)));
     }
-    Struct { fields }
+    StructOut { fields }
 }
 
 /// The verified identity of an allow, each key only when it was proven (a header was set).
-fn insert_quota_keys(fields: &mut BTreeMap<String, Value>, a: &Allow, keys: &QuotaKeys) {
+fn insert_quota_keys(fields: &mut Vec<FieldOut>, a: &Allow, keys: &QuotaKeys) {
     let wanted = [
         ("issuer", Some(&keys.issuer)),
         ("subject", Some(&keys.subject)),
@@ -145,30 +147,30 @@ fn insert_quota_keys(fields: &mut BTreeMap<String, Value>, a: &Allow, keys: &Quo
     ];
     for (key, header) in wanted {
         let Some(header) = header.filter(|h| !h.is_empty()) else { continue };
-        if let Some((_, v)) = a.upstream_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header)) {
-            fields.insert(key.to_owned(), owned_string(quota_value(v)));
+        if let Some((_, v)) = a.upstream_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header.as_bytes())) {
+            fields.push(field(key, quota_value(v)));
         }
     }
 }
 
 /// The policy-ids response header, when configured and there are ids to send.
-fn policy_header(opts: &ResponseOptions, policies: &[String]) -> Option<HeaderValueOption> {
+fn policy_header(opts: &ResponseOptions, policies: &[String]) -> Option<HeaderValueOptionOut> {
     opts.policy_ids_header
         .as_ref()
         .filter(|_| !policies.is_empty())
-        .map(|h| overwrite_owned(h.clone(), policies.join(",")))
+        .map(|h| overwrite(h.clone(), Bytes::from(policies.join(","))))
 }
 
 /// Builds the wire response.
-pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
+pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponseOut {
     let (status, http_response) = match d {
         Decision::Allow(a) => {
-            let headers = a.upstream_headers.iter().map(|(k, v)| overwrite(k, v)).collect();
+            let headers = a.upstream_headers.iter().map(|(k, v)| overwrite(k.clone(), v.clone())).collect();
             render_allow(headers, a.remove_headers.clone(), &a.policies, opts)
         }
         Decision::Deny(den) => render_deny(den, opts),
     };
-    CheckResponse {
+    CheckResponseOut {
         status: Some(status),
         http_response: Some(http_response),
         dynamic_metadata: Some(metadata(d, &opts.quota_keys)),
@@ -178,26 +180,35 @@ pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
 /// [`render`] for a decision whose headers are not needed afterwards (the server only logs it,
 /// and a decision line has no headers): an allow's upstream and removal headers are moved into
 /// the response rather than copied, and left empty in `d`. The response is the same.
-pub fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckResponse {
+pub fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckResponseOut {
     let metadata = metadata(d, &opts.quota_keys);
     let (status, http_response) = match d {
         Decision::Allow(a) => {
             let headers = std::mem::take(&mut a.upstream_headers);
-            let headers = headers.into_iter().map(|(k, v)| overwrite_owned(k, v)).collect();
+            let headers = headers.into_iter().map(|(k, v)| overwrite(k, v)).collect();
             render_allow(headers, std::mem::take(&mut a.remove_headers), &a.policies, opts)
         }
         Decision::Deny(den) => render_deny(den, opts),
     };
-    CheckResponse { status: Some(status), http_response: Some(http_response), dynamic_metadata: Some(metadata) }
+    CheckResponseOut { status: Some(status), http_response: Some(http_response), dynamic_metadata: Some(metadata) }
+}
+
+/// The standard `CheckResponse` a client decodes from an answer: what Envoy sees. For tests and
+/// tools that inspect an answer in process; not used on the check path.
+#[doc(hidden)]
+pub fn as_envoy_sees_it(r: &CheckResponseOut) -> Result<crate::proto::auth::CheckResponse, prost::DecodeError> {
+    use prost::Message as _;
+    // The two types share every field number and wire type (build.rs).
+    crate::proto::auth::CheckResponse::decode(r.encode_to_vec().as_slice())
 }
 
 fn render_allow(
-    headers: Vec<HeaderValueOption>,
-    headers_to_remove: Vec<String>,
+    headers: Vec<HeaderValueOptionOut>,
+    headers_to_remove: Vec<Bytes>,
     policies: &[String],
     opts: &ResponseOptions,
 ) -> (RpcStatus, HttpResponse) {
-    let ok = OkHttpResponse {
+    let ok = OkHttpResponseOut {
         headers,
         headers_to_remove,
         response_headers_to_add: policy_header(opts, policies).into_iter().collect(),
@@ -216,19 +227,19 @@ fn render_deny(d: &Deny, opts: &ResponseOptions) -> (RpcStatus, HttpResponse) {
         Status::InternalError => (code::INTERNAL, StatusCode::InternalServerError),
         Status::Unavailable => (code::UNAVAILABLE, StatusCode::ServiceUnavailable),
     };
-    let mut headers = vec![overwrite("content-type", "application/json")];
+    let mut headers = vec![overwrite(Bytes::from_static(b"content-type"), Bytes::from_static(b"application/json"))];
     if let Some(c) = &d.challenge {
-        headers.push(overwrite_owned("www-authenticate".to_owned(), challenge_header(c)));
+        headers.push(overwrite(Bytes::from_static(b"www-authenticate"), Bytes::from(challenge_header(c))));
     }
     if let Some(s) = d.retry_after {
-        headers.push(overwrite_owned("retry-after".to_owned(), s.to_string()));
+        headers.push(overwrite(Bytes::from_static(b"retry-after"), Bytes::from(s.to_string())));
     }
     headers.extend(policy_header(opts, &d.policies));
     // A small body: the reason class and the request id, never internals.
     let body = deny_body(d.reason, &d.request_id);
     (
         RpcStatus { code: grpc, message: d.reason.to_owned(), details: Vec::new() },
-        HttpResponse::DeniedResponse(DeniedHttpResponse {
+        HttpResponse::DeniedResponse(DeniedHttpResponseOut {
             status: Some(HttpStatus { code: http as i32 }),
             headers,
             body,
@@ -250,8 +261,23 @@ fn deny_body(reason: &str, request_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use prost_types::value::Kind;
+
     use super::*;
     use crate::decision::ShadowOutcome;
+    use crate::proto::auth::CheckResponse;
+    use crate::proto::auth::check_response::HttpResponse;
+
+    /// The answer as Envoy decodes it: every test below reads the standard types.
+    fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponse {
+        as_envoy_sees_it(&super::render(d, opts)).expect("an answer decodes as a CheckResponse")
+    }
+
+    fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckResponse {
+        as_envoy_sees_it(&super::render_taking_headers(d, opts)).expect("an answer decodes as a CheckResponse")
+    }
 
     #[test]
     fn allow_overwrites_identity_headers_both_ways() {
@@ -362,7 +388,7 @@ mod tests {
         let Some(Kind::ListValue(l)) = m.fields.get("shadow_policies").and_then(|v| v.kind.as_ref()) else {
             panic!("shadow_policies is a list")
         };
-        assert_eq!(l.values, vec![string("new-permit")]);
+        assert_eq!(l.values, vec![prost_types::Value { kind: Some(Kind::StringValue("new-permit".into())) }]);
         let Some(HttpResponse::DeniedResponse(den)) = r.http_response else { panic!("not denied") };
         // The deny has no determining policies of its own: no policy header, and no shadow id anywhere.
         assert!(den.headers.iter().filter_map(|h| h.header.as_ref()).all(|h| !h.value.contains("new-permit")));
@@ -405,7 +431,10 @@ mod tests {
             action: r#"Action::"GET""#.into(),
             resource: r#"Route::"shop/x""#.into(),
             policies: vec!["p".into()],
-            upstream_headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            upstream_headers: headers
+                .iter()
+                .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
             remove_headers: Vec::new(),
             request_id: "r9".into(),
             shadow: None,
@@ -505,5 +534,54 @@ mod tests {
         let exact = "s".repeat(MAX_METADATA_VALUE);
         let m = meta(&allow_with(r#"User::"x""#, &[("x-portcullis-subject", &exact)]), keys());
         assert_eq!(m["subject"], exact);
+    }
+
+    #[test]
+    fn metadata_names_each_key_once() {
+        // On the wire a Struct is a map: a key sent twice would leave Envoy to pick one.
+        let mut d = allow_with(
+            r#"User::"alice""#,
+            &[
+                ("x-tenant", "acme"),
+                ("x-portcullis-subject", "alice"),
+                ("x-portcullis-issuer", "https://idp.example"),
+                ("x-portcullis-peer", "spiffe://cluster.local/ns/a/sa/b"),
+                ("x-portcullis-client", "batch"),
+            ],
+        );
+        if let Decision::Allow(a) = &mut d {
+            a.shadow = Some(ShadowOutcome {
+                allowed: false,
+                policies: vec!["x".into()],
+                version: "v2".into(),
+                errored: false,
+            });
+        }
+        let md = super::render(&d, &ResponseOptions { policy_ids_header: None, quota_keys: keys() })
+            .dynamic_metadata
+            .expect("metadata");
+        let names: Vec<&[u8]> = md.fields.iter().map(|f| f.key.as_ref()).collect();
+        let unique: std::collections::BTreeSet<&[u8]> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(names.len(), 13, "every key this decision has: {names:?}");
+    }
+
+    #[test]
+    fn reflection_serves_the_protos_as_written() {
+        use prost::Message as _;
+        // The answer's Rust type is an encode-side copy (build.rs); clients must still be told
+        // that `Check` returns the standard `CheckResponse`, and never see the copies.
+        let fds = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+        let check = fds
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .flat_map(|s| &s.method)
+            .find(|m| m.name() == "Check")
+            .expect("Check");
+        assert_eq!(check.output_type(), ".envoy.service.auth.v3.CheckResponse");
+        let copies: Vec<&str> =
+            fds.file.iter().flat_map(|f| &f.message_type).map(|m| m.name()).filter(|n| n.ends_with("Out")).collect();
+        assert!(copies.is_empty(), "{copies:?}");
     }
 }

@@ -26,7 +26,7 @@ use crate::net::{ConnLimits, ListenerFamilies};
 use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
-use crate::proto::auth::{CheckRequest, CheckResponse};
+use crate::proto::auth::{CheckRequest, CheckResponseOut};
 use crate::request::{RequestView, RouteFactNamespaces};
 use crate::response::{self, QuotaKeys, ResponseOptions};
 
@@ -85,7 +85,7 @@ fn with_raw_audit(mut d: Decision, req: &CheckRequest) -> Decision {
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, GrpcStatus> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponseOut>, GrpcStatus> {
         let start = Instant::now();
         let req = request.into_inner();
         let span = self.traces.as_ref().and_then(|t| t.start_check(&req));
@@ -126,7 +126,7 @@ pub fn finish_check(
     subject_log: SubjectLog,
     decision: Decision,
     elapsed: Duration,
-) -> CheckResponse {
+) -> CheckResponseOut {
     metrics.record(decision.is_allowed(), decision.reason(), elapsed.as_secs_f64());
     let mut decision = decision;
     let resp = response::render_taking_headers(&mut decision, opts);
@@ -212,12 +212,11 @@ impl Running {
     }
 }
 
-/// Starts everything the config asks for and returns once listeners are bound.
 /// How decisions are rendered for this `headers` config: the policy-ids header, and the
 /// identity headers whose values become the allow's quota keys in dynamic metadata.
 pub fn response_options(h: &HeaderNames) -> ResponseOptions {
     ResponseOptions {
-        policy_ids_header: h.policy_ids.clone(),
+        policy_ids_header: h.policy_ids.clone().map(bytes::Bytes::from),
         quota_keys: QuotaKeys {
             issuer: h.issuer.to_ascii_lowercase(),
             subject: h.subject.to_ascii_lowercase(),
@@ -228,6 +227,7 @@ pub fn response_options(h: &HeaderNames) -> ResponseOptions {
     }
 }
 
+/// Starts everything the config asks for and returns once listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut registry = Registry::with_prefix("portcullis");
     let store = Arc::new(PolicyStore::new(cfg.policy.on_empty, registry.sub_registry_with_prefix("policy")));

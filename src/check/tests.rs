@@ -144,23 +144,23 @@ async fn a_foreign_scheme_is_anonymous_and_forwarded_unless_stripping_is_configu
         let d = decide(&default_checker(), &request(&[("authorization", v.as_bytes())])).await;
         let d = allowed(&d, v);
         assert_eq!(d.principal, r#"Anonymous::"anonymous""#, "{v}");
-        assert!(!d.remove_headers.contains(&"authorization".to_owned()), "{v}: forwarded untouched");
+        assert!(!has(&d.remove_headers, "authorization"), "{v}: forwarded untouched");
 
         for flag in ["{strip_foreign_credentials: true}", "{remove_credentials: true}"] {
             let c = checker(flag, r#"[{header: authorization, prefix: "Bearer "}]"#);
             let d = decide(&c, &request(&[("authorization", v.as_bytes())])).await;
             let d = allowed(&d, &format!("{v} {flag}"));
-            assert!(d.remove_headers.contains(&"authorization".to_owned()), "{v} {flag}: {:?}", d.remove_headers);
+            assert!(has(&d.remove_headers, "authorization"), "{v} {flag}: {:?}", d.remove_headers);
         }
     }
     // Even where no source reads `authorization` at all, remove_credentials strips a foreign one.
     let c = checker("{remove_credentials: true}", "[{cookie: session}]");
     let d = decide(&c, &request(&[("authorization", b"Basic dXNlcjpwYXNz")])).await;
-    assert!(allowed(&d, "foreign").remove_headers.contains(&"authorization".to_owned()), "{d:?}");
+    assert!(has(&allowed(&d, "foreign").remove_headers, "authorization"), "{d:?}");
     // The strip flag does not touch an allowed request without any authorization header.
     let c = checker("{strip_foreign_credentials: true}", r#"[{header: authorization, prefix: "Bearer "}]"#);
     let d = decide(&c, &request(&[])).await;
-    assert!(!allowed(&d, "none").remove_headers.contains(&"authorization".to_owned()), "{d:?}");
+    assert!(!has(&allowed(&d, "none").remove_headers, "authorization"), "{d:?}");
 }
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn owned_headers_are_removed_in_every_spelling_except_the_names_set() {
     );
     let d = decide(&c, &request(&[])).await;
     let d = allowed(&d, "owned");
-    assert_eq!(d.upstream_headers, vec![("x-p".to_owned(), r#"Anonymous::"anonymous""#.to_owned())]);
+    assert_eq!(strings(&d.upstream_headers), vec![("x-p".to_owned(), r#"Anonymous::"anonymous""#.to_owned())]);
     let want = ["m-o", "m_o", "x-c", "x-e", "x-i", "x-s", "x_c", "x_e", "x_i", "x_p", "x_s"];
     assert_eq!(d.remove_headers, want);
 
@@ -232,13 +232,13 @@ async fn owned_headers_are_removed_in_every_spelling_except_the_names_set() {
     let d = decide(&default_checker(), &request(&[])).await;
     let d = allowed(&d, "default strip list");
     for h in ["x-http-method-override", "x_http_method_override", "x-http_method-override", "x-original-url"] {
-        assert!(d.remove_headers.contains(&h.to_owned()), "{h}: {:?}", d.remove_headers);
+        assert!(has(&d.remove_headers, h), "{h}: {:?}", d.remove_headers);
     }
     for h in ["x_rewrite_url", "x-method_override", "x_http_method", "x_portcullis_subject"] {
-        assert!(d.remove_headers.contains(&h.to_owned()), "{h}");
+        assert!(has(&d.remove_headers, h), "{h}");
     }
-    assert!(!d.remove_headers.contains(&"x-portcullis-principal".to_owned()), "set, so not removed");
-    assert!(d.remove_headers.contains(&"x_portcullis_principal".to_owned()));
+    assert!(!has(&d.remove_headers, "x-portcullis-principal"), "set, so not removed");
+    assert!(has(&d.remove_headers, "x_portcullis_principal"));
 }
 
 #[tokio::test]
@@ -308,14 +308,14 @@ async fn an_allow_sets_identity_headers_and_the_determining_policy() {
     assert_eq!(a.policies, ["all"]);
     assert_eq!(a.request_id, "r-1");
     assert_eq!(
-        a.upstream_headers,
+        strings(&a.upstream_headers),
         [
             ("x-portcullis-principal".to_owned(), format!("Service::{peer:?}")),
             ("x-portcullis-peer".to_owned(), peer.to_owned())
         ]
     );
-    assert!(!a.remove_headers.contains(&"x-portcullis-peer".to_owned()), "set, so not removed");
-    assert!(a.remove_headers.contains(&"x-portcullis-subject".to_owned()), "owned and not set: removed");
+    assert!(!has(&a.remove_headers, "x-portcullis-peer"), "set, so not removed");
+    assert!(has(&a.remove_headers, "x-portcullis-subject"), "owned and not set: removed");
     assert_eq!((d.reason(), d.http_status(), d.verdict()), ("allowed", 200, "allow"));
 }
 
@@ -477,4 +477,16 @@ async fn an_empty_candidate_is_deny_all_and_a_failing_one_is_its_deny() {
     assert!(d.is_allowed(), "{d:?}");
     assert_eq!(d.shadow().map(|s| (s.allowed, s.errored)), Some((false, true)));
     assert_eq!(metric(&reg, "shadow_errors_total "), 1.0);
+}
+
+/// Whether a removal list names `h`.
+fn has(list: &[bytes::Bytes], h: &str) -> bool {
+    list.iter().any(|r| r == h.as_bytes())
+}
+
+/// Upstream headers as text, to compare with literals.
+fn strings(set: &[(bytes::Bytes, bytes::Bytes)]) -> Vec<(String, String)> {
+    set.iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
 }

@@ -9,6 +9,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::*;
 use crate::client::CheckRequestBuilder;
+use crate::proto::auth::CheckResponse;
 use crate::proto::auth::authorization_client::AuthorizationClient;
 use crate::proto::auth::check_response::HttpResponse;
 
