@@ -264,7 +264,7 @@ pub fn authorize_shared(
     ids: &Identities,
     mapping: &CedarMapping,
 ) -> Result<Arc<AuthzOutcome>, AuthzError> {
-    decide(engine, req, ids, mapping, false)
+    decide(engine, req, ids, mapping, false).map(Decided::shared)
 }
 
 /// [`authorize`], or with `whole` against every policy and static entity (tests compare), which
@@ -276,7 +276,29 @@ pub(super) fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
-    decide(engine, req, ids, mapping, whole).map(Arc::unwrap_or_clone)
+    decide(engine, req, ids, mapping, whole).map(Decided::owned)
+}
+
+/// An outcome as the memo holds it (shared), or one nobody else holds.
+enum Decided {
+    Shared(Arc<AuthzOutcome>),
+    Owned(AuthzOutcome),
+}
+
+impl Decided {
+    fn owned(self) -> AuthzOutcome {
+        match self {
+            Decided::Shared(o) => Arc::unwrap_or_clone(o),
+            Decided::Owned(o) => o,
+        }
+    }
+
+    fn shared(self) -> Arc<AuthzOutcome> {
+        match self {
+            Decided::Shared(o) => o,
+            Decided::Owned(o) => Arc::new(o),
+        }
+    }
 }
 
 fn decide(
@@ -285,10 +307,10 @@ fn decide(
     ids: &Identities,
     mapping: &CedarMapping,
     whole: bool,
-) -> Result<Arc<AuthzOutcome>, AuthzError> {
+) -> Result<Decided, AuthzError> {
     let memo = if whole { None } else { engine.memo(mapping) };
     let (p, pending) = match prepare(engine, req, ids, mapping, whole, false, memo)? {
-        Prep::Hit(outcome) => return Ok(outcome),
+        Prep::Hit(outcome) => return Ok(Decided::Shared(outcome)),
         Prep::Eval(p, pending) => (p, pending),
     };
     let pset: &CorePolicySet = (*p.policies).as_ref();
@@ -298,18 +320,22 @@ fn decide(
     let mut policies: Vec<String> = response.diagnostics.reason.iter().map(|p| p.to_string()).collect();
     policies.sort_unstable();
     let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
-    let outcome = Arc::new(AuthzOutcome {
+    let outcome = AuthzOutcome {
         allowed,
         policies,
         errors,
         principal: p.principal.to_string(),
         action: p.action.to_string(),
         resource: p.resource.to_string(),
-    });
-    if let (Some(memo), Some(pending)) = (memo, pending) {
-        memo.insert(pending, &outcome);
+    };
+    match (memo, pending) {
+        (Some(memo), Some(pending)) => {
+            let outcome = Arc::new(outcome);
+            memo.insert(pending, &outcome);
+            Ok(Decided::Shared(outcome))
+        }
+        _ => Ok(Decided::Owned(outcome)),
     }
-    Ok(outcome)
 }
 
 /// One memo lookup, counted: a hit breaks, a miss continues with the key to store Cedar's
