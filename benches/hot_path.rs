@@ -109,6 +109,10 @@ fn cedar(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("authorize_spiffe_peer_memo_hit", n), |b| {
             b.iter(|| authz::authorize(&memo_snap.engine, black_box(&peer_view), &peer_ids, &memo).expect("evaluates"))
         });
+        // A hit handed out shared: no copy of the outcome.
+        group.bench_function(BenchmarkId::new("authorize_shared_jwt_user_memo_hit", n), |b| {
+            b.iter(|| authz::authorize_shared(&memo_snap.engine, black_box(&view), &ids, &memo).expect("evaluates"))
+        });
     }
     group.finish();
 }

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
@@ -24,7 +25,7 @@ use super::documents::{self, LoadError, PolicyDocument};
 use super::entities::{self, base_entities, service_entity, uid};
 use super::guard::Facts;
 use super::index::{FitsSchema, PolicyIndex, Shape, Unfit};
-use super::memo::{DecisionMemo, Lookup, Pending, Probe};
+use super::memo::{DecisionMemo, Lookup, Pending, Probe, Scope};
 use super::model::{self, PrincipalKind, public, types};
 use super::{AuthzError, AuthzOutcome, CedarMapping};
 use crate::authn::Identities;
@@ -255,6 +256,17 @@ pub fn authorize(
     authorize_with(engine, req, ids, mapping, false)
 }
 
+/// [`authorize`], with the outcome shared: a decision memo hit hands out the stored outcome
+/// (one reference count, no copy and no allocation).
+pub fn authorize_shared(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+) -> Result<Arc<AuthzOutcome>, AuthzError> {
+    decide(engine, req, ids, mapping, false).map(Decided::shared)
+}
+
 /// [`authorize`], or with `whole` against every policy and static entity (tests compare), which
 /// never uses the decision memo.
 pub(super) fn authorize_with(
@@ -264,9 +276,41 @@ pub(super) fn authorize_with(
     mapping: &CedarMapping,
     whole: bool,
 ) -> Result<AuthzOutcome, AuthzError> {
+    decide(engine, req, ids, mapping, whole).map(Decided::owned)
+}
+
+/// An outcome as the memo holds it (shared), or one nobody else holds.
+enum Decided {
+    Shared(Arc<AuthzOutcome>),
+    Owned(AuthzOutcome),
+}
+
+impl Decided {
+    fn owned(self) -> AuthzOutcome {
+        match self {
+            Decided::Shared(o) => Arc::unwrap_or_clone(o),
+            Decided::Owned(o) => o,
+        }
+    }
+
+    fn shared(self) -> Arc<AuthzOutcome> {
+        match self {
+            Decided::Shared(o) => o,
+            Decided::Owned(o) => Arc::new(o),
+        }
+    }
+}
+
+fn decide(
+    engine: &Engine,
+    req: &RequestView<'_>,
+    ids: &Identities,
+    mapping: &CedarMapping,
+    whole: bool,
+) -> Result<Decided, AuthzError> {
     let memo = if whole { None } else { engine.memo(mapping) };
     let (p, pending) = match prepare(engine, req, ids, mapping, whole, false, memo)? {
-        Prep::Hit(outcome) => return Ok(outcome),
+        Prep::Hit(outcome) => return Ok(Decided::Shared(outcome)),
         Prep::Eval(p, pending) => (p, pending),
     };
     let pset: &CorePolicySet = (*p.policies).as_ref();
@@ -284,10 +328,37 @@ pub(super) fn authorize_with(
         action: p.action.to_string(),
         resource: p.resource.to_string(),
     };
-    if let (Some(memo), Some(pending)) = (memo, pending) {
-        memo.insert(pending, &outcome);
+    match (memo, pending) {
+        (Some(memo), Some(pending)) => {
+            let outcome = Arc::new(outcome);
+            memo.insert(pending, &outcome);
+            Ok(Decided::Shared(outcome))
+        }
+        _ => Ok(Decided::Owned(outcome)),
     }
-    Ok(outcome)
+}
+
+/// One memo lookup, counted: a hit breaks, a miss continues with the key to store Cedar's
+/// answer under (`None`: not memoizable).
+fn ask(
+    memo: &DecisionMemo,
+    mapping: &CedarMapping,
+    probe: &Probe<'_, '_>,
+) -> ControlFlow<Arc<AuthzOutcome>, Option<Pending>> {
+    match memo.lookup(probe) {
+        Lookup::Hit(outcome) => {
+            mapping.decision_memo.count("hit");
+            ControlFlow::Break(outcome)
+        }
+        Lookup::Miss(p) => {
+            mapping.decision_memo.count("miss");
+            ControlFlow::Continue(Some(p))
+        }
+        Lookup::Bypass => {
+            mapping.decision_memo.count("bypass");
+            ControlFlow::Continue(None)
+        }
+    }
 }
 
 /// Everything Cedar is handed for one request.
@@ -308,7 +379,7 @@ struct Prepared {
 // every evaluated request.
 #[allow(clippy::large_enum_variant)]
 enum Prep {
-    Hit(AuthzOutcome),
+    Hit(Arc<AuthzOutcome>),
     Eval(Prepared, Option<Pending>),
 }
 
@@ -361,7 +432,7 @@ fn prepare(
         request_id: req.request_id,
         principal: principal_facts,
     };
-    let selected = index.select(&req.method, kind, shape, &facts).map_err(|e| match e {
+    let slice = index.slice(&req.method, kind, shape).map_err(|e| match e {
         Unfit::Action => AuthzError::Request(format!(
             "the schema declares no action {} for principal type {}",
             uid(&t.action, &req.method),
@@ -374,29 +445,29 @@ fn prepare(
     // A body is the client's value, validated per request: never memoized, nor are requests
     // validated one by one (`validates_each_request`).
     let memo = memo.filter(|_| !shape.body && !index.validates_each_request());
-    let pending = match (memo, selected.id) {
-        (Some(memo), Some(set)) => {
-            let probe = Probe { set, reads: selected.reads, shape: shape.bits(), req, ids, mapping, time, grpc };
-            match memo.lookup(&probe) {
-                Lookup::Hit(outcome) => {
-                    mapping.decision_memo.count("hit");
-                    return Ok(Prep::Hit(outcome));
-                }
-                Lookup::Miss(p) => {
-                    mapping.decision_memo.count("miss");
-                    Some(p)
-                }
-                Lookup::Bypass => {
-                    mapping.decision_memo.count("bypass");
-                    None
-                }
-            }
-        }
-        (Some(_), None) => {
+    let probe = |scope, reads| Probe { scope, reads, shape: shape.bits(), req, ids, mapping, time, grpc };
+    // Before the guards when the slice allows it: the key then holds everything the slice's
+    // guards and policies can read, so it decides the guards too, and a hit runs none of them.
+    let early = match (memo, slice.pre_guard()) {
+        (Some(memo), Some((id, reads))) => match ask(memo, mapping, &probe(Scope::Slice(id), reads)) {
+            ControlFlow::Break(hit) => return Ok(Prep::Hit(hit)),
+            ControlFlow::Continue(pending) => Some(pending),
+        },
+        _ => None,
+    };
+    let selected = index.select_in(slice, &facts);
+    let pending = match (memo, early, selected.id) {
+        // Asked before the guards: its answer holds for every set the guards could choose.
+        (_, Some(pending), _) => pending,
+        (Some(memo), None, Some(set)) => match ask(memo, mapping, &probe(Scope::Set(set), selected.reads)) {
+            ControlFlow::Break(hit) => return Ok(Prep::Hit(hit)),
+            ControlFlow::Continue(pending) => pending,
+        },
+        (Some(_), None, None) => {
             mapping.decision_memo.count("bypass");
             None
         }
-        (None, _) => None,
+        (None, ..) => None,
     };
 
     let base: &CoreEntities = if whole { engine.entities.as_ref() } else { (**index.entities()).as_ref() };

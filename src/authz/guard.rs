@@ -3,6 +3,7 @@
 //! whose guard is certainly false for a request (see `index` for why that is exact).
 use serde_json::Value;
 
+use super::memo::Reads;
 use super::model::{self, PrincipalKind};
 
 /// The request values guards read: the same strings authorization puts into the Cedar request.
@@ -67,6 +68,30 @@ impl Field {
             ("principal", model::SERVICE_ACCOUNT, PrincipalKind::Service) => Field::ServiceAccount,
             _ => return None,
         })
+    }
+
+    /// What a decision memo key must hold, beyond what every key holds, to fix this field's
+    /// value. Every key holds the action (`method`), the host and path (which also fix the
+    /// `Route`'s `host`, `path` and `service`, derived from the host) and every proven identity in
+    /// full (a user's `issuer`; the peer, which is the `Service` principal, with all its fields).
+    /// No wildcard: a new field must say here how it is keyed.
+    pub(super) fn reads(self) -> Reads {
+        match self {
+            Field::RouteHost
+            | Field::RoutePath
+            | Field::RouteService
+            | Field::Method
+            | Field::Path
+            | Field::Host
+            | Field::Issuer
+            | Field::SpiffeId
+            | Field::TrustDomain
+            | Field::Namespace
+            | Field::ServiceAccount => Reads::NONE,
+            Field::Query => Reads::QUERY,
+            Field::Scheme => Reads::SCHEME,
+            Field::RequestId => Reads::REQUEST_ID,
+        }
     }
 
     fn read<'a>(self, f: &Facts<'a>) -> Option<&'a str> {
@@ -157,6 +182,11 @@ impl Guard {
     /// False only when Cedar would certainly find the policy's condition false, without error.
     pub(super) fn may_hold(&self, facts: &Facts<'_>) -> bool {
         self.0.iter().all(|a| a.holds(facts).unwrap_or(true))
+    }
+
+    /// What a decision memo key must hold to fix every value this guard reads.
+    pub(super) fn reads(&self) -> Reads {
+        self.0.iter().fold(Reads::NONE, |r, a| r.union(a.field.reads()))
     }
 
     /// From the policy's JSON form: its conditions (`when` bodies and negated `unless` bodies)

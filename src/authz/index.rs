@@ -16,6 +16,9 @@
 //! The policies left out are exactly some of those Cedar would find unsatisfied without error, so
 //! the decision, the determining policies and the errors do not change (tests compare against
 //! evaluating every policy). Anything the index does not understand is kept for Cedar.
+//!
+//! The decision memo is asked between the two steps when it can be (`Slice::pre_guard`): then a
+//! repeated request runs no guard at all.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -95,7 +98,14 @@ const MAX_SETS_PER_SLICE: usize = 256;
 const MAX_MEMO_POLICIES: usize = 65_536;
 
 /// The policies that can match one (action, principal type).
-struct Slice {
+pub(super) struct Slice {
+    /// Unique within the index: the decision memo's scope for a lookup before the guards.
+    id: u64,
+    /// What the slice's policies and guards can read of the context, all of them together:
+    /// what a memo key taken before the guards must hold. `None` when such a key would read
+    /// something unique per request or the clock: then the memo is asked after the guards, for
+    /// the (smaller) chosen set.
+    pre_guard: Option<Reads>,
     policies: Vec<Policy>,
     /// What each policy of `policies` can read of the context (computed once, at build).
     reads: Vec<Reads>,
@@ -126,6 +136,8 @@ pub(super) struct PolicyIndex {
     validate_each_request: bool,
     /// Some static entity has an ancestor of a type built per request.
     static_below_request_types: bool,
+    #[cfg(test)]
+    guard_runs: AtomicU64,
 }
 
 impl std::fmt::Debug for PolicyIndex {
@@ -160,16 +172,18 @@ impl PolicyIndex {
         // The JSON form of a policy is re-parsed from its text on every call: once per policy.
         let all: Vec<(&Policy, Option<Value>)> = policies.policies().map(|p| (p, p.to_json().ok())).collect();
         let mut slices = HashMap::new();
+        let mut slice_id = 0;
         for action in actions {
             let per_kind = PrincipalKind::ALL.map(|kind| {
+                slice_id += 1;
                 let fits = Shape::ALL.map(|shape| fits.map_or(Ok(()), |f| f(action, kind, shape)));
                 if fits.iter().all(Result::is_err) {
                     // Never evaluated: keep only the reasons.
-                    return Some(Slice::unfit(fits));
+                    return Some(Slice::unfit(slice_id, fits));
                 }
                 let ty = &principal_types[kind.slot()];
                 let in_scope = all.iter().filter(|(p, _)| scope_may_match(p, action, ty, route, action_entities));
-                Some(Slice::new(in_scope, kind, fits))
+                Some(Slice::new(slice_id, in_scope, kind, fits))
             });
             slices.insert(action.id().unescaped().to_owned(), per_kind);
         }
@@ -183,6 +197,8 @@ impl PolicyIndex {
             next_set_id: AtomicU64::new(0),
             validate_each_request: fits.is_none(),
             static_below_request_types,
+            #[cfg(test)]
+            guard_runs: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +219,7 @@ impl PolicyIndex {
     }
 
     /// The policies to evaluate a request with. Errors when the request does not fit the schema.
+    #[cfg(test)]
     pub(super) fn select(
         &self,
         action: &str,
@@ -210,10 +227,31 @@ impl PolicyIndex {
         shape: Shape,
         facts: &Facts<'_>,
     ) -> Result<Arc<Selected>, Unfit> {
+        Ok(self.select_in(self.slice(action, kind, shape)?, facts))
+    }
+
+    /// The slice for an action and principal type, without running any guard. Errors when the
+    /// request does not fit the schema.
+    pub(super) fn slice(&self, action: &str, kind: PrincipalKind, shape: Shape) -> Result<&Slice, Unfit> {
         let slice = self.slices.get(action).and_then(|s| s[kind.slot()].as_ref()).ok_or(Unfit::Action)?;
-        slice.fits[shape.slot()].clone().map_err(Unfit::Schema)?;
+        match &slice.fits[shape.slot()] {
+            Ok(()) => Ok(slice),
+            Err(m) => Err(Unfit::Schema(m.clone())),
+        }
+    }
+
+    /// The policies of `slice` whose guards may hold for `facts`.
+    pub(super) fn select_in(&self, slice: &Slice, facts: &Facts<'_>) -> Arc<Selected> {
+        #[cfg(test)]
+        self.guard_runs.fetch_add(1, Ordering::Relaxed);
         let selected = slice.select(facts, &self.memo_policies, &self.next_set_id);
-        Ok(selected.unwrap_or_else(|| self.whole_selected.clone()))
+        selected.unwrap_or_else(|| self.whole_selected.clone())
+    }
+
+    /// How many times guards were run ([`PolicyIndex::select_in`]).
+    #[cfg(test)]
+    pub(super) fn guard_runs(&self) -> u64 {
+        self.guard_runs.load(Ordering::Relaxed)
     }
 
     /// Every policy, as an alternative to [`PolicyIndex::select`] (tests compare the two).
@@ -223,8 +261,10 @@ impl PolicyIndex {
 }
 
 impl Slice {
-    fn unfit(fits: [Result<(), String>; SHAPES]) -> Slice {
+    fn unfit(id: u64, fits: [Result<(), String>; SHAPES]) -> Slice {
         Slice {
+            id,
+            pre_guard: None,
             policies: Vec::new(),
             reads: Vec::new(),
             unguarded: Vec::new(),
@@ -235,6 +275,7 @@ impl Slice {
     }
 
     fn new<'p>(
+        id: u64,
         in_scope: impl Iterator<Item = &'p (&'p Policy, Option<Value>)>,
         kind: PrincipalKind,
         fits: [Result<(), String>; SHAPES],
@@ -250,8 +291,21 @@ impl Slice {
             }
             policies.push((*p).clone());
         }
-        let reads = policies.iter().map(Reads::of_policy).collect();
-        Slice { policies, reads, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
+        let reads: Vec<Reads> = policies.iter().map(Reads::of_policy).collect();
+        // Everything any policy of the slice, or any guard, can read: a key holding it (with
+        // what every key holds) decides the guards as well as Cedar. The guards' reads are
+        // already in their policies' (a guard is a conjunct of its policy's condition); they are
+        // added again so that this does not rest on the two walks agreeing.
+        let guards = guarded.iter().map(|(_, g)| g.reads());
+        let all = reads.iter().copied().chain(guards).fold(Reads::NONE, Reads::union);
+        let pre_guard = (all.memoizable() && !all.contains(Reads::TIME)).then_some(all);
+        Slice { id, pre_guard, policies, reads, unguarded, guarded, fits, sets: ArcSwap::from_pointee(HashMap::new()) }
+    }
+
+    /// The memo scope for a lookup before the guards: this slice's id and what its key must
+    /// read. `None`: look up after the guards instead.
+    pub(super) fn pre_guard(&self) -> Option<(u64, Reads)> {
+        self.pre_guard.map(|r| (self.id, r))
     }
 
     /// `None` only if a set could not be built (ids are unique, so never): use every policy.

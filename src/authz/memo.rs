@@ -1,8 +1,14 @@
 //! The decision memo: Cedar's answer for one distinct input, kept per [`Engine`](super::Engine)
 //! so a snapshot swap drops it with the engine.
 //!
-//! **Exactness.** A key holds everything Cedar can see that varies between requests, for the
-//! policy set the index selected (`Selected::id`, unique within the engine):
+//! **Exactness.** A key holds everything Cedar can see that varies between requests, for its
+//! [`Scope`]: a whole slice of the index (one action and principal type), asked *before* the
+//! guards run, or, when that slice reads `context.time` or `context.request_id`, the policy set
+//! the guards then chose (`Selected::id`, unique within the engine), asked after them. Guards
+//! read only the route (host, path, `service`), the action, a user's issuer, the peer's fields
+//! (all in every key) and `query`, `scheme`, `request_id` (in [`Reads`], and a slice's reads
+//! include every guard's): so a slice key fixes which set the guards would choose, and one
+//! answer serves every set they could choose. The key holds:
 //!
 //! - the action, and which identities were proven (so `context.authn` and the principal type);
 //! - every proven identity in full: a user's subject, issuer, scopes, audiences, groups and
@@ -11,14 +17,16 @@
 //! - the route: host and path (the `Route` id and attributes, `context.host`/`context.path`,
 //!   and `service`, derived from the host) and every tag (mapped headers, route facts);
 //! - which optional context attributes are present (`Shape`);
-//! - the values of the other context attributes that some policy of the set reads
-//!   ([`Reads`], from the policies' ASTs): `query`, `scheme`, `time`, `source_ip`, gRPC.
+//! - the values of the other context attributes that some policy of the scope reads
+//!   ([`Reads`], from the policies' ASTs and guards): `query`, `scheme`, `time`, `source_ip`,
+//!   gRPC.
 //!
 //! Everything else Cedar sees is fixed per engine (policies, schema, static entities). A set that
 //! reads `context.request_id` (unique per request) or uses `context` other than through one
 //! attribute is never memoized; nor is a request with a body, or one whose engine validates each
 //! request against the schema. `context.time` is keyed on its value (whole seconds), so such a
-//! set still answers from the memo within one second. Keys are a length-prefixed encoding of
+//! set still answers from the memo within one second (such a slice is asked after its guards,
+//! so sets that leave the time-reading policies out are keyed without it). Keys are a length-prefixed encoding of
 //! those values (injective): a hit compares the whole stored key with the request's, never a
 //! hash alone.
 //!
@@ -183,10 +191,19 @@ impl DecisionMemoSettings {
     }
 }
 
+/// Which policies a key's answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// A set the index chose after running the guards (`Selected::id`).
+    Set(u64),
+    /// A whole slice (one action and principal type), looked up before its guards run: the
+    /// key's `reads` then cover every policy and guard of the slice.
+    Slice(u64),
+}
+
 /// The request values a key is built from (borrowed: a hit allocates nothing for its key).
 pub(super) struct Probe<'a, 'r> {
-    /// `Selected::id` of the chosen policy set.
-    pub set: u64,
+    pub scope: Scope,
     pub reads: Reads,
     /// `Shape` bits: which optional context attributes are present.
     pub shape: u8,
@@ -222,7 +239,16 @@ impl Probe<'_, '_> {
     fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer(out);
         let ids = self.ids;
-        w.u64(self.set);
+        match self.scope {
+            Scope::Set(id) => {
+                w.u8(0);
+                w.u64(id);
+            }
+            Scope::Slice(id) => {
+                w.u8(1);
+                w.u64(id);
+            }
+        }
         w.u8(self.shape);
         w.u8(u8::from(ids.jwt.is_some()) | u8::from(ids.api_client.is_some()) << 1 | u8::from(ids.peer.is_some()) << 2);
         w.str(&self.req.method);
@@ -315,7 +341,8 @@ impl Probe<'_, '_> {
 
 struct Entry {
     key: Box<[u8]>,
-    outcome: AuthzOutcome,
+    /// Shared with every hit: a hit copies nothing.
+    outcome: Arc<AuthzOutcome>,
 }
 
 /// A miss, to be stored once Cedar has answered.
@@ -325,7 +352,7 @@ pub(super) struct Pending {
 }
 
 pub(super) enum Lookup {
-    Hit(AuthzOutcome),
+    Hit(Arc<AuthzOutcome>),
     Miss(Pending),
     /// The request or its policy set is not memoizable.
     Bypass,
@@ -372,7 +399,7 @@ impl DecisionMemo {
             } else {
                 let hash = self.hasher.hash_one(key.as_slice());
                 match self.cache.get(&hash) {
-                    Some(e) if *e.key == **key => Lookup::Hit(e.outcome.clone()),
+                    Some(e) if *e.key == **key => Lookup::Hit(Arc::clone(&e.outcome)),
                     _ => Lookup::Miss(Pending { hash, key: key.as_slice().into() }),
                 }
             };
@@ -384,8 +411,8 @@ impl DecisionMemo {
         })
     }
 
-    pub(super) fn insert(&self, p: Pending, outcome: &AuthzOutcome) {
-        self.cache.insert(p.hash, Arc::new(Entry { key: p.key, outcome: outcome.clone() }));
+    pub(super) fn insert(&self, p: Pending, outcome: &Arc<AuthzOutcome>) {
+        self.cache.insert(p.hash, Arc::new(Entry { key: p.key, outcome: Arc::clone(outcome) }));
     }
 
     #[cfg(test)]

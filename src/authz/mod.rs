@@ -6,7 +6,8 @@
 //! `model` names the Cedar model; `documents` parses and validates policy documents; `engine`
 //! compiles them and evaluates requests, with `entities` and `context` building the request
 //! and `index` (with its `guard` compiler) choosing the policies that can matter; `memo` keeps
-//! each engine's answers by distinct input (exactly what the chosen policies can read).
+//! each engine's answers by distinct input (exactly what the policies of the index's slice, and
+//! their guards, can read), asked before the guards run.
 mod context;
 mod documents;
 mod engine;
@@ -17,7 +18,7 @@ mod memo;
 pub mod model;
 
 pub use documents::{DocKind, LoadError, PolicyDocument, format_errors};
-pub use engine::{Compiled, Engine, Explanation, authorize, explain};
+pub use engine::{Compiled, Engine, Explanation, authorize, authorize_shared, explain};
 pub use memo::DecisionMemoSettings;
 
 /// Why an authorization request could not even be evaluated (each is a deny).

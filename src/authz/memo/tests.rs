@@ -132,8 +132,16 @@ fn an_entry_under_the_same_hash_but_another_key_is_a_miss() {
     let req = request("GET", "/a");
     let view = view_of(&req);
     let ids = client("c", &[]);
-    let probe =
-        Probe { set: 7, reads: Reads::NONE, shape: 0, req: &view, ids: &ids, mapping: &mapping, time: NOW, grpc: None };
+    let probe = Probe {
+        scope: Scope::Set(7),
+        reads: Reads::NONE,
+        shape: 0,
+        req: &view,
+        ids: &ids,
+        mapping: &mapping,
+        time: NOW,
+        grpc: None,
+    };
     let mut key = Vec::new();
     probe.encode(&mut key);
     let hash = memo.hasher.hash_one(key.as_slice());
@@ -146,7 +154,7 @@ fn an_entry_under_the_same_hash_but_another_key_is_a_miss() {
         resource: String::new(),
     };
     key.push(0);
-    memo.insert(Pending { hash, key: key.into() }, &forged);
+    memo.insert(Pending { hash, key: key.into() }, &Arc::new(forged));
     assert!(matches!(memo.lookup(&probe), Lookup::Miss(_)));
     // Oversized keys are never stored.
     let many: Vec<(&str, &str)> = vec![("claim", "x"); MAX_KEY_BYTES];
@@ -356,32 +364,204 @@ const CHANGES: &[(&str, Base, Change)] = &[
 
 #[test]
 fn requests_differing_in_one_input_are_never_answered_from_each_other() {
+    // With `f-time` every slice reads `context.time`, so the memo is asked after the guards; without
+    // it, before them (and a hit runs no guard).
+    let without_time: String = PAIRS.lines().filter(|l| !l.contains(r#"@id("f-time")"#)).collect::<Vec<_>>().join("\n");
     let base_req = base_request();
-    for (name, base, change) in CHANGES {
-        let base_ids = || match base {
-            Base::User => base_ids(),
-            Base::Client => client("k", &[]),
-            Base::Service => Identities { peer: Some(peer("frontend")), ..Default::default() },
-        };
-        let (mut req, mut ids, mut time) = (base_req.clone(), base_ids(), Some(NOW));
-        change(&mut req, &mut ids, &mut time);
-        let base_view = view_of(&base_req);
-        let mut view = view_of(&req);
-        view.time = time;
-        // The base request fills the memo and the other is asked next: a key that cannot tell
-        // them apart answers it from the base's entry. Then both are answered from the memo.
-        let engine = snapshot_with_schema(pairs_schema(), PAIRS);
-        let mapping = memo_mapping(1_000);
-        for round in 0..2 {
-            for (v, who, allowed) in [(&base_view, base_ids(), true), (&view, ids.clone(), false)] {
-                let out = same_as_cedar(&engine, &mapping, v, &who);
-                assert_eq!(out.allowed, allowed, "{name} (round {round}): {out:?}");
+    for (policies, pre_guard) in [(PAIRS, false), (without_time.as_str(), true)] {
+        for (name, base, change) in CHANGES {
+            if pre_guard && *name == "time" {
+                continue;
             }
+            let base_ids = || match base {
+                Base::User => base_ids(),
+                Base::Client => client("k", &[]),
+                Base::Service => Identities { peer: Some(peer("frontend")), ..Default::default() },
+            };
+            let (mut req, mut ids, mut time) = (base_req.clone(), base_ids(), Some(NOW));
+            change(&mut req, &mut ids, &mut time);
+            let base_view = view_of(&base_req);
+            let mut view = view_of(&req);
+            view.time = time;
+            // The base request fills the memo and the other is asked next: a key that cannot tell
+            // them apart answers it from the base's entry. Then both are answered from the memo.
+            let engine = snapshot_with_schema(pairs_schema(), policies);
+            let mapping = memo_mapping(1_000);
+            for round in 0..2 {
+                let guards_before = engine.index.guard_runs();
+                for (v, who, allowed) in [(&base_view, base_ids(), true), (&view, ids.clone(), false)] {
+                    let out = same_as_cedar(&engine, &mapping, v, &who);
+                    assert_eq!(out.allowed, allowed, "{name} (round {round}): {out:?}");
+                }
+                // `same_as_cedar` runs the guards once more per request (for every policy: no memo).
+                let memo_guards = engine.index.guard_runs() - guards_before - 2;
+                let want = if round == 0 || !pre_guard || *name == "request_id" { 2 } else { 0 };
+                assert_eq!(memo_guards, want, "{name} (round {round}, before the guards: {pre_guard})");
+            }
+            // The second round came from the memo (a set reading `request_id` is never memoized).
+            let hits = if *name == "request_id" { 0 } else { 2 };
+            assert_eq!(mapping.decision_memo.count_of("hit"), hits, "{name}");
         }
-        // The second round came from the memo (a set reading `request_id` is never memoized).
-        let hits = if *name == "request_id" { 0 } else { 2 };
-        assert_eq!(mapping.decision_memo.count_of("hit"), hits, "{name}");
     }
+}
+
+/// Policies whose leading conjuncts are guards the index evaluates (and one tag condition
+/// behind a path guard): each forbid is chosen or left out by its guard alone.
+const GUARD_PAIRS: &str = r#"
+    @id("base") permit (principal, action, resource);
+    @id("g-host") forbid (principal, action, resource) when { resource.host == "bad.svc" };
+    @id("g-glob") forbid (principal, action, resource) when { context.host like "*.evil" };
+    @id("g-prefix") forbid (principal, action, resource) when { resource.path like "/admin/*" };
+    @id("g-service") forbid (principal, action, resource) when { resource.service == "billing" };
+    @id("g-query") forbid (principal, action, resource) when { context.query == "bad=1" };
+    @id("g-scheme") forbid (principal, action, resource) unless { context.scheme == "https" };
+    @id("g-issuer") forbid (principal is User, action, resource) when { principal.issuer == "https://bad" };
+    @id("g-ns") forbid (principal is Service, action, resource) when { principal.namespace == "bad" };
+    @id("g-tag") forbid (principal, action, resource)
+        when { resource.path like "/t/*" && resource.hasTag("x-tenant") && resource.getTag("x-tenant") == "bad" };
+"#;
+
+/// The policies the index hands Cedar for a request, after its guards (built as `prepare` does).
+fn chosen(engine: &Engine, view: &RequestView<'_>, ids: &Identities) -> Vec<String> {
+    use super::super::guard::Facts;
+    use super::super::index::Shape;
+    let (kind, principal) = super::super::entities::principal_facts(ids);
+    let facts = Facts {
+        route_host: &view.host,
+        route_path: &view.path,
+        route_service: view.host.split('.').next().unwrap_or(""),
+        method: &view.method,
+        path: &view.path,
+        query: view.query,
+        host: &view.host,
+        scheme: view.scheme,
+        request_id: view.request_id,
+        principal,
+    };
+    let shape = Shape {
+        source_ip: view.source_ip.is_some(),
+        peer: ids.peer.is_some(),
+        authn: !ids.methods().is_empty(),
+        ..Shape::default()
+    };
+    let set = engine.index.select(&view.method, kind, shape, &facts).expect("fits");
+    let mut ids: Vec<String> = set.policies.policies().map(|p| p.id().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+type Edit = fn(&mut CheckRequest, &mut Identities);
+
+/// (name, caller, the allowed request, the forbidden one, whether the guards choose different
+/// sets for the two): each pair differs in one fact a guard reads (or, for the tag, one fact
+/// behind a guard that holds for both).
+const GUARD_CHANGES: &[(&str, Base, Edit, Edit, bool)] = &[
+    ("route host", Base::User, |_, _| {}, |r, _| http(r).host = "bad.svc".into(), true),
+    ("host glob", Base::User, |r, _| http(r).host = "x.evil.ok".into(), |r, _| http(r).host = "x.evil".into(), true),
+    ("path prefix", Base::User, |r, _| http(r).path = "/admin".into(), |r, _| http(r).path = "/admin/".into(), true),
+    (
+        "service",
+        Base::User,
+        |r, _| http(r).host = "billings.svc".into(),
+        |r, _| http(r).host = "billing.svc".into(),
+        true,
+    ),
+    ("query", Base::User, |r, _| http(r).query = "bad=10".into(), |r, _| http(r).query = "bad=1".into(), true),
+    ("scheme (unless)", Base::User, |_, _| {}, |r, _| http(r).scheme = "http".into(), true),
+    ("issuer", Base::User, |_, _| {}, |_, ids| with_jwt(ids, |j| j.issuer = "https://bad".into()), true),
+    ("namespace", Base::Service, |_, _| {}, |_, ids| ids.peer = Some(peer("bad")), true),
+    (
+        "path guard before a tag",
+        Base::User,
+        |r, _| {
+            http(r).headers.insert("x-tenant".into(), "bad".into());
+        },
+        |r, _| {
+            http(r).headers.insert("x-tenant".into(), "bad".into());
+            http(r).path = "/t/x".into();
+        },
+        true,
+    ),
+    (
+        "tag behind a guard",
+        Base::User,
+        |r, _| http(r).path = "/t/x".into(),
+        |r, _| {
+            http(r).path = "/t/x".into();
+            http(r).headers.insert("x-tenant".into(), "bad".into());
+        },
+        false,
+    ),
+];
+
+/// Asked before the guards run, the key must hold every fact a guard reads: pairs that differ
+/// only in one such fact (so their guards choose different sets) are told apart, in either
+/// order, and a warm memo answers both without running a guard.
+#[test]
+fn requests_differing_in_one_guard_fact_are_never_answered_from_each_other() {
+    let base_req = base_request();
+    for (name, base, allowed_edit, forbidden_edit, sets_differ) in GUARD_CHANGES {
+        let base_ids = || match base {
+            Base::Service => Identities { peer: Some(peer("frontend")), ..Default::default() },
+            _ => base_ids(),
+        };
+        let mut pair = [(base_req.clone(), base_ids(), true), (base_req.clone(), base_ids(), false)];
+        allowed_edit(&mut pair[0].0, &mut pair[0].1);
+        forbidden_edit(&mut pair[1].0, &mut pair[1].1);
+        let views = pair.each_ref().map(|(r, ids, allowed)| (view_of(r), ids.clone(), *allowed));
+        let probe = snapshot(GUARD_PAIRS);
+        let sets = views.each_ref().map(|(v, ids, _)| chosen(&probe, v, ids));
+        assert_eq!(sets[0] != sets[1], *sets_differ, "{name}: {sets:?}");
+        for order in [[0, 1], [1, 0]] {
+            let engine = snapshot(GUARD_PAIRS);
+            let mapping = memo_mapping(1_000);
+            for round in 0..2 {
+                let guards_before = engine.index.guard_runs();
+                for i in order {
+                    let (view, ids, allowed) = &views[i];
+                    let out = same_as_cedar(&engine, &mapping, view, ids);
+                    assert_eq!(out.allowed, *allowed, "{name} (round {round}, {order:?}): {out:?}");
+                }
+                let memo_guards = engine.index.guard_runs() - guards_before - 2;
+                assert_eq!(memo_guards, if round == 0 { 2 } else { 0 }, "{name} (round {round})");
+            }
+            let counts = ["miss", "hit"].map(|r| mapping.decision_memo.count_of(r));
+            assert_eq!(counts, [2, 2], "{name} {order:?}");
+        }
+    }
+}
+
+/// What a slice's key must read before its guards run: every guard's field and every policy's
+/// reads; a slice reading `request_id` or `time` is looked up after its guards instead.
+#[test]
+fn a_slice_is_looked_up_before_its_guards_only_when_its_key_covers_them() {
+    use super::super::index::Shape;
+    use super::super::model::PrincipalKind;
+    let pre_guard = |cond: &str| {
+        let engine = snapshot(&format!("permit (principal is User, action, resource) when {{ {cond} }};"));
+        let shape = Shape { authn: true, ..Shape::default() };
+        engine.index.slice("GET", PrincipalKind::User, shape).expect("fits").pre_guard().map(|(_, r)| r)
+    };
+    assert_eq!(pre_guard(r#"resource.host == "a" && principal.issuer == "i""#), Some(Reads::NONE));
+    assert_eq!(pre_guard(r#"context.query == "a""#), Some(Reads::QUERY));
+    assert_eq!(pre_guard(r#"!(context.scheme like "h*")"#), Some(Reads::SCHEME));
+    assert_eq!(pre_guard(r#"context.request_id == "a""#), None);
+    assert_eq!(pre_guard(r#"resource.path like "/a*" && context.time > 0"#), None);
+    assert_eq!(pre_guard("context has source_ip && context.source_ip.isLoopback()"), Some(Reads::SOURCE_IP));
+}
+
+/// A hit shares the stored outcome: no copy of its strings.
+#[test]
+fn a_shared_hit_is_the_stored_outcome() {
+    let engine = snapshot(GUARD_PAIRS);
+    let mapping = memo_mapping(10);
+    let req = base_request();
+    let view = view_of(&req);
+    let ids = base_ids();
+    let first = authorize_shared(&engine, &view, &ids, &mapping).expect("decides");
+    let second = authorize_shared(&engine, &view, &ids, &mapping).expect("decides");
+    assert!(first.allowed && Arc::ptr_eq(&first, &second));
+    assert_eq!(authorize(&engine, &view, &ids, &mapping).expect("decides").policies, first.policies);
 }
 
 /// gRPC attributes and a body, when the schema declares them: pairs differing only in the
