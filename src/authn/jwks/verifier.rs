@@ -14,7 +14,9 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 /// One algorithm's verifier for one key.
 enum Prepared {
     Public(ParsedPublicKey),
-    Hmac(hmac::Key),
+    /// Boxed: an `hmac::Key` holds its precomputed pads (over 1 kB), which an RSA key's six
+    /// slots should not each carry.
+    Hmac(Box<hmac::Key>),
     /// The key material is not a key for this algorithm (a malformed modulus, a P-384 point
     /// under ES256, ...): every signature fails.
     Unusable,
@@ -59,13 +61,13 @@ fn rsa_params(alg: Algorithm) -> Option<&'static RsaParameters> {
 fn prepare(key: &DecodingKey, alg: Algorithm) -> Prepared {
     let parsed = match (key.kind(), alg) {
         (DecodingKeyKind::SecretOrDer(secret), Algorithm::HS256) => {
-            return Prepared::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret));
+            return Prepared::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, secret)));
         }
         (DecodingKeyKind::SecretOrDer(secret), Algorithm::HS384) => {
-            return Prepared::Hmac(hmac::Key::new(hmac::HMAC_SHA384, secret));
+            return Prepared::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA384, secret)));
         }
         (DecodingKeyKind::SecretOrDer(secret), Algorithm::HS512) => {
-            return Prepared::Hmac(hmac::Key::new(hmac::HMAC_SHA512, secret));
+            return Prepared::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA512, secret)));
         }
         (DecodingKeyKind::RsaModulusExponent { n, e }, _) => match rsa_params(alg) {
             Some(p) => RsaPublicKeyComponents { n, e }.to_parsed_public_key(p).ok(),
