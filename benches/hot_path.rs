@@ -9,6 +9,8 @@ mod support;
 use std::hint::black_box;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm;
 use portcullis::authn::Identities;
@@ -66,6 +68,18 @@ fn jwt(c: &mut Criterion) {
         assert!(jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key, alg).expect("verifies"), "{name}");
         group.bench_function(BenchmarkId::new("signature_only", name), |b| {
             b.iter(|| jsonwebtoken::crypto::verify(black_box(sig), input.as_bytes(), &key, alg).expect("verifies"))
+        });
+        // The same check with the key's verifier prebuilt at load, as the uncached path now does
+        // it (the signature decoded each time, the public key not rebuilt).
+        let jwk = serde_json::to_string(set.find(kid).expect("jwk")).expect("jwk json");
+        let loaded =
+            portcullis::authn::jwks::parse_jwks(format!(r#"{{"keys":[{jwk}]}}"#).as_bytes(), "bench", 1).expect("jwks");
+        let verifiers = &loaded[0].verifiers;
+        group.bench_function(BenchmarkId::new("signature_prebuilt", name), |b| {
+            b.iter(|| {
+                let raw = URL_SAFE_NO_PAD.decode(black_box(sig)).expect("base64url");
+                assert!(verifiers.verify(alg, input.as_bytes(), &raw));
+            })
         });
     }
     group.finish();

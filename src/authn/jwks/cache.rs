@@ -262,3 +262,57 @@ impl IssuerKeys {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::Algorithm;
+
+    use super::*;
+
+    fn jwks(keys: &[(&str, &Ed25519KeyPair)]) -> String {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|(kid, k)| {
+                let x = URL_SAFE_NO_PAD.encode(k.public_key().as_ref());
+                format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{x}"}}"#)
+            })
+            .collect();
+        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+    }
+
+    /// A key rotated out of the JWKS takes its parsed verifiers with it: once the new set is
+    /// served, nothing holds the old key, and its `kid` is unknown.
+    #[tokio::test]
+    async fn a_rotated_out_key_and_its_parsed_verifiers_are_gone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("jwks.json");
+        let (old, new) = (Ed25519KeyPair::generate().expect("key"), Ed25519KeyPair::generate().expect("key"));
+        std::fs::write(&path, jwks(&[("old", &old)])).expect("write");
+        // Every unknown kid may refresh at once: the test rotates without waiting.
+        let settings = JwksConfig { unknown_kid_refresh_interval: Duration::ZERO, ..JwksConfig::default() };
+        let keys = IssuerKeys::new(
+            "https://issuer.example".into(),
+            KeySource::File(path.clone()),
+            settings,
+            reqwest::Client::new(),
+            false,
+            JwksMetrics::default(),
+        );
+        let msg = b"header.payload";
+        let old_key = keys.key_for(Some("old")).await.expect("old key served");
+        assert!(old_key.verifiers.verify(Algorithm::EdDSA, msg, old.sign(msg).as_ref()));
+        let old_weak = Arc::downgrade(&old_key);
+        drop(old_key);
+
+        std::fs::write(&path, jwks(&[("new", &new)])).expect("rotate");
+        let new_key = keys.key_for(Some("new")).await.expect("an unknown kid refreshes the set");
+        assert!(new_key.verifiers.verify(Algorithm::EdDSA, msg, new.sign(msg).as_ref()));
+        assert!(!new_key.verifiers.verify(Algorithm::EdDSA, msg, old.sign(msg).as_ref()), "old signature, new key");
+        assert_eq!(keys.key_for(Some("old")).await.err(), Some(KeyLookupError::UnknownKid));
+        keys.cache.run_pending_tasks().await;
+        assert!(old_weak.upgrade().is_none(), "the rotated-out key (and its parsed verifiers) is still held");
+    }
+}

@@ -37,13 +37,13 @@ impl IssuerKeys {
         let ignore_kid = matches!(self.source, KeySource::Hmac(_));
         let (keys, ttl) = match &self.source {
             KeySource::Hmac(secret) => {
-                let key = VerifyKey {
-                    kid: None,
-                    key: DecodingKey::from_secret(secret),
-                    family: AlgorithmFamily::Hmac,
-                    alg: None,
-                    fingerprint: digest16(secret),
-                };
+                let key = VerifyKey::new(
+                    None,
+                    DecodingKey::from_secret(secret),
+                    AlgorithmFamily::Hmac,
+                    None,
+                    digest16(secret),
+                );
                 (vec![Arc::new(key)], self.settings.max_ttl)
             }
             KeySource::File(path) => {
@@ -283,7 +283,7 @@ pub fn parse_jwks(body: &[u8], origin: &str, max_keys: usize) -> Result<Vec<Arc<
             tracing::warn!(origin, kid = ?jwk.common.key_id, "skipping JWK with unusable key material");
             continue;
         };
-        keys.push(Arc::new(VerifyKey { kid: jwk.common.key_id.clone(), key, family, alg, fingerprint: fp }));
+        keys.push(Arc::new(VerifyKey::new(jwk.common.key_id.clone(), key, family, alg, fp)));
     }
     if keys.is_empty() {
         return Err(JwksError::NoUsableKeys { origin: origin.to_owned() });

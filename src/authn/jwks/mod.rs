@@ -26,10 +26,12 @@ use prometheus_client::registry::Registry;
 
 mod cache;
 mod fetch;
+mod verifier;
 
 pub use cache::IssuerKeys;
 pub(crate) use fetch::http_client;
 pub use fetch::{MAX_REDIRECTS, parse_jwks, parse_max_age, same_origin_redirects};
+pub use verifier::Verifiers;
 
 /// Why keys could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,12 +95,29 @@ pub enum KeySource {
 /// One verification key.
 pub struct VerifyKey {
     pub kid: Option<String>,
+    /// The key as jsonwebtoken takes it (status-list tokens are decoded with it).
     pub key: DecodingKey,
+    /// The same key, parsed once per algorithm it may verify: the fresh-token path's verifier.
+    pub verifiers: Verifiers,
     pub family: AlgorithmFamily,
     /// The JWK's `alg`, if it pinned one.
     pub alg: Option<Algorithm>,
     /// Digest of the key material, so a cached token can tell its key is still the same key.
     pub fingerprint: [u8; 16],
+}
+
+impl VerifyKey {
+    /// Builds the key's verifiers once, here, rather than on every signature check.
+    pub fn new(
+        kid: Option<String>,
+        key: DecodingKey,
+        family: AlgorithmFamily,
+        alg: Option<Algorithm>,
+        fingerprint: [u8; 16],
+    ) -> Self {
+        let verifiers = Verifiers::new(&key, alg);
+        Self { kid, key, verifiers, family, alg, fingerprint }
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {

@@ -2,6 +2,11 @@
 //! are base64url-decoded once and each parsed once into a JSON object; the signature is checked
 //! over the `header.payload` bytes as sent, and the claims are validated from that same parse.
 //!
+//! The signature is checked with the key's verifier built when the key was loaded (see
+//! `jwks::Verifiers`), not by rebuilding the public key per call as
+//! `jsonwebtoken::crypto::verify` did; its signature decoding (strict unpadded base64url) and
+//! its error order are kept.
+//!
 //! The refusals are exactly those `jsonwebtoken::decode` made when it parsed the token again
 //! (twice) itself, including the ones that came from its serde types rather than from any rule:
 //! a duplicate member its typed `Header` or claims struct names, a header member of the wrong
@@ -9,18 +14,22 @@
 //! The tests below compare both on hostile tokens.
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::JwtError;
-use super::verify::{check_header, map_jwt_error};
+use super::verify::check_header;
+use crate::authn::jwks::Verifiers;
 
 /// Members of jsonwebtoken's typed `Header`: a duplicate of one of these was refused.
 const HEADER_FIELDS: &[&str] =
     &["typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc", "zip", "url", "nonce"];
 /// Header members jsonwebtoken typed as an optional string (`zip` and `enc` are strings too).
 const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256", "zip", "enc", "url", "nonce"];
+/// A decoded signature up to this size (RSA-8192's 1024 bytes, with the decoder's rounding) is
+/// decoded on the stack; a longer one, never valid, still decodes exactly as before, on the heap.
+const SIG_STACK: usize = 1026;
 /// Claims jsonwebtoken's validation struct names: a duplicate of one of these was refused.
 const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
 
@@ -66,13 +75,25 @@ impl<'a> ParsedToken<'a> {
 
     /// What `jsonwebtoken::decode` did once the key was chosen: the typed header, the
     /// signature over the signing input, then the claims under `v`, in that order.
-    pub(super) fn verify(&self, key: &DecodingKey, v: &Validation, now: u64) -> Result<(), JwtError> {
+    pub(super) fn verify(&self, key: &Verifiers, v: &Validation, now: u64) -> Result<(), JwtError> {
         if self.header_refused {
             return Err(JwtError::Malformed);
         }
-        let ok = jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), key, self.alg)
-            .map_err(map_jwt_error)?;
-        if !ok {
+        // jsonwebtoken refused a key of another family (`InvalidKeyFormat`) before it decoded
+        // the signature.
+        if !key.supports(self.alg) {
+            return Err(JwtError::KeyMismatch);
+        }
+        let mut stack = [0u8; SIG_STACK];
+        let heap: Vec<u8>;
+        let sig: &[u8] = if base64::decoded_len_estimate(self.signature.len()) <= SIG_STACK {
+            let n = URL_SAFE_NO_PAD.decode_slice(self.signature, &mut stack).map_err(|_| JwtError::Malformed)?;
+            stack.get(..n).ok_or(JwtError::Malformed)?
+        } else {
+            heap = URL_SAFE_NO_PAD.decode(self.signature).map_err(|_| JwtError::Malformed)?;
+            &heap
+        };
+        if !key.verify(self.alg, self.signing_input.as_bytes(), sig) {
             return Err(JwtError::BadSignature);
         }
         if self.duplicate_claim {
@@ -258,9 +279,11 @@ pub(super) fn validate(claims: &Map<String, Value>, v: &Validation, now: u64) ->
 
 #[cfg(test)]
 mod tests {
-    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::{DecodingKey, EncodingKey};
 
+    use super::super::verify::map_jwt_error;
     use super::*;
+    use crate::authn::jwks::VerifyKey;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const ISS: &str = "https://issuer.example";
@@ -328,7 +351,7 @@ mod tests {
         if p.alg != Algorithm::HS256 {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        p.verify(&DecodingKey::from_secret(SECRET), v, jsonwebtoken::get_current_timestamp())
+        p.verify(&Verifiers::new(&DecodingKey::from_secret(SECRET), None), v, jsonwebtoken::get_current_timestamp())
     }
 
     fn both(token: &str, v: &Validation, want: Result<(), JwtError>, what: &str) {
@@ -490,5 +513,318 @@ mod tests {
         ] {
             both(&t, &v, want, &t);
         }
+    }
+
+    /// Asymmetric keys, loaded the way a JWKS loads them, and signers for them.
+    mod keys {
+        use std::sync::Arc;
+
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{
+            self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents,
+        };
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        use crate::authn::jwks::{VerifyKey, parse_jwks};
+
+        pub(super) enum Signer {
+            Rsa(RsaKeyPair),
+            Ec(EcdsaKeyPair),
+            Ed(Ed25519KeyPair),
+        }
+
+        pub(super) fn rsa() -> Signer {
+            Signer::Rsa(RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa key"))
+        }
+        pub(super) fn p256() -> Signer {
+            Signer::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("p-256 key"))
+        }
+        pub(super) fn p384() -> Signer {
+            Signer::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).expect("p-384 key"))
+        }
+        pub(super) fn ed25519() -> Signer {
+            Signer::Ed(Ed25519KeyPair::generate().expect("ed25519 key"))
+        }
+
+        impl Signer {
+            /// A signature over `msg`; `pss` picks RSASSA-PSS over PKCS#1 v1.5 (SHA-256 both).
+            pub(super) fn sign(&self, msg: &[u8], pss: bool) -> Vec<u8> {
+                let rng = SystemRandom::new();
+                match self {
+                    Signer::Rsa(k) => {
+                        let mut out = vec![0; k.public_modulus_len()];
+                        let enc: &'static dyn sig::RsaEncoding =
+                            if pss { &sig::RSA_PSS_SHA256 } else { &sig::RSA_PKCS1_SHA256 };
+                        k.sign(enc, &rng, msg, &mut out).expect("rsa sign");
+                        out
+                    }
+                    Signer::Ec(k) => k.sign(&rng, msg).expect("ecdsa sign").as_ref().to_vec(),
+                    Signer::Ed(k) => k.sign(msg).as_ref().to_vec(),
+                }
+            }
+
+            /// The public JWK members (`kty` and key material).
+            pub(super) fn jwk_members(&self) -> String {
+                let b = |x: &[u8]| URL_SAFE_NO_PAD.encode(x);
+                match self {
+                    Signer::Rsa(k) => {
+                        let c = RsaPublicKeyComponents::<Vec<u8>>::from(k.public_key());
+                        format!(r#""kty":"RSA","n":"{}","e":"{}""#, b(&c.n), b(&c.e))
+                    }
+                    Signer::Ec(k) => {
+                        let p = k.public_key().as_ref();
+                        let (crv, half) = if p.len() == 65 { ("P-256", 32) } else { ("P-384", 48) };
+                        let (x, y) = (&p[1..1 + half], &p[1 + half..]);
+                        format!(r#""kty":"EC","crv":"{crv}","x":"{}","y":"{}""#, b(x), b(y))
+                    }
+                    Signer::Ed(k) => format!(r#""kty":"OKP","crv":"Ed25519","x":"{}""#, b(k.public_key().as_ref())),
+                }
+            }
+
+            /// The RSA public key's DER (PKCS#1), the bytes an HMAC-confusion attacker uses.
+            pub(super) fn public_der(&self) -> Vec<u8> {
+                match self {
+                    Signer::Rsa(k) => k.public_key().as_ref().to_vec(),
+                    Signer::Ec(k) => k.public_key().as_ref().to_vec(),
+                    Signer::Ed(k) => k.public_key().as_ref().to_vec(),
+                }
+            }
+        }
+
+        /// One JWK with these members, loaded by `parse_jwks` as a fetched JWKS is.
+        pub(super) fn load(members: &str) -> Arc<VerifyKey> {
+            let body = format!(r#"{{"keys":[{{"kid":"k",{members}}}]}}"#);
+            let mut keys = parse_jwks(body.as_bytes(), "test", 4).expect("jwks loads");
+            assert_eq!(keys.len(), 1);
+            keys.remove(0)
+        }
+    }
+
+    /// A token with this header `alg` over a valid payload, its signature made by `sign`.
+    fn token_signed_by(alg: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let fut = jsonwebtoken::get_current_timestamp() + 3600;
+        let input = format!(
+            "{}.{}",
+            b64(&format!(r#"{{"alg":"{alg}","kid":"k"}}"#)),
+            b64(&format!(r#"{{"iss":"{ISS}","sub":"u","exp":{fut}}}"#))
+        );
+        let sig = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
+        format!("{input}.{sig}")
+    }
+
+    fn pkcs1(k: &keys::Signer) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+        move |m| k.sign(m, false)
+    }
+
+    fn pss(k: &keys::Signer) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+        move |m| k.sign(m, true)
+    }
+
+    /// HS256 tags under `secret` (for confusion attacks, a public key's bytes).
+    fn hmac_with(secret: Vec<u8>) -> impl Fn(&[u8]) -> Vec<u8> {
+        move |m| {
+            let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+            aws_lc_rs::hmac::sign(&k, m).as_ref().to_vec()
+        }
+    }
+
+    /// The fresh path before this change: the key-match check, then jsonwebtoken rebuilding the
+    /// public key and decoding the signature on each call.
+    fn rebuilt_per_call(token: &str, key: &VerifyKey) -> Result<(), JwtError> {
+        let p = ParsedToken::parse(token)?;
+        super::super::verify::check_key_matches(key, p.alg)?;
+        let (input, sig) = token.rsplit_once('.').ok_or(JwtError::Malformed)?;
+        match jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.key, p.alg) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JwtError::BadSignature),
+            Err(e) => Err(map_jwt_error(e)),
+        }
+    }
+
+    /// The fresh path now: the same key-match check, then the key's prebuilt verifier.
+    fn prebuilt(token: &str, key: &VerifyKey) -> Result<(), JwtError> {
+        let p = ParsedToken::parse(token)?;
+        super::super::verify::check_key_matches(key, p.alg)?;
+        p.verify(&key.verifiers, &validation(&[]), jsonwebtoken::get_current_timestamp())
+    }
+
+    fn judged(token: &str, key: &VerifyKey, want: Result<(), JwtError>, what: &str) {
+        assert_eq!(rebuilt_per_call(token, key), want, "key rebuilt per call, {what}");
+        assert_eq!(prebuilt(token, key), want, "prebuilt verifier, {what}");
+    }
+
+    /// Forged, confused and mangled signatures under JWKS keys: each refused by the prebuilt
+    /// verifiers with the label the per-call rebuild gave it, and good ones still accepted.
+    #[test]
+    fn prebuilt_verifiers_refuse_exactly_what_the_per_call_rebuild_refused() {
+        use JwtError::*;
+        let (a, b) = (keys::rsa(), keys::rsa());
+        let (ec256, ec384, ed, ed_other) = (keys::p256(), keys::p384(), keys::ed25519(), keys::ed25519());
+        let rsa_key = keys::load(&a.jwk_members());
+        let rsa_pinned = keys::load(&format!(r#"{},"alg":"RS256""#, a.jwk_members()));
+        let p256_key = keys::load(&ec256.jwk_members());
+        let p384_key = keys::load(&ec384.jwk_members());
+        let ed_key = keys::load(&ed.jwk_members());
+        let hmac_key =
+            VerifyKey::new(None, DecodingKey::from_secret(SECRET), jsonwebtoken::AlgorithmFamily::Hmac, None, [0; 16]);
+        let rsa_n = match a.jwk_members().split('"').nth(7) {
+            Some(n) => URL_SAFE_NO_PAD.decode(n).expect("n"),
+            None => panic!("no n"),
+        };
+        let cases: Vec<(&VerifyKey, String, Result<(), JwtError>, &str)> = vec![
+            (&rsa_key, token_signed_by("RS256", pkcs1(&a)), Ok(()), "RS256 by the key"),
+            (&rsa_key, token_signed_by("PS256", pss(&a)), Ok(()), "PS256 by the key"),
+            (&rsa_pinned, token_signed_by("RS256", pkcs1(&a)), Ok(()), "RS256 by a key pinned to RS256"),
+            (&rsa_key, token_signed_by("RS256", pkcs1(&b)), Err(BadSignature), "RS256 by another key"),
+            (&rsa_key, token_signed_by("PS256", pss(&b)), Err(BadSignature), "PS256 by another key"),
+            (&rsa_key, token_signed_by("PS256", pkcs1(&a)), Err(BadSignature), "PKCS#1 signature under PS256"),
+            (&rsa_key, token_signed_by("RS256", pss(&a)), Err(BadSignature), "PSS signature under RS256"),
+            (&rsa_key, token_signed_by("RS384", pkcs1(&a)), Err(BadSignature), "SHA-256 signature under RS384"),
+            (&rsa_key, token_signed_by("PS512", pss(&a)), Err(BadSignature), "SHA-256 PSS under PS512"),
+            (&rsa_pinned, token_signed_by("PS256", pss(&a)), Err(KeyMismatch), "PS256 by a key pinned to RS256"),
+            // Algorithm confusion: another family's alg with an RSA key, whatever the signature.
+            (&rsa_key, token_signed_by("ES256", |m| ec256.sign(m, false)), Err(KeyMismatch), "ES256 header"),
+            (&rsa_key, token_signed_by("EdDSA", |m| ed.sign(m, false)), Err(KeyMismatch), "EdDSA header"),
+            (&rsa_key, token_signed_by("HS256", hmac_with(a.public_der())), Err(KeyMismatch), "HS256, DER as secret"),
+            (&rsa_key, token_signed_by("HS256", hmac_with(rsa_n.clone())), Err(KeyMismatch), "HS256, n as secret"),
+            (&hmac_key, token_signed_by("RS256", pkcs1(&a)), Err(KeyMismatch), "RS256 under an HMAC secret"),
+            (&hmac_key, token_signed_by("HS256", hmac_with(SECRET.to_vec())), Ok(()), "HS256 by the secret"),
+            (&hmac_key, token_signed_by("HS384", hmac_with(SECRET.to_vec())), Err(BadSignature), "HS256 tag as HS384"),
+            (&hmac_key, token_signed_by("HS256", hmac_with(a.public_der())), Err(BadSignature), "HS256, wrong secret"),
+            // ECDSA: the curve is the algorithm's, whatever the JWK's `crv` says.
+            (&p256_key, token_signed_by("ES256", |m| ec256.sign(m, false)), Ok(()), "ES256 by the key"),
+            (&p384_key, token_signed_by("ES384", |m| ec384.sign(m, false)), Ok(()), "ES384 by the key"),
+            (&p256_key, token_signed_by("ES384", |m| ec384.sign(m, false)), Err(BadSignature), "ES384, P-256 key"),
+            (&p384_key, token_signed_by("ES256", |m| ec256.sign(m, false)), Err(BadSignature), "ES256, P-384 key"),
+            (&p256_key, token_signed_by("ES256", |m| keys::p256().sign(m, false)), Err(BadSignature), "other P-256"),
+            (&p256_key, token_signed_by("RS256", pkcs1(&a)), Err(KeyMismatch), "RS256 under an EC key"),
+            (&ed_key, token_signed_by("EdDSA", |m| ed.sign(m, false)), Ok(()), "EdDSA by the key"),
+            (&ed_key, token_signed_by("EdDSA", |m| ed_other.sign(m, false)), Err(BadSignature), "EdDSA, other key"),
+            (&ed_key, token_signed_by("ES256", |m| ec256.sign(m, false)), Err(KeyMismatch), "ES256 under Ed25519"),
+        ];
+        for (key, t, want, what) in &cases {
+            judged(t, key, *want, what);
+        }
+
+        // Every algorithm of each family, through its own prebuilt verifier.
+        for (alg, enc) in [
+            ("RS384", &aws_lc_rs::signature::RSA_PKCS1_SHA384 as &'static dyn aws_lc_rs::signature::RsaEncoding),
+            ("RS512", &aws_lc_rs::signature::RSA_PKCS1_SHA512),
+            ("PS384", &aws_lc_rs::signature::RSA_PSS_SHA384),
+            ("PS512", &aws_lc_rs::signature::RSA_PSS_SHA512),
+        ] {
+            let keys::Signer::Rsa(kp) = &a else { panic!("rsa") };
+            let t = token_signed_by(alg, |m| {
+                let mut out = vec![0; kp.public_modulus_len()];
+                kp.sign(enc, &aws_lc_rs::rand::SystemRandom::new(), m, &mut out).expect("sign");
+                out
+            });
+            judged(&t, &rsa_key, Ok(()), alg);
+        }
+    }
+
+    /// Signature segments that are cut, extended, padded, in the wrong alphabet, non-canonical
+    /// or huge: the same labels as jsonwebtoken's decoding gave, for each key type.
+    #[test]
+    fn mangled_signature_encodings_are_refused_as_before() {
+        use JwtError::*;
+        let (rsa, ec, ed) = (keys::rsa(), keys::p256(), keys::ed25519());
+        for (signer, alg) in [(&rsa, "RS256"), (&ec, "ES256"), (&ed, "EdDSA")] {
+            let key = keys::load(&signer.jwk_members());
+            let good = token_signed_by(alg, |m| signer.sign(m, false));
+            let (input, sig) = good.rsplit_once('.').expect("three segments");
+            let raw = URL_SAFE_NO_PAD.decode(sig).expect("signature");
+            let enc = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+            let mut extended = raw.clone();
+            extended.push(0);
+            let mut flipped = raw.clone();
+            flipped[0] ^= 1;
+            // The last character's unused low bits set: not canonical base64url.
+            let stray = {
+                let last = sig.chars().last().expect("non-empty");
+                let idx = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                    .iter()
+                    .position(|c| *c as char == last)
+                    .expect("alphabet");
+                let unused = match raw.len() % 3 {
+                    1 => 0b1111,
+                    2 => 0b11,
+                    _ => 0,
+                };
+                (unused != 0).then(|| {
+                    let c = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[idx | unused] as char;
+                    format!("{}{c}", &sig[..sig.len() - 1])
+                })
+            };
+            let padded = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+            let standard = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&raw);
+            let mut cases = vec![
+                (sig.to_owned(), Ok(())),
+                (enc(&raw[..raw.len() - 1]), Err(BadSignature)),
+                (enc(&raw[1..]), Err(BadSignature)),
+                (enc(&extended), Err(BadSignature)),
+                (enc(&flipped), Err(BadSignature)),
+                (String::new(), Err(BadSignature)),
+                (format!("{sig}="), Err(Malformed)),
+                // One more character: a valid length (a longer signature) unless it leaves one odd char.
+                (format!("{sig}A"), if sig.len() % 4 == 0 { Err(Malformed) } else { Err(BadSignature) }),
+                (format!("{sig} "), Err(Malformed)),
+                (format!("{sig}!"), Err(Malformed)),
+                // Around the stack buffer's bound and far past it.
+                ("A".repeat(1365), Err(Malformed)),
+                ("A".repeat(1366), Err(BadSignature)),
+                ("A".repeat(1367), Err(BadSignature)),
+                ("A".repeat(1368), Err(BadSignature)),
+                ("A".repeat(1369), Err(Malformed)),
+                ("A".repeat(1370), Err(BadSignature)),
+                ("A".repeat(1372), Err(BadSignature)),
+                ("A".repeat(40_000), Err(BadSignature)),
+                (format!("{}!", "A".repeat(40_000)), Err(Malformed)),
+            ];
+            if padded != sig {
+                cases.push((padded, Err(Malformed)));
+            }
+            if standard != sig {
+                cases.push((standard, Err(Malformed)));
+            }
+            if let Some(s) = stray {
+                cases.push((s, Err(Malformed)));
+            }
+            for (s, want) in cases {
+                let what = format!("{alg} with signature {:.40}… ({} chars)", s, s.len());
+                judged(&format!("{input}.{s}"), &key, want, &what);
+            }
+        }
+    }
+
+    /// Key material that is not a key for the algorithm was loaded before (jsonwebtoken only
+    /// base64-decoded it) and failed every signature; it still does, and is still loaded.
+    #[test]
+    fn unusable_key_material_fails_every_signature_as_before() {
+        use JwtError::*;
+        let a = keys::rsa();
+        let good = token_signed_by("RS256", |m| a.sign(m, false));
+        let n = URL_SAFE_NO_PAD.encode([0u8, 1, 2, 3]);
+        for (members, t) in [
+            // A modulus with a leading zero byte, and one far too short.
+            (format!(r#""kty":"RSA","n":"{n}","e":"AQAB""#), &good),
+            (r#""kty":"RSA","n":"AQAB","e":"AQAB""#.to_owned(), &good),
+            (r#""kty":"RSA","n":"AQAB","e":"""#.to_owned(), &good),
+        ] {
+            let key = keys::load(&members);
+            judged(t, &key, Err(BadSignature), &members);
+        }
+        let ec = keys::p256();
+        let es = token_signed_by("ES256", |m| ec.sign(m, false));
+        for members in
+            [r#""kty":"EC","crv":"P-256","x":"AQAB","y":"AQAB""#, r#""kty":"EC","crv":"P-256","x":"","y":"""#]
+        {
+            judged(&es, &keys::load(members), Err(BadSignature), members);
+        }
+        let ed = keys::ed25519();
+        let eds = token_signed_by("EdDSA", |m| ed.sign(m, false));
+        judged(&eds, &keys::load(r#""kty":"OKP","crv":"Ed25519","x":"AQAB""#), Err(BadSignature), "short Ed25519 x");
     }
 }

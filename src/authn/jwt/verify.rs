@@ -89,7 +89,7 @@ impl JwtAuthenticator {
         check_key_matches(&key, alg)?;
 
         let now = jsonwebtoken::get_current_timestamp();
-        parsed.verify(&key.key, validation, now)?;
+        parsed.verify(&key.verifiers, validation, now)?;
         let ParsedToken { header, claims, .. } = parsed;
         // Checked on verified tokens only, so a forged token is refused for its signature.
         if let Some(want) = &issuer.required_typ
@@ -268,7 +268,7 @@ pub(super) fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError
 }
 
 /// The key must be of the token's family and, if the JWK pins an `alg`, that exact alg.
-fn check_key_matches(key: &VerifyKey, alg: Algorithm) -> Result<(), JwtError> {
+pub(super) fn check_key_matches(key: &VerifyKey, alg: Algorithm) -> Result<(), JwtError> {
     if key.family != alg.family() {
         return Err(JwtError::KeyMismatch);
     }
@@ -281,6 +281,9 @@ fn check_key_matches(key: &VerifyKey, alg: Algorithm) -> Result<(), JwtError> {
     Ok(())
 }
 
+/// jsonwebtoken's error kinds as our labels (the differential tests compare with
+/// `jsonwebtoken::decode` through it).
+#[cfg(test)]
 pub(super) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> JwtError {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
