@@ -325,12 +325,12 @@ impl Checker {
         let claims = ids.jwt.as_ref().map_or(0, |j| j.headers.len());
         let mut set: Vec<(Bytes, Bytes)> = Vec::with_capacity(claims + 4);
         if let Some(j) = &ids.jwt {
-            set.extend(j.headers.iter().map(|(k, v)| (text(k), text(v))));
+            set.extend(j.headers.iter().cloned());
         }
         set.push((n.principal.clone(), text(principal)));
         if let Some(j) = &ids.jwt {
-            set.push((n.subject.clone(), text(&j.subject)));
-            set.push((n.issuer.clone(), text(&j.issuer)));
+            set.push((n.subject.clone(), j.subject_value.clone()));
+            set.push((n.issuer.clone(), j.issuer_value.clone()));
         }
         if let Some(p) = &ids.peer {
             set.push((n.peer.clone(), text(&p.spiffe_id)));

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
@@ -41,8 +42,12 @@ pub struct JwtIdentity {
     pub groups: Vec<String>,
     /// Scalar claims not mapped elsewhere, as strings: become tags on the `User` entity.
     pub claims: Vec<(String, String)>,
-    /// `(header, value)` pairs from the issuer's `claims_to_headers`.
-    pub headers: Vec<(String, String)>,
+    /// `(header, value)` pairs from the issuer's `claims_to_headers`, as sent upstream: made
+    /// once per verified token and shared into every allow it gets, not copied per check.
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// The subject and issuer as upstream header values, likewise made once.
+    pub subject_value: Bytes,
+    pub issuer_value: Bytes,
     /// OAuth scopes from `scope` and `scp`, sorted: the `User`'s `scopes` attribute.
     pub scopes: Vec<String>,
     /// The token's `aud` (a string or the strings of an array), for per-route audiences and
@@ -364,6 +369,8 @@ impl JwtIdentity {
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             headers: Vec::new(),
+            subject_value: Bytes::copy_from_slice(subject.as_bytes()),
+            issuer_value: Bytes::copy_from_slice(issuer.as_bytes()),
             scopes: Vec::new(),
             audiences: Vec::new(),
             expires_at: u64::MAX,

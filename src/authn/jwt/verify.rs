@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde_json::{Map, Value};
 
@@ -137,6 +138,8 @@ impl Issuer {
         }
         Ok(JwtIdentity {
             issuer: self.name.clone(),
+            subject_value: Bytes::copy_from_slice(subject.as_bytes()),
+            issuer_value: Bytes::copy_from_slice(self.name.as_bytes()),
             subject,
             groups: claims::groups(claims, &self.group_claims)?
                 .into_iter()
@@ -146,9 +149,11 @@ impl Issuer {
                 .claims_to_headers
                 .iter()
                 .filter_map(|(claim, header)| {
-                    claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), v))
+                    claims::resolve(claims, claim)
+                        .and_then(scalar_string)
+                        .map(|v| (Bytes::from(header.clone()), Bytes::from(v)))
                 })
-                .filter(|(_, v)| v.bytes().all(|b| b >= 0x20 && b != 0x7f))
+                .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
                 .collect(),
             claims: tags,
             scopes: claims::scopes(claims)?,
