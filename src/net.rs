@@ -1,13 +1,14 @@
 //! Accepted connections as the gRPC server sees them (shared with the benchmark's ceiling
 //! server, so both run on the same transport).
 //!
-//! h2 either copies a frame into its write buffer or, above a threshold, chains it and must
-//! write it out before it can buffer the next frame. The threshold is 256 bytes on a connection
-//! that reports vectored writes (TCP and Unix sockets do) and 1 KiB otherwise. A check response
-//! carrying identity headers is 300–600 bytes, so with vectored writes every response cost its
-//! own `writev`: 1.7 system calls per check under load, against 0.7 for a do-nothing server
-//! whose answers are tiny. Reporting no vectored writes makes h2 copy responses of up to 1 KiB,
-//! and the responses to many requests leave in one write.
+//! h2 writes a frame by copying it into its own buffer or, above a threshold (256 bytes with
+//! vectored writes, 1 KiB without), by writing it out separately; then it flushes. A check
+//! answer with identity headers and every spelling of every owned header to remove is over
+//! 1 KiB, so each answer cost its own write calls: 2.7 `sendto` per check under load, against
+//! 0.7 for a do-nothing server whose answers are tiny (each one a loopback delivery that wakes
+//! the client). Every connection therefore writes through [`Batched`], a bounded buffer that h2's
+//! writes fill and its flush empties in one call: the answers to many requests leave together
+//! whatever their size.
 //!
 //! Every accepted connection also goes through [`guard`]: a per-listener connection cap, idle
 //! and lifetime timeouts on its IO, and a back-off on failed accepts.
@@ -15,52 +16,93 @@ use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-/// A connection whose writes h2 batches in its own buffer (see the module docs).
-#[derive(Debug)]
-pub struct Unvectored<S>(pub S);
+/// Bytes a connection's writes are gathered into before one system call: several answers.
+/// Bounded per connection (`limits.grpc.max_connections` of them at most); a larger write
+/// goes straight through.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
-impl<S: AsyncRead + Unpin> AsyncRead for Unvectored<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+/// A connection whose writes are gathered until h2 has nothing more to write (see the module
+/// docs).
+///
+/// h2 flushes after every frame it could not copy into its own buffer, so a flush does not
+/// mean "done". The first flush after new writes is therefore answered at once without a system
+/// call, and the connection task is woken: it runs again after the tasks already due (which may
+/// answer more requests on this connection), and when a flush comes with nothing written since
+/// the last one, h2 is done and the buffer is written out. A full buffer is written out when the
+/// next write does not fit, whatever the flushes say.
+#[derive(Debug)]
+pub struct Batched<S> {
+    conn: BufWriter<S>,
+    /// Bytes were written since the last flush h2 asked for.
+    written: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite> Batched<S> {
+    pub fn new(conn: S) -> Self {
+        Batched { conn: BufWriter::with_capacity(WRITE_BUFFER_BYTES, conn), written: false }
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let n = ready!(Pin::new(&mut self.conn).poll_write(cx, buf))?;
+        self.written |= n > 0;
+        Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.conn).poll_write_vectored(cx, bufs))?;
+        self.written |= n > 0;
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
-        false
+        // The buffer takes slices as cheaply as one piece, so h2 need not copy frames first.
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if std::mem::take(&mut self.written) && !self.conn.buffer().is_empty() {
+            // More may follow in this round: come back once the tasks already due have run.
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }
 
-impl<S: Connected> Connected for Unvectored<S> {
+impl<S: Connected + AsyncWrite> Connected for Batched<S> {
     type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.conn.get_ref().connect_info()
     }
 }
 
@@ -70,8 +112,8 @@ pub fn tcp_incoming(
     listener: TcpListener,
     limits: ConnLimits,
     metrics: ListenerMetrics,
-) -> impl Stream<Item = io::Result<Unvectored<Guarded<TcpStream>>>> {
-    guard(TcpIncoming::from(listener).with_nodelay(Some(true)), limits, metrics).map(|conn| conn.map(Unvectored))
+) -> impl Stream<Item = io::Result<Batched<Guarded<TcpStream>>>> {
+    guard(TcpIncoming::from(listener).with_nodelay(Some(true)), limits, metrics).map(|conn| conn.map(Batched::new))
 }
 
 /// Accepted Unix socket connections, under `limits`.
@@ -79,8 +121,8 @@ pub fn unix_incoming(
     listener: UnixListener,
     limits: ConnLimits,
     metrics: ListenerMetrics,
-) -> impl Stream<Item = io::Result<Unvectored<Guarded<UnixStream>>>> {
-    guard(tokio_stream::wrappers::UnixListenerStream::new(listener), limits, metrics).map(|conn| conn.map(Unvectored))
+) -> impl Stream<Item = io::Result<Batched<Guarded<UnixStream>>>> {
+    guard(tokio_stream::wrappers::UnixListenerStream::new(listener), limits, metrics).map(|conn| conn.map(Batched::new))
 }
 
 /// Limits applied to every accepted connection of one listener.
@@ -304,7 +346,74 @@ impl<S: Connected> Connected for Guarded<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    /// Counts the wake-ups a poll asked for.
+    struct Wakes(AtomicUsize);
+
+    impl futures::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What the peer has received so far, without waiting for more.
+    async fn received(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut got = vec![0u8; 4 * WRITE_BUFFER_BYTES];
+        match tokio::time::timeout(Duration::from_millis(50), peer.read(&mut got)).await {
+            Ok(Ok(n)) => got[..n].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_flush_after_writes_is_deferred_once_and_the_next_writes_them_out() {
+        let (conn, mut peer) = tokio::io::duplex(8 * WRITE_BUFFER_BYTES);
+        let mut b = Batched::new(conn);
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        b.write_all(b"first answer").await.expect("buffered");
+        assert!(matches!(Pin::new(&mut b).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        // Deferred: nothing left yet, and the connection task was asked to come back.
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(received(&mut peer).await.is_empty());
+        // More answers in the same round join the first.
+        b.write_all(b", second").await.expect("buffered");
+        assert!(matches!(Pin::new(&mut b).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        // A flush with nothing new written: the round is over, everything leaves in one write.
+        assert!(matches!(Pin::new(&mut b).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "no further deferral");
+        assert_eq!(received(&mut peer).await, b"first answer, second");
+        // Nothing buffered: a flush is a plain flush.
+        assert!(matches!(Pin::new(&mut b).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_goes_out_without_waiting_for_a_flush_and_stays_bounded() {
+        let (conn, mut peer) = tokio::io::duplex(8 * WRITE_BUFFER_BYTES);
+        let mut b = Batched::new(conn);
+        let chunk = vec![7u8; 1000];
+        for _ in 0..(WRITE_BUFFER_BYTES / chunk.len() + 1) {
+            b.write_all(&chunk).await.expect("written");
+        }
+        // No flush was asked for, yet the buffer's worth has left: memory per connection is
+        // bounded by the buffer, not by what h2 writes before it flushes.
+        let got = received(&mut peer).await;
+        assert!(!got.is_empty() && got.len() <= WRITE_BUFFER_BYTES, "{}", got.len());
+        assert!(b.conn.buffer().len() < WRITE_BUFFER_BYTES);
+        // Shutting down writes out the rest.
+        b.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.expect("rest");
+        assert_eq!(got.len() + rest.len(), (WRITE_BUFFER_BYTES / chunk.len() + 1) * chunk.len());
+    }
 
     #[test]
     fn backoff_grows_and_is_bounded() {
