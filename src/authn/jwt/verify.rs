@@ -45,7 +45,8 @@ pub(super) struct Issuer {
     /// The group claims as configured: top-level claims of these names are not also tags.
     pub(super) group_claim_names: Vec<String>,
     pub(super) group_namespace: GroupNamespace,
-    pub(super) claims_to_headers: Vec<(ClaimPath, String)>,
+    /// Header names lower-cased once, as `Bytes` each verified identity shares.
+    pub(super) claims_to_headers: Vec<(ClaimPath, Bytes)>,
     pub(super) claims_to_tags: Vec<(ClaimPath, String)>,
     pub(super) required_typ: Option<String>,
     /// Seconds; `exp`, `nbf` and `iat` are judged with it.
@@ -149,9 +150,7 @@ impl Issuer {
                 .claims_to_headers
                 .iter()
                 .filter_map(|(claim, header)| {
-                    claims::resolve(claims, claim)
-                        .and_then(scalar_string)
-                        .map(|v| (Bytes::from(header.clone()), Bytes::from(v)))
+                    claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), Bytes::from(v)))
                 })
                 .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
                 .collect(),
@@ -219,7 +218,7 @@ pub(super) fn build_issuer(
         ic.group_claims.iter().map(|c| parse("group_claims".into(), c)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut claims_to_headers = Vec::new();
     for (c, h) in &ic.claims_to_headers {
-        claims_to_headers.push((parse(format!("claims_to_headers.{c}"), c)?, h.to_ascii_lowercase()));
+        claims_to_headers.push((parse(format!("claims_to_headers.{c}"), c)?, Bytes::from(h.to_ascii_lowercase())));
     }
     let mut claims_to_tags = Vec::new();
     for (c, t) in &ic.claims_to_tags {
