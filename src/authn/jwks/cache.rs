@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use prometheus_client::metrics::counter::Counter;
 
 use super::{IssuerLabel, IssuerResult, JwksError, JwksMetrics, KeyLookupError, KeySet, KeySource, VerifyKey};
 use crate::config::JwksConfig;
@@ -37,6 +38,10 @@ pub struct IssuerKeys {
     pub(super) metrics: JwksMetrics,
     /// How long an unknown-`kid` lookup waits for a refresh already in flight.
     pub(super) unknown_kid_wait: Duration,
+    /// The `hit` lookup counter, resolved at the first hit (so the series appears when it did
+    /// before) and then shared: every fresh token's key lookup counts one, and resolving it
+    /// per lookup copied the issuer name and hashed the label set each time.
+    pub(super) hits: std::sync::OnceLock<Counter>,
 }
 
 /// What an unknown-`kid` refresh came to.
@@ -87,6 +92,7 @@ impl IssuerKeys {
             generation: AtomicU64::new(0),
             metrics,
             unknown_kid_wait,
+            hits: std::sync::OnceLock::new(),
         })
     }
 
@@ -112,7 +118,11 @@ impl IssuerKeys {
     }
 
     fn count_lookup(&self, result: &'static str) {
-        self.metrics.lookups.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).inc();
+        self.lookup_counter(result).inc();
+    }
+
+    fn lookup_counter(&self, result: &'static str) -> Counter {
+        self.metrics.lookups.get_or_create(&IssuerResult { issuer: self.issuer.clone(), result }).clone()
     }
 
     /// Finds the key for a token's `kid`, fetching or refreshing as the rules above allow.
@@ -126,7 +136,7 @@ impl IssuerKeys {
         };
         if let Some(k) = set.find(kid) {
             if cached {
-                self.count_lookup("hit");
+                self.hits.get_or_init(|| self.lookup_counter("hit")).inc();
             }
             return Ok(k.clone());
         }

@@ -75,7 +75,7 @@ impl JwtAuthenticator {
             return Err(e.into());
         }
         self.verifications.inc();
-        let (identity, issuer, claims) = match self.verify_uncached(token, source).await {
+        let (identity, issuer, facts) = match self.verify_uncached(token, source).await {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {
@@ -84,7 +84,7 @@ impl JwtAuthenticator {
                 return Err(e);
             }
         };
-        let facts = Arc::new(RevocationFacts::from_claims(&claims)?);
+        let facts = Arc::new(facts?);
         if let Some(TokenCache { cache, .. }) = &self.cache {
             let entry = CachedToken { identity: identity.clone(), issuer, facts: facts.clone() };
             cache.insert(digest, entry).await;

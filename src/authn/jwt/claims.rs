@@ -43,7 +43,8 @@ fn array_index(seg: &str) -> Option<usize> {
 
 /// The strings of a list-valued claim: an array's strings (other elements are ignored), or a
 /// space-separated string (OAuth `scope` style). Numbers, booleans, objects and null give none.
-fn push_strings(v: &Value, out: &mut Vec<String>) -> Result<(), JwtError> {
+/// Borrowed: only the distinct values are copied, once sorted (see [`sorted`]).
+fn push_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) -> Result<(), JwtError> {
     match v {
         Value::Array(items) => {
             for s in items.iter().filter_map(Value::as_str) {
@@ -60,29 +61,38 @@ fn push_strings(v: &Value, out: &mut Vec<String>) -> Result<(), JwtError> {
     Ok(())
 }
 
-fn push_bounded(out: &mut Vec<String>, s: &str) -> Result<(), JwtError> {
+/// The bound counts every value the token lists, repeats included, as before.
+fn push_bounded<'a>(out: &mut Vec<&'a str>, s: &'a str) -> Result<(), JwtError> {
     if out.len() >= MAX_CLAIM_VALUES {
         return Err(JwtError::TooManyClaimValues);
     }
-    out.push(s.to_owned());
+    out.push(s);
     Ok(())
 }
 
-fn sorted(mut v: Vec<String>) -> Vec<String> {
+/// Sorted, deduplicated, and only then copied (a padded `scope` repeats its words).
+fn sorted(mut v: Vec<&str>) -> Vec<String> {
     v.sort_unstable();
     v.dedup();
-    v
+    v.into_iter().map(str::to_owned).collect()
 }
 
-/// The group names from every group claim, sorted and deduplicated.
-pub(super) fn groups(claims: &Map<String, Value>, paths: &[ClaimPath]) -> Result<Vec<String>, JwtError> {
+/// The group names from every group claim, sorted and deduplicated, each made into its entity
+/// id by `id` (one copy per distinct group).
+pub(super) fn groups(
+    claims: &Map<String, Value>,
+    paths: &[ClaimPath],
+    id: impl Fn(&str) -> String,
+) -> Result<Vec<String>, JwtError> {
     let mut out = Vec::new();
     for p in paths {
         if let Some(v) = resolve(claims, p) {
             push_strings(v, &mut out)?;
         }
     }
-    Ok(sorted(out))
+    out.sort_unstable();
+    out.dedup();
+    Ok(out.into_iter().map(id).collect())
 }
 
 /// OAuth scopes: `scope` (RFC 8693 / RFC 9068, space-separated) and `scp` (Okta: an array;
@@ -101,7 +111,7 @@ pub(super) fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, JwtErro
 pub(super) fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, JwtError> {
     let mut out = Vec::new();
     match claims.get("aud") {
-        Some(Value::String(a)) => out.push(a.clone()),
+        Some(Value::String(a)) => out.push(a.as_str()),
         Some(Value::Array(a)) => {
             for s in a.iter().filter_map(Value::as_str) {
                 push_bounded(&mut out, s)?;
@@ -120,6 +130,14 @@ pub(super) fn scalar_string(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// [`scalar_string`] of a value that is no longer needed: a string moves instead of being copied.
+pub(super) fn into_scalar_string(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        v => scalar_string(&v),
     }
 }
 
@@ -196,7 +214,7 @@ mod tests {
             "num": 42,
         }));
         let paths = [path("groups"), path("roles"), path("obj"), path("num"), path("/missing")];
-        assert_eq!(groups(&c, &paths), Ok(vec!["a".into(), "b".into(), "x".into(), "y".into()]));
+        assert_eq!(groups(&c, &paths, str::to_owned), Ok(vec!["a".into(), "b".into(), "x".into(), "y".into()]));
     }
 
     #[test]
@@ -222,12 +240,12 @@ mod tests {
     fn huge_lists_are_refused_not_truncated() {
         let many: Vec<String> = (0..=MAX_CLAIM_VALUES).map(|i| format!("g{i}")).collect();
         let c = map(json!({"groups": many, "scope": many.join(" "), "aud": many}));
-        assert_eq!(groups(&c, &[path("groups")]), Err(JwtError::TooManyClaimValues));
+        assert_eq!(groups(&c, &[path("groups")], str::to_owned), Err(JwtError::TooManyClaimValues));
         assert_eq!(scopes(&c), Err(JwtError::TooManyClaimValues));
         assert_eq!(audiences(&c), Err(JwtError::TooManyClaimValues));
         let enough = &many[..MAX_CLAIM_VALUES];
         let c = map(json!({"groups": enough}));
-        assert_eq!(groups(&c, &[path("groups")]).map(|g| g.len()), Ok(MAX_CLAIM_VALUES));
+        assert_eq!(groups(&c, &[path("groups")], str::to_owned).map(|g| g.len()), Ok(MAX_CLAIM_VALUES));
     }
 
     #[test]

@@ -20,10 +20,24 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The bytes of a `token68` body, as a table: this runs over every byte of every token on
+/// every check (cache hits included), where a per-byte search of the punctuation list cost
+/// about 2% of the server's CPU.
+const TOKEN68_BODY: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
 /// RFC 9110 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    !body.is_empty() && body.bytes().all(|b| TOKEN68_BODY[usize::from(b)])
 }
 
 /// Reads one header value under a source's scheme prefix. With a prefix, the value is ours when
@@ -153,6 +167,27 @@ impl JwtAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table says exactly what the grammar says, for every byte value, alone and in a token.
+    #[test]
+    fn token68_table_matches_the_grammar_for_every_byte() {
+        for b in 0..=255u8 {
+            let grammar = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(TOKEN68_BODY[usize::from(b)], grammar, "byte {b:#04x}");
+            let mut t = b"abc".to_vec();
+            t.push(b);
+            t.extend_from_slice(b"def");
+            if let Ok(s) = std::str::from_utf8(&t) {
+                assert_eq!(is_token68(s), grammar, "{s:?}");
+            }
+        }
+        for (s, ok) in [("a=", true), ("a==", true), ("=", false), ("==a", false), ("a=b", false), ("", false)] {
+            assert_eq!(is_token68(s), ok, "{s:?}");
+        }
+        // Non-ASCII (every byte of a multi-byte character is >= 0x80) is never token68.
+        assert!(!is_token68("abcé"));
+        assert!(!is_token68("a\u{00a0}b"));
+    }
 
     #[test]
     fn header_tokens_parse_only_as_scheme_space_token68() {

@@ -350,7 +350,7 @@ impl JwtAuthenticator {
         let idx = *self.by_name.get(issuer).ok_or(JwtError::UnknownIssuer)?;
         let iss = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
         let expires_at = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
-        Ok(iss.identity(claims, expires_at, None, [0; 16])?)
+        Ok(iss.identity(claims.clone(), expires_at, None, [0; 16])?)
     }
 
     /// Verifies one token from any source (or answers from the verified-token cache).

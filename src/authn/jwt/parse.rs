@@ -30,6 +30,10 @@ const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t
 /// A decoded signature up to this size (RSA-8192's 1024 bytes, with the decoder's rounding) is
 /// decoded on the stack; a longer one, never valid, still decodes exactly as before, on the heap.
 const SIG_STACK: usize = 1026;
+/// A header or payload segment decoding to up to this many bytes is decoded on the stack (a
+/// typical access token's payload is well under it); a longer one decodes exactly the same way,
+/// on the heap.
+const SEGMENT_STACK: usize = 2048;
 /// Claims jsonwebtoken's validation struct names: a duplicate of one of these was refused.
 const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
 
@@ -107,8 +111,16 @@ impl<'a> ParsedToken<'a> {
 /// then one JSON object; also whether a member named in `watched` appeared twice (the later
 /// value is kept, as serde_json's `Map` keeps it).
 fn decode_object(seg: &str, watched: &'static [&'static str]) -> Result<(Map<String, Value>, bool), JwtError> {
-    let bytes = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let mut stack = [0u8; SEGMENT_STACK];
+    let heap: Vec<u8>;
+    let bytes: &[u8] = if base64::decoded_len_estimate(seg.len()) <= SEGMENT_STACK {
+        let n = URL_SAFE_NO_PAD.decode_slice(seg, &mut stack).map_err(|_| JwtError::Malformed)?;
+        stack.get(..n).ok_or(JwtError::Malformed)?
+    } else {
+        heap = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
+        &heap
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = ObjectSeed(watched).deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
     // Only whitespace may follow the object, as with `serde_json::from_slice`.
     de.end().map_err(|_| JwtError::Malformed)?;
@@ -357,6 +369,41 @@ mod tests {
     fn both(token: &str, v: &Validation, want: Result<(), JwtError>, what: &str) {
         assert_eq!(before(token, v), want, "jsonwebtoken::decode on {what}");
         assert_eq!(after(token, v), want, "one parse on {what}");
+    }
+
+    /// Header and payload segments around the stack buffer's bound (and far past it), good and
+    /// mangled: judged exactly as jsonwebtoken judged them.
+    #[test]
+    fn segments_around_the_stack_bound_decode_as_before() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let v = validation(&[]);
+        let mut checked = 0;
+        for len in (SEGMENT_STACK - 80..SEGMENT_STACK + 8).chain([SEGMENT_STACK * 4]) {
+            let pad = "p".repeat(len);
+            let payload = format!(r#"{{"iss":"{ISS}","sub":"u","exp":{},"x":"{pad}"}}"#, now + 3600);
+            let header = format!(r#"{{"alg":"HS256","x":"{pad}"}}"#);
+            for (h, p) in [(r#"{"alg":"HS256"}"#, payload.as_str()), (header.as_str(), r#"{"iss":"x"}"#)] {
+                let good = signed(h, p);
+                let (hs, rest) = good.split_once('.').expect("dots");
+                let (ps, sig) = rest.split_once('.').expect("dots");
+                for t in [
+                    good.clone(),
+                    format!("{hs}=.{ps}.{sig}"),
+                    format!("{hs}.{ps}=.{sig}"),
+                    format!("{hs}.{ps}A.{sig}"),
+                    format!("{hs}.{ps}AA.{sig}"),
+                    format!("{hs}.{}.{sig}", &ps[..ps.len() - 1]),
+                    format!("{hs}.{ps}!.{sig}"),
+                    format!("{}.{ps}.{sig}", &hs[..hs.len() - 1]),
+                ] {
+                    assert_eq!(after(&t, &v), before(&t, &v), "segments of {} and {} chars", hs.len(), ps.len());
+                    checked += 1;
+                }
+                assert_eq!(after(&good, &v), before(&good, &v));
+            }
+            assert_eq!(after(&signed(r#"{"alg":"HS256"}"#, &payload), &v), Ok(()), "payload of {len}");
+        }
+        assert!(checked > 1000);
     }
 
     /// Hostile payloads (with a good header), each refused with the label jsonwebtoken gave it.

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde_json::{Map, Value};
 
-use super::claims::{self, scalar_string};
+use super::claims::{self, into_scalar_string, scalar_string};
 use super::parse::ParsedToken;
-use super::{JwtAuthenticator, JwtError, JwtIdentity};
+use super::{JwtAuthenticator, JwtError, JwtIdentity, RevocationFacts};
 use crate::authn::AuthnError;
 use crate::authn::jwks::{IssuerKeys, JwksMetrics, KeyLookupError, KeySource, VerifyKey, http_client};
 use crate::config::{AuthnConfig, ClaimPath, GroupNamespace, IssuerConfig, JwtAlgorithm};
@@ -34,6 +34,8 @@ pub fn algorithm(a: JwtAlgorithm) -> Algorithm {
 
 pub(super) struct Issuer {
     pub(super) name: Arc<str>,
+    /// `name` as the upstream header value every identity of this issuer shares.
+    pub(super) name_value: Bytes,
     /// Indices into `JwtAuthenticator::sources` this issuer's tokens may arrive from.
     pub(super) sources: Vec<usize>,
     pub(super) keys: Arc<IssuerKeys>,
@@ -68,12 +70,13 @@ impl JwtAuthenticator {
 
     /// Verifies a token the caches did not answer: one parse (see `parse`), the issuer picked
     /// by the unverified `iss`, then the key, the signature and the claims. Returns the identity,
-    /// the issuer's index and the (now verified) claims.
+    /// the issuer's index and what revocation is judged on, read from the (now verified) claims;
+    /// a refusal of the latter is the caller's to return after this succeeds, as before.
     pub(super) async fn verify_uncached(
         &self,
         token: &str,
         source: Option<usize>,
-    ) -> Result<(Arc<JwtIdentity>, usize, Map<String, Value>), AuthnError> {
+    ) -> Result<(Arc<JwtIdentity>, usize, Result<RevocationFacts, JwtError>), AuthnError> {
         let parsed = ParsedToken::parse(token)?;
         let alg = parsed.alg;
         let kid = parsed.header.get("kid").and_then(Value::as_str);
@@ -103,17 +106,20 @@ impl JwtAuthenticator {
         let too_old_at = check_iat(&claims, now, issuer.leeway, issuer.max_token_age)?;
         // A cached token is dropped once it is too old, as at its `exp`.
         let expires_at = too_old_at.map_or(expires_at, |t| t.min(expires_at));
-        let identity = issuer.identity(&claims, expires_at, key.kid.clone(), key.fingerprint)?;
-        Ok((Arc::new(identity), idx, claims))
+        let facts = RevocationFacts::from_claims(&claims);
+        let identity = issuer.identity(claims, expires_at, key.kid.clone(), key.fingerprint)?;
+        Ok((Arc::new(identity), idx, facts))
     }
 }
 
 impl Issuer {
     /// What verified claims prove under this issuer's mapping (groups, claim headers, tags):
     /// the one mapping, shared by token verification and `portcullis test`'s stated identities.
+    /// Takes the claims, so that the top-level claims that become tags move into the identity
+    /// instead of being copied.
     pub(super) fn identity(
         &self,
-        claims: &Map<String, Value>,
+        claims: Map<String, Value>,
         expires_at: u64,
         kid: Option<String>,
         key_fingerprint: [u8; 16],
@@ -124,39 +130,46 @@ impl Issuer {
             }
         }
         let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
-        let mut tags: Vec<(String, String)> = claims
+        let groups = claims::groups(&claims, &self.group_claims, |g| self.group_namespace.group_id(&self.name, g))?;
+        let scopes = claims::scopes(&claims)?;
+        let audiences = claims::audiences(&claims)?;
+        let headers = self
+            .claims_to_headers
             .iter()
+            .filter_map(|(claim, header)| {
+                claims::resolve(&claims, claim).and_then(scalar_string).map(|v| (header.clone(), Bytes::from(v)))
+            })
+            .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
+            .collect();
+        // Read before the claims are taken apart below (the paths may reach any claim).
+        let mapped_tags: Vec<(&String, Option<String>)> = self
+            .claims_to_tags
+            .iter()
+            .map(|(path, tag)| (tag, claims::resolve(&claims, path).and_then(scalar_string)))
+            .collect();
+        let mut tags: Vec<(String, String)> = claims
+            .into_iter()
             .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claim_names.contains(k))
-            .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+            .filter_map(|(k, v)| into_scalar_string(v).map(|s| (k, s)))
             .collect();
         // A mapped tag replaces a top-level claim of the same name; an absent or non-scalar
         // value leaves no tag of that name at all, so `hasTag` never sees the top-level one.
-        for (path, tag) in &self.claims_to_tags {
+        for (tag, v) in mapped_tags {
             tags.retain(|(k, _)| k != tag);
-            if let Some(v) = claims::resolve(claims, path).and_then(scalar_string) {
+            if let Some(v) = v {
                 tags.push((tag.clone(), v));
             }
         }
         Ok(JwtIdentity {
             issuer: self.name.clone(),
             subject_value: Bytes::copy_from_slice(subject.as_bytes()),
-            issuer_value: Bytes::copy_from_slice(self.name.as_bytes()),
+            issuer_value: self.name_value.clone(),
             subject,
-            groups: claims::groups(claims, &self.group_claims)?
-                .into_iter()
-                .map(|g| self.group_namespace.group_id(&self.name, &g))
-                .collect(),
-            headers: self
-                .claims_to_headers
-                .iter()
-                .filter_map(|(claim, header)| {
-                    claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), Bytes::from(v)))
-                })
-                .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
-                .collect(),
+            groups,
+            headers,
             claims: tags,
-            scopes: claims::scopes(claims)?,
-            audiences: claims::audiences(claims)?,
+            scopes,
+            audiences,
             expires_at,
             kid,
             key_fingerprint,
@@ -226,6 +239,7 @@ pub(super) fn build_issuer(
     }
     Ok(Issuer {
         name: Arc::from(ic.issuer.as_str()),
+        name_value: Bytes::copy_from_slice(ic.issuer.as_bytes()),
         sources: Vec::new(),
         keys: IssuerKeys::with_unknown_kid_wait(
             ic.issuer.clone(),
@@ -354,6 +368,160 @@ mod tests {
 
     fn hdr(json: &str) -> Map<String, Value> {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// What an identity maps to, for comparison.
+    type Mapped = (String, Vec<String>, Vec<(String, String)>, Vec<(Bytes, Bytes)>, Vec<String>, Vec<String>);
+
+    fn mapped(id: JwtIdentity) -> Mapped {
+        assert_eq!(id.subject_value, Bytes::copy_from_slice(id.subject.as_bytes()));
+        assert_eq!(id.issuer_value, Bytes::copy_from_slice(id.issuer.as_bytes()));
+        (id.subject, id.groups, id.claims, id.headers, id.scopes, id.audiences)
+    }
+
+    /// The mapping as it was before the claims were taken by value and list values borrowed:
+    /// every value copied, then sorted and deduplicated.
+    fn identity_before(iss: &Issuer, claims: &Map<String, Value>) -> Result<Mapped, JwtError> {
+        fn strings(v: &Value, out: &mut Vec<String>) -> Result<(), JwtError> {
+            let mut push = |s: &str| {
+                if out.len() >= claims::MAX_CLAIM_VALUES {
+                    return Err(JwtError::TooManyClaimValues);
+                }
+                out.push(s.to_owned());
+                Ok(())
+            };
+            match v {
+                Value::Array(items) => items.iter().filter_map(Value::as_str).try_for_each(&mut push),
+                Value::String(s) => s.split_whitespace().try_for_each(&mut push),
+                _ => Ok(()),
+            }
+        }
+        fn sorted(mut v: Vec<String>) -> Vec<String> {
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+        for c in &iss.required_claims {
+            if !claims.contains_key(c) {
+                return Err(JwtError::MissingClaim);
+            }
+        }
+        let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
+        let mut tags: Vec<(String, String)> = claims
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !iss.group_claim_names.contains(k))
+            .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+            .collect();
+        for (path, tag) in &iss.claims_to_tags {
+            tags.retain(|(k, _)| k != tag);
+            if let Some(v) = claims::resolve(claims, path).and_then(scalar_string) {
+                tags.push((tag.clone(), v));
+            }
+        }
+        let mut groups = Vec::new();
+        for p in &iss.group_claims {
+            if let Some(v) = claims::resolve(claims, p) {
+                strings(v, &mut groups)?;
+            }
+        }
+        let groups = sorted(groups).into_iter().map(|g| iss.group_namespace.group_id(&iss.name, &g)).collect();
+        let headers = iss
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), Bytes::from(v)))
+            })
+            .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
+            .collect();
+        let mut scopes = Vec::new();
+        for name in ["scope", "scp"] {
+            if let Some(v) = claims.get(name) {
+                strings(v, &mut scopes)?;
+            }
+        }
+        let mut audiences = Vec::new();
+        match claims.get("aud") {
+            Some(Value::String(a)) => audiences.push(a.clone()),
+            Some(v @ Value::Array(_)) => strings(v, &mut audiences)?,
+            _ => {}
+        }
+        Ok((subject, groups, tags, headers, sorted(scopes), sorted(audiences)))
+    }
+
+    fn mapping_authenticator() -> JwtAuthenticator {
+        let cfg = crate::config::Config::from_yaml(
+            "policy: {dir: x}\nauthn:\n  group_namespace: per_issuer\n  issuers:\n    - issuer: https://issuer.test\n      \
+             jwks_file: /nonexistent/jwks.json\n      required_claims: [email]\n      \
+             group_claims: [groups, realm_access.roles]\n      \
+             claims_to_headers: {email: x-email, /org/team: x-team, a.b: x-ab, n: x-n, name: x-name, /list/1: x-second}\n      \
+             claims_to_tags: {/org/name: tenant, missing: gone, email: mail}\n",
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        JwtAuthenticator::new(&cfg.authn, &cfg.limits, &mut prometheus_client::registry::Registry::default())
+            .expect("authenticator")
+    }
+
+    /// Hostile and ordinary claim sets map to exactly what the copying mapping made: duplicate
+    /// claims (the last one wins, in the first one's place), escaped strings that become headers
+    /// and tags (control characters keep a header out), huge and fractional numbers, nested and
+    /// dotted paths, mapped tags replacing top-level ones, repeated list values and the bound.
+    #[test]
+    fn identities_map_exactly_as_the_copying_mapping_did() {
+        let auth = mapping_authenticator();
+        let iss = &auth.issuers[0];
+        let many_repeats = vec!["g"; claims::MAX_CLAIM_VALUES];
+        let too_many = vec!["g"; claims::MAX_CLAIM_VALUES + 1];
+        let many_words = ["w"; claims::MAX_CLAIM_VALUES + 1].join(" ");
+        let cases = [
+            r#"{"sub":"alice","email":"a@x","tenant":"acme","groups":["b","a","b",7,null],
+               "realm_access":{"roles":["a","admin"]},"scope":"r w r  w","scp":["w","x",1],
+               "aud":["y","x","y"],"org":{"team":"blue","name":"Org"},"jti":"j","iat":1,"flag":true}"#
+                .to_owned(),
+            // Duplicates: the later value, in the earlier one's position; a non-scalar one is no tag.
+            r#"{"email":"first","sub":"s","tenant":"t","email":"second","tenant":{"o":1},"sub":"s2"}"#.to_owned(),
+            // Escapes: quotes, backslashes, non-ASCII, surrogate pairs; control characters.
+            r#"{"sub":"\"q\\\u00e9\ud83d\ude00","email":"a\u0000b","name":"x\ty","n":"\u007f","t":"\n"}"#.to_owned(),
+            r#"{"sub":"s","email":"\u00e9\"\\","name":"\u2028\u2029","a.b":"top","a":{"b":"nested"}}"#.to_owned(),
+            // Numbers: u64::MAX, one past it, the largest finite double, negatives, fractions.
+            r#"{"sub":"s","email":1,"n":18446744073709551615,"big":18446744073709551616,"huge":1.7976931348623157e308,
+               "neg":-9223372036854775809,"f":1.0,"tiny":1e-320,"name":-0.0,"x":0.1}"#
+                .to_owned(),
+            // Nested paths through arrays and past leaves; a dotted name absent at top level.
+            r#"{"sub":"s","email":true,"a":{"b":["x"]},"org":{"team":{"x":1},"name":null},"list":["z","one"]}"#
+                .to_owned(),
+            r#"{"sub":"s","email":"e","org":"flat","list":{"1":"obj"},"groups":"x y x","realm_access":{"roles":"r r"}}"#
+                .to_owned(),
+            // Mapped tag names colliding with top-level claims.
+            r#"{"sub":"s","email":"e","mail":"top","gone":"top","tenant":"top"}"#.to_owned(),
+            // The bound counts repeats: at it; over it by groups, scopes, audiences.
+            serde_json::json!({"sub": "s", "email": "e", "groups": many_repeats, "scope": "a a"}).to_string(),
+            serde_json::json!({"sub": "s", "email": "e", "groups": too_many}).to_string(),
+            serde_json::json!({"sub": "s", "email": "e", "scope": many_words}).to_string(),
+            serde_json::json!({"sub": "s", "email": "e", "aud": too_many}).to_string(),
+            serde_json::json!({"sub": "s", "email": "e", "aud": "a b", "scp": "a b"}).to_string(),
+            // Missing what is required, or a subject that is not a string.
+            r#"{"sub":"s"}"#.to_owned(),
+            r#"{"email":"e","sub":5}"#.to_owned(),
+            r#"{"email":"e"}"#.to_owned(),
+        ];
+        for json in &cases {
+            let claims: Map<String, Value> = serde_json::from_str(json).expect("claims");
+            let want = identity_before(iss, &claims);
+            let got = iss.identity(claims.clone(), 7, None, [0; 16]).map(mapped);
+            assert_eq!(got, want, "{json}");
+            let via_test_tool = auth.identity_from_claims("https://issuer.test", &claims).map(mapped);
+            assert_eq!(via_test_tool.map_err(|e| e.to_string()), want.map_err(|e| AuthnError::from(e).to_string()));
+        }
+        // The mapping did something in the first case (the comparison is not vacuous).
+        let claims: Map<String, Value> = serde_json::from_str(&cases[0]).expect("claims");
+        let (_, groups, tags, headers, scopes, audiences) =
+            iss.identity(claims, 7, None, [0; 16]).map(mapped).expect("maps");
+        assert_eq!(groups, ["https://issuer.test#a", "https://issuer.test#admin", "https://issuer.test#b"]);
+        assert_eq!(scopes, ["r", "w", "x"]);
+        assert_eq!(audiences, ["x", "y"]);
+        assert!(tags.contains(&("tenant".to_owned(), "Org".to_owned())), "{tags:?}");
+        assert!(headers.contains(&(Bytes::from_static(b"x-team"), Bytes::from_static(b"blue"))), "{headers:?}");
     }
 
     #[test]
