@@ -7,6 +7,11 @@
 //! strings are then shared into every answer instead of copied per check. Only the Rust types
 //! differ: reflection serves the descriptors as written in `proto/`, and the client (CLI, tests)
 //! is generated from them and decodes the standard `CheckResponse`.
+//!
+//! `OkHttpResponseOut` alone is written by hand (src/proto/ok_response_out.rs, mapped in with
+//! `extern_path`): its `headers_to_remove` is a chunk of field-5 records encoded once per
+//! removal list and appended to every allow as is. The descriptor copy stays, so the copy's
+//! field numbers remain documented here.
 use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
@@ -41,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".envoy.service.auth.v3.OkHttpResponseOut")
         .bytes(".envoy.service.auth.v3.FieldOut")
         .bytes(".envoy.service.auth.v3.ValueOut")
+        // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded.
+        .extern_path(".envoy.service.auth.v3.OkHttpResponseOut", "crate::proto::auth::OkHttpResponseOut")
         .compile_fds(with_encode_side(fds.clone())?)?;
 
     // The client, from the descriptors as written, over the messages generated above.

@@ -14,7 +14,7 @@ use crate::authn::{
 };
 use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
-use crate::decision::{Allow, Audit, AuthnMethods, Challenge, Decision, Deny, Scheme, Status};
+use crate::decision::{Allow, Audit, AuthnMethods, Challenge, Decision, Deny, RemoveHeaders, Scheme, Status};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
 use crate::request::{BodyLimits, InvalidRequest, RequestView};
@@ -28,8 +28,8 @@ pub struct Checker {
     /// The identity header names, lower-cased once here rather than on every allow.
     identity_names: IdentityNames,
     /// Every spelling of every owned header, sorted: removed on allow unless set exactly.
-    /// `Bytes`, shared into every allow's removal list rather than copied.
-    owned_spellings: Vec<Bytes>,
+    /// One shared list per distinct set of names set, not built per check.
+    removals: removals::RemovalLists,
     bearer_configured: bool,
     api_keys_configured: bool,
     rate_limiter: Option<RateLimiter>,
@@ -73,7 +73,7 @@ impl Checker {
             store,
             names: cfg.headers.clone(),
             identity_names: IdentityNames::of(&cfg.headers),
-            owned_spellings: owned_spellings.into_iter().map(Bytes::from).collect(),
+            removals: removals::RemovalLists::new(owned_spellings.into_iter().map(Bytes::from).collect()),
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
                 || cfg.authn.api_keys.dir.is_some()
@@ -204,7 +204,7 @@ impl Checker {
             let (upstream_headers, mut remove_headers) = self.identity_headers_for(&ids, &outcome.principal);
             if self.names.strip_foreign_credentials || self.names.remove_credentials {
                 for h in self.authn.foreign_credential_headers(view) {
-                    if !remove_headers.iter().any(|r| r == h.as_bytes()) {
+                    if !remove_headers.contains(h.as_bytes()) {
                         remove_headers.push(Bytes::from(h));
                     }
                 }
@@ -318,7 +318,7 @@ impl Checker {
     /// Identity headers for the upstream, then the removal list: every spelling of every owned
     /// header except the exact names set here (Envoy applies removals after additions, so
     /// listing a set name would delete our own value; the set ones overwrite client copies).
-    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, Vec<Bytes>) {
+    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, RemoveHeaders) {
         let n = &self.identity_names;
         let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         // Claim headers first, identity headers last; config keeps the two sets disjoint.
@@ -340,8 +340,7 @@ impl Checker {
         }
         // A value that cannot be a header value (control characters) is dropped, never sent.
         set.retain(|(_, v)| !v.is_empty() && v.iter().all(|&b| b >= 0x20 && b != 0x7f));
-        let mut remove = Vec::with_capacity(self.owned_spellings.len());
-        remove.extend(self.owned_spellings.iter().filter(|h| !set.iter().any(|(k, _)| k == *h)).cloned());
+        let remove = self.removals.without(set.iter().map(|(k, _)| k.as_ref()));
         (set, remove)
     }
 }
@@ -429,6 +428,7 @@ fn bounded(id: &str) -> &str {
     if ok { id } else { "" }
 }
 
+mod removals;
 mod shadow;
 #[cfg(test)]
 mod tests;

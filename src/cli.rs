@@ -395,7 +395,7 @@ async fn offline_check(
         for (k, v) in &a.upstream_headers {
             say!("header:    {}: {}", String::from_utf8_lossy(k), String::from_utf8_lossy(v));
         }
-        print_removals(&a.remove_headers);
+        print_removals(&a.remove_headers.to_vec());
     }
     if let Some(c) = d.as_deny().and_then(|den| den.challenge.as_ref()) {
         say!("header:    www-authenticate: {}", crate::response::challenge_header(c));

@@ -141,11 +141,149 @@ pub struct Allow {
     /// kept by a cached identity) are shared into the answer, not copied per check.
     pub upstream_headers: Vec<(Bytes, Bytes)>,
     /// Headers to remove from the upstream request.
-    pub remove_headers: Vec<Bytes>,
+    pub remove_headers: RemoveHeaders,
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,
     pub audit: Audit,
+}
+
+/// `OkHttpResponse.headers_to_remove` is field 5, length-delimited: each name on the wire is
+/// this key byte, its length as a varint, then its bytes.
+const HEADERS_TO_REMOVE_KEY: u8 = (5 << 3) | 2;
+
+/// The headers an allow removes from the upstream request, in the order Envoy gets them: a list
+/// shared by every allow that sets the same identity headers (built once, see `check`), then
+/// this request's own extras (foreign credentials it carries).
+///
+/// The shared list is kept in its wire form, the records of `OkHttpResponse.headers_to_remove`,
+/// so an answer appends it as is: one reference count per check instead of one per name, and
+/// no per-name encoding. Equality is by the names, in order.
+#[derive(Clone, Default)]
+pub struct RemoveHeaders {
+    /// Field-5 records of the shared names.
+    wire: Bytes,
+    extra: Vec<Bytes>,
+}
+
+impl RemoveHeaders {
+    /// A shared list's wire form: build once, then [`RemoveHeaders::shared`] per check.
+    pub fn encode_shared<N: AsRef<[u8]>>(names: &[N]) -> Bytes {
+        let mut b = Vec::with_capacity(names.iter().map(|n| n.as_ref().len() + 3).sum());
+        for n in names {
+            let n = n.as_ref();
+            b.push(HEADERS_TO_REMOVE_KEY);
+            // Varint length (a header name is short, but any length encodes exactly).
+            let mut len = n.len() as u64;
+            while len >= 0x80 {
+                b.push((len as u8) | 0x80);
+                len >>= 7;
+            }
+            b.push(len as u8);
+            b.extend_from_slice(n);
+        }
+        b.into()
+    }
+
+    /// The list made by [`RemoveHeaders::encode_shared`], shared (no copy), with no extras yet.
+    pub fn shared(wire: Bytes) -> Self {
+        Self { wire, extra: Vec::new() }
+    }
+
+    /// Appends a name after the shared ones (and any earlier extras).
+    pub fn push(&mut self, name: Bytes) {
+        self.extra.push(name);
+    }
+
+    /// Every name, shared ones first.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        WireNames(&self.wire).chain(self.extra.iter().map(|b| b.as_ref()))
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.iter().any(|n| n == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty() && self.extra.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The names as a list (copies; for people and tests, not the check path).
+    pub fn to_vec(&self) -> Vec<Bytes> {
+        self.iter().map(Bytes::copy_from_slice).collect()
+    }
+
+    /// The shared names' field-5 records, to be written as is, and the extras, to be encoded
+    /// after them as field 5 one by one.
+    pub fn into_wire(self) -> (Bytes, Vec<Bytes>) {
+        (self.wire, self.extra)
+    }
+}
+
+/// Walks field-5 records built by [`RemoveHeaders::encode_shared`]; stops at anything else.
+struct WireNames<'a>(&'a [u8]);
+
+impl<'a> Iterator for WireNames<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (&key, mut rest) = self.0.split_first()?;
+        if key != HEADERS_TO_REMOVE_KEY {
+            self.0 = &[];
+            return None;
+        }
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            len |= usize::from(b & 0x7f).checked_shl(shift)?;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let name = rest.get(..len)?;
+        self.0 = &rest[len..];
+        Some(name)
+    }
+}
+
+impl From<Vec<Bytes>> for RemoveHeaders {
+    /// All names as extras (tests, tools): the same answer as a shared list of the same names.
+    fn from(extra: Vec<Bytes>) -> Self {
+        Self { wire: Bytes::new(), extra }
+    }
+}
+
+impl PartialEq for RemoveHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RemoveHeaders {}
+
+impl PartialEq<Vec<Bytes>> for RemoveHeaders {
+    fn eq(&self, other: &Vec<Bytes>) -> bool {
+        self.iter().eq(other.iter().map(|b| b.as_ref()))
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for RemoveHeaders {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.iter().eq(other.iter().map(|s| s.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for RemoveHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(String::from_utf8_lossy)).finish()
+    }
 }
 
 /// A denied request.

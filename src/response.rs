@@ -3,11 +3,12 @@
 //!
 //! The answer is built as `CheckResponseOut`, the wire-identical copy of `CheckResponse` whose
 //! strings are [`Bytes`] (see build.rs): header names, the removal list and the metadata keys
-//! are shared from config or `'static`, never copied per check.
+//! are shared from config or `'static`, never copied per check. An allow's removal list is
+//! appended in its pre-encoded wire form ([`RemoveHeaders`]): no per-name work per check.
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::decision::{Allow, Challenge, Decision, Deny, Scheme, Status};
+use crate::decision::{Allow, Challenge, Decision, Deny, RemoveHeaders, Scheme, Status};
 use crate::proto::RpcStatus;
 use crate::proto::auth::{
     CheckResponseOut, DeniedHttpResponseOut, FieldOut, HeaderValueOptionOut, HeaderValueOut, ListValueOut,
@@ -204,12 +205,14 @@ pub fn as_envoy_sees_it(r: &CheckResponseOut) -> Result<crate::proto::auth::Chec
 
 fn render_allow(
     headers: Vec<HeaderValueOptionOut>,
-    headers_to_remove: Vec<Bytes>,
+    headers_to_remove: RemoveHeaders,
     policies: &[String],
     opts: &ResponseOptions,
 ) -> (RpcStatus, HttpResponse) {
+    let (headers_to_remove_wire, headers_to_remove) = headers_to_remove.into_wire();
     let ok = OkHttpResponseOut {
         headers,
+        headers_to_remove_wire,
         headers_to_remove,
         response_headers_to_add: policy_header(opts, policies).into_iter().collect(),
         dynamic_metadata: None,
@@ -287,7 +290,7 @@ mod tests {
             resource: r#"Route::"shop/x""#.into(),
             policies: vec!["p".into()],
             upstream_headers: vec![("x-portcullis-subject".into(), "alice".into())],
-            remove_headers: vec!["x-portcullis-peer".into()],
+            remove_headers: RemoveHeaders::from(vec![Bytes::from("x-portcullis-peer")]),
             request_id: "r1".into(),
             shadow: None,
             audit: Default::default(),
@@ -326,7 +329,7 @@ mod tests {
             {
                 let mut d = allow_with("p", &[]);
                 if let Decision::Allow(a) = &mut d {
-                    a.remove_headers = vec!["x-a".into(), "x_a".into()];
+                    a.remove_headers = RemoveHeaders::from(vec![Bytes::from("x-a"), Bytes::from("x_a")]);
                 }
                 d
             },
@@ -435,7 +438,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
                 .collect(),
-            remove_headers: Vec::new(),
+            remove_headers: RemoveHeaders::default(),
             request_id: "r9".into(),
             shadow: None,
             audit: Default::default(),

@@ -480,8 +480,8 @@ async fn an_empty_candidate_is_deny_all_and_a_failing_one_is_its_deny() {
 }
 
 /// Whether a removal list names `h`.
-fn has(list: &[bytes::Bytes], h: &str) -> bool {
-    list.iter().any(|r| r == h.as_bytes())
+fn has(list: &crate::decision::RemoveHeaders, h: &str) -> bool {
+    list.contains(h.as_bytes())
 }
 
 /// Upstream headers as text, to compare with literals.
@@ -489,4 +489,186 @@ fn strings(set: &[(bytes::Bytes, bytes::Bytes)]) -> Vec<(String, String)> {
     set.iter()
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
         .collect()
+}
+
+// --- The shared removal list against the old per-check computation (issue 18) ---
+
+/// The removal list exactly as it was built per check before it was shared: every spelling of
+/// every owned header (recomputed from config here), minus the names set, then the request's
+/// foreign credentials not already listed. The oracle for the differential tests below.
+fn old_removals(cfg: &Config, c: &Checker, set: &[(Bytes, Bytes)], view: &RequestView<'_>) -> Vec<Bytes> {
+    let spellings = |names: &[String]| -> Vec<String> {
+        names.iter().flat_map(|n| crate::config::separator_spellings(n)).collect()
+    };
+    let mut owned = [spellings(&cfg.identity_header_names()), spellings(&cfg.headers.strip_on_allow)].concat();
+    if cfg.headers.remove_credentials {
+        owned.extend(spellings(&c.authn.credential_headers()));
+    }
+    owned.sort();
+    owned.dedup();
+    let mut remove: Vec<Bytes> =
+        owned.into_iter().map(Bytes::from).filter(|h| !set.iter().any(|(k, _)| k == h)).collect();
+    if cfg.headers.strip_foreign_credentials || cfg.headers.remove_credentials {
+        for h in c.authn.foreign_credential_headers(view) {
+            if !remove.iter().any(|r| r == h.as_bytes()) {
+                remove.push(Bytes::from(h));
+            }
+        }
+    }
+    remove
+}
+
+fn config_and_checker(headers_yaml: &str) -> (Config, Checker) {
+    let yaml = format!(
+        "policy: {{dir: x}}\nauthn:\n  issuers:\n    - issuer: https://issuer.test\n      \
+         jwks_file: /nonexistent/jwks.json\n      \
+         from: [{{header: authorization, prefix: \"Bearer \"}}, {{header: x-token, prefix: \"Token \"}}]\n      \
+         claims_to_headers: {{email: x-user-email, tenant: x_tenant-id, team: x-team}}\n  api_keys:\n    \
+         keys: [{{client: batch, sha256: \"{KEY_SHA}\"}}]\nheaders: {headers_yaml}\n"
+    );
+    (Config::from_yaml(&yaml).expect("parses"), checker_with(&yaml, Some(ALLOW_ALL)))
+}
+
+fn jwt_with(subject: &str, headers: &[(&str, &[u8])]) -> Arc<crate::authn::JwtIdentity> {
+    let mut j = crate::authn::JwtIdentity::for_tests("https://issuer.test", subject, &[], &[]);
+    j.headers =
+        headers.iter().map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v))).collect();
+    Arc::new(j)
+}
+
+fn peer(id: &str) -> crate::authn::PeerIdentity {
+    crate::authn::PeerIdentity {
+        spiffe_id: id.into(),
+        trust_domain: "cluster.local".into(),
+        namespace: "shop".into(),
+        service_account: "orders".into(),
+    }
+}
+
+fn api_client(name: &str) -> Arc<crate::authn::ApiClientIdentity> {
+    Arc::new(crate::authn::ApiClientIdentity { client: name.into(), groups: Vec::new(), rate_limit: None })
+}
+
+/// Every kind of allow, on several configs and requests: the answer Envoy decodes (and the
+/// bytes on the wire) are those of the old per-check list, and the list itself is the old one.
+#[test]
+fn a_shared_removal_list_answers_exactly_as_the_per_check_one() {
+    use prost::Message as _;
+
+    use crate::response::{ResponseOptions, as_envoy_sees_it, render};
+    let jwt = || jwt_with("alice", &[("x-user-email", b"a@example.com"), ("x_tenant-id", b"acme"), ("x-team", b"t")]);
+    let identities: Vec<(&str, Identities)> = vec![
+        ("jwt with claim headers", Identities { jwt: Some(jwt()), ..Default::default() }),
+        ("jwt without claim headers", Identities { jwt: Some(jwt_with("alice", &[])), ..Default::default() }),
+        (
+            "jwt with one claim header",
+            Identities { jwt: Some(jwt_with("bob", &[("x-team", b"t")])), ..Default::default() },
+        ),
+        (
+            "jwt with a claim value dropped for a control character",
+            Identities {
+                jwt: Some(jwt_with("alice", &[("x-user-email", b"a\x01@example.com"), ("x-team", b"t\x7f")])),
+                ..Default::default()
+            },
+        ),
+        (
+            "jwt whose subject (and so principal) has a control character",
+            Identities { jwt: Some(jwt_with("al\u{1}ice", &[("x_tenant-id", b"acme")])), ..Default::default() },
+        ),
+        (
+            "jwt with an empty claim value",
+            Identities { jwt: Some(jwt_with("alice", &[("x-team", b"")])), ..Default::default() },
+        ),
+        ("spiffe", Identities { peer: Some(peer("spiffe://cluster.local/ns/shop/sa/orders")), ..Default::default() }),
+        ("api key", Identities { api_client: Some(api_client("batch")), ..Default::default() }),
+        ("anonymous", Identities::default()),
+        (
+            "jwt, peer and api key together",
+            Identities {
+                jwt: Some(jwt()),
+                peer: Some(peer("spiffe://cluster.local/ns/shop/sa/orders")),
+                api_client: Some(api_client("batch")),
+            },
+        ),
+        (
+            "peer and api key",
+            Identities {
+                jwt: None,
+                peer: Some(peer("spiffe://cluster.local/ns/a/sa/b")),
+                api_client: Some(api_client("b\nad")),
+            },
+        ),
+    ];
+    let configs = [
+        "{}",
+        "{strip_foreign_credentials: true}",
+        "{remove_credentials: true}",
+        "{strip_foreign_credentials: true, remove_credentials: true, strip_on_allow: [x-a_b-c, authorization]}",
+        "{principal: X-P, subject: x_s, issuer: x-i-i, peer: x-e, client: x-c, strip_on_allow: []}",
+    ];
+    let requests: [&[(&str, &[u8])]; 5] = [
+        &[],
+        &[("authorization", b"Basic dXNlcjpwYXNz")],
+        &[("authorization", b"Basic dXNlcjpwYXNz"), ("x-token", b"Other abc")],
+        &[("x-token", b"Negotiate abc"), ("x-user-email", b"spoofed"), ("x_team", b"spoofed")],
+        &[("authorization", b"Bearer not-checked-here")],
+    ];
+    let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), ..Default::default() };
+    let mut compared = 0;
+    for headers_yaml in configs {
+        let (cfg, c) = config_and_checker(headers_yaml);
+        for (what, ids) in &identities {
+            for headers in requests {
+                let req = request(headers);
+                let view = RequestView::from_check(&req, &Limits::default()).expect("normalizes");
+                // Twice: the second check answers from the kept list.
+                for round in 0..2 {
+                    let d = c.check_as(&view, ids.clone());
+                    let a = allowed(&d, what);
+                    let want = old_removals(&cfg, &c, &a.upstream_headers, &view);
+                    let ctx = format!("{headers_yaml} / {what} / {headers:?} / round {round}");
+                    assert_eq!(a.remove_headers, want, "{ctx}");
+                    assert!(!want.is_empty(), "{ctx}: an allow always removes something here");
+                    let mut old = d.clone();
+                    if let Decision::Allow(o) = &mut old {
+                        o.remove_headers = RemoveHeaders::from(want.clone());
+                    }
+                    let (new_wire, old_wire) = (render(&d, &opts), render(&old, &opts));
+                    assert_eq!(new_wire.encode_to_vec(), old_wire.encode_to_vec(), "{ctx}: the same bytes");
+                    let seen = as_envoy_sees_it(&new_wire).expect("decodes");
+                    assert_eq!(seen, as_envoy_sees_it(&old_wire).expect("decodes"), "{ctx}");
+                    let Some(crate::proto::auth::check_response::HttpResponse::OkResponse(ok)) = seen.http_response
+                    else {
+                        panic!("{ctx}: not an ok response")
+                    };
+                    let want: Vec<String> = want.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+                    assert_eq!(ok.headers_to_remove, want, "{ctx}: as Envoy decodes it");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, configs.len() * identities.len() * requests.len() * 2);
+}
+
+/// A check shares the kept list (no copy of its names), one per distinct set of names set.
+#[test]
+fn allows_that_set_the_same_names_share_one_list() {
+    let (_, c) = config_and_checker("{}");
+    let view_req = request(&[]);
+    let view = RequestView::from_check(&view_req, &Limits::default()).expect("normalizes");
+    let wire = |ids: Identities| {
+        let d = c.check_as(&view, ids);
+        allowed(&d, "shared").remove_headers.clone().into_wire()
+    };
+    let (a, extra_a) = wire(Identities { jwt: Some(jwt_with("alice", &[("x-team", b"t")])), ..Default::default() });
+    let (b, _) = wire(Identities { jwt: Some(jwt_with("bob", &[("x-team", b"u")])), ..Default::default() });
+    assert!(extra_a.is_empty());
+    assert_eq!(a.as_ptr(), b.as_ptr(), "same names set: one shared list");
+    let (other, _) = wire(Identities { jwt: Some(jwt_with("bob", &[])), ..Default::default() });
+    assert_ne!(other, a, "another set of names: another list");
+    // A dropped value sets no header, so its name is removed like any other owned name.
+    let (dropped, _) = wire(Identities { jwt: Some(jwt_with("bob", &[("x-team", b"\x00")])), ..Default::default() });
+    assert_eq!(dropped, other);
+    assert_eq!(c.removals.kept(), 2);
 }

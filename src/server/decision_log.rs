@@ -277,7 +277,7 @@ mod tests {
             resource: "Route::\"shop.example/api\"".into(),
             policies: vec!["users-read-api".into(), "we\"ird\u{7}".into()],
             upstream_headers: vec![("x-portcullis-subject".into(), "secret-looking".into())],
-            remove_headers: vec!["authorization".into()],
+            remove_headers: vec![bytes::Bytes::from("authorization")].into(),
             request_id: "r-1".into(),
             shadow: None,
             audit: full_audit(),
