@@ -76,11 +76,19 @@ pub(super) fn log_via_tracing(d: &Decision, latency_us: u64, subject_log: Subjec
 
 impl DeferredLine for DecisionLine {
     fn write_line(&self, out: &mut Vec<u8>) {
-        let d = &self.decision;
+        write_json_line(&self.decision, self.at, self.latency_us, self.subject_log, out);
+    }
+}
+
+/// Appends `d`'s JSON decision line (newline included) as the writer thread formats it. Public
+/// (hidden) only for the `decision_log/json_line` bench.
+#[doc(hidden)]
+pub fn write_json_line(d: &Decision, at: SystemTime, latency_us: u64, subject_log: SubjectLog, out: &mut Vec<u8>) {
+    {
         let a = d.audit();
-        let (subject, principal) = logged_identity(d, self.subject_log);
+        let (subject, principal) = logged_identity(d, subject_log);
         out.extend_from_slice(b"{\"timestamp\":\"");
-        let _ = write!(out, "{}", Rfc3339(self.at));
+        let _ = write!(out, "{}", Rfc3339(at));
         out.extend_from_slice(b"\",\"level\":\"INFO\"");
         string(out, b",\"request_id\":", d.request_id());
         if let Some(t) = a.trace_id {
@@ -107,7 +115,7 @@ impl DeferredLine for DecisionLine {
         out.extend_from_slice(b",\"policies\":");
         let _ = serde_json::to_writer(&mut *out, &format_args!("{:?}", d.policies()));
         optional(out, b",\"policy_version\":", a.policy_version.as_deref());
-        let _ = write!(out, ",\"latency_us\":{}", self.latency_us);
+        let _ = write!(out, ",\"latency_us\":{}", latency_us);
         out.extend_from_slice(b",\"target\":\"portcullis::decision\"}\n");
     }
 }
