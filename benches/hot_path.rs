@@ -158,5 +158,28 @@ fn render_and_check(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, normalize, jwt, cedar, render_and_check);
+/// One realistic decision line (a cached-JWT allow with its full audit) formatted as the log
+/// writer thread formats it.
+fn decision_line(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fx = Fixture::write(dir.path(), 10);
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, fx.config_yaml("127.0.0.1:0", &dir.path().join("u.sock"), "127.0.0.1:0", 10_000))
+        .expect("config");
+    let checker = support::checker(&path);
+    let mut d =
+        rt().block_on(support::decide(&checker, &check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1")));
+    assert!(d.is_allowed() && d.audit().policy_version.is_some());
+    d.audit_mut().trace_id = Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+    let at = std::time::SystemTime::now();
+    let mut out = Vec::with_capacity(64 * 1024);
+    c.bench_function("decision_log/json_line", |b| {
+        b.iter(|| {
+            out.clear();
+            portcullis::server::write_json_line(black_box(&d), at, 87, portcullis::config::SubjectLog::Plain, &mut out);
+        })
+    });
+}
+
+criterion_group!(benches, normalize, jwt, cedar, render_and_check, decision_line);
 criterion_main!(benches);

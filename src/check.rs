@@ -10,11 +10,15 @@ use prometheus_client::registry::Registry;
 
 use crate::anomaly::{Anomalies, CredentialHeaders};
 use crate::authn::{
-    Authenticator, AuthnError, Credential, CredentialKind, Identities, RouteRefusal, RouteRequirements,
+    ApiClientIdentity, Authenticator, AuthnError, Credential, CredentialKind, Identities, JwtIdentity, RouteRefusal,
+    RouteRequirements,
 };
 use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
-use crate::decision::{Allow, Audit, AuthnMethods, Challenge, Decision, Deny, RemoveHeaders, Scheme, Status};
+use crate::decision::{
+    Allow, Audit, AuditText, AuthnMethods, Challenge, Decision, Deny, RemoveHeaders, RequestLine, Scheme, SharedStr,
+    Status,
+};
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
 use crate::request::{BodyLimits, InvalidRequest, RequestView};
@@ -144,7 +148,7 @@ impl Checker {
     }
 
     /// The version of the live policy snapshot, if any (for decisions that never reached it).
-    pub fn live_policy_version(&self) -> Option<String> {
+    pub fn live_policy_version(&self) -> Option<Arc<str>> {
         self.store.load().map(|s| s.version.clone())
     }
 
@@ -371,9 +375,7 @@ fn request_audit(view: &RequestView<'_>) -> Audit {
     Audit {
         source_ip: view.source_ip,
         peer: view.source_principal.and_then(loggable_peer).map(str::to_owned),
-        method: view.method.clone(),
-        host: view.host.to_string(),
-        path: view.path.to_string(),
+        request: RequestLine::new(&view.method, &view.host, &view.path),
         ..Audit::default()
     }
 }
@@ -383,11 +385,26 @@ fn identity_audit(view: &RequestView<'_>, ids: &Identities) -> Audit {
     let mut a = request_audit(view);
     if let Some(j) = &ids.jwt {
         a.issuer = Some(j.issuer.clone());
-        a.subject = Some(j.subject.clone());
+        a.subject = Some(SharedStr::of(j.clone()));
     }
-    a.api_client = ids.api_client.as_ref().map(|c| c.client.clone());
+    a.api_client = ids.api_client.as_ref().map(|c| SharedStr::of(c.clone()));
     a.authn = AuthnMethods { jwt: ids.jwt.is_some(), mtls: ids.peer.is_some(), api_key: ids.api_client.is_some() };
     a
+}
+
+/// A verified token's identity (cached, shared by every check that presents the token) holds
+/// the subject its audit records.
+impl AuditText for JwtIdentity {
+    fn audit_text(&self) -> &str {
+        &self.subject
+    }
+}
+
+/// A valid API key's identity holds the client its audit records.
+impl AuditText for ApiClientIdentity {
+    fn audit_text(&self) -> &str {
+        &self.client
+    }
 }
 
 /// A peer principal as logged: printable ASCII and bounded (a SPIFFE id is at most 2048

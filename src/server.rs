@@ -577,6 +577,8 @@ async fn wait_for_signal() {
 }
 
 mod decision_log;
+#[doc(hidden)]
+pub use decision_log::write_json_line;
 mod streams;
 #[cfg(test)]
 mod tests;

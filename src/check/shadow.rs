@@ -99,7 +99,7 @@ impl Shadow {
             Some(ShadowOutcome {
                 allowed: false,
                 policies: Vec::new(),
-                version: snapshot.version.clone(),
+                version: snapshot.version.to_string(),
                 errored: false,
             })
         } else {
@@ -112,7 +112,7 @@ impl Shadow {
                     allowed: o.allowed,
                     errored: !o.errors.is_empty(),
                     policies: o.policies,
-                    version: snapshot.version.clone(),
+                    version: snapshot.version.to_string(),
                 }),
                 Ok(Err(_)) | Err(_) => None,
             }
@@ -120,7 +120,7 @@ impl Shadow {
         let outcome = outcome.unwrap_or_else(|| ShadowOutcome {
             allowed: false,
             policies: Vec::new(),
-            version: snapshot.version.clone(),
+            version: snapshot.version.to_string(),
             errored: true,
         });
         self.record(live, live_version, &outcome, request_id);

@@ -14,7 +14,8 @@ pub use crate::authz::{DocKind, LoadError, PolicyDocument, format_errors};
 /// The validated bundle every request evaluates against.
 pub struct PolicySnapshot {
     /// Short content hash of every input: equal inputs give equal versions.
-    pub version: String,
+    /// `Arc`, so every check's audit record shares it instead of copying it.
+    pub version: std::sync::Arc<str>,
     /// Human description of the source (`dir:/etc/portcullis/policies`).
     pub source: String,
     pub loaded_at: SystemTime,
@@ -74,7 +75,7 @@ impl PolicySnapshot {
         PolicySnapshot {
             policy_count: engine.policy_count(),
             engine,
-            version: version_of(docs),
+            version: version_of(docs).into(),
             source: source.to_owned(),
             loaded_at: SystemTime::now(),
             origins,

@@ -107,7 +107,7 @@ impl PolicyStore {
     /// Builds a snapshot from a complete document set and swaps it in, or keeps the last good one.
     pub fn apply(&self, docs: &[PolicyDocument], source: &str) -> Result<ApplyOutcome, Vec<LoadError>> {
         if let Some(cur) = self.current.load().as_ref()
-            && cur.version == version_of(docs)
+            && *cur.version == *version_of(docs)
             && cur.source == source
         {
             self.reloads.get_or_create(&ResultLabel { result: "unchanged" }).inc();
@@ -135,7 +135,7 @@ impl PolicyStore {
         let set = self.set;
         match built {
             Ok(snap) => {
-                let version = snap.version.clone();
+                let version = snap.version.to_string();
                 if snap.policy_count == 0 {
                     tracing::warn!(set, %source, %version, "policy set is EMPTY: every request will be denied (deny-all)");
                 }
@@ -175,10 +175,10 @@ impl PolicyStore {
     fn record_ok(&self, snap: &PolicySnapshot) {
         self.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
         self.info.clear();
-        self.info.get_or_create(&VersionLabel { version: snap.version.clone() }).set(1);
+        self.info.get_or_create(&VersionLabel { version: snap.version.to_string() }).set(1);
         self.policies.set(snap.policy_count as i64);
         if let Ok(mut st) = self.status.lock() {
-            st.version = Some(snap.version.clone());
+            st.version = Some(snap.version.to_string());
             st.source = Some(snap.source.clone());
             st.policy_count = snap.policy_count;
             st.loaded_at_unix = Some(unix(snap.loaded_at));

@@ -6,7 +6,9 @@
 //! Never a credential: identities are the verified ones, request facts the normalized ones, no
 //! header value.
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::config::SubjectLog;
@@ -60,9 +62,9 @@ pub(super) fn log_via_tracing(d: &Decision, latency_us: u64, subject_log: Subjec
         principal = %principal,
         authn = a.authn.as_str(),
         token_cache = a.token_cache,
-        method = (!a.method.is_empty()).then_some(a.method.as_str()),
-        host = (!a.host.is_empty()).then_some(a.host.as_str()),
-        path = (!a.path.is_empty()).then_some(a.path.as_str()),
+        method = Some(a.request.method()).filter(|s| !s.is_empty()),
+        host = Some(a.request.host()).filter(|s| !s.is_empty()),
+        path = Some(a.request.path()).filter(|s| !s.is_empty()),
         action = %d.action(),
         resource = %d.resource(),
         decision = d.verdict(),
@@ -76,46 +78,58 @@ pub(super) fn log_via_tracing(d: &Decision, latency_us: u64, subject_log: Subjec
 
 impl DeferredLine for DecisionLine {
     fn write_line(&self, out: &mut Vec<u8>) {
-        let d = &self.decision;
-        let a = d.audit();
-        let (subject, principal) = logged_identity(d, self.subject_log);
-        out.extend_from_slice(b"{\"timestamp\":\"");
-        let _ = write!(out, "{}", Rfc3339(self.at));
-        out.extend_from_slice(b"\",\"level\":\"INFO\"");
-        string(out, b",\"request_id\":", d.request_id());
-        if let Some(t) = a.trace_id {
-            display(out, b",\"trace_id\":", TraceId(t));
-        }
-        if let Some(ip) = a.source_ip {
-            display(out, b",\"source_ip\":", ip);
-        }
-        optional(out, b",\"peer\":", a.peer.as_deref());
-        optional(out, b",\"issuer\":", a.issuer.as_deref());
-        optional(out, b",\"subject\":", subject.as_deref());
-        optional(out, b",\"api_client\":", a.api_client.as_deref());
-        string(out, b",\"principal\":", &principal);
-        string(out, b",\"authn\":", a.authn.as_str());
-        optional(out, b",\"token_cache\":", a.token_cache);
-        optional(out, b",\"method\":", Some(a.method.as_str()).filter(|s| !s.is_empty()));
-        optional(out, b",\"host\":", Some(a.host.as_str()).filter(|s| !s.is_empty()));
-        optional(out, b",\"path\":", Some(a.path.as_str()).filter(|s| !s.is_empty()));
-        string(out, b",\"action\":", d.action());
-        string(out, b",\"resource\":", d.resource());
-        string(out, b",\"decision\":", d.verdict());
-        let _ = write!(out, ",\"status\":{}", d.http_status());
-        string(out, b",\"reason\":", d.reason());
-        out.extend_from_slice(b",\"policies\":");
-        let _ = serde_json::to_writer(&mut *out, &format_args!("{:?}", d.policies()));
-        optional(out, b",\"policy_version\":", a.policy_version.as_deref());
-        let _ = write!(out, ",\"latency_us\":{}", self.latency_us);
-        out.extend_from_slice(b",\"target\":\"portcullis::decision\"}\n");
+        write_json_line(&self.decision, self.at, self.latency_us, self.subject_log, out);
     }
+}
+
+/// Appends `d`'s JSON decision line (newline included) as the writer thread formats it. Public
+/// (hidden) only for the `decision_log/json_line` bench.
+#[doc(hidden)]
+pub fn write_json_line(d: &Decision, at: SystemTime, latency_us: u64, subject_log: SubjectLog, out: &mut Vec<u8>) {
+    let a = d.audit();
+    let (subject, principal) = logged_identity(d, subject_log);
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, at);
+    out.extend_from_slice(b"\",\"level\":\"INFO\"");
+    string(out, b",\"request_id\":", d.request_id());
+    if let Some(t) = a.trace_id {
+        out.extend_from_slice(b",\"trace_id\":\"");
+        trace_id(out, t);
+        out.push(b'"');
+    }
+    if let Some(ip) = a.source_ip {
+        out.extend_from_slice(b",\"source_ip\":\"");
+        ip_addr(out, ip);
+        out.push(b'"');
+    }
+    optional(out, b",\"peer\":", a.peer.as_deref());
+    optional(out, b",\"issuer\":", a.issuer.as_deref());
+    optional(out, b",\"subject\":", subject.as_deref());
+    optional(out, b",\"api_client\":", a.api_client.as_deref());
+    string(out, b",\"principal\":", &principal);
+    string(out, b",\"authn\":", a.authn.as_str());
+    optional(out, b",\"token_cache\":", a.token_cache);
+    optional(out, b",\"method\":", Some(a.request.method()).filter(|s| !s.is_empty()));
+    optional(out, b",\"host\":", Some(a.request.host()).filter(|s| !s.is_empty()));
+    optional(out, b",\"path\":", Some(a.request.path()).filter(|s| !s.is_empty()));
+    string(out, b",\"action\":", d.action());
+    string(out, b",\"resource\":", d.resource());
+    string(out, b",\"decision\":", d.verdict());
+    out.extend_from_slice(b",\"status\":");
+    uint(out, u64::from(d.http_status()));
+    string(out, b",\"reason\":", d.reason());
+    out.extend_from_slice(b",\"policies\":");
+    policies(out, d.policies());
+    optional(out, b",\"policy_version\":", a.policy_version.as_deref());
+    out.extend_from_slice(b",\"latency_us\":");
+    uint(out, latency_us);
+    out.extend_from_slice(b",\"target\":\"portcullis::decision\"}\n");
 }
 
 /// `key` (`,"name":`) and a JSON string, escaped as serde_json (and so tracing-subscriber) does.
 fn string(out: &mut Vec<u8>, key: &[u8], v: &str) {
     out.extend_from_slice(key);
-    let _ = serde_json::to_writer(&mut *out, v);
+    json_str(out, v);
 }
 
 /// A field left out of the line when absent, as `tracing` leaves out a `None`.
@@ -125,13 +139,107 @@ fn optional(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
     }
 }
 
-/// A `%`-formatted field: its `Display` output as a JSON string, without an intermediate `String`.
-fn display(out: &mut Vec<u8>, key: &[u8], v: impl std::fmt::Display) {
-    out.extend_from_slice(key);
-    let _ = serde_json::to_writer(&mut *out, &format_args!("{v}"));
+/// `v` as a JSON string, quotes included, escaped exactly as serde_json escapes it: `"` and `\`
+/// with a backslash, `\b \t \n \f \r` short, every other byte below 0x20 as `\u00XX` (lower-case
+/// hex); everything else (DEL, non-ASCII) as is. Runs that need nothing are copied in one go.
+fn json_str(out: &mut Vec<u8>, v: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = v.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&b[run..i]);
+        run = i + 1;
+        let short = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            _ => {
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
+                continue;
+            }
+        };
+        out.extend_from_slice(&[b'\\', short]);
+    }
+    out.extend_from_slice(&b[run..]);
+    out.push(b'"');
 }
 
-/// A trace id as 32 lower-case hex digits, formatted only when the line is written.
+/// The policy ids as tracing writes a `?`-formatted `&[String]`: its `Debug` text as a JSON
+/// string. Ids of printable ASCII without `"` or `\` (the usual ones) are their own `Debug` text
+/// and need no JSON escaping, so they are copied; anything else goes through `Debug` and
+/// serde_json as tracing does.
+fn policies(out: &mut Vec<u8>, ids: &[String]) {
+    let plain = |id: &String| id.bytes().all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\');
+    if !ids.iter().all(plain) {
+        let _ = serde_json::to_writer(&mut *out, &format_args!("{ids:?}"));
+        return;
+    }
+    out.extend_from_slice(b"\"[");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"\\\"");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\\\"");
+    }
+    out.extend_from_slice(b"]\"");
+}
+
+/// `v` in decimal, without `core::fmt`.
+fn uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A trace id as 32 lower-case hex digits (what `{:032x}` writes), without `core::fmt`.
+fn trace_id(out: &mut Vec<u8>, t: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((t >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// An address as its `Display` writes it (no escaping needed: digits, hex, `.` and `:`). IPv4
+/// without `core::fmt`; IPv6 (zero-run compression, embedded IPv4) through its own `Display`,
+/// straight into the line.
+fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                uint(out, u64::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A trace id as `tracing` displays it for text logs: 32 lower-case hex digits.
 struct TraceId(u128);
 
 impl std::fmt::Display for TraceId {
@@ -140,32 +248,63 @@ impl std::fmt::Display for TraceId {
     }
 }
 
-/// A time as tracing-subscriber's default timer writes it: RFC 3339, UTC, microseconds.
-struct Rfc3339(SystemTime);
+/// The longest date-and-time-to-the-second prefix: `+` and a 19-digit year, then
+/// `-MM-DDTHH:MM:SS.`.
+const SECOND_PREFIX_MAX: usize = 40;
 
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (secs, nanos) = match self.0.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-            Err(e) => {
-                let d = e.duration();
-                match d.subsec_nanos() {
-                    0 => (-(d.as_secs() as i64), 0),
-                    n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n),
-                }
+thread_local! {
+    /// The last second the (single) writer thread formatted, and its prefix: lines come many
+    /// per second, so the date arithmetic and `core::fmt` run once a second, not once a line.
+    static LAST_SECOND: Cell<(i64, [u8; SECOND_PREFIX_MAX], usize)> =
+        const { Cell::new((i64::MIN, [0; SECOND_PREFIX_MAX], 0)) };
+}
+
+/// A time as tracing-subscriber's default timer writes it: RFC 3339, UTC, microseconds.
+fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let (secs, nanos) = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => (-(d.as_secs() as i64), 0),
+                n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n),
             }
-        };
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
-        if year > 9999 {
-            write!(f, "+{year}")?;
-        } else if year < 0 {
-            write!(f, "{year:05}")?;
-        } else {
-            write!(f, "{year:04}")?;
         }
-        write!(f, "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem / 60 % 60, rem % 60, nanos / 1_000)
+    };
+    let (cached, mut prefix, mut len) = LAST_SECOND.get();
+    if cached != secs {
+        (prefix, len) = second_prefix(secs);
+        LAST_SECOND.set((secs, prefix, len));
     }
+    out.extend_from_slice(&prefix[..len]);
+    let micros = nanos / 1_000;
+    let mut digits = [b'0'; 6];
+    let mut v = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch (a year past 9999 with `+`, before 0 with
+/// `-` and five characters, as the `time` crate's RFC 3339 writer in tracing-subscriber does).
+fn second_prefix(secs: i64) -> ([u8; SECOND_PREFIX_MAX], usize) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    let mut buf = [0u8; SECOND_PREFIX_MAX];
+    let mut w = &mut buf[..];
+    let _ = if year > 9999 {
+        write!(w, "+{year}")
+    } else if year < 0 {
+        write!(w, "{year:05}")
+    } else {
+        write!(w, "{year:04}")
+    };
+    let _ = write!(w, "-{month:02}-{day:02}T{:02}:{:02}:{:02}.", rem / 3600, rem / 60 % 60, rem % 60);
+    let len = SECOND_PREFIX_MAX - w.len();
+    (buf, len)
 }
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
@@ -196,7 +335,12 @@ fn principal_type(principal: &str) -> &str {
 
 /// A value as logged: control characters escaped, so a text line stays one line.
 fn printable(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_control) { Cow::Owned(s.escape_debug().to_string()) } else { Cow::Borrowed(s) }
+    // Printable ASCII (the usual value) is settled by its bytes, without decoding characters.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(char::is_control) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.escape_debug().to_string())
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +350,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::decision::{Allow, Audit, AuthnMethods, Deny, Status};
+    use crate::decision::{Allow, Audit, AuthnMethods, Deny, RequestLine, Status};
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -260,13 +404,41 @@ mod tests {
             subject: Some("al\"ice\u{1}\n\\é".into()),
             api_client: Some("batch".into()),
             principal_is_subject: true,
-            method: "GET".into(),
-            host: "shop.example".into(),
-            path: "/api/é/\"x\"".into(),
+            request: RequestLine::new("GET", "shop.example", "/api/é/\"x\""),
             authn: AuthnMethods { jwt: true, mtls: true, api_key: true },
             token_cache: Some("hit"),
             policy_version: Some("daff7d677109".into()),
         }
+    }
+
+    /// Every byte class a value can hold: quotes, backslashes, each control character (short
+    /// escapes and `\u00XX`), DEL, non-ASCII (2-, 3- and 4-byte, U+2028, a BOM).
+    const HOSTILE: &str = "q\"b\\s/\u{0}\u{1}\u{7}\u{8}\t\n\u{b}\u{c}\r\u{1b}\u{1f} \u{7f}é\u{2028}\u{feff}😀";
+
+    /// A decision with `v` in every string field the line carries (an empty `v`: every one
+    /// present and empty), with an IPv4-mapped IPv6 source.
+    fn hostile(v: &str) -> Decision {
+        let audit = Audit {
+            trace_id: Some(1),
+            source_ip: Some("::ffff:10.1.2.3".parse().unwrap()),
+            peer: Some(v.into()),
+            issuer: Some(v.into()),
+            subject: Some(v.into()),
+            api_client: Some(v.into()),
+            principal_is_subject: true,
+            request: RequestLine::new(v, v, v),
+            authn: AuthnMethods { jwt: true, mtls: false, api_key: true },
+            token_cache: Some("miss"),
+            policy_version: Some(v.into()),
+        };
+        Decision::Deny(Deny {
+            principal: format!("User::\"{v}\""),
+            action: v.into(),
+            resource: v.into(),
+            policies: vec![v.into(), String::new(), "plain-id 'q' ~{}".into()],
+            audit,
+            ..Deny::new(Status::Forbidden, "no_permit", v)
+        })
     }
 
     #[test]
@@ -284,11 +456,16 @@ mod tests {
         });
         let mut v6 = Deny::new(Status::Forbidden, "no_permit", "");
         v6.audit = Audit { source_ip: Some("::1".parse().unwrap()), ..Audit::default() };
-        let cases: [Decision; 4] = [
+        let cases = [
             allow.clone(),
             Decision::deny(Status::BadRequest, "path_fragment", "7f9c2a1e-400"),
             v6.into(),
             Deny { audit: full_audit(), ..Deny::new(Status::Unauthorized, "bad_signature", "r-3") }.into(),
+            // Every optional field absent, every string empty.
+            Decision::deny(Status::Unavailable, "overloaded", ""),
+            hostile(HOSTILE),
+            hostile(""),
+            hostile(&"\"\\\u{0}é\u{2028}x".repeat(20_000)),
         ];
         for d in cases {
             for mode in [SubjectLog::Plain, SubjectLog::Hash] {
@@ -306,13 +483,59 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_microseconds() {
-        let at = |micros: u64| Rfc3339(SystemTime::UNIX_EPOCH + Duration::from_micros(micros)).to_string();
+        let at = |micros: i64| {
+            let t = if micros >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_micros(micros as u64)
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+            };
+            let mut out = Vec::new();
+            timestamp(&mut out, t);
+            String::from_utf8(out).unwrap()
+        };
         assert_eq!(at(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
         assert_eq!(at(1_709_168_461_000_007), "2024-02-29T01:01:01.000007Z");
         assert_eq!(at(1_796_062_336_908_900), "2026-11-30T18:12:16.908900Z");
+        // The same second again (its prefix reused), the next one, and back: never stale.
+        assert_eq!(at(1_796_062_336_000_001), "2026-11-30T18:12:16.000001Z");
+        assert_eq!(at(1_796_062_337_000_000), "2026-11-30T18:12:17.000000Z");
+        assert_eq!(at(1_796_062_336_999_999), "2026-11-30T18:12:16.999999Z");
         assert_eq!(at(253_402_300_799_999_999), "9999-12-31T23:59:59.999999Z");
-        let before = Rfc3339(SystemTime::UNIX_EPOCH - Duration::from_micros(1)).to_string();
-        assert_eq!(before, "1969-12-31T23:59:59.999999Z");
+        assert_eq!(at(253_402_300_800_000_000), "+10000-01-01T00:00:00.000000Z");
+        assert_eq!(at(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(at(-1_000_000), "1969-12-31T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn json_strings_escape_as_serde_json_does() {
+        let long = "é\u{1}\"x".repeat(5000);
+        let mut every_byte = String::new();
+        for c in (0u8..=0x7f).map(char::from).chain(['\u{80}', '\u{2028}', '\u{feff}', '😀']) {
+            every_byte.push(c);
+        }
+        for v in ["", "plain", "\"", "\\", "\u{0}", "\u{1f}\u{7f}", "a\"b\\c\nd", &every_byte, &long] {
+            let mut ours = Vec::new();
+            json_str(&mut ours, v);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(v).unwrap(), "{v:?}");
+        }
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut ours = Vec::new();
+            uint(&mut ours, n);
+            assert_eq!(ours, n.to_string().as_bytes());
+        }
+        for t in [0u128, 1, 0x4bf92f3577b34da6a3ce929d0e0e4736, u128::MAX] {
+            let mut ours = Vec::new();
+            trace_id(&mut ours, t);
+            assert_eq!(ours, format!("{t:032x}").as_bytes());
+        }
+        for ip in
+            ["0.0.0.0", "255.255.255.255", "10.0.3.17", "::", "::1", "::ffff:10.0.0.1", "2001:db8::8:800:200c:417a"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut ours = Vec::new();
+            ip_addr(&mut ours, ip);
+            assert_eq!(ours, ip.to_string().as_bytes());
+        }
     }
 }
