@@ -48,7 +48,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".envoy.service.auth.v3.ValueOut")
         // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded.
         .extern_path(".envoy.service.auth.v3.OkHttpResponseOut", "crate::proto::auth::OkHttpResponseOut")
-        .compile_fds(with_encode_side(fds.clone())?)?;
+        .compile_fds(with_decode_side(with_encode_side(fds.clone())?)?)?;
+
+    // The standard server trait (`CheckRequest` in, `CheckResponse` out), over the same messages:
+    // only `examples/ceiling.rs` serves it, to measure the full standard decode.
+    let standard_dir = out.join("standard");
+    fs::create_dir_all(&standard_dir)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .compile_well_known_types(false)
+        .extern_path(".envoy", "crate::proto::envoy")
+        .extern_path(".google.rpc", "crate::proto::google::rpc")
+        .out_dir(&standard_dir)
+        .compile_fds(fds.clone())?;
 
     // The client, from the descriptors as written, over the messages generated above.
     let client_dir = out.join("client");
@@ -181,5 +194,70 @@ fn with_encode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, Str
     check.output_type = Some(".envoy.service.auth.v3.CheckResponseOut".into());
     // Source locations index the original messages; the copies have none.
     auth.source_code_info = None;
+    Ok(fds)
+}
+
+/// Adds the decode-side copies of `CheckRequest` and makes `Check` take them: down the path
+/// `attributes.request.http`, each message is a copy whose only change is the next one's type,
+/// and `HttpRequestIn.headers` (`map<string, string>` = 3) is `repeated HeaderEntryIn`, the
+/// {key = 1, value = 2} entries a map is on the wire. prost then decodes the headers into a `Vec`
+/// in arrival order instead of hashing them into a `HashMap`, and a key sent twice reaches
+/// `RequestView` twice instead of the last copy silently winning. Both stay `string`, so a value
+/// that is not UTF-8 still fails the decode, as it does for the map.
+fn with_decode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, String> {
+    const ATTRS: &str = "envoy/service/auth/v3/attribute_context.proto";
+    let nested = |outer: &str, name: &str| -> Result<DescriptorProto, String> {
+        message(&fds, ATTRS, outer)?
+            .nested_type
+            .iter()
+            .find(|m| m.name() == name)
+            .cloned()
+            .ok_or_else(|| format!("{ATTRS}: no message {outer}.{name}"))
+    };
+    let request =
+        copy(message(&fds, AUTH, "CheckRequest")?, "CheckRequestIn", &[("attributes", Some("AttributeContextIn"))])?;
+    let attributes = {
+        let mut m = copy(
+            message(&fds, ATTRS, "AttributeContext")?,
+            "AttributeContextIn",
+            &[
+                ("request", Some("RequestIn")),
+                // A map field names its entry type, nested in the message that declares it.
+                ("context_extensions", Some("AttributeContextIn.ContextExtensionsEntry")),
+            ],
+        )?;
+        // The other fields still name the original nested messages; only the map entry moves.
+        m.nested_type.retain(|n| n.name() == "ContextExtensionsEntry");
+        m
+    };
+    let req = copy(&nested("AttributeContext", "Request")?, "RequestIn", &[("http", Some("HttpRequestIn"))])?;
+    let http = {
+        let mut m =
+            copy(&nested("AttributeContext", "HttpRequest")?, "HttpRequestIn", &[("headers", Some("HeaderEntryIn"))])?;
+        m.nested_type.clear();
+        m
+    };
+    let entry = DescriptorProto {
+        name: Some("HeaderEntryIn".into()),
+        field: vec![
+            field("key", 1, Label::Optional, Type::String, None),
+            field("value", 2, Label::Optional, Type::String, None),
+        ],
+        ..Default::default()
+    };
+    for m in [&request, &attributes, &req, &http] {
+        if !m.nested_type.iter().all(|n| n.options.as_ref().is_some_and(|o| o.map_entry())) {
+            return Err(format!("{}: a copy keeps only map entries", m.name()));
+        }
+    }
+    let auth = fds.file.iter_mut().find(|f| f.name() == AUTH).ok_or("no external_auth.proto")?;
+    auth.message_type.extend([request, attributes, req, http, entry]);
+    let check = auth
+        .service
+        .iter_mut()
+        .flat_map(|s| s.method.iter_mut())
+        .find(|m| m.name() == "Check")
+        .ok_or("no Check method")?;
+    check.input_type = Some(".envoy.service.auth.v3.CheckRequestIn".into());
     Ok(fds)
 }

@@ -17,6 +17,7 @@ use portcullis::authn::Identities;
 use portcullis::authz::{self, CedarMapping};
 use portcullis::config::HeaderNames;
 use portcullis::config::Limits;
+use portcullis::proto::auth::{CheckRequest, CheckRequestIn};
 use portcullis::request::RequestView;
 use portcullis::response;
 use support::{Caller, Fixture, PEER, check_request, token};
@@ -26,11 +27,23 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn normalize(c: &mut Criterion) {
-    let req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
+    use prost::Message as _;
+    // From the framed bytes, as the server gets them: decode, then normalize.
+    let frame = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1").encode_to_vec();
     let limits = Limits::default();
     c.bench_function("normalize/istio_20_headers", |b| {
-        b.iter(|| RequestView::from_check(black_box(&req), &limits).expect("valid"))
+        b.iter(|| {
+            let req = CheckRequestIn::decode(black_box(frame.as_slice())).expect("decodes");
+            RequestView::from_check(&req, &limits).expect("valid").headers().len()
+        })
     });
+    // The decode alone, of the same bytes: the standard type (headers into a `HashMap`) and the
+    // server's (headers as a list, build.rs).
+    let mut group = c.benchmark_group("decode/istio_20_headers");
+    group
+        .bench_function("standard", |b| b.iter(|| CheckRequest::decode(black_box(frame.as_slice())).expect("decodes")));
+    group.bench_function("list", |b| b.iter(|| CheckRequestIn::decode(black_box(frame.as_slice())).expect("decodes")));
+    group.finish();
 }
 
 fn jwt(c: &mut Criterion) {
@@ -94,10 +107,12 @@ fn cedar(c: &mut Criterion) {
     let checker = support::checker(&path);
     let rt = rt();
     let req = check_request(&Caller::Bearer(token(Algorithm::RS256, 1)), "rid-1");
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = portcullis::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     let ids: Identities = rt.block_on(checker.authenticator().authenticate(&view)).expect("authenticated");
     let peer_req = check_request(&Caller::Peer(PEER), "rid-2");
-    let peer_view = RequestView::from_check(&peer_req, &Limits::default()).expect("valid");
+    let peer_req_in = portcullis::proto::check_in(&peer_req);
+    let peer_view = RequestView::from_check(&peer_req_in, &Limits::default()).expect("valid");
     let peer_ids = rt.block_on(checker.authenticator().authenticate(&peer_view)).expect("authenticated");
     let mapping = CedarMapping::new(&["x-tenant".to_owned()], &["authorization".to_owned()]);
 

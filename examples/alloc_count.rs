@@ -123,7 +123,8 @@ fn main() -> anyhow::Result<()> {
         let mut sums = [0u64; 4];
         let mut verdict = String::new();
         let mut one = |sums: &mut [u64; 4]| {
-            let (view, a_norm, b_norm) = counted(|| RequestView::from_check(&req, &limits));
+            let req_in = portcullis::proto::check_in(&req);
+            let (view, a_norm, b_norm) = counted(|| RequestView::from_check(&req_in, &limits));
             let view = view.expect("bench request normalizes");
             let (d, a_dec, b_dec) = counted(|| rt.block_on(checker.check(&view)));
             verdict = format!("{} {}", d.verdict(), d.http_status());

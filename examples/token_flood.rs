@@ -58,7 +58,8 @@ fn main() -> anyhow::Result<()> {
         let accepted = if i % 100 == 0 {
             rt.block_on(support::decide(&checker, &req)).is_allowed()
         } else {
-            let view = RequestView::from_check(&req, &limits)?;
+            let req_in = portcullis::proto::check_in(&req);
+            let view = RequestView::from_check(&req_in, &limits)?;
             matches!(rt.block_on(checker.authenticator().authenticate(&view)), Ok(ids) if ids.jwt.is_some())
         };
         if !accepted {

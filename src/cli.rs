@@ -363,6 +363,7 @@ async fn offline_check(
     }
     let checker = crate::check::Checker::new(cfg, store, &mut registry)?;
     let mut explanation = None;
+    let req = &crate::proto::check_in(req);
     let view = RequestView::from_check_route(
         req,
         &cfg.limits,

@@ -387,7 +387,7 @@ fn run_case(cfg: &Config, checker: &Checker, file: &str, case: &Case) -> CaseRes
         }
     };
     let decision = match RequestView::from_check_route(
-        &wire,
+        &crate::proto::check_in(&wire),
         &cfg.limits,
         cfg.request.matrix_parameters,
         RouteFactNamespaces::of(&cfg.cedar),

@@ -177,6 +177,7 @@ mod tests {
             RateLimiter::new(&RateLimitConfig { requests_per_second: 1, burst: Some(2), max_tracked: 10 }).unwrap();
         let a = spec("10.0.0.1");
         let b = spec("10.0.0.2");
+        let (a, b) = (crate::proto::check_in(&a), crate::proto::check_in(&b));
         let (va, vb) = (
             RequestView::from_check(&a, &Limits::default()).unwrap(),
             RequestView::from_check(&b, &Limits::default()).unwrap(),
@@ -196,7 +197,8 @@ mod tests {
         let ids = Identities::default();
         for i in 0..2000u32 {
             let r = spec(&format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255));
-            let v = RequestView::from_check(&r, &Limits::default()).unwrap();
+            let r_in = crate::proto::check_in(&r);
+            let v = RequestView::from_check(&r_in, &Limits::default()).unwrap();
             let _ = rl.check(&v, &ids);
         }
         assert!(rl.tracked() <= 51, "tracked {}", rl.tracked());
@@ -207,8 +209,10 @@ mod tests {
         let rl =
             RateLimiter::new(&RateLimitConfig { requests_per_second: 1, burst: Some(1), max_tracked: 10 }).unwrap();
         let (a, b) = (spec("10.0.0.1"), spec("10.0.0.2"));
-        let va = RequestView::from_check(&a, &Limits::default()).unwrap();
-        let vb = RequestView::from_check(&b, &Limits::default()).unwrap();
+        let a_in = crate::proto::check_in(&a);
+        let va = RequestView::from_check(&a_in, &Limits::default()).unwrap();
+        let b_in = crate::proto::check_in(&b);
+        let vb = RequestView::from_check(&b_in, &Limits::default()).unwrap();
         let user = Identities {
             jwt: Some(Arc::new(crate::authn::JwtIdentity::for_tests("https://i", "alice", &[], &[]))),
             ..Identities::default()
@@ -251,7 +255,8 @@ mod tests {
         let rl =
             RateLimiter::new(&RateLimitConfig { requests_per_second: 1, burst: Some(1), max_tracked: 10 }).unwrap();
         let r = spec("10.0.0.1");
-        let v = RequestView::from_check(&r, &Limits::default()).unwrap();
+        let r_in = crate::proto::check_in(&r);
+        let v = RequestView::from_check(&r_in, &Limits::default()).unwrap();
         // A generous key: more than the global burst passes.
         let big = api_client("big", Some((1, 3)));
         for _ in 0..3 {
@@ -270,7 +275,8 @@ mod tests {
         let cfg = crate::config::Config::from_yaml(yaml).expect("config");
         let rl = RateLimiter::for_config(&cfg).expect("a limiter for per-key quotas");
         let r = spec("10.0.0.1");
-        let v = RequestView::from_check(&r, &Limits::default()).unwrap();
+        let r_in = crate::proto::check_in(&r);
+        let v = RequestView::from_check(&r_in, &Limits::default()).unwrap();
         let strict = api_client("strict", Some((1, 1)));
         assert!(rl.check(&v, &strict).is_ok());
         assert!(rl.check(&v, &strict).is_err());

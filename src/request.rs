@@ -1,10 +1,15 @@
 //! Normalizes an Envoy `CheckRequest` once into a [`RequestView`]: the only place that reads the
 //! request side of the wire types. Everything downstream sees canonical, bounded values.
+//!
+//! The request arrives as [`CheckRequestIn`] (build.rs): the merged `headers` map decoded as the
+//! list of entries it is on the wire, so the view borrows them in arrival order, and a name sent
+//! twice is seen twice (counted, refused where singular) rather than silently last-wins. A
+//! standard `CheckRequest` goes through [`crate::proto::check_in`] first.
 use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::config::{CedarConfig, Limits, MatrixParameters};
-use crate::proto::auth::{AttributeContext, CheckRequest, attribute_context};
+use crate::proto::auth::{AttributeContextIn, CheckRequestIn, HttpRequestIn, attribute_context};
 use crate::proto::core::{Address, Metadata, address};
 
 /// Why a request could not be normalized. Each is refused (400), never guessed.
@@ -186,14 +191,14 @@ pub struct RequestView<'a> {
 impl<'a> RequestView<'a> {
     /// Normalizes a check request under the configured limits, refusing matrix parameters
     /// (the default `request.matrix_parameters: refuse`).
-    pub fn from_check(req: &'a CheckRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
+    pub fn from_check(req: &'a CheckRequestIn, limits: &Limits) -> Result<Self, InvalidRequest> {
         Self::from_check_with(req, limits, MatrixParameters::Refuse)
     }
 
     /// Normalizes a check request under the configured limits and matrix-parameter mode.
     /// No metadata namespace is read; context extensions are.
     pub fn from_check_with(
-        req: &'a CheckRequest,
+        req: &'a CheckRequestIn,
         limits: &Limits,
         matrix: MatrixParameters,
     ) -> Result<Self, InvalidRequest> {
@@ -202,7 +207,7 @@ impl<'a> RequestView<'a> {
 
     /// Normalizes a check request, also reading the string metadata of the given namespaces.
     pub fn from_check_route(
-        req: &'a CheckRequest,
+        req: &'a CheckRequestIn,
         limits: &Limits,
         matrix: MatrixParameters,
         namespaces: RouteFactNamespaces<'_>,
@@ -212,12 +217,12 @@ impl<'a> RequestView<'a> {
     }
 
     fn normalize(
-        req: &'a CheckRequest,
+        req: &'a CheckRequestIn,
         limits: &Limits,
         matrix: MatrixParameters,
         namespaces: RouteFactNamespaces<'_>,
     ) -> Result<Self, RequestError> {
-        let attrs: &'a AttributeContext = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
+        let attrs: &'a AttributeContextIn = req.attributes.as_ref().ok_or(RequestError::MissingHttp)?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref()).ok_or(RequestError::MissingHttp)?;
         let (headers, invalid_values) = collect_headers(http, limits)?;
         let lookup = |name: &str| {
@@ -356,7 +361,7 @@ impl<'a> RequestView<'a> {
 
 /// The request id of a request that could not be normalized, read the same way as
 /// [`RequestView::request_id`] (Envoy's `id`, else `x-request-id`).
-pub(crate) fn raw_request_id(req: &CheckRequest) -> &str {
+pub(crate) fn raw_request_id(req: &CheckRequestIn) -> &str {
     let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
         return "";
     };
@@ -369,7 +374,7 @@ pub(crate) fn raw_request_id(req: &CheckRequest) -> &str {
         })
     });
     from_map
-        .or_else(|| http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str()))
+        .or_else(|| http.headers.iter().find(|h| h.key.eq_ignore_ascii_case("x-request-id")).map(|h| h.value.as_str()))
         .unwrap_or("")
 }
 
@@ -381,17 +386,14 @@ fn non_empty(s: &str) -> Option<&str> {
 /// list with an empty value, so they are still counted and never mistaken for absent).
 type Collected<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
 
-fn collect_headers<'a>(
-    http: &'a attribute_context::HttpRequest,
-    limits: &Limits,
-) -> Result<Collected<'a>, RequestError> {
+fn collect_headers<'a>(http: &'a HttpRequestIn, limits: &Limits) -> Result<Collected<'a>, RequestError> {
     let raw = http.header_map.as_ref().map(|m| m.headers.as_slice()).unwrap_or(&[]);
     if raw.len() + http.headers.len() > limits.max_headers {
         return Err(RequestError::TooManyHeaders);
     }
     // Both representations count (Envoy fills one), so neither can smuggle bytes past the cap.
     let bytes = raw.iter().map(|h| h.key.len() + h.value.len() + h.raw_value.len()).sum::<usize>()
-        + http.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        + http.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
     if bytes > limits.max_header_bytes {
         return Err(RequestError::HeadersTooLarge);
     }
@@ -413,9 +415,11 @@ fn collect_headers<'a>(
         out.push((h.key.as_str(), v));
     }
     // Only fall back to the merged map when the raw one is absent, so a header is not seen twice.
+    // Its entries come in wire order, a repeated name included (Envoy never repeats one; a
+    // hostile client may, and then both copies are seen, as in `header_map`).
     if raw.is_empty() {
-        for (k, v) in &http.headers {
-            out.push((k.as_str(), v.as_str()));
+        for h in &http.headers {
+            out.push((h.key.as_str(), h.value.as_str()));
         }
     }
     Ok((out, invalid))
@@ -428,7 +432,7 @@ type NamespacedSource<'a> = fn(&'a str) -> RouteFactSource<'a>;
 /// stable order (the wire maps are unordered). Non-string metadata values are not exposed.
 /// Over the count or a length limit is refused, never truncated.
 fn collect_route_facts<'a>(
-    attrs: &'a AttributeContext,
+    attrs: &'a AttributeContextIn,
     namespaces: RouteFactNamespaces<'_>,
 ) -> Result<Vec<RouteFact<'a>>, RequestError> {
     let mut out = Vec::new();

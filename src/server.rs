@@ -26,7 +26,7 @@ use crate::net::{ConnLimits, ListenerFamilies};
 use crate::policy::kube as policy_kube;
 use crate::policy::{PolicyStore, files};
 use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
-use crate::proto::auth::{CheckRequest, CheckResponseOut};
+use crate::proto::auth::{CheckRequestIn, CheckResponseOut};
 use crate::request::{RequestView, RouteFactNamespaces};
 use crate::response::{self, QuotaKeys, ResponseOptions};
 
@@ -49,7 +49,7 @@ pub struct AuthzService {
 impl AuthzService {
     /// Normalizes the wire request, then decides it; a request that does not normalize is a
     /// 400 that still carries its request id.
-    async fn decide(&self, req: &CheckRequest) -> Decision {
+    async fn decide(&self, req: &CheckRequestIn) -> Decision {
         #[cfg(test)]
         tests::fault_hook(req).await;
         match RequestView::from_check_route(req, &self.limits, self.matrix, RouteFactNamespaces::of(&self.cedar)) {
@@ -60,7 +60,7 @@ impl AuthzService {
 
     /// What only the server knows for the audit record: the caller's trace id, and the live
     /// policy version when the decision did not reach the policy set.
-    fn complete_audit(&self, req: &CheckRequest, d: &mut Decision) {
+    fn complete_audit(&self, req: &CheckRequestIn, d: &mut Decision) {
         let a = d.audit_mut();
         a.trace_id = crate::trace::request_trace_id(req);
         if a.policy_version.is_none() {
@@ -71,7 +71,7 @@ impl AuthzService {
 
 /// A decision made without a normalized request (400, shed 503, panic 500): its audit has only
 /// the transport facts Envoy reported, nothing from the request line or headers.
-fn with_raw_audit(mut d: Decision, req: &CheckRequest) -> Decision {
+fn with_raw_audit(mut d: Decision, req: &CheckRequestIn) -> Decision {
     let source = req.attributes.as_ref().and_then(|a| a.source.as_ref());
     let a = d.audit_mut();
     a.source_ip = source.and_then(|p| p.address.as_ref()).and_then(crate::request::ip_of);
@@ -85,7 +85,7 @@ fn with_raw_audit(mut d: Decision, req: &CheckRequest) -> Decision {
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponseOut>, GrpcStatus> {
+    async fn check(&self, request: Request<CheckRequestIn>) -> Result<Response<CheckResponseOut>, GrpcStatus> {
         let start = Instant::now();
         let req = request.into_inner();
         let span = self.traces.as_ref().and_then(|t| t.start_check(&req));

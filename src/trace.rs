@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 use crate::config::{TraceProtocol, TracesConfig, check_endpoint};
 use crate::decision::Decision;
 use crate::policy::PolicyStore;
-use crate::proto::auth::CheckRequest;
+use crate::proto::auth::CheckRequestIn;
 
 /// The check span's name: the gRPC method it times (semantic conventions for RPC spans).
 const SPAN_NAME: &str = "envoy.service.auth.v3.Authorization/Check";
@@ -213,7 +213,7 @@ fn resource() -> Resource {
 impl CheckTracer {
     /// Starts the check's span, child of the request's trace context; `None` when the trace is
     /// not sampled (then no span data exists at all).
-    pub(crate) fn start_check(&self, req: &CheckRequest) -> Option<CheckSpan> {
+    pub(crate) fn start_check(&self, req: &CheckRequestIn) -> Option<CheckSpan> {
         let cx = match parent(|name| raw_header(req, name)) {
             Parent::Remote(sc) => Context::new().with_remote_span_context(sc),
             Parent::Unsampled => return None,
@@ -293,7 +293,7 @@ fn principal_type(principal: &str) -> Option<&str> {
 
 /// One header of the raw request, read from `header_map` or `headers`; `None` when absent,
 /// not UTF-8, too long, or present more than once (ambiguous context is no context).
-fn raw_header<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
+fn raw_header<'a>(req: &'a CheckRequestIn, name: &str) -> Option<&'a str> {
     let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
     let mut found: Option<&str> = None;
     if let Some(m) = &http.header_map {
@@ -305,14 +305,20 @@ fn raw_header<'a>(req: &'a CheckRequest, name: &str) -> Option<&'a str> {
         }
     }
     if found.is_none() {
-        found = http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        // The merged `headers` entries, read the same way: a name sent twice is ambiguous.
+        for h in http.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(&h.value);
+        }
     }
     found.filter(|v| v.len() <= MAX_CONTEXT_HEADER.max(MAX_TRACESTATE))
 }
 
 /// The trace id a request carries (W3C, else B3), for the decision log; `None` when there is
 /// none or it is malformed. The same reading as the span's parent.
-pub(crate) fn request_trace_id(req: &CheckRequest) -> Option<u128> {
+pub(crate) fn request_trace_id(req: &CheckRequestIn) -> Option<u128> {
     match parent(|name| raw_header(req, name)) {
         Parent::Remote(sc) => Some(u128::from_be_bytes(sc.trace_id().to_bytes())),
         Parent::Unsampled | Parent::None => None,

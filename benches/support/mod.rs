@@ -292,7 +292,8 @@ pub fn checker_for(cfg: &Config) -> Checker {
 
 /// What the server does per check: normalize the wire request, then decide it.
 pub async fn decide(checker: &Checker, req: &CheckRequest) -> Decision {
-    match RequestView::from_check(req, &Limits::default()) {
+    let req_in = portcullis::proto::check_in(req);
+    match RequestView::from_check(&req_in, &Limits::default()) {
         Ok(view) => checker.check(&view).await,
         Err(e) => portcullis::check::invalid_request(&e),
     }

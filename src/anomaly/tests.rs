@@ -4,7 +4,8 @@ use crate::config::Limits;
 
 fn with_view<T>(b: CheckRequestBuilder, f: impl FnOnce(&RequestView<'_>) -> T) -> T {
     let req = b.build();
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid request");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid request");
     f(&view)
 }
 

@@ -108,7 +108,8 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let view = RequestView::from_check(&req, &crate::config::Limits::default()).expect("request view");
+        let req_in = crate::proto::check_in(&req);
+        let view = RequestView::from_check(&req_in, &crate::config::Limits::default()).expect("request view");
         PeerAuthenticator::new(cfg).authenticate(&view).map_err(|e| e.label())
     }
 

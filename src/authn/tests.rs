@@ -131,7 +131,8 @@ proptest! {
         if let Some(v) = cookie { headers.push(("cookie", v)); }
         if let Some(v) = key { headers.push(("x-api-key", v)); }
         let req = request(headers);
-        let view = RequestView::from_check(&req, &crate::config::Limits::default()).expect("valid request");
+        let req_in = crate::proto::check_in(&req);
+        let view = RequestView::from_check(&req_in, &crate::config::Limits::default()).expect("valid request");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let res = rt.block_on(authenticator_once().authenticate(&view));
         if ours {

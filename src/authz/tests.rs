@@ -85,7 +85,8 @@ pub(super) fn client(name: &str, groups: &[&str]) -> Identities {
 
 fn decide(snap: &Engine, mapping: &CedarMapping, method: &str, ids: &Identities) -> AuthzOutcome {
     let req = request(method, "/api/orders");
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid request");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid request");
     authorize(snap, &view, ids, mapping).expect("evaluates")
 }
 
@@ -145,7 +146,8 @@ fn sliced_decisions_match_evaluating_every_policy() {
             let out = decide(&snap, &mapping, method, &ids);
             // The same request against the whole policy set, without slicing.
             let req = request(method, "/api/orders");
-            let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+            let req_in = crate::proto::check_in(&req);
+            let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
             let full = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
             assert_eq!((out.allowed, &out.policies), (full.allowed, &full.policies), "{method} {ids:?}");
         }
@@ -264,7 +266,8 @@ fn guarded_selection_decides_exactly_as_every_policy_would() {
     let mut compared = 0;
     let mut outcomes = HashSet::new();
     for (label, req) in guarded_requests() {
-        let Ok(view) = RequestView::from_check(&req, &Limits::default()) else { continue };
+        let req_in = crate::proto::check_in(&req);
+        let Ok(view) = RequestView::from_check(&req_in, &Limits::default()) else { continue };
         for ids in callers() {
             let got = authorize(&snap, &view, &ids, &mapping).expect("evaluates");
             let want = authorize_with(&snap, &view, &ids, &mapping, true).expect("evaluates");
@@ -339,12 +342,14 @@ fn requests_whose_shape_the_schema_does_not_declare_are_refused() {
             ..Default::default()
         });
     }
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     let err = authorize(&snap, &view, &Identities::default(), &mapping).expect_err("does not fit");
     assert!(err.to_string().contains("context"), "{err}");
     // Undeclared actions are refused too.
     let propfind = request("PROPFIND", "/");
-    let view = RequestView::from_check(&propfind, &Limits::default()).expect("valid");
+    let propfind_in = crate::proto::check_in(&propfind);
+    let view = RequestView::from_check(&propfind_in, &Limits::default()).expect("valid");
     assert!(authorize(&snap, &view, &Identities::default(), &mapping).is_err());
 }
 
@@ -359,7 +364,8 @@ fn enumerated_principal_types_are_validated_on_every_request() {
     let mapping = CedarMapping::default();
     assert!(decide(&snap, &mapping, "GET", &client("batch", &[])).allowed);
     let get = request("GET", "/");
-    let view = RequestView::from_check(&get, &Limits::default()).expect("valid");
+    let get_in = crate::proto::check_in(&get);
+    let view = RequestView::from_check(&get_in, &Limits::default()).expect("valid");
     assert!(authorize(&snap, &view, &client("intruder", &[]), &mapping).is_err(), "not a declared client");
     // The test schema has no enumerations: requests are checked once per slice.
     assert!(!snapshot(MIXED).index.validates_each_request());
@@ -383,7 +389,8 @@ fn source_address_policies_hold_for_repeated_and_many_distinct_callers() {
                 ..Default::default()
             });
         }
-        let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+        let req_in = crate::proto::check_in(&req);
+        let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
         authorize(&snap, &view, &Identities::default(), &mapping).expect("evaluates").allowed
     };
     // More distinct addresses than the per-thread cache holds, each asked twice.
@@ -496,7 +503,8 @@ fn a_route_extension_tag_is_set_only_by_context_extensions() {
                 h.headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
             }
         }
-        let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+        let req_in = crate::proto::check_in(&req);
+        let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
         authorize(&snap, &view, &Identities::default(), &mapping).expect("evaluates").allowed
     };
     assert!(decide_on(&[("tenant", "a")], &[]));
@@ -536,11 +544,13 @@ fn route_metadata_tags_carry_the_namespace() {
     let wanted = ["com.example".to_owned()];
     let ns = RouteFactNamespaces { metadata: &[], route_metadata: &wanted };
     let m = crate::config::MatrixParameters::Refuse;
-    let view = RequestView::from_check_route(&req, &Limits::default(), m, ns).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check_route(&req_in, &Limits::default(), m, ns).expect("valid");
     assert!(authorize(&snap, &view, &ids, &mapping).expect("evaluates").allowed);
     // Configured for dynamic metadata only, the route's metadata is not read: no match.
     let ns = RouteFactNamespaces { metadata: &wanted, route_metadata: &[] };
-    let view = RequestView::from_check_route(&req, &Limits::default(), m, ns).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check_route(&req_in, &Limits::default(), m, ns).expect("valid");
     assert!(!authorize(&snap, &view, &ids, &mapping).expect("evaluates").allowed);
 }
 
@@ -555,7 +565,8 @@ pub(super) fn request_with(method: &str, path: &str, content_type: &str, body: &
 }
 
 fn decide_req(snap: &Engine, req: &CheckRequest) -> Result<AuthzOutcome, AuthzError> {
-    let view = RequestView::from_check(req, &Limits::default()).expect("valid request");
+    let req_in = crate::proto::check_in(req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid request");
     authorize(snap, &view, &client("batch", &[]), &CedarMapping::default())
 }
 
@@ -664,7 +675,8 @@ fn a_body_on_an_action_the_principal_cannot_take_is_not_blamed_on_the_body() {
     assert!(schema.contains(from));
     let snap = snapshot_with_schema(schema.replace(from, &from.replace(", Anonymous", "")), BODY_POLICY);
     let req = request_with("POST", "/orders", "application/json", r#"{"amount": 1}"#);
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid request");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid request");
     let out = authorize(&snap, &view, &Identities::default(), &CedarMapping::default());
     assert!(matches!(out, Err(AuthzError::Request(_))), "{out:?}");
 }

@@ -77,7 +77,8 @@ fn request(headers: &[(&str, &[u8])]) -> CheckRequest {
 
 /// What the server does: normalize, then check; a request that does not normalize is a 400.
 async fn decide(c: &Checker, req: &CheckRequest) -> Decision {
-    match RequestView::from_check(req, &Limits::default()) {
+    let req_in = crate::proto::check_in(req);
+    match RequestView::from_check(&req_in, &Limits::default()) {
         Ok(view) => c.check(&view).await,
         Err(e) => invalid_request(&e),
     }

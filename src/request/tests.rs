@@ -1,6 +1,7 @@
 //! Unit tests of request normalization: every attack string of the security contract.
 use super::*;
 use crate::proto::auth::attribute_context::{HttpRequest, Request};
+use crate::proto::auth::{AttributeContext, CheckRequest};
 use crate::proto::core::{HeaderMap, HeaderValue};
 
 fn norm(p: &str) -> Result<String, RequestError> {
@@ -225,21 +226,24 @@ fn request(method: &str, path: &str, host: &str, raw: &[(&str, &str)]) -> CheckR
 }
 
 fn view_err(req: &CheckRequest) -> RequestError {
-    RequestView::from_check(req, &Limits::default()).expect_err("refused").kind
+    RequestView::from_check(&crate::proto::check_in(req), &Limits::default()).expect_err("refused").kind
 }
 
 #[test]
 fn a_refusal_carries_the_request_id_from_id_or_x_request_id() {
     let mut req = request("GET", "/a/%2F", "h", &[("x-request-id", "from-header")]);
-    let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+    let req_in = crate::proto::check_in(&req);
+    let e = RequestView::from_check(&req_in, &Limits::default()).expect_err("refused");
     assert_eq!((e.kind, e.request_id.as_str()), (RequestError::EncodedSeparator, "from-header"));
     if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
         http.id = "envoy-id".into();
     }
-    let e = RequestView::from_check(&req, &Limits::default()).expect_err("refused");
+    let req_in = crate::proto::check_in(&req);
+    let e = RequestView::from_check(&req_in, &Limits::default()).expect_err("refused");
     assert_eq!((e.label(), e.request_id.as_str()), ("encoded_separator", "envoy-id"));
     // Nothing to read: an empty id, never a guess.
-    let e = RequestView::from_check(&CheckRequest::default(), &Limits::default()).expect_err("refused");
+    let e = RequestView::from_check(&crate::proto::check_in(&CheckRequest::default()), &Limits::default())
+        .expect_err("refused");
     assert_eq!((e.kind, e.request_id.as_str()), (RequestError::MissingHttp, ""));
 }
 
@@ -251,11 +255,13 @@ fn agreeing_copies_of_method_path_and_host_are_accepted() {
         "api.example.com",
         &[(":method", "GET"), (":path", "/a/b?x=1"), (":authority", "API.example.com:443")],
     );
-    let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let v = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     assert_eq!((v.method.as_str(), &*v.path, v.query, &*v.host), ("GET", "/a/b", "x=1", "api.example.com"));
     // Proxyless clients send only the header map.
     let req = request("", "", "", &[(":method", "GET"), (":path", "/p"), (":authority", "h.example")]);
-    let v = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let v = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     assert_eq!((&*v.path, &*v.host), ("/p", "h.example"));
 }
 
@@ -302,9 +308,13 @@ fn the_view_refuses_attack_paths_and_hosts() {
     assert_eq!(view_err(&request("GET", "/p", "[::1]junk", &[])), RequestError::BadHost);
     assert_eq!(view_err(&request("GET", "/p", "[admin.example.com]", &[])), RequestError::BadHost);
     let ok = request("GET", "/p", "admin.example.com.", &[]);
-    assert_eq!(RequestView::from_check(&ok, &Limits::default()).expect("valid").host, "admin.example.com");
+    assert_eq!(
+        RequestView::from_check(&crate::proto::check_in(&ok), &Limits::default()).expect("valid").host,
+        "admin.example.com"
+    );
     let strip = request("GET", "/internal;x/secrets", "a.example", &[]);
-    let v = RequestView::from_check_with(&strip, &Limits::default(), MatrixParameters::Strip).expect("valid");
+    let strip_in = crate::proto::check_in(&strip);
+    let v = RequestView::from_check_with(&strip_in, &Limits::default(), MatrixParameters::Strip).expect("valid");
     assert_eq!(v.path, "/internal/secrets");
 }
 
@@ -326,11 +336,17 @@ fn with_extensions(mut req: CheckRequest, ext: &[(&str, &str)]) -> CheckRequest 
 #[test]
 fn route_facts_come_from_envoy_fields_never_from_headers() {
     let req = with_extensions(request("GET", "/a", "h", &[("x-tenant", "b"), ("ext-tenant", "b")]), &[("tenant", "a")]);
-    let view = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     assert_eq!(view.route_facts, vec![RouteFact { source: RouteFactSource::Extension, key: "tenant", value: "a" }]);
     // Headers alone give no route facts, whatever they are called.
     let req = request("GET", "/a", "h", &[("ext:tenant", "a"), ("x-tenant", "a")]);
-    assert!(RequestView::from_check(&req, &Limits::default()).expect("valid").route_facts.is_empty());
+    assert!(
+        RequestView::from_check(&crate::proto::check_in(&req), &Limits::default())
+            .expect("valid")
+            .route_facts
+            .is_empty()
+    );
 }
 
 #[test]
@@ -343,10 +359,12 @@ fn only_string_metadata_of_configured_namespaces_is_read() {
         a.metadata_context = metadata("other", &[("k", Kind::StringValue("v".into()))]);
     }
     let wanted = ["com.example".to_owned()];
-    let none = RequestView::from_check(&req, &Limits::default()).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let none = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     assert!(none.route_facts.is_empty(), "no namespace configured, nothing read");
     let ns = RouteFactNamespaces { metadata: &wanted, route_metadata: &wanted };
-    let view = RequestView::from_check_route(&req, &Limits::default(), MatrixParameters::Refuse, ns).expect("valid");
+    let req_in = crate::proto::check_in(&req);
+    let view = RequestView::from_check_route(&req_in, &Limits::default(), MatrixParameters::Refuse, ns).expect("valid");
     assert_eq!(
         view.route_facts,
         vec![RouteFact { source: RouteFactSource::RouteMetadata("com.example"), key: "tier", value: "gold" }]
@@ -362,7 +380,10 @@ fn route_facts_over_the_limits_are_refused_not_truncated() {
     assert_eq!(view_err(&req).label(), "too_many_route_facts");
     // Exactly at the limit is fine.
     let req = with_extensions(request("GET", "/a", "h", &[]), &many[..MAX_ROUTE_FACTS]);
-    assert_eq!(RequestView::from_check(&req, &Limits::default()).expect("valid").route_facts.len(), MAX_ROUTE_FACTS);
+    assert_eq!(
+        RequestView::from_check(&crate::proto::check_in(&req), &Limits::default()).expect("valid").route_facts.len(),
+        MAX_ROUTE_FACTS
+    );
 
     let long_value = "v".repeat(MAX_ROUTE_FACT_VALUE_BYTES + 1);
     let req = with_extensions(request("GET", "/a", "h", &[]), &[("k", &long_value)]);
@@ -377,6 +398,143 @@ fn route_facts_over_the_limits_are_refused_not_truncated() {
     }
     let wanted = ["ns".to_owned()];
     let ns = RouteFactNamespaces { metadata: &[], route_metadata: &wanted };
-    let e = RequestView::from_check_route(&req, &Limits::default(), MatrixParameters::Refuse, ns).expect_err("over");
+    let req_in = crate::proto::check_in(&req);
+    let e = RequestView::from_check_route(&req_in, &Limits::default(), MatrixParameters::Refuse, ns).expect_err("over");
     assert_eq!(e.kind, RequestError::TooManyRouteFacts);
+}
+
+/// Everything a view shows downstream, for comparing two decodes of one request.
+fn seen(v: &RequestView<'_>) -> String {
+    let mut headers: Vec<(&str, &str)> = v.headers().to_vec();
+    headers.sort();
+    let per_name: Vec<_> = headers
+        .iter()
+        .map(|(k, _)| (v.header(k), v.header_joined(k), v.header_count(k), v.has_invalid_value(k)))
+        .collect();
+    let body = v.body();
+    format!(
+        "{} {} {} {} {} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {}",
+        v.method,
+        v.path,
+        v.query,
+        v.host,
+        v.scheme,
+        v.source_principal,
+        v.destination_principal,
+        v.source_ip,
+        v.request_id,
+        v.traceparent,
+        v.route_facts,
+        headers,
+        per_name,
+        v.grpc(),
+        (body.text, body.raw, body.partial, body.content_type),
+        v.time.is_none(),
+    )
+}
+
+#[test]
+fn the_list_decode_reads_every_request_shape_as_the_map_did() {
+    use prost::Message as _;
+    // The old path: the frame decoded as the standard `CheckRequest` (headers hashed into a
+    // `HashMap`), handed on in that map's order. The new: the same frame decoded as
+    // `CheckRequestIn`, headers in wire order. Every shape `client.rs` builds, valid or not.
+    let shapes = [
+        crate::client::CheckRequestBuilder::new("GET", "/a/b?x=1").host("Shop.Example:8443").pseudo_headers(),
+        crate::client::CheckRequestBuilder::new("post", "/svc.Api/Call")
+            .host("shop")
+            .id("rid-1")
+            .header("content-type", "application/grpc+proto")
+            .header("authorization", "Bearer a.b.c")
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header("x-dup", "1")
+            .header("X-Dup", "2")
+            .peer("spiffe://cluster.local/ns/a/sa/b")
+            .source_ip("10.0.0.1"),
+        crate::client::CheckRequestBuilder::new("GET", "/x")
+            .host("shop")
+            .header("x-request-id", "hdr-id")
+            .raw_header("x-bin", b"\xff\xfe")
+            .header("x-portcullis-body-partial", "true"),
+        crate::client::CheckRequestBuilder::new("GET", "/a/%2F/b").host("shop").header("x-request-id", "rid-400"),
+        crate::client::CheckRequestBuilder::new("GET", "/x").host("a").header("host", "b"),
+        crate::client::CheckRequestBuilder::new("GET", "/x").host("shop").pseudo_headers().header(":path", "/y"),
+    ];
+    let mut compared = 0;
+    for b in &shapes {
+        let mut wires =
+            vec![b.build(), b.build_header_map(true), b.build_header_map(false), b.build_header_map_only(true)];
+        // Both representations at once (raw wins; the map must not be read twice).
+        let mut both = b.build();
+        let header_map =
+            b.build_header_map(true).attributes.and_then(|a| a.request).and_then(|r| r.http).and_then(|h| h.header_map);
+        if let Some(h) = both.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+            h.header_map = header_map;
+            h.body = "{}".into();
+        }
+        wires.push(both);
+        for wire in wires {
+            let frame = wire.encode_to_vec();
+            let old = crate::proto::check_in(&CheckRequest::decode(frame.as_slice()).expect("standard decode"));
+            let new = CheckRequestIn::decode(frame.as_slice()).expect("list decode");
+            for limits in [Limits::default(), Limits { max_headers: 3, ..Limits::default() }] {
+                let ns = RouteFactNamespaces::default();
+                let a = RequestView::from_check_route(&old, &limits, MatrixParameters::Refuse, ns);
+                let b = RequestView::from_check_route(&new, &limits, MatrixParameters::Refuse, ns);
+                match (a, b) {
+                    (Ok(a), Ok(b)) => assert_eq!(seen(&a), seen(&b), "{wire:?}"),
+                    (Err(a), Err(b)) => assert_eq!(a, b, "{wire:?}"),
+                    (a, b) => panic!("{a:?} != {b:?} for {wire:?}"),
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, shapes.len() * 5 * 2);
+}
+
+#[test]
+fn a_name_repeated_in_the_merged_headers_is_seen_twice() {
+    use crate::proto::auth::{AttributeContextIn, HeaderEntryIn, HttpRequestIn, RequestIn};
+    use prost::Message as _;
+    let entry = |k: &str, v: &str| HeaderEntryIn { key: k.into(), value: v.into() };
+    let req = |headers: Vec<HeaderEntryIn>| CheckRequestIn {
+        attributes: Some(AttributeContextIn {
+            request: Some(RequestIn {
+                http: Some(HttpRequestIn { method: "GET".into(), path: "/x".into(), headers, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    // Wire order kept; the standard decode of the same bytes kept only the last copy.
+    let r =
+        req(vec![entry("authorization", "Bearer a"), entry("x-request-id", "one"), entry("authorization", "Bearer b")]);
+    let v = RequestView::from_check(&r, &Limits::default()).expect("valid");
+    assert_eq!(v.header_count("authorization"), 2);
+    assert_eq!(v.header("authorization"), Some("Bearer a"));
+    assert_eq!(v.header_joined("Authorization").as_deref(), Some("Bearer a,Bearer b"));
+    let standard = CheckRequest::decode(r.encode_to_vec().as_slice()).expect("decodes");
+    let map = &standard
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .expect("http")
+        .headers;
+    assert_eq!(map.get("authorization").map(String::as_str), Some("Bearer b"), "the map was last-wins");
+    // Request ids: the first copy, as from `header_map`, on a refusal too.
+    let r = req(vec![entry("x-request-id", "first"), entry("x-request-id", "second"), entry(":path", "/other")]);
+    let e = RequestView::from_check(&r, &Limits::default()).expect_err("conflicting path");
+    assert_eq!((e.kind, e.request_id.as_str()), (RequestError::ConflictingPath, "first"));
+    // Singular headers repeated are refused, whatever their case.
+    for name in ["host", ":authority", ":path"] {
+        let r = req(vec![entry(name, "/a"), entry(&name.to_ascii_uppercase(), "/a")]);
+        let e = RequestView::from_check(&r, &Limits::default()).expect_err("duplicate");
+        assert_eq!(e.kind, RequestError::DuplicatePseudoHeader, "{name}");
+    }
+    // Every entry counts toward the limits.
+    let many: Vec<_> = (0..4).map(|_| entry("x-a", "v")).collect();
+    let limits = Limits { max_headers: 3, ..Limits::default() };
+    assert_eq!(RequestView::from_check(&req(many), &limits).expect_err("over").kind, RequestError::TooManyHeaders);
 }

@@ -22,13 +22,13 @@ static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 
 /// Test-only fault injection at the top of the pipeline: `panic` panics inside the check;
 /// `hold` parks it until [`GATE`] gets a permit (a check kept in flight).
-pub(super) async fn fault_hook(req: &CheckRequest) {
+pub(super) async fn fault_hook(req: &CheckRequestIn) {
     let fault = req
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
-        .and_then(|h| h.headers.get(FAULT_HEADER));
+        .and_then(|h| h.headers.iter().find(|e| e.key == FAULT_HEADER).map(|e| &e.value));
     if fault.is_some_and(|f| f == "panic") {
         panic!("injected fault");
     }

@@ -357,6 +357,7 @@ pub async fn authn(
     req: &CheckRequest,
 ) -> Result<portcullis::authn::Identities, portcullis::authn::AuthnError> {
     let cfg_limits = portcullis::config::Limits::default();
-    let view = RequestView::from_check(req, &cfg_limits).expect("request normalizes");
+    let req_in = portcullis::proto::check_in(req);
+    let view = RequestView::from_check(&req_in, &cfg_limits).expect("request normalizes");
     a.authenticate(&view).await
 }

@@ -397,7 +397,8 @@ pub async fn decide(checker: &Checker, req: &CheckRequest) -> Decision {
 
 /// [`decide`] under a config's request limits and matrix-parameter mode.
 pub async fn decide_with(checker: &Checker, req: &CheckRequest, limits: &Limits, matrix: MatrixParameters) -> Decision {
-    match RequestView::from_check_with(req, limits, matrix) {
+    let req_in = portcullis::proto::check_in(req);
+    match RequestView::from_check_with(&req_in, limits, matrix) {
         Ok(view) => checker.check(&view).await,
         Err(e) => portcullis::check::invalid_request(&e),
     }
