@@ -620,7 +620,7 @@ fn a_shared_removal_list_answers_exactly_as_the_per_check_one() {
         let (cfg, c) = config_and_checker(headers_yaml);
         for (what, ids) in &identities {
             for headers in requests {
-                let req = request(headers);
+                let req = crate::proto::check_in(&request(headers));
                 let view = RequestView::from_check(&req, &Limits::default()).expect("normalizes");
                 // Twice: the second check answers from the kept list.
                 for round in 0..2 {
@@ -656,7 +656,7 @@ fn a_shared_removal_list_answers_exactly_as_the_per_check_one() {
 #[test]
 fn allows_that_set_the_same_names_share_one_list() {
     let (_, c) = config_and_checker("{}");
-    let view_req = request(&[]);
+    let view_req = crate::proto::check_in(&request(&[]));
     let view = RequestView::from_check(&view_req, &Limits::default()).expect("normalizes");
     let wire = |ids: Identities| {
         let d = c.check_as(&view, ids);

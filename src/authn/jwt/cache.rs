@@ -75,7 +75,9 @@ impl JwtAuthenticator {
             return Err(e.into());
         }
         self.verifications.inc();
-        let (identity, issuer, facts) = match self.verify_uncached(token, source).await {
+        // Boxed: the key fetch it may run is a large future, and inline it would make every
+        // check's future (copied whole into its task) that large, cache hits included.
+        let (identity, issuer, facts) = match Box::pin(self.verify_uncached(token, source)).await {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {

@@ -273,7 +273,8 @@ impl JwtAuthenticator {
         }
         if let Some(r) = &facts.status {
             let iss = self.issuers.get(issuer).ok_or(JwtError::UnknownIssuer)?;
-            self.status_lists.check(issuer, iss, r).await?;
+            // Boxed for the same reason as the fresh verification: a fetch is a large future.
+            Box::pin(self.status_lists.check(issuer, iss, r)).await?;
         }
         Ok(())
     }
