@@ -71,9 +71,10 @@ mod tests {
     use super::auth::{CheckRequest, CheckRequestIn};
 
     #[test]
-    fn reflection_serves_the_request_as_written() {
-        // `Check` takes the decode-side copy in Rust (build.rs); clients must still be told it
-        // takes the standard `CheckRequest`, and never see the copies.
+    fn reflection_serves_the_protos_as_written() {
+        // `Check` takes the decode-side copy and answers with the encode-side one in Rust
+        // (build.rs); clients must still be told it takes the standard `CheckRequest` and returns
+        // the standard `CheckResponse`, and never see the copies.
         let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor set");
         let check = fds
             .file
@@ -83,9 +84,10 @@ mod tests {
             .find(|m| m.name() == "Check")
             .expect("Check");
         assert_eq!(check.input_type(), ".envoy.service.auth.v3.CheckRequest");
+        assert_eq!(check.output_type(), ".envoy.service.auth.v3.CheckResponse");
         let names: Vec<&str> = fds.file.iter().flat_map(|f| &f.message_type).map(|m| m.name()).collect();
         assert!(names.contains(&"CheckRequest") && names.contains(&"AttributeContext"), "{names:?}");
-        let copies: Vec<&&str> = names.iter().filter(|n| n.ends_with("In")).collect();
+        let copies: Vec<&&str> = names.iter().filter(|n| n.ends_with("In") || n.ends_with("Out")).collect();
         assert!(copies.is_empty(), "{copies:?}");
     }
 
