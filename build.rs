@@ -43,10 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .compile_well_known_types(false)
         .bytes(".envoy.service.auth.v3.HeaderValueOut")
-        .bytes(".envoy.service.auth.v3.OkHttpResponseOut")
         .bytes(".envoy.service.auth.v3.FieldOut")
         .bytes(".envoy.service.auth.v3.ValueOut")
-        // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded.
+        // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded. The
+        // descriptor copy stays, so `CheckResponseOut`'s field still names it.
         .extern_path(".envoy.service.auth.v3.OkHttpResponseOut", "crate::proto::auth::OkHttpResponseOut")
         .compile_fds(with_decode_side(with_encode_side(fds.clone())?)?)?;
 
