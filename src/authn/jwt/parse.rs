@@ -34,6 +34,10 @@ const SIG_STACK: usize = 1026;
 /// typical access token's payload is well under it); a longer one decodes exactly the same way,
 /// on the heap.
 const SEGMENT_STACK: usize = 2048;
+/// Members a header and a payload are sized for up front (a typical header has 2–4, an access
+/// token's payload 10–16): no regrowing of the map while it is read. More still fit.
+const HEADER_CAPACITY: usize = 4;
+const CLAIMS_CAPACITY: usize = 16;
 /// Claims jsonwebtoken's validation struct names: a duplicate of one of these was refused.
 const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
 
@@ -68,9 +72,9 @@ impl<'a> ParsedToken<'a> {
             2 => return Err(JwtError::Encrypted),
             _ => return Err(JwtError::Malformed),
         }
-        let (header, header_dup) = decode_object(h, HEADER_FIELDS)?;
+        let (header, header_dup) = decode_object(h, HEADER_FIELDS, HEADER_CAPACITY)?;
         let alg = check_header(&header)?;
-        let (claims, duplicate_claim) = decode_object(p, VALIDATED_CLAIMS)?;
+        let (claims, duplicate_claim) = decode_object(p, VALIDATED_CLAIMS, CLAIMS_CAPACITY)?;
         let header_refused = header_dup || !header_types_ok(&header);
         // `h.len() + 1 + p.len()` is within `token`: the first two segments and their dot.
         let signing_input = token.get(..h.len() + 1 + p.len()).ok_or(JwtError::Malformed)?;
@@ -110,7 +114,11 @@ impl<'a> ParsedToken<'a> {
 /// Base64url (unpadded, canonical: the engine refuses padding and stray trailing bits) and
 /// then one JSON object; also whether a member named in `watched` appeared twice (the later
 /// value is kept, as serde_json's `Map` keeps it).
-fn decode_object(seg: &str, watched: &'static [&'static str]) -> Result<(Map<String, Value>, bool), JwtError> {
+fn decode_object(
+    seg: &str,
+    watched: &'static [&'static str],
+    capacity: usize,
+) -> Result<(Map<String, Value>, bool), JwtError> {
     let mut stack = [0u8; SEGMENT_STACK];
     let heap: Vec<u8>;
     let bytes: &[u8] = if base64::decoded_len_estimate(seg.len()) <= SEGMENT_STACK {
@@ -121,13 +129,16 @@ fn decode_object(seg: &str, watched: &'static [&'static str]) -> Result<(Map<Str
         &heap
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let out = ObjectSeed(watched).deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
+    let out = ObjectSeed { watched, capacity }.deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
     // Only whitespace may follow the object, as with `serde_json::from_slice`.
     de.end().map_err(|_| JwtError::Malformed)?;
     Ok(out)
 }
 
-struct ObjectSeed(&'static [&'static str]);
+struct ObjectSeed {
+    watched: &'static [&'static str],
+    capacity: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed {
     type Value = (Map<String, Value>, bool);
@@ -142,11 +153,11 @@ impl<'de> Visitor<'de> for ObjectSeed {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        let mut map = Map::new();
+        let mut map = Map::with_capacity(self.capacity);
         let mut dup = false;
         while let Some(k) = a.next_key::<String>()? {
             let v: Value = a.next_value()?;
-            if self.0.contains(&k.as_str()) && map.contains_key(&k) {
+            if self.watched.contains(&k.as_str()) && map.contains_key(&k) {
                 dup = true;
             }
             map.insert(k, v);
