@@ -157,10 +157,11 @@ impl<'de> Visitor<'de> for ObjectSeed {
         let mut dup = false;
         while let Some(k) = a.next_key::<String>()? {
             let v: Value = a.next_value()?;
-            if self.watched.contains(&k.as_str()) && map.contains_key(&k) {
+            let watched = self.watched.contains(&k.as_str());
+            // One lookup: the insert says whether the member was there already.
+            if map.insert(k, v).is_some() && watched {
                 dup = true;
             }
-            map.insert(k, v);
         }
         Ok((map, dup))
     }
