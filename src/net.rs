@@ -33,8 +33,7 @@ use tonic::transport::server::{Connected, TcpIncoming};
 /// An allow is ~1.3 KiB (its removal list), so 16 KiB held about 12 and a round of 16 streams
 /// took two calls or more (0.17 `sendto` per check under the bench's load, 0.07 at 64 KiB: −3…4
 /// µs of server CPU per cached check). Bounded per connection (`limits.grpc.max_connections` of
-/// them at most; pages never written to are never touched); a larger write goes straight
-/// through.
+/// them at most: 16 MiB at the default 256); a larger write goes straight through.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A connection whose writes are gathered until h2 has nothing more to write (see the module
