@@ -21,7 +21,7 @@ use portcullis::proto::{auth, standard};
 use tonic::{Request, Response, Status};
 
 /// The binary's allocator (`src/main.rs`), so that the basis pays for its allocations what
-/// portcullis pays for the same ones: with glibc malloc the ceiling cost ~1.5 µs more per check,
+/// portcullis pays for the same ones: with glibc malloc the ceiling cost ~2 µs more per check,
 /// which flattered every ratio.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
