@@ -16,7 +16,10 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
 use prost_types::field_descriptor_proto::{Label, Type};
-use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet, OneofDescriptorProto};
+use prost_types::{
+    DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto,
+    OneofDescriptorProto,
+};
 
 const AUTH: &str = "envoy/service/auth/v3/external_auth.proto";
 const CORE: &str = "envoy/config/core/v3/base.proto";
@@ -104,6 +107,15 @@ fn copy(m: &DescriptorProto, name: &str, retype: &[(&str, Option<&str>)]) -> Res
     Ok(m)
 }
 
+/// The `Check` method of the auth file's service, whose input or output a copy replaces.
+fn check_method(auth: &mut FileDescriptorProto) -> Result<&mut MethodDescriptorProto, String> {
+    auth.service
+        .iter_mut()
+        .flat_map(|s| s.method.iter_mut())
+        .find(|m| m.name() == "Check")
+        .ok_or_else(|| "no Check method".to_string())
+}
+
 fn field(name: &str, number: i32, label: Label, ty: Type, message: Option<&str>) -> FieldDescriptorProto {
     let mut f = FieldDescriptorProto {
         name: Some(name.to_owned()),
@@ -185,13 +197,7 @@ fn with_encode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, Str
     };
     let auth = fds.file.iter_mut().find(|f| f.name() == AUTH).ok_or("no external_auth.proto")?;
     auth.message_type.extend([header_value, option, denied, ok, response, strukt, entry, value, list]);
-    let check = auth
-        .service
-        .iter_mut()
-        .flat_map(|s| s.method.iter_mut())
-        .find(|m| m.name() == "Check")
-        .ok_or("no Check method")?;
-    check.output_type = Some(".envoy.service.auth.v3.CheckResponseOut".into());
+    check_method(auth)?.output_type = Some(".envoy.service.auth.v3.CheckResponseOut".into());
     // Source locations index the original messages; the copies have none.
     auth.source_code_info = None;
     Ok(fds)
@@ -252,12 +258,6 @@ fn with_decode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, Str
     }
     let auth = fds.file.iter_mut().find(|f| f.name() == AUTH).ok_or("no external_auth.proto")?;
     auth.message_type.extend([request, attributes, req, http, entry]);
-    let check = auth
-        .service
-        .iter_mut()
-        .flat_map(|s| s.method.iter_mut())
-        .find(|m| m.name() == "Check")
-        .ok_or("no Check method")?;
-    check.input_type = Some(".envoy.service.auth.v3.CheckRequestIn".into());
+    check_method(auth)?.input_type = Some(".envoy.service.auth.v3.CheckRequestIn".into());
     Ok(fds)
 }
