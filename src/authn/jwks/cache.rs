@@ -1,26 +1,20 @@
-//! One issuer's key set in moka: served while fresh, refreshed in the background near the end of
-//! its lifetime, kept through provider outages until `max_stale`, and refreshed on an unknown
-//! `kid` at most once per interval.
+//! One issuer's key set: served while fresh, refreshed in the background near the end of its
+//! lifetime, kept through provider outages until `max_stale` (its `serve_until`), and refreshed
+//! on an unknown `kid` at most once per interval.
+//!
+//! The set is one atomically swapped pointer, not a cache: every cached-token check reads it
+//! (a load and one clock comparison), and a single-entry moka cache cost a hash, a read
+//! record and two clock reads there. Fetches are serialized by `refresh_lock`, which also
+//! makes concurrent first loads share one fetch.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
+use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{IssuerLabel, IssuerResult, JwksError, JwksMetrics, KeyLookupError, KeySet, KeySource, VerifyKey};
 use crate::config::JwksConfig;
-
-struct ServeUntil;
-
-impl Expiry<(), Arc<KeySet>> for ServeUntil {
-    fn expire_after_create(&self, _: &(), v: &Arc<KeySet>, now: Instant) -> Option<Duration> {
-        Some(v.serve_until.saturating_duration_since(now))
-    }
-    fn expire_after_update(&self, _: &(), v: &Arc<KeySet>, now: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(v.serve_until.saturating_duration_since(now))
-    }
-}
 
 /// The keys of one issuer.
 pub struct IssuerKeys {
@@ -29,7 +23,8 @@ pub struct IssuerKeys {
     pub(super) settings: JwksConfig,
     pub(super) client: reqwest::Client,
     pub(super) allow_insecure_http: bool,
-    pub(super) cache: moka::future::Cache<(), Arc<KeySet>>,
+    /// The last good set; served only until its `serve_until`.
+    pub(super) held: ArcSwapOption<KeySet>,
     pub(super) discovered_uri: Mutex<Option<String>>,
     pub(super) refresh_lock: tokio::sync::Mutex<()>,
     pub(super) last_attempt: Mutex<Option<Instant>>,
@@ -84,7 +79,7 @@ impl IssuerKeys {
             settings,
             client,
             allow_insecure_http,
-            cache: moka::future::Cache::builder().max_capacity(1).expire_after(ServeUntil).build(),
+            held: ArcSwapOption::empty(),
             discovered_uri: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
@@ -96,17 +91,24 @@ impl IssuerKeys {
         })
     }
 
+    /// The held set if it may still be served at `now`; past its `serve_until` it is as if
+    /// none were held.
+    fn live(&self, now: Instant) -> Option<Arc<KeySet>> {
+        self.held.load_full().filter(|s| now < s.serve_until)
+    }
+
     /// The key set currently served, without fetching.
     pub async fn current(&self) -> Option<Arc<KeySet>> {
-        self.cache.get(&()).await
+        self.live(Instant::now())
     }
 
     /// The key set currently served, starting a background refresh when one is due. Used by
     /// the verified-token cache, so that tokens answered from it alone still keep keys fresh
     /// (and so notice a removed key) instead of riding the old set until `max_stale`.
     pub async fn serving(self: &Arc<Self>) -> Option<Arc<KeySet>> {
-        let set = self.cache.get(&()).await?;
-        if set.refresh_due(Instant::now()) {
+        let now = Instant::now();
+        let set = self.live(now)?;
+        if set.refresh_due(now) {
             self.spawn_background_refresh();
         }
         Some(set)
@@ -153,29 +155,28 @@ impl IssuerKeys {
         }
     }
 
-    /// The cached set, or one fetch shared by every concurrent caller when nothing is cached.
+    /// The held set, or one fetch shared by every concurrent caller when none may be served:
+    /// callers queue on `refresh_lock` and the first fetches; the others then find its set, or,
+    /// after a failed attempt, fail fast until the interval has passed.
     async fn load(self: &Arc<Self>) -> Option<Arc<KeySet>> {
-        if let Some(s) = self.cache.get(&()).await {
+        if let Some(s) = self.live(Instant::now()) {
             return Some(s);
         }
-        let this = self.clone();
-        let res = self
-            .cache
-            .try_get_with((), async move {
-                // Concurrent callers share this one future; after a failed attempt, later ones
-                // fail fast until the interval has passed.
-                if !this.attempt_allowed() {
-                    return Err(JwksError::Backoff);
-                }
-                this.fetch().await.map(Arc::new)
-            })
-            .await;
-        match res {
-            Ok(s) => Some(s),
+        let _guard = self.refresh_lock.lock().await;
+        if let Some(s) = self.live(Instant::now()) {
+            return Some(s);
+        }
+        if !self.attempt_allowed() {
+            return None;
+        }
+        match self.fetch().await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                self.held.store(Some(set.clone()));
+                Some(set)
+            }
             Err(e) => {
-                if !matches!(*e, JwksError::Backoff) {
-                    tracing::warn!(issuer = %self.issuer, error = %e, "no signing keys available");
-                }
+                tracing::warn!(issuer = %self.issuer, error = %e, "no signing keys available");
                 None
             }
         }
@@ -208,7 +209,7 @@ impl IssuerKeys {
                 }
             },
         };
-        if let Some(cur) = self.cache.get(&()).await
+        if let Some(cur) = self.live(Instant::now())
             && cur.generation != seen_generation
         {
             return Refresh::Newer(cur);
@@ -226,7 +227,7 @@ impl IssuerKeys {
         match self.fetch().await {
             Ok(set) => {
                 let set = Arc::new(set);
-                self.cache.insert((), set.clone()).await;
+                self.held.store(Some(set.clone()));
                 Some(set)
             }
             Err(e) => {
@@ -322,7 +323,6 @@ mod tests {
         assert!(new_key.verifiers.verify(Algorithm::EdDSA, msg, new.sign(msg).as_ref()));
         assert!(!new_key.verifiers.verify(Algorithm::EdDSA, msg, old.sign(msg).as_ref()), "old signature, new key");
         assert_eq!(keys.key_for(Some("old")).await.err(), Some(KeyLookupError::UnknownKid));
-        keys.cache.run_pending_tasks().await;
         assert!(old_weak.upgrade().is_none(), "the rotated-out key (and its parsed verifiers) is still held");
     }
 }

@@ -54,8 +54,6 @@ pub enum JwksError {
     IssuerMismatch { expected: String, found: String },
     #[error("cannot read {path}: {message}")]
     Read { path: PathBuf, message: String },
-    #[error("not retrying yet: the last attempt failed less than the refresh interval ago")]
-    Backoff,
     #[error("fetch of {url} refused: {message}")]
     Redirect { url: String, message: String },
     #[error("{url} is not an https URL (set `allow_insecure_http` on the issuer to allow http)")]
@@ -72,7 +70,6 @@ impl JwksError {
             JwksError::Parse { .. } | JwksError::IssuerMismatch { .. } => "invalid",
             JwksError::NoUsableKeys { .. } => "no_keys",
             JwksError::TooManyKeys { .. } => "too_many_keys",
-            JwksError::Backoff => "backoff",
             JwksError::Redirect { .. } => "redirect_refused",
             JwksError::InsecureUrl { .. } => "insecure_url",
         }

@@ -20,7 +20,9 @@ pub(super) struct CachedToken {
 
 /// The verified-token cache and its lookup counters, resolved once (not per request).
 pub(super) struct TokenCache {
-    pub(super) cache: moka::future::Cache<[u8; 32], CachedToken>,
+    /// Synchronous: a lookup is a hash-table read and never waits, so it needs no future (the
+    /// async cache's lookup cost a future and its polling on every check).
+    pub(super) cache: moka::sync::Cache<[u8; 32], CachedToken>,
     pub(super) hits: Counter,
     pub(super) misses: Counter,
 }
@@ -56,7 +58,7 @@ impl JwtAuthenticator {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(TokenCache { cache, hits, misses }) = &self.cache {
-            if let Some(hit) = cache.get(&digest).await {
+            if let Some(hit) = cache.get(&digest) {
                 if self.still_valid(&hit).await {
                     hits.inc();
                     *looked_up = Some("hit");
@@ -64,7 +66,7 @@ impl JwtAuthenticator {
                     self.check_revoked(&hit.identity, hit.issuer, &hit.facts).await?;
                     return Ok(hit.identity);
                 }
-                cache.invalidate(&digest).await;
+                cache.invalidate(&digest);
             }
             misses.inc();
             *looked_up = Some("miss");
@@ -89,7 +91,7 @@ impl JwtAuthenticator {
         let facts = Arc::new(facts?);
         if let Some(TokenCache { cache, .. }) = &self.cache {
             let entry = CachedToken { identity: identity.clone(), issuer, facts: facts.clone() };
-            cache.insert(digest, entry).await;
+            cache.insert(digest, entry);
         }
         self.check_revoked(&identity, issuer, &facts).await?;
         Ok(identity)

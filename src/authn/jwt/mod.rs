@@ -216,7 +216,7 @@ impl JwtAuthenticator {
             // `get_or_create` takes its write lock.
             let hits = cache_lookups.get_or_create(&CacheLabel { result: "hit" }).clone();
             let misses = cache_lookups.get_or_create(&CacheLabel { result: "miss" }).clone();
-            let cache = moka::future::Cache::builder()
+            let cache = moka::sync::Cache::builder()
                 .max_capacity(cfg.token_cache.max_entries)
                 .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
                 .build();
@@ -303,7 +303,7 @@ impl JwtAuthenticator {
     pub async fn cached_tokens(&self) -> u64 {
         match &self.cache {
             Some(c) => {
-                c.cache.run_pending_tasks().await;
+                c.cache.run_pending_tasks();
                 c.cache.entry_count()
             }
             None => 0,
