@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use crate::anomaly::{Anomalies, CredentialHeaders};
 use crate::authn::{
     ApiClientIdentity, Authenticator, AuthnError, Credential, CredentialKind, Identities, JwtIdentity, RouteRefusal,
-    RouteRequirements,
+    RouteRequirements, UpstreamHeaders,
 };
 use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
@@ -41,6 +41,8 @@ pub struct Checker {
     shadow: Option<shadow::Shadow>,
     /// Failed-authentication tracking and the optional pre-authentication throttle.
     anomalies: Arc<Anomalies>,
+    /// This checker, as the owner of the upstream headers an identity keeps.
+    upstream_owner: Arc<()>,
 }
 
 impl Checker {
@@ -85,6 +87,7 @@ impl Checker {
             rate_limiter: RateLimiter::for_config(cfg),
             shadow: None,
             anomalies,
+            upstream_owner: Arc::new(()),
         })
     }
 
@@ -322,7 +325,31 @@ impl Checker {
     /// Identity headers for the upstream, then the removal list: every spelling of every owned
     /// header except the exact names set here (Envoy applies removals after additions, so
     /// listing a set name would delete our own value; the set ones overwrite client copies).
+    ///
+    /// For a token alone (no peer, no API client) both depend only on the token's identity, the
+    /// principal and this checker's config, so they are computed at its first allow and kept
+    /// with the identity, for this checker and principal.
     fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, RemoveHeaders) {
+        if let (Some(j), None, None) = (&ids.jwt, &ids.peer, &ids.api_client) {
+            let kept = j.upstream.get_or_init(|| {
+                let (set, remove_wire) = self.upstream_headers(ids, principal);
+                UpstreamHeaders {
+                    principal: principal.into(),
+                    owner: Arc::downgrade(&self.upstream_owner),
+                    set,
+                    remove_wire,
+                }
+            });
+            if &*kept.principal == principal && std::ptr::eq(kept.owner.as_ptr(), Arc::as_ptr(&self.upstream_owner)) {
+                return (kept.set.clone(), RemoveHeaders::shared(kept.remove_wire.clone()));
+            }
+        }
+        let (set, remove) = self.upstream_headers(ids, principal);
+        (set, RemoveHeaders::shared(remove))
+    }
+
+    /// [`Checker::identity_headers_for`], computed: the headers and the removal list's wire form.
+    fn upstream_headers(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, Bytes) {
         let n = &self.identity_names;
         let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         // Claim headers first, identity headers last; config keeps the two sets disjoint.

@@ -27,6 +27,47 @@ pub struct Identities {
     pub api_client: Option<Arc<ApiClientIdentity>>,
 }
 
+/// The upstream headers an allow for one identity sets, as the check computed them: the same for
+/// every check that identity gets, so a verified token (shared by every check that presents it,
+/// through the token cache) keeps them, computed at its first allow.
+#[derive(Debug)]
+pub struct UpstreamHeaders {
+    /// The principal they were computed for (`principal` header); another principal for the
+    /// same identity does not reuse them.
+    pub principal: Box<str>,
+    /// Who computed them (a token of the checker, whose config they follow); another checker
+    /// does not reuse them. Weak, so the token's address stays reserved while this is kept.
+    pub owner: std::sync::Weak<()>,
+    /// `(name, value)` pairs set upstream.
+    pub set: Vec<(bytes::Bytes, bytes::Bytes)>,
+    /// The removal list that goes with them, in its wire form.
+    pub remove_wire: bytes::Bytes,
+}
+
+/// Where an identity keeps its [`UpstreamHeaders`]. A clone starts empty: a cloned identity may
+/// be changed (tests do), and must not carry the original's headers.
+#[derive(Default)]
+pub struct UpstreamSlot(std::sync::OnceLock<UpstreamHeaders>);
+
+impl UpstreamSlot {
+    /// The kept headers, computing them with `make` the first time.
+    pub fn get_or_init(&self, make: impl FnOnce() -> UpstreamHeaders) -> &UpstreamHeaders {
+        self.0.get_or_init(make)
+    }
+}
+
+impl Clone for UpstreamSlot {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for UpstreamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "UpstreamSlot(kept)" } else { "UpstreamSlot(empty)" })
+    }
+}
+
 /// The principal a request acts as, chosen by [`Identities::principal`]: what was proven, by
 /// reference, so callers (Cedar entities, rate-limit keys) need not repeat the precedence rule.
 #[derive(Debug, Clone, Copy)]

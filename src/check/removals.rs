@@ -1,6 +1,6 @@
 //! An allow's removal list (every spelling of every owned header, minus the names it sets),
 //! computed once per distinct set of names set rather than per check, and shared in its wire
-//! form ([`RemoveHeaders`]): a check costs a lookup and one reference count.
+//! form (see [`RemoveHeaders::encode_shared`]): a check costs a lookup and one reference count.
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -28,19 +28,19 @@ impl RemovalLists {
         Self { owned, lists: RwLock::new(HashMap::new()) }
     }
 
-    /// `owned` minus the names in `set`, in `owned`'s order.
-    pub(super) fn without<'a, I>(&self, set: I) -> RemoveHeaders
+    /// `owned` minus the names in `set`, in `owned`'s order, in wire form.
+    pub(super) fn without<'a, I>(&self, set: I) -> Bytes
     where
         I: Iterator<Item = &'a [u8]> + Clone,
     {
         let Some(mask) = self.mask(set.clone()) else {
             // Too many owned names for the key: the list is built for this check alone.
             let kept: Vec<&Bytes> = self.owned.iter().filter(|h| !set.clone().any(|k| k == h.as_ref())).collect();
-            return RemoveHeaders::shared(RemoveHeaders::encode_shared(&kept));
+            return RemoveHeaders::encode_shared(&kept);
         };
         // A poisoned lock (a panic while inserting) only costs the cache.
         if let Some(wire) = self.lists.read().ok().and_then(|l| l.get(&mask).cloned()) {
-            return RemoveHeaders::shared(wire);
+            return wire;
         }
         let kept: Vec<&Bytes> =
             self.owned.iter().enumerate().filter(|(i, _)| mask & (1 << i) == 0).map(|(_, h)| h).collect();
@@ -50,7 +50,7 @@ impl RemovalLists {
         {
             lists.entry(mask).or_insert_with(|| wire.clone());
         }
-        RemoveHeaders::shared(wire)
+        wire
     }
 
     /// The positions in `owned` of the names set; `None` when `owned` is too long for the key.
@@ -77,6 +77,7 @@ impl RemovalLists {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::RemoveHeaders;
 
     fn names(n: usize) -> Vec<Bytes> {
         let mut v: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("x-h{i:03}"))).collect();
@@ -99,7 +100,7 @@ mod tests {
             for bits in 0u32..1024 {
                 let mut set: Vec<&[u8]> = (0..10).filter(|b| bits & (1 << b) != 0).map(|b| owned[b].as_ref()).collect();
                 set.push(b"not-owned");
-                let got = lists.without(set.iter().copied());
+                let got = RemoveHeaders::shared(lists.without(set.iter().copied()));
                 assert_eq!(got, direct(&owned, &set), "{bits:#b} round {round}");
             }
         }
@@ -111,8 +112,8 @@ mod tests {
         let owned = names(200);
         let lists = RemovalLists::new(owned.clone());
         let set: Vec<&[u8]> = vec![owned[0].as_ref(), owned[150].as_ref(), owned[199].as_ref()];
-        assert_eq!(lists.without(set.iter().copied()), direct(&owned, &set));
-        assert_eq!(lists.without(std::iter::empty()), owned);
+        assert_eq!(RemoveHeaders::shared(lists.without(set.iter().copied())), direct(&owned, &set));
+        assert_eq!(RemoveHeaders::shared(lists.without(std::iter::empty())), owned);
         assert_eq!(lists.kept(), 0);
     }
 
@@ -121,8 +122,8 @@ mod tests {
         let long = Bytes::from("y".repeat(300));
         let owned = vec![Bytes::from("a"), long.clone()];
         let lists = RemovalLists::new(owned.clone());
-        assert!(lists.without(owned.iter().map(|b| b.as_ref())).is_empty());
+        assert!(RemoveHeaders::shared(lists.without(owned.iter().map(|b| b.as_ref()))).is_empty());
         // A name of 300 bytes takes a two-byte varint length.
-        assert_eq!(lists.without([b"a".as_slice()].into_iter()), vec![long]);
+        assert_eq!(RemoveHeaders::shared(lists.without([b"a".as_slice()].into_iter())), vec![long]);
     }
 }

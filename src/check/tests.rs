@@ -673,3 +673,65 @@ fn allows_that_set_the_same_names_share_one_list() {
     assert_eq!(dropped, other);
     assert_eq!(c.removals.kept(), 2);
 }
+
+/// A token's upstream headers are kept with its identity at the first allow, and answered from
+/// there only when nothing else could change them: the same principal, no peer, no API client.
+/// A clone of the identity (which may then differ) starts without them.
+#[test]
+fn a_token_keeps_its_upstream_headers_only_where_they_cannot_differ() {
+    let (_, c) = config_and_checker("{strip_on_allow: [x-extra]}");
+    let fresh = |ids: &Identities, principal: &str| {
+        let (set, wire) = c.upstream_headers(ids, principal);
+        (strings(&set), RemoveHeaders::shared(wire))
+    };
+    let kept = |ids: &Identities, principal: &str| {
+        let (set, remove) = c.identity_headers_for(ids, principal);
+        (strings(&set), remove)
+    };
+    let j = jwt_with("alice", &[("x-team", b"t")]);
+    let alone = Identities { jwt: Some(j.clone()), ..Default::default() };
+    let first = kept(&alone, "User::\"alice\"");
+    assert_eq!(first, fresh(&alone, "User::\"alice\""));
+    assert!(format!("{:?}", j.upstream).contains("kept"), "kept at the first allow");
+    assert_eq!(kept(&alone, "User::\"alice\""), first, "answered from the identity");
+
+    // Another principal for the same identity: computed, not the kept principal header.
+    let other = kept(&alone, "User::\"mallory\"");
+    assert_eq!(other, fresh(&alone, "User::\"mallory\""));
+    assert!(other.0.iter().any(|(k, v)| k == "x-portcullis-principal" && v == "User::\"mallory\""), "{other:?}");
+
+    // The same token with a peer or an API client: their headers are set, never the kept list.
+    for ids in [
+        Identities { peer: Some(peer("spiffe://cluster.local/ns/shop/sa/orders")), ..alone.clone() },
+        Identities { api_client: Some(api_client("batch")), ..alone.clone() },
+    ] {
+        let got = kept(&ids, "User::\"alice\"");
+        assert_eq!(got, fresh(&ids, "User::\"alice\""));
+        assert_ne!(got, first, "{ids:?}");
+    }
+
+    // A changed clone of the identity answers with its own headers.
+    let mut changed = (*j).clone();
+    assert!(format!("{:?}", changed.upstream).contains("empty"), "a clone starts empty");
+    changed.headers.clear();
+    let changed = Identities { jwt: Some(Arc::new(changed)), ..Default::default() };
+    let got = kept(&changed, "User::\"alice\"");
+    assert_eq!(got, fresh(&changed, "User::\"alice\""));
+    assert!(!got.0.iter().any(|(k, _)| k == "x-team"), "{got:?}");
+}
+
+/// Headers kept by one checker are not another's: a second checker with other header names
+/// (as `portcullis test` or a restart-free config change could build) computes its own.
+#[test]
+fn kept_upstream_headers_belong_to_the_checker_that_made_them() {
+    let (_, a) = config_and_checker("{}");
+    let (_, b) = config_and_checker("{principal: x-who, strip_on_allow: [x-extra]}");
+    let ids = Identities { jwt: Some(jwt_with("alice", &[("x-team", b"t")])), ..Default::default() };
+    let from_a = a.identity_headers_for(&ids, "User::\"alice\"");
+    let from_b = b.identity_headers_for(&ids, "User::\"alice\"");
+    let (set, wire) = b.upstream_headers(&ids, "User::\"alice\"");
+    assert_eq!(strings(&from_b.0), strings(&set));
+    assert_eq!(from_b.1, RemoveHeaders::shared(wire));
+    assert_ne!(strings(&from_a.0), strings(&from_b.0));
+    assert!(from_b.0.iter().any(|(k, _)| k == "x-who"));
+}

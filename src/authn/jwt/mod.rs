@@ -58,6 +58,8 @@ pub struct JwtIdentity {
     pub expires_at: u64,
     kid: Option<String>,
     key_fingerprint: [u8; 16],
+    /// What an allow for this identity sets upstream, kept at its first allow.
+    pub upstream: crate::authn::UpstreamSlot,
 }
 
 /// Why a token was refused. Each maps to a 401 `invalid_token` whose description names only the
@@ -377,6 +379,7 @@ impl JwtIdentity {
             expires_at: u64::MAX,
             kid: None,
             key_fingerprint: [0; 16],
+            upstream: Default::default(),
         }
     }
 }

@@ -173,6 +173,7 @@ impl Issuer {
             expires_at,
             kid,
             key_fingerprint,
+            upstream: Default::default(),
         })
     }
 }
