@@ -45,14 +45,22 @@ pub(super) fn host_of(raw: &str) -> Result<Cow<'_, str>, RequestError> {
     } else {
         Cow::Borrowed(host)
     };
-    let mut last = "";
-    for label in host.split('.') {
-        let ok = (1..=63).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok {
+    // Every dot-separated label (empty ones included) is 1–63 of `[a-z0-9_-]`: one pass over
+    // the bytes, not a split per label.
+    let mut label_start = 0;
+    for (i, &b) in host.as_bytes().iter().enumerate() {
+        if b == b'.' {
+            if !(1..=63).contains(&(i - label_start)) {
+                return Err(RequestError::BadHost);
+            }
+            label_start = i + 1;
+        } else if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
             return Err(RequestError::BadHost);
         }
-        last = label;
+    }
+    let last = host.get(label_start..).ok_or(RequestError::BadHost)?;
+    if !(1..=63).contains(&last.len()) {
+        return Err(RequestError::BadHost);
     }
     // WHATWG parses a host whose last label is a number as IPv4 (decimal, octal or hex parts,
     // fewer than four parts): accept only the one canonical spelling of an address.

@@ -538,3 +538,76 @@ fn a_name_repeated_in_the_merged_headers_is_seen_twice() {
     let limits = Limits { max_headers: 3, ..Limits::default() };
     assert_eq!(RequestView::from_check(&req(many), &limits).expect_err("over").kind, RequestError::TooManyHeaders);
 }
+
+/// The one-pass label check refuses and accepts exactly what a split per label did, on hosts
+/// built from the characters that matter (dots, digits, hex, case, separators) and labels
+/// around the 63-byte bound.
+#[test]
+fn host_labels_are_judged_as_by_a_split_per_label() {
+    fn by_split(raw: &str) -> Option<String> {
+        let host = match raw.split_once(':') {
+            Some((h, _)) => h,
+            None => raw,
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        if host.is_empty() || host.len() > 253 {
+            return None;
+        }
+        let mut last = "";
+        for label in host.split('.') {
+            let ok = (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                return None;
+            }
+            last = label;
+        }
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if numeric {
+            let ip: std::net::Ipv4Addr = host.parse().ok()?;
+            if ip.to_string() != host {
+                return None;
+            }
+        }
+        Some(host)
+    }
+    let alphabet = ['a', 'Z', '0', '9', 'x', 'f', '.', '-', '_', '~', 'é'];
+    let mut hosts: Vec<String> = Vec::new();
+    // Every string of up to four characters from the alphabet.
+    let mut frontier = vec![String::new()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for s in &frontier {
+            for c in alphabet {
+                next.push(format!("{s}{c}"));
+            }
+        }
+        hosts.extend(next.iter().cloned());
+        frontier = next;
+    }
+    for n in [62, 63, 64] {
+        let label = "a".repeat(n);
+        hosts.extend([
+            label.clone(),
+            format!("{label}.b"),
+            format!("b.{label}"),
+            format!("b.{label}."),
+            format!("{label}..b"),
+            format!("{label}:8080"),
+        ]);
+    }
+    hosts.extend(
+        ["1.2.3.4", "01.2.3.4", "0x7f.1", "a.0x1g", "a.b.c.d.e.f", "a.b.", ".a", "a..", "127.0.0.1:9"]
+            .map(String::from),
+    );
+    for raw in &hosts {
+        let ours = super::canonical::host_of(raw).ok().map(|h| h.into_owned());
+        let want = if raw.is_empty() { Some(String::new()) } else { by_split(raw) };
+        // A port that is not 1–65535 is refused before the labels are read, in both.
+        if raw.contains(':') && ours.is_none() {
+            continue;
+        }
+        assert_eq!(ours, want, "{raw:?}");
+    }
+}
