@@ -67,6 +67,7 @@ impl Checker {
         }
         owned_spellings.sort();
         owned_spellings.dedup();
+        let removals = removals::RemovalLists::new(owned_spellings.into_iter().map(Bytes::from).collect());
         Ok(Self {
             // Policies never see credentials, nor identity headers a client could have spoofed.
             mapping: CedarMapping::new(&cfg.cedar.context_headers, &[credential_headers, identity_spellings].concat())
@@ -78,8 +79,8 @@ impl Checker {
             authn,
             store,
             names: cfg.headers.clone(),
-            identity_names: IdentityNames::of(&cfg.headers),
-            removals: removals::RemovalLists::new(owned_spellings.into_iter().map(Bytes::from).collect()),
+            identity_names: IdentityNames::of(&cfg.headers, &removals),
+            removals,
             bearer_configured: !cfg.authn.issuers.is_empty(),
             api_keys_configured: !cfg.authn.api_keys.keys.is_empty()
                 || cfg.authn.api_keys.dir.is_some()
@@ -349,50 +350,70 @@ impl Checker {
     }
 
     /// [`Checker::identity_headers_for`], computed: the headers and the removal list's wire form.
+    /// The list's key is gathered as the headers are: the identity names' bits were found once
+    /// (`IdentityNames`), a claim header's is one hash lookup.
     fn upstream_headers(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, Bytes) {
         let n = &self.identity_names;
         let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         // Claim headers first, identity headers last; config keeps the two sets disjoint.
         let claims = ids.jwt.as_ref().map_or(0, |j| j.headers.len());
         let mut set: Vec<(Bytes, Bytes)> = Vec::with_capacity(claims + 4);
+        let mut mask = 0u128;
+        // A value that cannot be a header value (control characters) is dropped, never sent.
+        let mut add = |name: &Bytes, bit: u128, value: Bytes| {
+            if !value.is_empty() && value.iter().all(|&b| b >= 0x20 && b != 0x7f) {
+                set.push((name.clone(), value));
+                mask |= bit;
+            }
+        };
         if let Some(j) = &ids.jwt {
-            set.extend(j.headers.iter().cloned());
+            for (name, value) in &j.headers {
+                add(name, self.removals.bit(name), value.clone());
+            }
         }
-        set.push((n.principal.clone(), text(principal)));
+        add(&n.principal.0, n.principal.1, text(principal));
         if let Some(j) = &ids.jwt {
-            set.push((n.subject.clone(), j.subject_value.clone()));
-            set.push((n.issuer.clone(), j.issuer_value.clone()));
+            add(&n.subject.0, n.subject.1, j.subject_value.clone());
+            add(&n.issuer.0, n.issuer.1, j.issuer_value.clone());
         }
         if let Some(p) = &ids.peer {
-            set.push((n.peer.clone(), text(&p.spiffe_id)));
+            add(&n.peer.0, n.peer.1, text(&p.spiffe_id));
         }
         if let Some(c) = &ids.api_client {
-            set.push((n.client.clone(), text(&c.client)));
+            add(&n.client.0, n.client.1, text(&c.client));
         }
-        // A value that cannot be a header value (control characters) is dropped, never sent.
-        set.retain(|(_, v)| !v.is_empty() && v.iter().all(|&b| b >= 0x20 && b != 0x7f));
-        let remove = self.removals.without(set.iter().map(|(k, _)| k.as_ref()));
+        let remove = if self.removals.keyed() {
+            self.removals.keyed_list(mask)
+        } else {
+            self.removals.without(set.iter().map(|(k, _)| k.as_ref()))
+        };
         (set, remove)
     }
 }
 
-/// `headers.{principal,subject,issuer,peer,client}`, lower-case.
+/// `headers.{principal,subject,issuer,peer,client}`, lower-case, each with its bit in the
+/// removal lists' key (0 when not owned).
 struct IdentityNames {
-    principal: Bytes,
-    subject: Bytes,
-    issuer: Bytes,
-    peer: Bytes,
-    client: Bytes,
+    principal: (Bytes, u128),
+    subject: (Bytes, u128),
+    issuer: (Bytes, u128),
+    peer: (Bytes, u128),
+    client: (Bytes, u128),
 }
 
 impl IdentityNames {
-    fn of(h: &HeaderNames) -> Self {
+    fn of(h: &HeaderNames, removals: &removals::RemovalLists) -> Self {
+        let name = |s: &str| {
+            let b = Bytes::from(s.to_ascii_lowercase());
+            let bit = removals.bit(&b);
+            (b, bit)
+        };
         Self {
-            principal: h.principal.to_ascii_lowercase().into(),
-            subject: h.subject.to_ascii_lowercase().into(),
-            issuer: h.issuer.to_ascii_lowercase().into(),
-            peer: h.peer.to_ascii_lowercase().into(),
-            client: h.client.to_ascii_lowercase().into(),
+            principal: name(&h.principal),
+            subject: name(&h.subject),
+            issuer: name(&h.issuer),
+            peer: name(&h.peer),
+            client: name(&h.client),
         }
     }
 }

@@ -16,6 +16,9 @@ const MAX_LISTS: usize = 256;
 pub(super) struct RemovalLists {
     /// Every spelling of every owned header, sorted and deduplicated.
     owned: Vec<Bytes>,
+    /// Each owned name's position in `owned` (one hash per name set, where a binary search
+    /// compared ~6 names); empty when `owned` is too long for the key.
+    positions: HashMap<Bytes, u8>,
     /// `owned` minus the names set, by the bitmask of the set names' positions in `owned`
     /// (exact: the list depends on nothing else). Only when `owned` has at most 128 names.
     lists: RwLock<HashMap<u128, Bytes>>,
@@ -25,7 +28,22 @@ impl RemovalLists {
     /// `owned` must be sorted and deduplicated.
     pub(super) fn new(owned: Vec<Bytes>) -> Self {
         debug_assert!(owned.windows(2).all(|w| w[0] < w[1]));
-        Self { owned, lists: RwLock::new(HashMap::new()) }
+        let positions = if owned.len() <= 128 {
+            owned.iter().enumerate().filter_map(|(i, h)| Some((h.clone(), u8::try_from(i).ok()?))).collect()
+        } else {
+            HashMap::new()
+        };
+        Self { owned, positions, lists: RwLock::new(HashMap::new()) }
+    }
+
+    /// Whether lists are keyed by a bitmask of the names set (`owned` has at most 128 names).
+    pub(super) fn keyed(&self) -> bool {
+        self.owned.len() <= 128
+    }
+
+    /// `name`'s bit in the key: 0 for a name that is not owned (it removes nothing).
+    pub(super) fn bit(&self, name: &[u8]) -> u128 {
+        self.positions.get(name).map_or(0, |&i| 1 << i)
     }
 
     /// `owned` minus the names in `set`, in `owned`'s order, in wire form.
@@ -33,11 +51,17 @@ impl RemovalLists {
     where
         I: Iterator<Item = &'a [u8]> + Clone,
     {
-        let Some(mask) = self.mask(set.clone()) else {
+        if !self.keyed() {
             // Too many owned names for the key: the list is built for this check alone.
             let kept: Vec<&Bytes> = self.owned.iter().filter(|h| !set.clone().any(|k| k == h.as_ref())).collect();
             return RemoveHeaders::encode_shared(&kept);
-        };
+        }
+        self.keyed_list(set.fold(0, |m, k| m | self.bit(k)))
+    }
+
+    /// The list for `mask`, the OR of the [`RemovalLists::bit`]s of the names set (only when
+    /// [`RemovalLists::keyed`]): `owned` minus those names, in wire form.
+    pub(super) fn keyed_list(&self, mask: u128) -> Bytes {
         // A poisoned lock (a panic while inserting) only costs the cache.
         if let Some(wire) = self.lists.read().ok().and_then(|l| l.get(&mask).cloned()) {
             return wire;
@@ -51,21 +75,6 @@ impl RemovalLists {
             lists.entry(mask).or_insert_with(|| wire.clone());
         }
         wire
-    }
-
-    /// The positions in `owned` of the names set; `None` when `owned` is too long for the key.
-    /// A name set that is not owned removes nothing, so it is not part of the key.
-    fn mask<'a>(&self, set: impl Iterator<Item = &'a [u8]>) -> Option<u128> {
-        if self.owned.len() > 128 {
-            return None;
-        }
-        let mut mask = 0u128;
-        for k in set {
-            if let Ok(i) = self.owned.binary_search_by(|h| h.as_ref().cmp(k)) {
-                mask |= 1 << i;
-            }
-        }
-        Some(mask)
     }
 
     #[cfg(test)]
