@@ -1,9 +1,10 @@
 //! Reading verified claims for the identity: claim paths (names, dotted paths, JSON pointers:
 //! [`ClaimPath`]), the value shapes each use accepts, OAuth scopes and audiences, and the bound
 //! on how many values one token may map.
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::JwtError;
+use super::members::Members;
 use crate::config::ClaimPath;
 
 /// Most values one token may contribute to one set (groups, scopes, audiences). A token over it
@@ -11,23 +12,28 @@ use crate::config::ClaimPath;
 pub(super) const MAX_CLAIM_VALUES: usize = 1024;
 
 /// The value at `path`, if the token has one there.
-pub(super) fn resolve<'a>(claims: &'a Map<String, Value>, path: &ClaimPath) -> Option<&'a Value> {
+pub(super) fn resolve<'a>(claims: &'a Members, path: &ClaimPath) -> Option<&'a Value> {
+    resolve_in(|name| claims.get(name), path)
+}
+
+/// [`resolve`] under any lookup of top-level claims (the tests' `Map` oracle has its own).
+pub(super) fn resolve_in<'a>(top: impl Fn(&str) -> Option<&'a Value>, path: &ClaimPath) -> Option<&'a Value> {
     match path {
         ClaimPath::Pointer(segments) => {
             let (first, rest) = segments.split_first()?;
-            rest.iter().try_fold(claims.get(first)?, |v, seg| match v {
+            rest.iter().try_fold(top(first)?, |v, seg| match v {
                 Value::Object(o) => o.get(seg),
                 Value::Array(a) => array_index(seg).and_then(|i| a.get(i)),
                 _ => None,
             })
         }
         // The exact top-level name wins, so claim names containing dots (URLs) still work.
-        ClaimPath::Name { name, segments } => claims.get(name).or_else(|| {
+        ClaimPath::Name { name, segments } => top(name).or_else(|| {
             let (first, rest) = segments.split_first()?;
             if rest.is_empty() {
                 return None;
             }
-            rest.iter().try_fold(claims.get(first)?, |v, seg| v.as_object().and_then(|o| o.get(seg)))
+            rest.iter().try_fold(top(first)?, |v, seg| v.as_object().and_then(|o| o.get(seg)))
         }),
     }
 }
@@ -80,7 +86,7 @@ fn sorted(mut v: Vec<&str>) -> Vec<String> {
 /// The group names from every group claim, sorted and deduplicated, each made into its entity
 /// id by `id` (one copy per distinct group).
 pub(super) fn groups(
-    claims: &Map<String, Value>,
+    claims: &Members,
     paths: &[ClaimPath],
     id: impl Fn(&str) -> String,
 ) -> Result<Vec<String>, JwtError> {
@@ -97,7 +103,7 @@ pub(super) fn groups(
 
 /// OAuth scopes: `scope` (RFC 8693 / RFC 9068, space-separated) and `scp` (Okta: an array;
 /// Entra ID: space-separated), merged.
-pub(super) fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, JwtError> {
+pub(super) fn scopes(claims: &Members) -> Result<Vec<String>, JwtError> {
     let mut out = Vec::new();
     for name in ["scope", "scp"] {
         if let Some(v) = claims.get(name) {
@@ -108,7 +114,7 @@ pub(super) fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, JwtErro
 }
 
 /// `aud`: a string, or the strings of an array (RFC 7519 §4.1.3). Not split on spaces.
-pub(super) fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, JwtError> {
+pub(super) fn audiences(claims: &Members) -> Result<Vec<String>, JwtError> {
     let mut out = Vec::new();
     match claims.get("aud") {
         Some(Value::String(a)) => out.push(a.as_str()),
@@ -147,9 +153,9 @@ mod tests {
 
     use super::*;
 
-    fn map(v: Value) -> Map<String, Value> {
+    fn map(v: Value) -> Members {
         match v {
-            Value::Object(o) => o,
+            Value::Object(o) => o.into(),
             _ => panic!("not an object"),
         }
     }

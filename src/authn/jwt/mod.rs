@@ -18,6 +18,7 @@ use crate::request::RequestView;
 mod cache;
 mod claims;
 mod extract;
+mod members;
 mod negative;
 mod parse;
 mod revocation;
@@ -25,6 +26,7 @@ mod status_list;
 mod verify;
 
 use cache::{CacheLabel, TokenCache, UntilExp};
+use members::Members;
 use negative::NegativeCache;
 pub use revocation::{DenyListStore, spawn_watch as spawn_deny_list_watch};
 use status_list::{StatusLists, StatusRef};
@@ -178,7 +180,7 @@ pub(super) struct RevocationFacts {
 
 impl RevocationFacts {
     /// From the claims of a token whose signature has just been verified.
-    fn from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Result<Self, JwtError> {
+    fn from_claims(claims: &Members) -> Result<Self, JwtError> {
         Ok(Self {
             jti: claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
             iat: claims.get("iat").and_then(serde_json::Value::as_u64),
@@ -353,7 +355,7 @@ impl JwtAuthenticator {
         let idx = *self.by_name.get(issuer).ok_or(JwtError::UnknownIssuer)?;
         let iss = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
         let expires_at = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
-        Ok(iss.identity(claims.clone(), expires_at, None, [0; 16])?)
+        Ok(iss.identity(Members::from(claims.clone()), expires_at, None, [0; 16])?)
     }
 
     /// Verifies one token from any source (or answers from the verified-token cache).

@@ -16,14 +16,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::JwtError;
+use super::members::Members;
 use super::verify::check_header;
 use crate::authn::jwks::Verifiers;
 
 /// Members of jsonwebtoken's typed `Header`: a duplicate of one of these was refused.
-const HEADER_FIELDS: &[&str] =
+pub(super) const HEADER_FIELDS: &[&str] =
     &["typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc", "zip", "url", "nonce"];
 /// Header members jsonwebtoken typed as an optional string (`zip` and `enc` are strings too).
 const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256", "zip", "enc", "url", "nonce"];
@@ -35,18 +36,18 @@ const SIG_STACK: usize = 1026;
 /// on the heap.
 const SEGMENT_STACK: usize = 2048;
 /// Members a header and a payload are sized for up front (a typical header has 2–4, an access
-/// token's payload 10–16): no regrowing of the map while it is read. More still fit.
+/// token's payload 10–16): no regrowing of the list while it is read. More still fit.
 const HEADER_CAPACITY: usize = 4;
 const CLAIMS_CAPACITY: usize = 16;
 /// Claims jsonwebtoken's validation struct names: a duplicate of one of these was refused.
-const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
+pub(super) const VALIDATED_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
 
 /// A compact JWS, split and parsed, nothing about it trusted yet.
 pub(super) struct ParsedToken<'a> {
-    pub(super) header: Map<String, Value>,
+    pub(super) header: Members,
     /// The header's `alg`, as the RFC 8725 header checks read it.
     pub(super) alg: Algorithm,
-    pub(super) claims: Map<String, Value>,
+    pub(super) claims: Members,
     /// `<header>.<payload>` as sent: what the signature covers.
     signing_input: &'a str,
     signature: &'a str,
@@ -113,12 +114,8 @@ impl<'a> ParsedToken<'a> {
 
 /// Base64url (unpadded, canonical: the engine refuses padding and stray trailing bits) and
 /// then one JSON object; also whether a member named in `watched` appeared twice (the later
-/// value is kept, as serde_json's `Map` keeps it).
-fn decode_object(
-    seg: &str,
-    watched: &'static [&'static str],
-    capacity: usize,
-) -> Result<(Map<String, Value>, bool), JwtError> {
+/// value is kept, as serde_json's `Map` kept it).
+fn decode_object(seg: &str, watched: &'static [&'static str], capacity: usize) -> Result<(Members, bool), JwtError> {
     let mut stack = [0u8; SEGMENT_STACK];
     let heap: Vec<u8>;
     let bytes: &[u8] = if base64::decoded_len_estimate(seg.len()) <= SEGMENT_STACK {
@@ -128,9 +125,17 @@ fn decode_object(
         heap = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
         &heap
     };
+    read_object(bytes, watched, capacity)
+}
+
+/// Exactly one JSON object (whitespace around it allowed, as with `serde_json::from_slice`).
+pub(super) fn read_object(
+    bytes: &[u8],
+    watched: &'static [&'static str],
+    capacity: usize,
+) -> Result<(Members, bool), JwtError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let out = ObjectSeed { watched, capacity }.deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
-    // Only whitespace may follow the object, as with `serde_json::from_slice`.
     de.end().map_err(|_| JwtError::Malformed)?;
     Ok(out)
 }
@@ -141,40 +146,35 @@ struct ObjectSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed {
-    type Value = (Map<String, Value>, bool);
+    type Value = (Members, bool);
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for ObjectSeed {
-    type Value = (Map<String, Value>, bool);
+    type Value = (Members, bool);
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        let mut map = Map::with_capacity(self.capacity);
-        let mut dup = false;
+        let mut sent = Vec::with_capacity(self.capacity);
         while let Some(k) = a.next_key::<String>()? {
             let v: Value = a.next_value()?;
-            let watched = self.watched.contains(&k.as_str());
-            // One lookup: the insert says whether the member was there already.
-            if map.insert(k, v).is_some() && watched {
-                dup = true;
-            }
+            sent.push((k, v));
         }
-        Ok((map, dup))
+        Ok(Members::from_sent(sent, self.watched))
     }
 }
 
 /// Whether jsonwebtoken's `Header` could hold these members: string-typed ones are strings or
 /// null, `x5c` and `crit` arrays of strings or null. (`alg` was already read by name; `jwk`,
 /// `jku`, `x5u`, `x5c`, `crit` and `enc` are refused by the header checks before this matters.)
-fn header_types_ok(h: &Map<String, Value>) -> bool {
+fn header_types_ok(h: &Members) -> bool {
     let opt_str = |v: &Value| v.is_string() || v.is_null();
-    HEADER_STRINGS.iter().all(|k| h.get(*k).is_none_or(opt_str))
+    HEADER_STRINGS.iter().all(|k| h.get(k).is_none_or(opt_str))
         && ["x5c", "crit"].iter().all(|k| {
-            h.get(*k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+            h.get(k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
         })
 }
 
@@ -221,26 +221,26 @@ fn string_or_strings(v: Option<&Value>) -> Claim<Vec<&str>> {
 /// refused the whole payload: `sub` as an array or object (its string reader does not consume
 /// them), `exp`/`nbf` as a non-empty array or object (its number reader consumed only an empty
 /// one).
-fn unreadable(claims: &Map<String, Value>) -> bool {
+fn unreadable(sub: Option<&Value>, exp: Option<&Value>, nbf: Option<&Value>) -> bool {
     let non_empty = |v: &Value| match v {
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
         _ => false,
     };
-    claims.get("sub").is_some_and(|v| v.is_array() || v.is_object())
-        || ["exp", "nbf"].iter().any(|k| claims.get(*k).is_some_and(non_empty))
+    sub.is_some_and(|v| v.is_array() || v.is_object()) || exp.is_some_and(non_empty) || nbf.is_some_and(non_empty)
 }
 
 /// jsonwebtoken's claim validation under `v`, over an already parsed payload, in its order:
 /// required claims (in a fixed order here, where jsonwebtoken walked a hash set), `exp`,
 /// `nbf`, `sub`, `iss`, `aud`.
-pub(super) fn validate(claims: &Map<String, Value>, v: &Validation, now: u64) -> Result<(), JwtError> {
-    if unreadable(claims) {
+pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(), JwtError> {
+    let (exp, nbf, sub) = (claims.get("exp"), claims.get("nbf"), claims.get("sub"));
+    if unreadable(sub, exp, nbf) {
         return Err(JwtError::Malformed);
     }
-    let exp = numeric(claims.get("exp"));
-    let nbf = numeric(claims.get("nbf"));
-    let sub = match claims.get("sub") {
+    let exp = numeric(exp);
+    let nbf = numeric(nbf);
+    let sub = match sub {
         None | Some(Value::Null) => Claim::NotPresent,
         Some(Value::String(s)) => Claim::Parsed(s.as_str()),
         Some(_) => Claim::FailedToParse,
@@ -343,7 +343,7 @@ mod tests {
     /// The pipeline before this module: header read and checked, payload read unverified for
     /// `iss`, then `jsonwebtoken::decode` (which parsed both again).
     fn before(token: &str, v: &Validation) -> Result<(), JwtError> {
-        let seg = |s: &str| -> Result<Map<String, Value>, JwtError> {
+        let seg = |s: &str| -> Result<serde_json::Map<String, Value>, JwtError> {
             let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::Malformed)?;
             serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
         };
@@ -353,7 +353,7 @@ mod tests {
             5 => return Err(JwtError::Encrypted),
             _ => return Err(JwtError::Malformed),
         }
-        let alg = check_header(&seg(parts[0])?)?;
+        let alg = check_header(&seg(parts[0])?.into())?;
         let unverified = seg(parts[1])?;
         if unverified.get("iss").and_then(Value::as_str) != Some(ISS) {
             return Err(JwtError::UnknownIssuer);
@@ -361,7 +361,7 @@ mod tests {
         if alg != Algorithm::HS256 {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        jsonwebtoken::decode::<Map<String, Value>>(token, &DecodingKey::from_secret(SECRET), v)
+        jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &DecodingKey::from_secret(SECRET), v)
             .map(|_| ())
             .map_err(map_jwt_error)
     }
@@ -480,6 +480,62 @@ mod tests {
         for (payload, want) in &cases {
             both(&signed(h, payload), &v, *want, payload);
         }
+    }
+
+    /// Headers and payloads of many members (past the bound where lookups stop scanning), with
+    /// duplicates of validated, typed and other members anywhere, spelled plainly or escaped:
+    /// judged exactly as jsonwebtoken judged them.
+    #[test]
+    fn many_members_and_duplicates_are_refused_exactly_as_before() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let (fut, past) = (now + 3600, now - 3600);
+        let v = validation(&[]);
+        let filler = |n: usize| -> String { (0..n).map(|i| format!(r#","k{i}":{}"#, i % 3)).collect() };
+        let claims = format!(r#""iss":"{ISS}","sub":"u","exp":{fut}"#);
+        let mut checked = 0;
+        for n in [0, 30, 31, 32, 33, 40, 1000] {
+            let f = filler(n);
+            let payloads = [
+                format!("{{{claims}{f}}}"),
+                format!(r#"{{{claims}{f},"exp":{past}}}"#),
+                format!(r#"{{"exp":{past}{f},{claims}}}"#),
+                format!(r#"{{{claims}{f},"e\u0078p":{fut}}}"#),
+                format!(r#"{{{claims}{f},"\u0073ub":"admin"}}"#),
+                format!(r#"{{{claims}{f},"aud":"a"{f},"aud":"a"}}"#),
+                format!(r#"{{{claims}{f},"nbf":null}}"#),
+                format!(r#"{{{claims}{f},"x":1{f},"x":2}}"#),
+                format!(r#"{{{claims},"k0":"first"{f}}}"#),
+                format!(r#"{{"iss":"x"{f},{claims}}}"#),
+                format!(r#"{{{claims}{f},"exp":{fut}.0}}"#),
+                format!(r#"{{{claims}{f},"sub":["u"]}}"#),
+                format!(r#"{{{claims}{f},"iss":null}}"#),
+            ];
+            for p in &payloads {
+                let t = signed(r#"{"alg":"HS256"}"#, p);
+                assert_eq!(after(&t, &v), before(&t, &v), "{n} extra members: {p:.200}");
+                checked += 1;
+            }
+            let headers = [
+                format!(r#"{{"alg":"HS256"{f}}}"#),
+                format!(r#"{{"alg":"HS256"{f},"alg":"HS256"}}"#),
+                format!(r#"{{"alg":"HS256"{f},"\u0061lg":"HS256"}}"#),
+                format!(r#"{{"alg":"HS256","kid":"a"{f},"kid":"a"}}"#),
+                format!(r#"{{"alg":"HS256"{f},"typ":5}}"#),
+                format!(r#"{{"alg":"HS256"{f},"x":1,"x":2}}"#),
+                format!(r#"{{"typ":"JWT"{f},"alg":"HS256"}}"#),
+                format!(r#"{{"alg":"HS256"{f},"crit":["b64"]}}"#),
+                format!(r#"{{"alg":"HS256"{f},"jwk":null}}"#),
+                format!(r#"{{"alg":"HS256"{f},"alg":"none"}}"#),
+            ];
+            for h in &headers {
+                let t = signed(h, &format!("{{{claims}}}"));
+                assert_eq!(after(&t, &v), before(&t, &v), "{n} extra header members: {h:.200}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 150);
+        let plenty = signed(r#"{"alg":"HS256"}"#, &format!("{{{claims}{}}}", filler(1000)));
+        assert_eq!(after(&plenty, &v), Ok(()), "the comparison is not all refusals");
     }
 
     #[test]

@@ -20,9 +20,10 @@ use moka::Expiry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::JwtError;
+use super::members::Members;
 use super::revocation::unix_now;
 use super::verify::Issuer;
 use crate::authn::AuthnError;
@@ -37,7 +38,7 @@ pub(super) struct StatusRef {
 
 /// `status.status_list` of verified claims: `None` without one; a present but malformed
 /// reference is a malformed token (never ignored).
-pub(super) fn status_ref(claims: &Map<String, Value>) -> Result<Option<StatusRef>, JwtError> {
+pub(super) fn status_ref(claims: &Members) -> Result<Option<StatusRef>, JwtError> {
     // A non-object `status` is some other (pre-draft) claim of the issuer's, not a reference;
     // other status mechanisms may be listed beside `status_list`: we implement only this one.
     let Some(sl) = claims.get("status").and_then(Value::as_object).and_then(|s| s.get("status_list")) else {
@@ -277,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_status_reference_is_read_or_refused_as_malformed() {
-        let c = |j: &str| serde_json::from_str::<Map<String, Value>>(j).unwrap();
+        let c = |j: &str| Members::from(serde_json::from_str::<serde_json::Map<String, Value>>(j).unwrap());
         assert_eq!(status_ref(&c(r#"{"sub":"a"}"#)), Ok(None));
         assert_eq!(status_ref(&c(r#"{"status":{"other":{}}}"#)), Ok(None));
         assert_eq!(status_ref(&c(r#"{"status":"active"}"#)), Ok(None), "an unrelated claim of that name");

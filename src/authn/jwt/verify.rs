@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::claims::{self, into_scalar_string, scalar_string};
+use super::members::Members;
 use super::parse::ParsedToken;
 use super::{JwtAuthenticator, JwtError, JwtIdentity, RevocationFacts};
 use crate::authn::AuthnError;
@@ -103,7 +104,7 @@ impl JwtAuthenticator {
             return Err(JwtError::WrongTokenType.into());
         }
         let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
-        let too_old_at = check_iat(&claims, now, issuer.leeway, issuer.max_token_age)?;
+        let too_old_at = check_iat(claims.get("iat"), now, issuer.leeway, issuer.max_token_age)?;
         // A cached token is dropped once it is too old, as at its `exp`.
         let expires_at = too_old_at.map_or(expires_at, |t| t.min(expires_at));
         let facts = RevocationFacts::from_claims(&claims);
@@ -115,11 +116,11 @@ impl JwtAuthenticator {
 impl Issuer {
     /// What verified claims prove under this issuer's mapping (groups, claim headers, tags):
     /// the one mapping, shared by token verification and `portcullis test`'s stated identities.
-    /// Takes the claims, so that the top-level claims that become tags move into the identity
-    /// instead of being copied.
+    /// Takes the claims, so that the subject and the top-level claims that become tags move
+    /// into the identity instead of being copied.
     pub(super) fn identity(
         &self,
-        claims: Map<String, Value>,
+        claims: Members,
         expires_at: u64,
         kid: Option<String>,
         key_fingerprint: [u8; 16],
@@ -129,7 +130,10 @@ impl Issuer {
                 return Err(JwtError::MissingClaim);
             }
         }
-        let subject = claims.get("sub").and_then(Value::as_str).ok_or(JwtError::MissingClaim)?.to_owned();
+        // Checked here, moved out of the claims below.
+        if !claims.get("sub").is_some_and(Value::is_string) {
+            return Err(JwtError::MissingClaim);
+        }
         let groups = claims::groups(&claims, &self.group_claims, |g| self.group_namespace.group_id(&self.name, g))?;
         let scopes = claims::scopes(&claims)?;
         let audiences = claims::audiences(&claims)?;
@@ -147,11 +151,20 @@ impl Issuer {
             .iter()
             .map(|(path, tag)| (tag, claims::resolve(&claims, path).and_then(scalar_string)))
             .collect();
-        let mut tags: Vec<(String, String)> = claims
-            .into_iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()) && !self.group_claim_names.contains(k))
-            .filter_map(|(k, v)| into_scalar_string(v).map(|s| (k, s)))
-            .collect();
+        let mut subject = String::new();
+        let mut tags: Vec<(String, String)> = Vec::new();
+        for (k, v) in claims {
+            if k == "sub" {
+                if let Value::String(s) = v {
+                    subject = s;
+                }
+            } else if !RESERVED.contains(&k.as_str())
+                && !self.group_claim_names.contains(&k)
+                && let Some(s) = into_scalar_string(v)
+            {
+                tags.push((k, s));
+            }
+        }
         // A mapped tag replaces a top-level claim of the same name; an absent or non-scalar
         // value leaves no tag of that name at all, so `hasTag` never sees the top-level one.
         for (tag, v) in mapped_tags {
@@ -265,7 +278,7 @@ pub(super) fn build_issuer(
 }
 
 /// RFC 8725 header checks, before any key is looked up.
-pub(super) fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError> {
+pub(super) fn check_header(h: &Members) -> Result<Algorithm, JwtError> {
     let alg = h.get("alg").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     if alg.trim().eq_ignore_ascii_case("none") {
         return Err(JwtError::AlgNone);
@@ -273,7 +286,7 @@ pub(super) fn check_header(h: &Map<String, Value>) -> Result<Algorithm, JwtError
     if h.contains_key("enc") {
         return Err(JwtError::Encrypted);
     }
-    if ["jwk", "jku", "x5u", "x5c"].iter().any(|k| h.contains_key(*k)) {
+    if ["jwk", "jku", "x5u", "x5c"].iter().any(|k| h.contains_key(k)) {
         return Err(JwtError::EmbeddedKey);
     }
     // We implement no JWS extensions, so any `crit` entry is one we do not understand.
@@ -337,13 +350,8 @@ fn typ_matches(typ: Option<&Value>, want: &str) -> bool {
 /// `iat` must not be in the future beyond `leeway`; with `max_age` it must be present and not
 /// older than `max_age` (plus `leeway`). Returns when the token becomes too old. A NumericDate
 /// may have a fraction (RFC 7519 §2); an `iat` that is not a non-negative number is malformed.
-fn check_iat(
-    claims: &Map<String, Value>,
-    now: u64,
-    leeway: u64,
-    max_age: Option<u64>,
-) -> Result<Option<u64>, JwtError> {
-    let iat = match claims.get("iat") {
+fn check_iat(iat: Option<&Value>, now: u64, leeway: u64, max_age: Option<u64>) -> Result<Option<u64>, JwtError> {
+    let iat = match iat {
         None if max_age.is_some() => return Err(JwtError::MissingClaim),
         None => return Ok(None),
         Some(v) => match (v.as_u64(), v.as_f64()) {
@@ -367,8 +375,12 @@ fn check_iat(
 mod tests {
     use super::*;
 
-    fn hdr(json: &str) -> Map<String, Value> {
-        serde_json::from_str(json).unwrap()
+    use serde_json::Map;
+
+    use super::super::parse::read_object;
+
+    fn hdr(json: &str) -> Members {
+        serde_json::from_str::<Map<String, Value>>(json).unwrap().into()
     }
 
     /// What an identity maps to, for comparison.
@@ -415,13 +427,13 @@ mod tests {
             .collect();
         for (path, tag) in &iss.claims_to_tags {
             tags.retain(|(k, _)| k != tag);
-            if let Some(v) = claims::resolve(claims, path).and_then(scalar_string) {
+            if let Some(v) = claims::resolve_in(|k| claims.get(k), path).and_then(scalar_string) {
                 tags.push((tag.clone(), v));
             }
         }
         let mut groups = Vec::new();
         for p in &iss.group_claims {
-            if let Some(v) = claims::resolve(claims, p) {
+            if let Some(v) = claims::resolve_in(|k| claims.get(k), p) {
                 strings(v, &mut groups)?;
             }
         }
@@ -430,7 +442,9 @@ mod tests {
             .claims_to_headers
             .iter()
             .filter_map(|(claim, header)| {
-                claims::resolve(claims, claim).and_then(scalar_string).map(|v| (header.clone(), Bytes::from(v)))
+                claims::resolve_in(|k| claims.get(k), claim)
+                    .and_then(scalar_string)
+                    .map(|v| (header.clone(), Bytes::from(v)))
             })
             .filter(|(_, v)| v.iter().all(|&b| b >= 0x20 && b != 0x7f))
             .collect();
@@ -474,6 +488,8 @@ mod tests {
         let many_repeats = vec!["g"; claims::MAX_CLAIM_VALUES];
         let too_many = vec!["g"; claims::MAX_CLAIM_VALUES + 1];
         let many_words = ["w"; claims::MAX_CLAIM_VALUES + 1].join(" ");
+        let filler =
+            |n: usize| -> String { (0..n).map(|i| format!(r#","t{i}":{}"#, ["1", "\"v\"", "null"][i % 3])).collect() };
         let cases = [
             r#"{"sub":"alice","email":"a@x","tenant":"acme","groups":["b","a","b",7,null],
                "realm_access":{"roles":["a","admin"]},"scope":"r w r  w","scp":["w","x",1],
@@ -505,19 +521,31 @@ mod tests {
             r#"{"sub":"s"}"#.to_owned(),
             r#"{"email":"e","sub":5}"#.to_owned(),
             r#"{"email":"e"}"#.to_owned(),
+            // Many members (past the bound where lookups stop scanning), duplicated near and far,
+            // some spelled with escapes: the same tags in the same order with the same values.
+            format!(
+                r#"{{"sub":"s","email":"e","tenant":"t"{},"email":"e2","\u0074enant":"t2","t3":"x"{},"sub":"s2"}}"#,
+                filler(40),
+                filler(5)
+            ),
+            format!(r#"{{"mail":"m","groups":["a"]{},"groups":["b","c"],"org":{{"name":"o"}},"sub":"s","email":1}}"#, filler(1000)),
+            format!(r#"{{"sub":"s","email":"e"{},"t0":{{"nested":1}},"t1":null,"t2":1.5e300}}"#, filler(33)),
         ];
         for json in &cases {
             let claims: Map<String, Value> = serde_json::from_str(json).expect("claims");
             let want = identity_before(iss, &claims);
-            let got = iss.identity(claims.clone(), 7, None, [0; 16]).map(mapped);
-            assert_eq!(got, want, "{json}");
+            // As a token's payload is read (duplicates resolved while reading), and as stated.
+            let (read, _) = read_object(json.as_bytes(), &[], 16).expect("claims");
+            assert_eq!(iss.identity(read, 7, None, [0; 16]).map(mapped), want, "{json:.300}");
+            let got = iss.identity(claims.clone().into(), 7, None, [0; 16]).map(mapped);
+            assert_eq!(got, want, "{json:.300}");
             let via_test_tool = auth.identity_from_claims("https://issuer.test", &claims).map(mapped);
             assert_eq!(via_test_tool.map_err(|e| e.to_string()), want.map_err(|e| AuthnError::from(e).to_string()));
         }
         // The mapping did something in the first case (the comparison is not vacuous).
         let claims: Map<String, Value> = serde_json::from_str(&cases[0]).expect("claims");
         let (_, groups, tags, headers, scopes, audiences) =
-            iss.identity(claims, 7, None, [0; 16]).map(mapped).expect("maps");
+            iss.identity(claims.into(), 7, None, [0; 16]).map(mapped).expect("maps");
         assert_eq!(groups, ["https://issuer.test#a", "https://issuer.test#admin", "https://issuer.test#b"]);
         assert_eq!(scopes, ["r", "w", "x"]);
         assert_eq!(audiences, ["x", "y"]);
@@ -570,25 +598,24 @@ mod tests {
 
     #[test]
     fn iat_in_the_future_and_token_age() {
-        let c = |iat: Value| -> Map<String, Value> { [("iat".to_owned(), iat)].into_iter().collect() };
         let now = 1_000_000;
         // Within the leeway either way.
-        assert_eq!(check_iat(&c(Value::from(now + 30)), now, 30, None), Ok(None));
-        assert_eq!(check_iat(&c(Value::from(now + 31)), now, 30, None), Err(JwtError::IssuedInFuture));
-        assert_eq!(check_iat(&c(Value::from(u64::MAX)), now, 30, Some(60)), Err(JwtError::IssuedInFuture));
-        assert_eq!(check_iat(&c(Value::from(now - 90)), now, 30, Some(60)), Ok(Some(now - 30)));
-        assert_eq!(check_iat(&c(Value::from(now - 91)), now, 30, Some(60)), Err(JwtError::TooOld));
-        assert_eq!(check_iat(&c(Value::from(0)), now, 0, Some(60)), Err(JwtError::TooOld));
+        assert_eq!(check_iat(Some(&Value::from(now + 30)), now, 30, None), Ok(None));
+        assert_eq!(check_iat(Some(&Value::from(now + 31)), now, 30, None), Err(JwtError::IssuedInFuture));
+        assert_eq!(check_iat(Some(&Value::from(u64::MAX)), now, 30, Some(60)), Err(JwtError::IssuedInFuture));
+        assert_eq!(check_iat(Some(&Value::from(now - 90)), now, 30, Some(60)), Ok(Some(now - 30)));
+        assert_eq!(check_iat(Some(&Value::from(now - 91)), now, 30, Some(60)), Err(JwtError::TooOld));
+        assert_eq!(check_iat(Some(&Value::from(0)), now, 0, Some(60)), Err(JwtError::TooOld));
         // Without max_token_age an old token is fine, and iat is optional.
-        assert_eq!(check_iat(&c(Value::from(0)), now, 0, None), Ok(None));
-        assert_eq!(check_iat(&Map::new(), now, 0, None), Ok(None));
-        assert_eq!(check_iat(&Map::new(), now, 0, Some(60)), Err(JwtError::MissingClaim));
+        assert_eq!(check_iat(Some(&Value::from(0)), now, 0, None), Ok(None));
+        assert_eq!(check_iat(None, now, 0, None), Ok(None));
+        assert_eq!(check_iat(None, now, 0, Some(60)), Err(JwtError::MissingClaim));
         // A fraction is a NumericDate; anything else is not.
-        assert_eq!(check_iat(&c(serde_json::json!(999_999.9)), now, 0, Some(60)), Ok(Some(999_999 + 60)));
+        assert_eq!(check_iat(Some(&serde_json::json!(999_999.9)), now, 0, Some(60)), Ok(Some(999_999 + 60)));
         for bad in
             [serde_json::json!(-1), serde_json::json!("1000000"), serde_json::json!(null), serde_json::json!(1e300)]
         {
-            assert_eq!(check_iat(&c(bad.clone()), now, 30, None), Err(JwtError::Malformed), "{bad}");
+            assert_eq!(check_iat(Some(&bad), now, 30, None), Err(JwtError::Malformed), "{bad}");
         }
     }
 }
