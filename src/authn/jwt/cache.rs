@@ -72,7 +72,7 @@ impl JwtAuthenticator {
             *looked_up = Some("miss");
         }
         if let Some(neg) = &self.negative
-            && let Some(e) = neg.get(&digest).await
+            && let Some(e) = neg.get(&digest)
         {
             return Err(e.into());
         }
@@ -83,7 +83,7 @@ impl JwtAuthenticator {
             Ok(v) => v,
             Err(e) => {
                 if let (Some(neg), AuthnError::InvalidToken(je)) = (&self.negative, &e) {
-                    neg.remember(digest, *je).await;
+                    neg.remember(digest, *je);
                 }
                 return Err(e);
             }

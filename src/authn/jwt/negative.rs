@@ -12,7 +12,9 @@ use super::JwtError;
 use super::cache::CacheLabel;
 
 pub(super) struct NegativeCache {
-    cache: moka::future::Cache<[u8; 32], JwtError>,
+    /// Synchronous, as the verified-token cache: a lookup never waits, so it needs no future
+    /// (every fresh token is looked up here first).
+    cache: moka::sync::Cache<[u8; 32], JwtError>,
     /// Resolved once from the lookups family, not per request.
     hits: Counter,
     misses: Counter,
@@ -24,29 +26,29 @@ impl NegativeCache {
         if ttl.is_zero() || capacity == 0 {
             return None;
         }
-        let cache = moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        let cache = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
         let hits = lookups.get_or_create(&CacheLabel { result: "hit" }).clone();
         let misses = lookups.get_or_create(&CacheLabel { result: "miss" }).clone();
         Some(Self { cache, hits, misses })
     }
 
     /// The remembered refusal of this token, if any.
-    pub(super) async fn get(&self, digest: &[u8; 32]) -> Option<JwtError> {
-        let hit = self.cache.get(digest).await;
+    pub(super) fn get(&self, digest: &[u8; 32]) -> Option<JwtError> {
+        let hit = self.cache.get(digest);
         if hit.is_some() { &self.hits } else { &self.misses }.inc();
         hit
     }
 
     /// Remembers a refusal, if it is one that cannot turn into a success for the same token.
-    pub(super) async fn remember(&self, digest: [u8; 32], e: JwtError) {
+    pub(super) fn remember(&self, digest: [u8; 32], e: JwtError) {
         if cacheable(e) {
-            self.cache.insert(digest, e).await;
+            self.cache.insert(digest, e);
         }
     }
 
     #[cfg(test)]
-    async fn len(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+    fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 }
@@ -99,21 +101,21 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            c.remember([i as u8; 32], e).await;
-            assert_eq!(c.get(&[i as u8; 32]).await, None, "{e:?} must not be remembered");
+            c.remember([i as u8; 32], e);
+            assert_eq!(c.get(&[i as u8; 32]), None, "{e:?} must not be remembered");
         }
-        c.remember([9; 32], JwtError::BadSignature).await;
-        assert_eq!(c.get(&[9; 32]).await, Some(JwtError::BadSignature));
-        assert_eq!(c.get(&[8; 32]).await, None);
+        c.remember([9; 32], JwtError::BadSignature);
+        assert_eq!(c.get(&[9; 32]), Some(JwtError::BadSignature));
+        assert_eq!(c.get(&[8; 32]), None);
     }
 
     #[tokio::test]
     async fn bounded_and_disabled_by_zero() {
         let c = cache();
         for i in 0..100u8 {
-            c.remember([i; 32], JwtError::Malformed).await;
+            c.remember([i; 32], JwtError::Malformed);
         }
-        let n = c.len().await;
+        let n = c.len();
         assert!(n <= 2, "{n}");
         assert!(NegativeCache::new(Duration::ZERO, 10, Family::default()).is_none());
         assert!(NegativeCache::new(Duration::from_secs(1), 0, Family::default()).is_none());
