@@ -43,6 +43,9 @@ pub struct Checker {
     anomalies: Arc<Anomalies>,
     /// This checker, as the owner of the upstream headers an identity keeps.
     upstream_owner: Arc<()>,
+    /// Whether a token's identity outlives its check (the verified-token cache is on), so
+    /// keeping its upstream headers can pay off.
+    keep_upstream: bool,
 }
 
 impl Checker {
@@ -89,6 +92,7 @@ impl Checker {
             shadow: None,
             anomalies,
             upstream_owner: Arc::new(()),
+            keep_upstream: cfg.authn.token_cache.max_entries > 0,
         })
     }
 
@@ -329,9 +333,10 @@ impl Checker {
     ///
     /// For a token alone (no peer, no API client) both depend only on the token's identity, the
     /// principal and this checker's config, so they are computed at its first allow and kept
-    /// with the identity, for this checker and principal.
+    /// with the identity, for this checker and principal (when tokens are cached: otherwise
+    /// every identity is new and keeping would only cost).
     fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, RemoveHeaders) {
-        if let (Some(j), None, None) = (&ids.jwt, &ids.peer, &ids.api_client) {
+        if let (true, Some(j), None, None) = (self.keep_upstream, &ids.jwt, &ids.peer, &ids.api_client) {
             let kept = j.upstream.get_or_init(|| {
                 let (set, remove_wire) = self.upstream_headers(ids, principal);
                 UpstreamHeaders {

@@ -735,3 +735,18 @@ fn kept_upstream_headers_belong_to_the_checker_that_made_them() {
     assert_ne!(strings(&from_a.0), strings(&from_b.0));
     assert!(from_b.0.iter().any(|(k, _)| k == "x-who"));
 }
+
+/// Without the verified-token cache every identity is new: nothing is kept with it, and its
+/// headers are the computed ones.
+#[test]
+fn without_the_token_cache_nothing_is_kept() {
+    let yaml = "policy: {dir: x}\nauthn:\n  token_cache: {max_entries: 0}\n  issuers:\n    \
+                - issuer: https://issuer.test\n      jwks_file: /nonexistent/jwks.json\n";
+    let c = checker_with(yaml, Some(ALLOW_ALL));
+    let ids = Identities { jwt: Some(jwt_with("alice", &[("x-team", b"t")])), ..Default::default() };
+    let (set, remove) = c.identity_headers_for(&ids, "User::\"alice\"");
+    let (want_set, want_wire) = c.upstream_headers(&ids, "User::\"alice\"");
+    assert_eq!((strings(&set), remove), (strings(&want_set), RemoveHeaders::shared(want_wire)));
+    let j = ids.jwt.as_ref().expect("jwt");
+    assert!(format!("{:?}", j.upstream).contains("empty"), "nothing kept");
+}
