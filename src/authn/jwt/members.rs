@@ -5,16 +5,43 @@
 //! member was SipHashed on insert and on each lookup, and its index table allocated. A token
 //! has a dozen or so members, where a scan of short keys is cheaper. Duplicates are resolved
 //! as `Map::insert` resolved them: the later value in the earlier member's place.
+use std::borrow::Cow;
+
+use serde::de::{DeserializeSeed, Deserializer, Error, Visitor};
 use serde_json::{Map, Value};
 
 /// Up to this many members lookups scan; past it they binary-search a sorted index, built once,
 /// so that a hostile payload of thousands of members costs O(n log n), never O(n²).
 const SCAN_MAX: usize = 32;
 
+/// A member's name: one of [`KNOWN`] is not allocated.
+pub(super) type Name = Cow<'static, str>;
+
+/// Names the checks read, or that are commonly sent and never become tags (registered claims,
+/// header parameters, list- and object-valued claims): read without an allocation each.
+const KNOWN: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "alg",
+    "typ",
+    "kid",
+    "groups",
+    "roles",
+    "amr",
+    "status",
+    "realm_access",
+    "resource_access",
+];
+
 /// A JSON object's members, in the order sent, without duplicates.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Members {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Name, Value)>,
     /// Positions in `entries` sorted by key: empty unless there were more than `SCAN_MAX`.
     sorted: Vec<u32>,
 }
@@ -22,7 +49,7 @@ pub(super) struct Members {
 impl Members {
     /// From members as sent, duplicates included; also whether a member named in `watched`
     /// appeared more than once.
-    pub(super) fn from_sent(mut entries: Vec<(String, Value)>, watched: &[&str]) -> (Self, bool) {
+    pub(super) fn from_sent(mut entries: Vec<(Name, Value)>, watched: &[&str]) -> (Self, bool) {
         if entries.len() <= SCAN_MAX {
             let dup = dedup_scanning(&mut entries, watched);
             (Self { entries, sorted: Vec::new() }, dup)
@@ -45,7 +72,7 @@ impl Members {
     }
 
     fn get_sorted(&self, name: &str) -> Option<&Value> {
-        let at = self.sorted.binary_search_by(|&i| self.entries[i as usize].0.as_str().cmp(name)).ok()?;
+        let at = self.sorted.binary_search_by(|&i| (*self.entries[i as usize].0).cmp(name)).ok()?;
         Some(&self.entries[self.sorted[at] as usize].1)
     }
 
@@ -56,8 +83,8 @@ impl Members {
 
     /// The members in the order sent (a duplicate where its first occurrence was).
     #[cfg(test)]
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|(k, v)| (&**k, v))
     }
 
     #[cfg(test)]
@@ -67,8 +94,8 @@ impl Members {
 }
 
 impl IntoIterator for Members {
-    type Item = (String, Value);
-    type IntoIter = std::vec::IntoIter<(String, Value)>;
+    type Item = (Name, Value);
+    type IntoIter = std::vec::IntoIter<(Name, Value)>;
     fn into_iter(self) -> Self::IntoIter {
         self.entries.into_iter()
     }
@@ -77,23 +104,56 @@ impl IntoIterator for Members {
 /// Claims stated as a `Map` (`portcullis test`'s identities): the same members in the same order.
 impl From<Map<String, Value>> for Members {
     fn from(m: Map<String, Value>) -> Self {
-        Self::from_sent(m.into_iter().collect(), &[]).0
+        Self::from_sent(m.into_iter().map(|(k, v)| (Name::Owned(k), v)).collect(), &[]).0
     }
 }
 
-/// Few members: each is compared with the ones kept before it. A duplicate's value replaces the
-/// kept one's and the duplicate is dropped, as `Map::insert` did.
-fn dedup_scanning(entries: &mut Vec<(String, Value)>, watched: &[&str]) -> bool {
+/// Reads a member's name (unescaped, as serde_json reads a `String` key).
+pub(super) struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Name;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for NameSeed {
+    type Value = Name;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E: Error>(self, s: &str) -> Result<Name, E> {
+        Ok(match KNOWN.iter().find(|k| **k == s) {
+            Some(k) => Name::Borrowed(k),
+            None => Name::Owned(s.to_owned()),
+        })
+    }
+    fn visit_string<E: Error>(self, s: String) -> Result<Name, E> {
+        Ok(Name::Owned(s))
+    }
+}
+
+/// Few members: each is compared with the ones kept before it (only when one of them has the
+/// same fingerprint). A duplicate's value replaces the kept one's and the duplicate is dropped,
+/// as `Map::insert` did.
+fn dedup_scanning(entries: &mut Vec<(Name, Value)>, watched: &[&str]) -> bool {
     let mut dup = false;
     let mut kept = 0;
+    let mut seen = 0u64;
     for r in 0..entries.len() {
-        match entries[..kept].iter().position(|(k, _)| *k == entries[r].0) {
+        let bit = fingerprint(&entries[r].0);
+        let maybe_seen = seen & bit != 0;
+        seen |= bit;
+        match entries[..kept].iter().position(|(k, _)| maybe_seen && *k == entries[r].0) {
             Some(j) => {
-                dup |= watched.contains(&entries[r].0.as_str());
+                dup |= watched.contains(&&*entries[r].0);
                 entries[j].1 = std::mem::take(&mut entries[r].1);
             }
             None => {
-                entries.swap(kept, r);
+                if kept != r {
+                    entries.swap(kept, r);
+                }
                 kept += 1;
             }
         }
@@ -102,10 +162,20 @@ fn dedup_scanning(entries: &mut Vec<(String, Value)>, watched: &[&str]) -> bool 
     dup
 }
 
+/// One of 64 bits for a name, from its length and its first and last bytes: equal names have
+/// the same bit, so a name whose bit no earlier name set is not a duplicate.
+fn fingerprint(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let first = b.first().map_or(0, |&c| u32::from(c));
+    let last = b.last().map_or(0, |&c| u32::from(c));
+    let x = (b.len() as u32) ^ (first << 8) ^ (last << 16);
+    1 << (x.wrapping_mul(0x9e37_79b9) >> 26)
+}
+
 /// Many members: positions sorted by key (stably, so equal keys stay in the order sent) find
 /// every run of duplicates at once; each run's last value moves to its first position and the
 /// rest are dropped. Returns the positions of the kept members, sorted by key.
-fn dedup_sorting(entries: &mut Vec<(String, Value)>, watched: &[&str]) -> (Vec<u32>, bool) {
+fn dedup_sorting(entries: &mut Vec<(Name, Value)>, watched: &[&str]) -> (Vec<u32>, bool) {
     // Positions fit in a u32: a token is bounded far below 4 GiB (`limits.max_token_bytes`).
     let mut order: Vec<u32> = (0..entries.len() as u32).collect();
     order.sort_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
@@ -119,7 +189,7 @@ fn dedup_sorting(entries: &mut Vec<(String, Value)>, watched: &[&str]) -> (Vec<u
             end += 1;
         }
         if end - start > 1 {
-            dup |= watched.contains(&entries[first].0.as_str());
+            dup |= watched.contains(&&*entries[first].0);
             let last = order[end - 1] as usize;
             entries[first].1 = std::mem::take(&mut entries[last].1);
             for &p in &order[start + 1..end] {
@@ -210,7 +280,7 @@ mod tests {
             let ((members, dup), (map, want_dup)) = (got, want);
             assert_eq!(dup, want_dup, "{}", what("duplicate flag"));
             assert_eq!(members.len(), map.len(), "{}", what("length"));
-            assert!(members.iter().eq(map.iter()), "{}", what("order and values"));
+            assert!(members.iter().eq(map.iter().map(|(k, v)| (k.as_str(), v))), "{}", what("order and values"));
             for k in map.keys().map(String::as_str).chain(ABSENT.iter().copied()) {
                 assert_eq!(members.get(k), map.get(k), "{}", what(&format!("lookup of {k:?}")));
                 assert_eq!(members.contains_key(k), map.contains_key(k), "{}", what(&format!("{k:?}")));
@@ -221,7 +291,11 @@ mod tests {
             for k in map.keys().map(String::as_str).chain(ABSENT.iter().copied()) {
                 assert_eq!(stated.get(k), map.get(k), "{}", what(&format!("converted lookup of {k:?}")));
             }
-            assert!(members.into_iter().eq(map), "{}", what("owned order and values"));
+            assert!(
+                members.into_iter().map(|(k, v)| (k.into_owned(), v)).eq(map),
+                "{}",
+                what("owned order and values")
+            );
         }
     }
 
@@ -319,7 +393,7 @@ mod tests {
         assert_eq!(members.len(), n);
         assert_eq!(members.get("k7"), Some(&Value::from(7)));
         assert!((0..n).all(|i| members.contains_key(&format!("k{i}"))));
-        assert_eq!(members.iter().nth(7).map(|(k, _)| k.as_str()), Some("k7"));
+        assert_eq!(members.iter().nth(7).map(|(k, _)| k), Some("k7"));
     }
 
     /// A key as JSON text: a watched name, sometimes escaped, or a short arbitrary one.

@@ -19,7 +19,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::JwtError;
-use super::members::Members;
+use super::members::{Members, NameSeed};
 use super::verify::check_header;
 use crate::authn::jwks::Verifiers;
 
@@ -159,7 +159,7 @@ impl<'de> Visitor<'de> for ObjectSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let mut sent = Vec::with_capacity(self.capacity);
-        while let Some(k) = a.next_key::<String>()? {
+        while let Some(k) = a.next_key_seed(NameSeed)? {
             let v: Value = a.next_value()?;
             sent.push((k, v));
         }
@@ -247,14 +247,21 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
     };
     let iss = string_or_strings(claims.get("iss"));
     let aud = string_or_strings(claims.get("aud"));
-    for (name, present) in [
-        ("exp", exp.parsed()),
-        ("sub", sub.parsed()),
-        ("iss", iss.parsed()),
-        ("aud", aud.parsed()),
-        ("nbf", nbf.parsed()),
+    // One pass over the (few) required names rather than a SipHash of each name looked up.
+    let mut required = [false; 5];
+    for name in &v.required_spec_claims {
+        if let Some(i) = ["exp", "sub", "iss", "aud", "nbf"].iter().position(|n| n == name) {
+            required[i] = true;
+        }
+    }
+    for (name, required, present) in [
+        ("exp", required[0], exp.parsed()),
+        ("sub", required[1], sub.parsed()),
+        ("iss", required[2], iss.parsed()),
+        ("aud", required[3], aud.parsed()),
+        ("nbf", required[4], nbf.parsed()),
     ] {
-        if v.required_spec_claims.contains(name) && !present {
+        if required && !present {
             return Err(if name == "aud" { JwtError::BadAudience } else { JwtError::MissingClaim });
         }
     }
@@ -286,7 +293,7 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
         return Err(JwtError::Malformed);
     }
     if let (Claim::Parsed(iss), Some(want)) = (&iss, &v.iss)
-        && !iss.iter().any(|i| want.contains(*i))
+        && !iss.iter().any(|i| among(want, i))
     {
         return Err(JwtError::UnknownIssuer);
     }
@@ -296,9 +303,14 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
     match (&aud, &v.aud) {
         // An audience the token names, with none configured: not for us.
         (Claim::Parsed(_), None) => Err(JwtError::BadAudience),
-        (Claim::Parsed(a), Some(want)) if !a.iter().any(|x| want.contains(*x)) => Err(JwtError::BadAudience),
+        (Claim::Parsed(a), Some(want)) if !a.iter().any(|x| among(want, x)) => Err(JwtError::BadAudience),
         _ => Ok(()),
     }
+}
+
+/// Set membership; a configured set is usually one or two names, compared faster than hashed.
+fn among(set: &std::collections::HashSet<String>, s: &str) -> bool {
+    if set.len() <= 4 { set.iter().any(|x| x == s) } else { set.contains(s) }
 }
 
 #[cfg(test)]
