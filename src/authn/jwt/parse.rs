@@ -134,7 +134,10 @@ pub(super) fn read_object(
     watched: &'static [&'static str],
     capacity: usize,
 ) -> Result<(Members, bool), JwtError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Checked as UTF-8 once, not string by string: JSON that `from_slice` accepts is UTF-8
+    // throughout (outside strings it is ASCII), so this refuses only what it refused.
+    let text = std::str::from_utf8(bytes).map_err(|_| JwtError::Malformed)?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let out = ObjectSeed { watched, capacity }.deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
     de.end().map_err(|_| JwtError::Malformed)?;
     Ok(out)
