@@ -86,7 +86,6 @@ impl Members {
     }
 
     /// The members in the order sent (a duplicate where its first occurrence was).
-    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.entries.iter().map(|(k, v)| (&**k, v))
     }

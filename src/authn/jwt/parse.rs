@@ -26,8 +26,6 @@ use crate::authn::jwks::Verifiers;
 /// Members of jsonwebtoken's typed `Header`: a duplicate of one of these was refused.
 pub(super) const HEADER_FIELDS: &[&str] =
     &["typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc", "zip", "url", "nonce"];
-/// Header members jsonwebtoken typed as an optional string (`zip` and `enc` are strings too).
-const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256", "zip", "enc", "url", "nonce"];
 /// A decoded signature up to this size (RSA-8192's 1024 bytes, with the decoder's rounding) is
 /// decoded on the stack; a longer one, never valid, still decodes exactly as before, on the heap.
 const SIG_STACK: usize = 1026;
@@ -173,12 +171,16 @@ impl<'de> Visitor<'de> for ObjectSeed {
 /// Whether jsonwebtoken's `Header` could hold these members: string-typed ones are strings or
 /// null, `x5c` and `crit` arrays of strings or null. (`alg` was already read by name; `jwk`,
 /// `jku`, `x5u`, `x5c`, `crit` and `enc` are refused by the header checks before this matters.)
+/// One pass over the (few) members, each name matched once.
 fn header_types_ok(h: &Members) -> bool {
-    let opt_str = |v: &Value| v.is_string() || v.is_null();
-    HEADER_STRINGS.iter().all(|k| h.get(k).is_none_or(opt_str))
-        && ["x5c", "crit"].iter().all(|k| {
-            h.get(k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
-        })
+    h.iter().all(|(k, v)| match k {
+        // Typed as an optional string (`zip` and `enc` are strings too).
+        "typ" | "cty" | "jku" | "kid" | "x5u" | "x5t" | "x5t#S256" | "zip" | "enc" | "url" | "nonce" => {
+            v.is_string() || v.is_null()
+        }
+        "x5c" | "crit" => v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        _ => true,
+    })
 }
 
 /// A claim as jsonwebtoken's validation read it.
