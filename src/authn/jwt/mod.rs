@@ -262,6 +262,16 @@ impl JwtAuthenticator {
         })
     }
 
+    /// The issuer of this name. A few are compared faster than the name is hashed; the last of
+    /// a repeated name, as the map holds it.
+    fn issuer_index(&self, name: &str) -> Option<usize> {
+        if self.issuers.len() <= 8 {
+            self.issuers.iter().rposition(|i| *i.name == *name)
+        } else {
+            self.by_name.get(name).copied()
+        }
+    }
+
     /// The deny-list store, when `authn.revocation.dir` is set (watched by the server).
     pub fn deny_list(&self) -> Option<&Arc<DenyListStore>> {
         self.deny_list.as_ref()
@@ -352,7 +362,7 @@ impl JwtAuthenticator {
         issuer: &str,
         claims: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<JwtIdentity, AuthnError> {
-        let idx = *self.by_name.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+        let idx = self.issuer_index(issuer).ok_or(JwtError::UnknownIssuer)?;
         let iss = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
         let expires_at = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
         Ok(iss.identity(Members::from(claims.clone()), expires_at, None, [0; 16])?)

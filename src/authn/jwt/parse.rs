@@ -19,15 +19,13 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::JwtError;
-use super::members::Members;
+use super::members::{Members, NameSeed};
 use super::verify::check_header;
 use crate::authn::jwks::Verifiers;
 
 /// Members of jsonwebtoken's typed `Header`: a duplicate of one of these was refused.
 pub(super) const HEADER_FIELDS: &[&str] =
     &["typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc", "zip", "url", "nonce"];
-/// Header members jsonwebtoken typed as an optional string (`zip` and `enc` are strings too).
-const HEADER_STRINGS: &[&str] = &["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256", "zip", "enc", "url", "nonce"];
 /// A decoded signature up to this size (RSA-8192's 1024 bytes, with the decoder's rounding) is
 /// decoded on the stack; a longer one, never valid, still decodes exactly as before, on the heap.
 const SIG_STACK: usize = 1026;
@@ -134,7 +132,10 @@ pub(super) fn read_object(
     watched: &'static [&'static str],
     capacity: usize,
 ) -> Result<(Members, bool), JwtError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Checked as UTF-8 once, not string by string: JSON that `from_slice` accepts is UTF-8
+    // throughout (outside strings it is ASCII), so this refuses only what it refused.
+    let text = std::str::from_utf8(bytes).map_err(|_| JwtError::Malformed)?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let out = ObjectSeed { watched, capacity }.deserialize(&mut de).map_err(|_| JwtError::Malformed)?;
     de.end().map_err(|_| JwtError::Malformed)?;
     Ok(out)
@@ -159,7 +160,7 @@ impl<'de> Visitor<'de> for ObjectSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let mut sent = Vec::with_capacity(self.capacity);
-        while let Some(k) = a.next_key::<String>()? {
+        while let Some(k) = a.next_key_seed(NameSeed)? {
             let v: Value = a.next_value()?;
             sent.push((k, v));
         }
@@ -170,12 +171,16 @@ impl<'de> Visitor<'de> for ObjectSeed {
 /// Whether jsonwebtoken's `Header` could hold these members: string-typed ones are strings or
 /// null, `x5c` and `crit` arrays of strings or null. (`alg` was already read by name; `jwk`,
 /// `jku`, `x5u`, `x5c`, `crit` and `enc` are refused by the header checks before this matters.)
+/// One pass over the (few) members, each name matched once.
 fn header_types_ok(h: &Members) -> bool {
-    let opt_str = |v: &Value| v.is_string() || v.is_null();
-    HEADER_STRINGS.iter().all(|k| h.get(k).is_none_or(opt_str))
-        && ["x5c", "crit"].iter().all(|k| {
-            h.get(k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
-        })
+    h.iter().all(|(k, v)| match k {
+        // Typed as an optional string (`zip` and `enc` are strings too).
+        "typ" | "cty" | "jku" | "kid" | "x5u" | "x5t" | "x5t#S256" | "zip" | "enc" | "url" | "nonce" => {
+            v.is_string() || v.is_null()
+        }
+        "x5c" | "crit" => v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        _ => true,
+    })
 }
 
 /// A claim as jsonwebtoken's validation read it.
@@ -247,14 +252,21 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
     };
     let iss = string_or_strings(claims.get("iss"));
     let aud = string_or_strings(claims.get("aud"));
-    for (name, present) in [
-        ("exp", exp.parsed()),
-        ("sub", sub.parsed()),
-        ("iss", iss.parsed()),
-        ("aud", aud.parsed()),
-        ("nbf", nbf.parsed()),
+    // One pass over the (few) required names rather than a SipHash of each name looked up.
+    let mut required = [false; 5];
+    for name in &v.required_spec_claims {
+        if let Some(i) = ["exp", "sub", "iss", "aud", "nbf"].iter().position(|n| n == name) {
+            required[i] = true;
+        }
+    }
+    for (name, required, present) in [
+        ("exp", required[0], exp.parsed()),
+        ("sub", required[1], sub.parsed()),
+        ("iss", required[2], iss.parsed()),
+        ("aud", required[3], aud.parsed()),
+        ("nbf", required[4], nbf.parsed()),
     ] {
-        if v.required_spec_claims.contains(name) && !present {
+        if required && !present {
             return Err(if name == "aud" { JwtError::BadAudience } else { JwtError::MissingClaim });
         }
     }
@@ -286,7 +298,7 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
         return Err(JwtError::Malformed);
     }
     if let (Claim::Parsed(iss), Some(want)) = (&iss, &v.iss)
-        && !iss.iter().any(|i| want.contains(*i))
+        && !iss.iter().any(|i| among(want, i))
     {
         return Err(JwtError::UnknownIssuer);
     }
@@ -296,9 +308,14 @@ pub(super) fn validate(claims: &Members, v: &Validation, now: u64) -> Result<(),
     match (&aud, &v.aud) {
         // An audience the token names, with none configured: not for us.
         (Claim::Parsed(_), None) => Err(JwtError::BadAudience),
-        (Claim::Parsed(a), Some(want)) if !a.iter().any(|x| want.contains(*x)) => Err(JwtError::BadAudience),
+        (Claim::Parsed(a), Some(want)) if !a.iter().any(|x| among(want, x)) => Err(JwtError::BadAudience),
         _ => Ok(()),
     }
+}
+
+/// Set membership; a configured set is usually one or two names, compared faster than hashed.
+fn among(set: &std::collections::HashSet<String>, s: &str) -> bool {
+    if set.len() <= 4 { set.iter().any(|x| x == s) } else { set.contains(s) }
 }
 
 #[cfg(test)]

@@ -225,7 +225,7 @@ async fn fetch(issuer: &Issuer, url: &reqwest::Url, uri: &str, s: &StatusListCon
     if header.crit.is_some() {
         return Err("unsupported critical header".into());
     }
-    let base = issuer.validations.get(&header.alg).ok_or("algorithm not allowed for this issuer")?;
+    let base = issuer.validation(header.alg).ok_or("algorithm not allowed for this issuer")?;
     let key = issuer.keys.key_for(header.kid.as_deref()).await.map_err(|e| format!("signing key: {e:?}"))?;
     if key.family != header.alg.family() || key.alg.is_some_and(|a| a != header.alg) {
         return Err("key does not match the algorithm".into());

@@ -1,6 +1,5 @@
 //! Verifying one token per RFC 8725: header checks before any key lookup, the issuer chosen by
 //! `iss`, only that issuer's algorithms and keys, then claims.
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,8 +40,8 @@ pub(super) struct Issuer {
     pub(super) sources: Vec<usize>,
     pub(super) keys: Arc<IssuerKeys>,
     /// Per allowed algorithm: the claim rules (`exp`, `nbf`, `iss`, `aud`, required claims)
-    /// `parse::validate` applies.
-    pub(super) validations: HashMap<Algorithm, Validation>,
+    /// `parse::validate` applies. A list: there are at most a dozen, compared faster than hashed.
+    pub(super) validations: Vec<(Algorithm, Validation)>,
     pub(super) required_claims: Vec<String>,
     pub(super) group_claims: Vec<ClaimPath>,
     /// The group claims as configured: top-level claims of these names are not also tags.
@@ -83,10 +82,10 @@ impl JwtAuthenticator {
         let kid = parsed.header.get("kid").and_then(Value::as_str);
         // The payload is read unverified only to pick the issuer; nothing else is trusted yet.
         let iss_name = parsed.claims.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
-        let idx = *self.by_name.get(iss_name).ok_or(JwtError::UnknownIssuer)?;
+        let idx = self.issuer_index(iss_name).ok_or(JwtError::UnknownIssuer)?;
         self.check_source(idx, source)?;
         let issuer = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
-        let validation = issuer.validations.get(&alg).ok_or(JwtError::AlgorithmNotAllowed)?;
+        let validation = issuer.validation(alg).ok_or(JwtError::AlgorithmNotAllowed)?;
 
         let key = issuer.keys.key_for(kid).await.map_err(|e| match e {
             KeyLookupError::Unavailable => AuthnError::KeysUnavailable,
@@ -114,6 +113,11 @@ impl JwtAuthenticator {
 }
 
 impl Issuer {
+    /// The claim rules for tokens of `alg`, if this issuer allows it.
+    pub(super) fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+    }
+
     /// What verified claims prove under this issuer's mapping (groups, claim headers, tags):
     /// the one mapping, shared by token verification and `portcullis test`'s stated identities.
     /// Takes the claims, so that the subject and the top-level claims that become tags move
@@ -158,11 +162,11 @@ impl Issuer {
                 if let Value::String(s) = v {
                     subject = s;
                 }
-            } else if !RESERVED.contains(&k.as_str())
-                && !self.group_claim_names.contains(&k)
+            } else if !RESERVED.contains(&&*k)
+                && !self.group_claim_names.iter().any(|g| *g == k)
                 && let Some(s) = into_scalar_string(v)
             {
-                tags.push((k, s));
+                tags.push((k.into_owned(), s));
             }
         }
         // A mapped tag replaces a top-level claim of the same name; an absent or non-scalar
@@ -218,7 +222,7 @@ pub(super) fn build_issuer(
     } else {
         KeySource::Discovery { issuer: ic.issuer.clone() }
     };
-    let mut validations = HashMap::new();
+    let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
     for a in &ic.algorithms {
         let alg = algorithm(*a);
         let mut v = Validation::new(alg);
@@ -237,7 +241,10 @@ pub(super) fn build_issuer(
         } else {
             v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         }
-        validations.insert(alg, v);
+        match validations.iter_mut().find(|(a, _)| *a == alg) {
+            Some(slot) => slot.1 = v,
+            None => validations.push((alg, v)),
+        }
     }
     let parse =
         |field: String, c: &str| ClaimPath::parse(c).map_err(|e| anyhow::anyhow!("issuer {}: {field}: {e}", ic.issuer));
