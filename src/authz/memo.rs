@@ -34,7 +34,6 @@
 //! itself, not the token: a rotated key, a revoked or expired token is refused before this memo
 //! is consulted, and never needs to be evicted from it.
 use std::cell::RefCell;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -365,10 +364,12 @@ thread_local! {
 
 /// One engine's memo: entries by a keyed hash of the key, each holding its whole key.
 pub(super) struct DecisionMemo {
-    cache: moka::sync::Cache<u64, Arc<Entry>>,
+    /// Keyed by a hash already: moka's own hashing of it need not be SipHash either.
+    cache: moka::sync::Cache<u64, Arc<Entry>, ahash::RandomState>,
     /// Random per memo: hashes cannot be chosen from outside to collide (a collision would only
-    /// cost misses, never a wrong answer).
-    hasher: RandomState,
+    /// cost misses, never a wrong answer: every hit compares the whole key). aHash, not
+    /// SipHash: the key is a few hundred bytes hashed on every check.
+    hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for DecisionMemo {
@@ -381,8 +382,8 @@ impl DecisionMemo {
     /// `None` when `max_entries` is 0.
     pub(super) fn new(max_entries: u64) -> Option<DecisionMemo> {
         (max_entries > 0).then(|| DecisionMemo {
-            cache: moka::sync::Cache::builder().max_capacity(max_entries).build(),
-            hasher: RandomState::new(),
+            cache: moka::sync::Cache::builder().max_capacity(max_entries).build_with_hasher(ahash::RandomState::new()),
+            hasher: ahash::RandomState::new(),
         })
     }
 

@@ -22,7 +22,8 @@ pub(super) struct CachedToken {
 pub(super) struct TokenCache {
     /// Synchronous: a lookup is a hash-table read and never waits, so it needs no future (the
     /// async cache's lookup cost a future and its polling on every check).
-    pub(super) cache: moka::sync::Cache<[u8; 32], CachedToken>,
+    /// Keyed by a SHA-256 digest, so the table's own hash need not be SipHash.
+    pub(super) cache: moka::sync::Cache<[u8; 32], CachedToken, ahash::RandomState>,
     pub(super) hits: Counter,
     pub(super) misses: Counter,
 }

@@ -223,7 +223,7 @@ impl JwtAuthenticator {
             let cache = moka::sync::Cache::builder()
                 .max_capacity(cfg.token_cache.max_entries)
                 .expire_after(UntilExp { max_ttl: cfg.token_cache.max_ttl })
-                .build();
+                .build_with_hasher(ahash::RandomState::new());
             TokenCache { cache, hits, misses }
         });
         let negative_lookups = Family::<CacheLabel, Counter>::default();
