@@ -202,7 +202,7 @@ impl Checker {
             Err(e) => {
                 tracing::warn!(request_id = rid, error = %e, "request could not be evaluated; denied");
                 let mut d = Deny::new(Status::Forbidden, "unmapped_request", rid);
-                d.action = format!("Action::\"{}\"", view.method);
+                d.action = format!("Action::\"{}\"", view.method).into();
                 return d.into();
             }
         };

@@ -227,12 +227,12 @@ impl std::fmt::Debug for SharedStr {
 /// An allowed request and what to tell the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
-    /// Cedar principal, e.g. `User::"alice"`.
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
+    /// Cedar principal, e.g. `User::"alice"`. Shared with the (memoized) outcome.
+    pub principal: Arc<str>,
+    pub action: Arc<str>,
+    pub resource: Arc<str>,
     /// Determining Cedar policy ids.
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     /// Identity headers for the upstream, lower-case names. `Bytes`, so that names (and values
     /// kept by a cached identity) are shared into the answer, not copied per check.
     pub upstream_headers: Vec<(Bytes, Bytes)>,
@@ -394,10 +394,10 @@ pub struct Deny {
     /// `Retry-After` seconds for 429/503.
     pub retry_after: Option<u32>,
     /// Cedar principal; empty when the denial happened before authorization.
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
-    pub policies: Vec<String>,
+    pub principal: Arc<str>,
+    pub action: Arc<str>,
+    pub resource: Arc<str>,
+    pub policies: Arc<[String]>,
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,
@@ -412,10 +412,10 @@ impl Deny {
             reason,
             challenge: None,
             retry_after: None,
-            principal: String::new(),
-            action: String::new(),
-            resource: String::new(),
-            policies: Vec::new(),
+            principal: Arc::default(),
+            action: Arc::default(),
+            resource: Arc::default(),
+            policies: Arc::default(),
             request_id: request_id.to_owned(),
             shadow: None,
             audit: Audit::default(),

@@ -155,7 +155,7 @@ impl<'c> RouteFactNamespaces<'c> {
 #[derive(Debug, Clone)]
 pub struct RequestView<'a> {
     /// Upper-case HTTP method.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// Canonical path without query or fragment.
     pub path: Cow<'a, str>,
     /// Raw query string (without `?`), empty if none.
@@ -243,7 +243,12 @@ impl<'a> RequestView<'a> {
         if !method_raw.bytes().all(|b| b.is_ascii_alphabetic()) || method_raw.len() > 16 {
             return Err(RequestError::BadMethod);
         }
-        let method = method_raw.to_ascii_uppercase();
+        // Borrowed when already upper case (as Envoy sends it): no copy per check.
+        let method = if method_raw.bytes().any(|b| b.is_ascii_lowercase()) {
+            Cow::Owned(method_raw.to_ascii_uppercase())
+        } else {
+            Cow::Borrowed(method_raw)
+        };
 
         let raw_path = non_empty(&http.path).or_else(|| lookup(":path")).ok_or(RequestError::BadPath)?;
         if lookup(":path").is_some_and(|p| p != raw_path) {
@@ -264,7 +269,14 @@ impl<'a> RequestView<'a> {
 
         // Every copy of the host must name the same host; each is parsed, so a bad copy is a 400.
         let mut host: Option<Cow<'a, str>> = None;
+        let mut parsed: Option<&str> = None;
         for copy in [non_empty(&http.host), lookup(":authority"), lookup("host")].into_iter().flatten() {
+            // A byte-identical copy of the one just parsed reads the same (Envoy sends the
+            // authority both as `host` and as `:authority`): parsed once.
+            if parsed == Some(copy) {
+                continue;
+            }
+            parsed = Some(copy);
             let h = canonical::host_of(copy)?;
             match &host {
                 Some(first) if *first != h => return Err(RequestError::ConflictingHost),

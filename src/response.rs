@@ -288,7 +288,7 @@ mod tests {
             principal: r#"User::"alice""#.into(),
             action: r#"Action::"GET""#.into(),
             resource: r#"Route::"shop/x""#.into(),
-            policies: vec!["p".into()],
+            policies: vec!["p".into()].into(),
             upstream_headers: vec![("x-portcullis-subject".into(), "alice".into())],
             remove_headers: RemoveHeaders::from(vec![Bytes::from("x-portcullis-peer")]),
             request_id: "r1".into(),
@@ -322,7 +322,7 @@ mod tests {
         let mut den = Deny::new(Status::Unauthorized, "token_expired", "r\"7\\")
             .with_challenge(Challenge { scheme: Scheme::Bearer, error: Some("invalid_token"), description: None })
             .with_retry_after(5);
-        den.policies = vec!["p1".into(), "p2".into()];
+        den.policies = vec!["p1".into(), "p2".into()].into();
         let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), quota_keys: keys() };
         let cases = [
             allow_with(r#"User::"alice""#, &[("x-portcullis-subject", "alice"), ("x-tenant", "acme")]),
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn a_deny_with_policies_sends_no_upstream_headers_and_the_policy_header() {
         let mut den = Deny::new(Status::Forbidden, "forbidden_by_policy", "r3");
-        den.policies = vec!["block".into()];
+        den.policies = vec!["block".into()].into();
         let opts = ResponseOptions { policy_ids_header: Some("x-policies".into()), ..Default::default() };
         let r = render(&den.into(), &opts);
         assert_eq!(r.status.as_ref().unwrap().code, code::PERMISSION_DENIED);
@@ -433,7 +433,7 @@ mod tests {
             principal: principal.into(),
             action: r#"Action::"GET""#.into(),
             resource: r#"Route::"shop/x""#.into(),
-            policies: vec!["p".into()],
+            policies: vec!["p".into()].into(),
             upstream_headers: headers
                 .iter()
                 .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))

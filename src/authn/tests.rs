@@ -42,6 +42,13 @@ fn the_principal_is_user_then_api_client_then_service_then_anonymous() {
                     "anonymous"
                 };
                 assert_eq!(got, (want, true), "jwt={j} api_client={c} peer={p}");
+                // `context.authn`: exactly the proven methods, in a fixed order.
+                let methods: Vec<&str> = [(j, "jwt"), (p, "mtls"), (c, "api_key")]
+                    .into_iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, m)| m)
+                    .collect();
+                assert_eq!(ids.methods(), methods, "jwt={j} api_client={c} peer={p}");
             }
         }
     }

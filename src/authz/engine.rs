@@ -322,11 +322,11 @@ fn decide(
     let allowed = response.decision == CoreDecision::Allow && errors.is_empty();
     let outcome = AuthzOutcome {
         allowed,
-        policies,
+        policies: policies.into(),
         errors,
-        principal: p.principal.to_string(),
-        action: p.action.to_string(),
-        resource: p.resource.to_string(),
+        principal: p.principal.to_string().into(),
+        action: p.action.to_string().into(),
+        resource: p.resource.to_string().into(),
     };
     match (memo, pending) {
         (Some(memo), Some(pending)) => {
@@ -402,7 +402,7 @@ fn prepare(
     let methods = ids.methods();
     // Only what the schema declares for this action is read: with no declared body, the body
     // is never looked at.
-    let declared = if engine.declared.is_empty() { None } else { engine.declared.get(req.method.as_str()) };
+    let declared = if engine.declared.is_empty() { None } else { engine.declared.get(&*req.method) };
     let grpc = declared.filter(|d| d.grpc).and_then(|_| req.grpc());
     let body = match declared.and_then(|d| d.body.as_ref()) {
         Some((ty, required)) => match req.body().json(mapping.body_limits, *required)? {
@@ -488,7 +488,7 @@ fn prepare(
         host: &req.host,
         scheme: req.scheme,
         request_id: req.request_id,
-        authn: &methods,
+        authn: methods,
         source_ip: req.source_ip,
         peer: peer.as_ref(),
         time: Some(time),

@@ -21,6 +21,8 @@ pub use documents::{DocKind, LoadError, PolicyDocument, format_errors};
 pub use engine::{Compiled, Engine, Explanation, authorize, authorize_shared, explain};
 pub use memo::DecisionMemoSettings;
 
+use std::sync::Arc;
+
 /// Why an authorization request could not even be evaluated (each is a deny).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
@@ -38,13 +40,14 @@ pub enum AuthzError {
 pub struct AuthzOutcome {
     pub allowed: bool,
     /// Determining policies: the permits that allowed, or the forbids that denied.
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     /// Evaluation errors (any of them turns the answer into a deny).
     pub errors: Vec<String>,
-    /// `Type::"id"` of the principal, for logs and headers.
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
+    /// `Type::"id"` of the principal, for logs and headers. Shared (like the policy ids), so a
+    /// decision built from a memoized outcome takes reference counts, not copies.
+    pub principal: Arc<str>,
+    pub action: Arc<str>,
+    pub resource: Arc<str>,
 }
 
 /// Which request headers to expose as `Route` tags, how much body a policy may read, and the

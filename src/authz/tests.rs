@@ -104,7 +104,7 @@ fn forbids_scoped_to_an_action_group_still_apply_to_its_members() {
     let mapping = CedarMapping::default();
     let out = decide(&snap, &mapping, "POST", &client("batch", &["batch"]));
     assert!(!out.allowed);
-    assert_eq!(out.policies, vec!["writes-frozen".to_owned()]);
+    assert_eq!(*out.policies, ["writes-frozen".to_owned()]);
 }
 
 /// The ids of the policies the index hands Cedar for a request with no guards involved.

@@ -111,7 +111,7 @@ impl Shadow {
                 Ok(Ok(o)) => Some(ShadowOutcome {
                     allowed: o.allowed,
                     errored: !o.errors.is_empty(),
-                    policies: o.policies,
+                    policies: o.policies.to_vec(),
                     version: snapshot.version.to_string(),
                 }),
                 Ok(Err(_)) | Err(_) => None,
@@ -133,7 +133,7 @@ impl Shadow {
             self.errors.inc();
         }
         // Both lists come sorted from `authz`.
-        if live.allowed == shadow.allowed && live.policies == shadow.policies {
+        if live.allowed == shadow.allowed && *live.policies == *shadow.policies {
             return;
         }
         let live_verdict = if live.allowed { "allow" } else { "deny" };

@@ -144,7 +144,7 @@ async fn a_foreign_scheme_is_anonymous_and_forwarded_unless_stripping_is_configu
     for v in ["Basic dXNlcjpwYXNz", "Digest username=\"u\"", "Bearerx abc", "Negotiate abc"] {
         let d = decide(&default_checker(), &request(&[("authorization", v.as_bytes())])).await;
         let d = allowed(&d, v);
-        assert_eq!(d.principal, r#"Anonymous::"anonymous""#, "{v}");
+        assert_eq!(&*d.principal, r#"Anonymous::"anonymous""#, "{v}");
         assert!(!has(&d.remove_headers, "authorization"), "{v}: forwarded untouched");
 
         for flag in ["{strip_foreign_credentials: true}", "{remove_credentials: true}"] {
@@ -263,7 +263,7 @@ async fn an_anonymous_caller_denied_by_policy_gets_a_401_challenge_in_the_config
     let den = denied(&d, "anonymous");
     assert_eq!((den.status, den.reason), (Status::Unauthorized, "credential_required"));
     assert_eq!(den.challenge, Some(Challenge { scheme: Scheme::Bearer, error: None, description: None }));
-    assert_eq!(den.principal, r#"Anonymous::"anonymous""#);
+    assert_eq!(&*den.principal, r#"Anonymous::"anonymous""#);
 
     // Only API keys configured: the challenge names that scheme.
     let keys =
@@ -287,7 +287,7 @@ async fn a_proven_caller_without_a_permit_or_hit_by_a_forbid_gets_403_with_the_p
     let d = decide(&c, &req).await;
     let den = denied(&d, "peer");
     assert_eq!((den.status, den.reason, den.challenge.as_ref()), (Status::Forbidden, "no_permit", None));
-    assert_eq!(den.principal, format!("Service::{peer:?}"));
+    assert_eq!(*den.principal, format!("Service::{peer:?}"));
     assert!(den.policies.is_empty());
 
     let c = checker_with("policy: {dir: x}\n", Some(&format!("{ALLOW_ALL}\n{ALICE_ONLY}")));
@@ -295,8 +295,8 @@ async fn a_proven_caller_without_a_permit_or_hit_by_a_forbid_gets_403_with_the_p
     let d = decide(&c, &req).await;
     let den = denied(&d, "forbid");
     assert_eq!((den.status, den.reason), (Status::Forbidden, "forbidden_by_policy"));
-    assert_eq!(den.policies, ["block-admin"]);
-    assert_eq!((den.action.as_str(), den.request_id.as_str()), (r#"Action::"POST""#, "r-9"));
+    assert_eq!(*den.policies, ["block-admin"]);
+    assert_eq!((&*den.action, den.request_id.as_str()), (r#"Action::"POST""#, "r-9"));
 }
 
 #[tokio::test]
@@ -306,7 +306,7 @@ async fn an_allow_sets_identity_headers_and_the_determining_policy() {
     let req = CheckRequestBuilder::new("GET", "/x").host("shop").peer(peer).id("r-1").build();
     let d = decide(&c, &req).await;
     let a = allowed(&d, "peer");
-    assert_eq!(a.policies, ["all"]);
+    assert_eq!(*a.policies, ["all"]);
     assert_eq!(a.request_id, "r-1");
     assert_eq!(
         strings(&a.upstream_headers),
@@ -422,7 +422,7 @@ async fn the_candidate_is_compared_but_never_decides() {
     let post = CheckRequestBuilder::new("POST", "/x").host("shop").id("r-post").build();
     let d = decide(&c, &post).await;
     let a = allowed(&d, "the live set allows; the candidate's forbid changes nothing");
-    assert_eq!(a.policies, ["all"]);
+    assert_eq!(*a.policies, ["all"]);
     let sh = a.shadow.as_ref().expect("shadowed");
     assert_eq!((sh.allowed, sh.policies.as_slice(), sh.errored), (false, &["freeze".to_owned()][..], false));
     // A GET: both allow by the same policy: no disagreement.

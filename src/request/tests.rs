@@ -257,12 +257,26 @@ fn agreeing_copies_of_method_path_and_host_are_accepted() {
     );
     let req_in = crate::proto::check_in(&req);
     let v = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
-    assert_eq!((v.method.as_str(), &*v.path, v.query, &*v.host), ("GET", "/a/b", "x=1", "api.example.com"));
+    assert_eq!((&*v.method, &*v.path, v.query, &*v.host), ("GET", "/a/b", "x=1", "api.example.com"));
     // Proxyless clients send only the header map.
     let req = request("", "", "", &[(":method", "GET"), (":path", "/p"), (":authority", "h.example")]);
     let req_in = crate::proto::check_in(&req);
     let v = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
     assert_eq!((&*v.path, &*v.host), ("/p", "h.example"));
+}
+
+#[test]
+fn a_lower_case_method_is_read_upper_case_and_identical_host_copies_read_alike() {
+    let req =
+        request("get", "/p", "a.example", &[(":method", "get"), (":authority", "a.example"), ("host", "a.example")]);
+    let req_in = crate::proto::check_in(&req);
+    let v = RequestView::from_check(&req_in, &Limits::default()).expect("valid");
+    assert_eq!((&*v.method, &*v.host), ("GET", "a.example"));
+    // Identical copies of a bad host are still a bad host; a third copy that differs still conflicts.
+    let r = request("GET", "/p", "[a.example]", &[(":authority", "[a.example]")]);
+    assert_eq!(view_err(&r), RequestError::BadHost);
+    let r = request("GET", "/p", "a.example", &[(":authority", "a.example"), ("host", "b.example")]);
+    assert_eq!(view_err(&r), RequestError::ConflictingHost);
 }
 
 #[test]

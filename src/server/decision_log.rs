@@ -452,10 +452,10 @@ mod tests {
             policy_version: Some(v.into()),
         };
         Decision::Deny(Deny {
-            principal: format!("User::\"{v}\""),
+            principal: format!("User::\"{v}\"").into(),
             action: v.into(),
             resource: v.into(),
-            policies: vec![v.into(), String::new(), "plain-id 'q' ~{}".into()],
+            policies: vec![v.into(), String::new(), "plain-id 'q' ~{}".into()].into(),
             audit,
             ..Deny::new(Status::Forbidden, "no_permit", v)
         })
@@ -467,7 +467,7 @@ mod tests {
             principal: "User::\"al\\\"ice\u{1}\"".into(),
             action: "Action::\"GET\"".into(),
             resource: "Route::\"shop.example/api\"".into(),
-            policies: vec!["users-read-api".into(), "we\"ird\u{7}".into()],
+            policies: vec!["users-read-api".into(), "we\"ird\u{7}".into()].into(),
             upstream_headers: vec![("x-portcullis-subject".into(), "secret-looking".into())],
             remove_headers: vec![bytes::Bytes::from("authorization")].into(),
             request_id: "r-1".into(),

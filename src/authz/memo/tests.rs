@@ -150,11 +150,11 @@ fn an_entry_under_the_same_hash_but_another_key_is_a_miss() {
     let hash = memo.hasher.hash_one(key.as_slice());
     let forged = AuthzOutcome {
         allowed: true,
-        policies: vec!["forged".into()],
+        policies: vec!["forged".into()].into(),
         errors: Vec::new(),
-        principal: String::new(),
-        action: String::new(),
-        resource: String::new(),
+        principal: "".into(),
+        action: "".into(),
+        resource: "".into(),
     };
     key.push(0);
     memo.insert(Pending { hash, key: key.into() }, &Arc::new(forged));
