@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".envoy.service.auth.v3.HeaderValueOut")
         .bytes(".envoy.service.auth.v3.FieldOut")
         .bytes(".envoy.service.auth.v3.ValueOut")
+        .bytes(".envoy.service.auth.v3.CheckResponseOut")
         // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded. The
         // descriptor copy stays, so `CheckResponseOut`'s field still names it.
         .extern_path(".envoy.service.auth.v3.OkHttpResponseOut", "crate::proto::auth::OkHttpResponseOut")
@@ -161,7 +162,9 @@ fn with_encode_side(mut fds: FileDescriptorSet) -> Result<FileDescriptorSet, Str
         &[
             ("denied_response", Some("DeniedHttpResponseOut")),
             ("ok_response", Some("OkHttpResponseOut")),
-            ("dynamic_metadata", Some("StructOut")),
+            // The `Struct`'s encoding, written directly (`response::Metadata`): a message field
+            // and a bytes field holding its encoding are the same on the wire.
+            ("dynamic_metadata", None),
         ],
     )?;
     // google.protobuf.Struct as the wire sees it: `map<string, Value> fields = 1` is a repeated

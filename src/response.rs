@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::decision::{Allow, Challenge, Decision, Deny, RemoveHeaders, Scheme, Status};
 use crate::proto::RpcStatus;
 use crate::proto::auth::{
-    CheckResponseOut, DeniedHttpResponseOut, FieldOut, HeaderValueOptionOut, HeaderValueOut, ListValueOut,
-    OkHttpResponseOut, StructOut, ValueOut, check_response_out::HttpResponse, value_out::Kind,
+    CheckResponseOut, DeniedHttpResponseOut, HeaderValueOptionOut, HeaderValueOut, OkHttpResponseOut,
+    check_response_out::HttpResponse,
 };
 use crate::proto::core::header_value_option::HeaderAppendAction;
 use crate::proto::http::{HttpStatus, StatusCode};
@@ -60,13 +60,13 @@ pub const MAX_METADATA_VALUE: usize = 256;
 /// A quota key: the value itself when short and free of control characters; otherwise
 /// `sha256:<32 hex>` of it, so an odd identity still gets a bucket of its own (bounded, and
 /// printable in a descriptor or log) instead of escaping the quota.
-fn quota_value(v: &Bytes) -> Bytes {
+fn quota_value(v: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let printable = std::str::from_utf8(v).is_ok_and(|s| !s.chars().any(char::is_control));
     if v.len() <= MAX_METADATA_VALUE && printable {
-        return v.clone();
+        return std::borrow::Cow::Borrowed(v);
     }
     let digest = Sha256::digest(v);
-    Bytes::from(format!("sha256:{}", hex::encode(&digest[..16])))
+    std::borrow::Cow::Owned(format!("sha256:{}", hex::encode(&digest[..16])).into_bytes())
 }
 
 /// An identity header that overwrites any client copy on every Envoy version: `append: false`
@@ -95,50 +95,89 @@ pub fn challenge_header(c: &Challenge) -> String {
     }
 }
 
-fn field(key: &'static str, value: Bytes) -> FieldOut {
-    FieldOut { key: Bytes::from_static(key.as_bytes()), value: Some(ValueOut { kind: Some(Kind::StringValue(value)) }) }
-}
+/// A `google.protobuf.Struct` of strings and string lists, written straight into its wire form
+/// (one buffer per answer instead of a message tree): the map is repeated `{key = 1, value = 2}`
+/// entries (field 1), a `Value` holds `string_value` (3) or `list_value` (6), a `ListValue` its
+/// `values` (1). Every length is known before its bytes are written.
+struct Metadata(Vec<u8>);
 
-fn list(key: &'static str, items: &[String]) -> FieldOut {
-    let values = items.iter().map(|p| ValueOut { kind: Some(Kind::StringValue(Bytes::copy_from_slice(p.as_bytes()))) });
-    FieldOut {
-        key: Bytes::from_static(key.as_bytes()),
-        value: Some(ValueOut { kind: Some(Kind::ListValue(ListValueOut { values: values.collect() })) }),
+impl Metadata {
+    fn with_capacity(n: usize) -> Self {
+        Metadata(Vec::with_capacity(n))
+    }
+
+    /// A length-delimited field's key byte (field numbers here are below 16) and length.
+    fn head(&mut self, field: u8, len: usize) {
+        self.0.push(field << 3 | 2);
+        let mut v = len as u64;
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    /// An entry `key` → `string_value`.
+    fn string(&mut self, key: &str, value: &[u8]) {
+        let value_msg = delimited(value.len());
+        self.head(1, delimited(key.len()) + delimited(value_msg));
+        self.head(1, key.len());
+        self.0.extend_from_slice(key.as_bytes());
+        self.head(2, value_msg);
+        self.head(3, value.len());
+        self.0.extend_from_slice(value);
+    }
+
+    /// An entry `key` → `list_value` of strings.
+    fn list(&mut self, key: &str, items: &[String]) {
+        let list: usize = items.iter().map(|i| delimited(delimited(i.len()))).sum();
+        let value_msg = delimited(list);
+        self.head(1, delimited(key.len()) + delimited(value_msg));
+        self.head(1, key.len());
+        self.0.extend_from_slice(key.as_bytes());
+        self.head(2, value_msg);
+        self.head(6, list);
+        for i in items {
+            self.head(1, delimited(i.len()));
+            self.head(3, i.len());
+            self.0.extend_from_slice(i.as_bytes());
+        }
     }
 }
 
-fn text(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
+/// Bytes a length-delimited field of `len` bytes takes: key, varint length, payload.
+fn delimited(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
 /// What Envoy's access log and rate-limit filter see under `envoy.filters.http.ext_authz`: a
 /// `google.protobuf.Struct` on the wire, each key once.
-fn metadata(d: &Decision, keys: &QuotaKeys) -> StructOut {
-    let mut fields = Vec::with_capacity(14);
-    fields.push(field("decision", Bytes::from_static(d.verdict().as_bytes())));
-    fields.push(field("reason", Bytes::from_static(d.reason().as_bytes())));
+fn metadata(d: &Decision, keys: &QuotaKeys) -> Bytes {
+    let mut m = Metadata::with_capacity(512);
+    m.string("decision", d.verdict().as_bytes());
+    m.string("reason", d.reason().as_bytes());
     // Empty before authorization (a deny); an allow always has one.
-    let principal = if d.principal().is_empty() { Bytes::new() } else { quota_value(&text(d.principal())) };
-    fields.push(field("principal", principal));
-    fields.push(list("policy_ids", d.policies()));
+    let principal = d.principal().as_bytes();
+    m.string("principal", &quota_value(principal));
+    m.list("policy_ids", d.policies());
     if !d.request_id().is_empty() {
-        fields.push(field("request_id", text(d.request_id())));
+        m.string("request_id", d.request_id().as_bytes());
     }
     if let Decision::Allow(a) = d {
-        insert_quota_keys(&mut fields, a, keys);
+        insert_quota_keys(&mut m, a, keys);
     }
     // The candidate's view goes to the access log only: never to a header the client or the
     // upstream could see.
     if let Some(sh) = d.shadow() {
-        fields.push(field("shadow_decision", Bytes::from_static(sh.verdict().as_bytes())));
-        fields.push(list("shadow_policies", &sh.policies));
-        fields.push(field("shadow_version", text(&sh.version)));
+        m.string("shadow_decision", sh.verdict().as_bytes());
+        m.list("shadow_policies", &sh.policies);
+        m.string("shadow_version", sh.version.as_bytes());
     }
-    StructOut { fields }
+    m.0.into()
 }
 
 /// The verified identity of an allow, each key only when it was proven (a header was set).
-fn insert_quota_keys(fields: &mut Vec<FieldOut>, a: &Allow, keys: &QuotaKeys) {
+fn insert_quota_keys(m: &mut Metadata, a: &Allow, keys: &QuotaKeys) {
     let wanted = [
         ("issuer", Some(&keys.issuer)),
         ("subject", Some(&keys.subject)),
@@ -149,7 +188,7 @@ fn insert_quota_keys(fields: &mut Vec<FieldOut>, a: &Allow, keys: &QuotaKeys) {
     for (key, header) in wanted {
         let Some(header) = header.filter(|h| !h.is_empty()) else { continue };
         if let Some((_, v)) = a.upstream_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header.as_bytes())) {
-            fields.push(field(key, quota_value(v)));
+            m.string(key, &quota_value(v));
         }
     }
 }
@@ -174,7 +213,7 @@ pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponseOut {
     CheckResponseOut {
         status: Some(status),
         http_response: Some(http_response),
-        dynamic_metadata: Some(metadata(d, &opts.quota_keys)),
+        dynamic_metadata: metadata(d, &opts.quota_keys),
     }
 }
 
@@ -191,7 +230,7 @@ pub fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckR
         }
         Decision::Deny(den) => render_deny(den, opts),
     };
-    CheckResponseOut { status: Some(status), http_response: Some(http_response), dynamic_metadata: Some(metadata) }
+    CheckResponseOut { status: Some(status), http_response: Some(http_response), dynamic_metadata: metadata }
 }
 
 /// The standard `CheckResponse` a client decodes from an answer: what Envoy sees. For tests and
@@ -540,6 +579,48 @@ mod tests {
     }
 
     #[test]
+    fn metadata_on_the_wire_is_the_struct_envoy_decodes() {
+        use prost_types::value::Kind as K;
+        let s = |v: &str| prost_types::Value { kind: Some(K::StringValue(v.into())) };
+        // Lengths past one varint byte (a 300-byte request id, a list over 127 bytes, a long
+        // and a control-character identity value that are sent hashed), non-ASCII, empty ids.
+        let long_id = "r".repeat(300);
+        let policies: Vec<String> = (0..40).map(|i| format!("policy-é-{i}")).chain([String::new()]).collect();
+        let mut d = allow_with(
+            &format!("User::\"{}\"", "a".repeat(200)),
+            &[("x-portcullis-subject", &"s".repeat(300)), ("x-portcullis-issuer", "https://idp\u{1}")],
+        );
+        if let Decision::Allow(a) = &mut d {
+            a.request_id = long_id.clone();
+            a.policies = policies.clone().into();
+            a.shadow = Some(ShadowOutcome { allowed: false, policies: vec![], version: "v9".into(), errored: true });
+        }
+        let got = render(&d, &ResponseOptions { policy_ids_header: None, quota_keys: keys() })
+            .dynamic_metadata
+            .expect("metadata");
+        let hashed = |v: &str| format!("sha256:{}", hex::encode(&Sha256::digest(v.as_bytes())[..16]));
+        let list = |items: &[String]| prost_types::Value {
+            kind: Some(K::ListValue(prost_types::ListValue { values: items.iter().map(|i| s(i)).collect() })),
+        };
+        let want: BTreeMap<String, prost_types::Value> = [
+            ("decision", s("allow")),
+            ("reason", s("allowed")),
+            ("principal", s(&format!("User::\"{}\"", "a".repeat(200)))),
+            ("policy_ids", list(&policies)),
+            ("request_id", s(&long_id)),
+            ("subject", s(&hashed(&"s".repeat(300)))),
+            ("issuer", s(&hashed("https://idp\u{1}"))),
+            ("shadow_decision", s("deny")),
+            ("shadow_policies", list(&[])),
+            ("shadow_version", s("v9")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(got.fields, want);
+    }
+
+    #[test]
     fn metadata_names_each_key_once() {
         // On the wire a Struct is a map: a key sent twice would leave Envoy to pick one.
         let mut d = allow_with(
@@ -560,9 +641,9 @@ mod tests {
                 errored: false,
             });
         }
-        let md = super::render(&d, &ResponseOptions { policy_ids_header: None, quota_keys: keys() })
-            .dynamic_metadata
-            .expect("metadata");
+        let wire = super::render(&d, &ResponseOptions { policy_ids_header: None, quota_keys: keys() }).dynamic_metadata;
+        // Decoded as the repeated entries the wire holds, so a duplicate would show.
+        let md = <crate::proto::auth::StructOut as prost::Message>::decode(wire).expect("a Struct");
         let names: Vec<&[u8]> = md.fields.iter().map(|f| f.key.as_ref()).collect();
         let unique: std::collections::BTreeSet<&[u8]> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
