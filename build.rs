@@ -52,6 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Written by hand (src/proto/ok_response_out.rs): its removal list is pre-encoded. The
         // descriptor copy stays, so `CheckResponseOut`'s field still names it.
         .extern_path(".envoy.service.auth.v3.OkHttpResponseOut", "crate::proto::auth::OkHttpResponseOut")
+        // Boxed, so the decoded request moves through tonic (decode, request, service future) as
+        // a pointer rather than as its ~1 kB of fields.
+        .boxed(".envoy.service.auth.v3.CheckRequestIn.attributes")
         .compile_fds(with_decode_side(with_encode_side(fds.clone())?)?)?;
 
     // The standard server trait (`CheckRequest` in, `CheckResponse` out), over the same messages:

@@ -513,13 +513,13 @@ fn a_name_repeated_in_the_merged_headers_is_seen_twice() {
     use prost::Message as _;
     let entry = |k: &str, v: &str| HeaderEntryIn { key: k.into(), value: v.into() };
     let req = |headers: Vec<HeaderEntryIn>| CheckRequestIn {
-        attributes: Some(AttributeContextIn {
+        attributes: Some(Box::new(AttributeContextIn {
             request: Some(RequestIn {
                 http: Some(HttpRequestIn { method: "GET".into(), path: "/x".into(), headers, ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        })),
     };
     // Wire order kept; the standard decode of the same bytes kept only the last copy.
     let r =
