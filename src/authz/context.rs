@@ -62,6 +62,24 @@ pub(super) struct ContextParts<'a> {
     pub(super) body: Option<Value>,
 }
 
+/// `context.time` of one request: the stated value (`portcullis test` cases), or the clock read
+/// once, when first needed. A memo hit on a slice that never reads the time reads no clock; a
+/// key that holds the time and the context built on a miss read the same value.
+pub(super) struct RequestTime {
+    stated: Option<i64>,
+    read: std::cell::OnceCell<i64>,
+}
+
+impl RequestTime {
+    pub(super) fn new(stated: Option<i64>) -> Self {
+        RequestTime { stated, read: std::cell::OnceCell::new() }
+    }
+
+    pub(super) fn get(&self) -> i64 {
+        self.stated.unwrap_or_else(|| *self.read.get_or_init(now))
+    }
+}
+
 /// `context.time` from the clock: unix seconds.
 pub(super) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

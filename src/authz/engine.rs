@@ -440,12 +440,13 @@ fn prepare(
         )),
         Unfit::Schema(m) => AuthzError::Request(m),
     })?;
-    // One clock reading: the context below and the memo key hold the same `time`.
-    let time = req.time.unwrap_or_else(ctx::now);
+    // At most one clock reading, and none unless read: the context below and the memo key hold
+    // the same `time`.
+    let time = ctx::RequestTime::new(req.time);
     // A body is the client's value, validated per request: never memoized, nor are requests
     // validated one by one (`validates_each_request`).
     let memo = memo.filter(|_| !shape.body && !index.validates_each_request());
-    let probe = |scope, reads| Probe { scope, reads, shape: shape.bits(), req, ids, mapping, time, grpc };
+    let probe = |scope, reads| Probe { scope, reads, shape: shape.bits(), req, ids, mapping, time: &time, grpc };
     // Before the guards when the slice allows it: the key then holds everything the slice's
     // guards and policies can read, so it decides the guards too, and a hit runs none of them.
     let early = match (memo, slice.pre_guard()) {
@@ -491,7 +492,7 @@ fn prepare(
         authn: methods,
         source_ip: req.source_ip,
         peer: peer.as_ref(),
-        time: Some(time),
+        time: Some(time.get()),
         grpc,
         body,
     })?;

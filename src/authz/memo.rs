@@ -209,8 +209,8 @@ pub(super) struct Probe<'a, 'r> {
     pub req: &'a RequestView<'r>,
     pub ids: &'a Identities,
     pub mapping: &'a CedarMapping,
-    /// `context.time`, the value the context is built with on a miss.
-    pub time: i64,
+    /// `context.time`, the value the context is built with on a miss (read only if keyed).
+    pub time: &'a super::context::RequestTime,
     pub grpc: Option<(&'a str, &'a str)>,
 }
 
@@ -310,7 +310,7 @@ impl Probe<'_, '_> {
             w.str(req.scheme);
         }
         if r.contains(Reads::TIME) {
-            w.0.extend_from_slice(&self.time.to_le_bytes());
+            w.0.extend_from_slice(&self.time.get().to_le_bytes());
         }
         if r.contains(Reads::SOURCE_IP) {
             match req.source_ip {

@@ -142,7 +142,7 @@ fn an_entry_under_the_same_hash_but_another_key_is_a_miss() {
         req: &view,
         ids: &ids,
         mapping: &mapping,
-        time: NOW,
+        time: &crate::authz::context::RequestTime::new(Some(NOW)),
         grpc: None,
     };
     let mut key = Vec::new();
