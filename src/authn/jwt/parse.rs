@@ -12,8 +12,6 @@
 //! a duplicate member its typed `Header` or claims struct names, a header member of the wrong
 //! type, a `sub` that is an array or object, a non-empty array or object as `exp` or `nbf`.
 //! The tests below compare both on hostile tokens.
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -91,15 +89,8 @@ impl<'a> ParsedToken<'a> {
         if !key.supports(self.alg) {
             return Err(JwtError::KeyMismatch);
         }
-        let mut stack = [0u8; SIG_STACK];
-        let heap: Vec<u8>;
-        let sig: &[u8] = if base64::decoded_len_estimate(self.signature.len()) <= SIG_STACK {
-            let n = URL_SAFE_NO_PAD.decode_slice(self.signature, &mut stack).map_err(|_| JwtError::Malformed)?;
-            stack.get(..n).ok_or(JwtError::Malformed)?
-        } else {
-            heap = URL_SAFE_NO_PAD.decode(self.signature).map_err(|_| JwtError::Malformed)?;
-            &heap
-        };
+        let (mut stack, mut heap) = ([0u8; SIG_STACK], Vec::new());
+        let sig = base64url(self.signature, &mut stack, &mut heap)?;
         if !key.verify(self.alg, self.signing_input.as_bytes(), sig) {
             return Err(JwtError::BadSignature);
         }
@@ -114,16 +105,24 @@ impl<'a> ParsedToken<'a> {
 /// then one JSON object; also whether a member named in `watched` appeared twice (the later
 /// value is kept, as serde_json's `Map` kept it).
 fn decode_object(seg: &str, watched: &'static [&'static str], capacity: usize) -> Result<(Members, bool), JwtError> {
-    let mut stack = [0u8; SEGMENT_STACK];
-    let heap: Vec<u8>;
-    let bytes: &[u8] = if base64::decoded_len_estimate(seg.len()) <= SEGMENT_STACK {
-        let n = URL_SAFE_NO_PAD.decode_slice(seg, &mut stack).map_err(|_| JwtError::Malformed)?;
-        stack.get(..n).ok_or(JwtError::Malformed)?
-    } else {
-        heap = URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)?;
-        &heap
-    };
-    read_object(bytes, watched, capacity)
+    let (mut stack, mut heap) = ([0u8; SEGMENT_STACK], Vec::new());
+    read_object(base64url(seg, &mut stack, &mut heap)?, watched, capacity)
+}
+
+/// Unpadded base64url, canonical (no padding, no stray trailing bits: exactly what `base64`'s
+/// `URL_SAFE_NO_PAD` accepts), decoded with SIMD into `stack` when it fits, else into `heap`.
+fn base64url<'a>(seg: &str, stack: &'a mut [u8], heap: &'a mut Vec<u8>) -> Result<&'a [u8], JwtError> {
+    let codec = base64_simd::URL_SAFE_NO_PAD;
+    // Checked first: `decode` panics on a short output, and the length says where it goes.
+    let n = codec.decoded_length(seg.as_bytes()).map_err(|_| JwtError::Malformed)?;
+    match stack.get_mut(..n) {
+        Some(out) => codec.decode(seg.as_bytes(), base64_simd::Out::from_slice(out)).map(|b| &*b),
+        None => codec.decode_to_vec(seg).map(|v| {
+            *heap = v;
+            &heap[..]
+        }),
+    }
+    .map_err(|_| JwtError::Malformed)
 }
 
 /// Exactly one JSON object (whitespace around it allowed, as with `serde_json::from_slice`).
@@ -320,6 +319,8 @@ fn among(set: &std::collections::HashSet<String>, s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::{DecodingKey, EncodingKey};
 
     use super::super::verify::map_jwt_error;
@@ -402,6 +403,36 @@ mod tests {
 
     /// Header and payload segments around the stack buffer's bound (and far past it), good and
     /// mangled: judged exactly as jsonwebtoken judged them.
+    #[test]
+    fn the_simd_decoder_accepts_exactly_what_the_base64_crate_does() {
+        // Every string of up to 3 characters over an alphabet with both base64 alphabets'
+        // specials, padding and a stray byte, then longer ones around the SIMD block sizes and
+        // the stack bound, with each kind of flaw at each end.
+        let chars: Vec<char> = "AQgw-_+/=.!".chars().collect();
+        let mut cases: Vec<String> = vec![String::new()];
+        for _ in 0..3 {
+            let last: Vec<String> =
+                cases.iter().filter(|c| c.len() == cases.last().map_or(0, |l| l.len())).cloned().collect();
+            cases.extend(last.iter().flat_map(|c| chars.iter().map(move |ch| format!("{c}{ch}"))));
+        }
+        let body = |n: usize| (0..n).map(|i| ['A', 'z', '0', '-', '_', 'Q', 'g'][i % 7]).collect::<String>();
+        for n in (0..140).chain(SEGMENT_STACK * 4 / 3 - 6..SEGMENT_STACK * 4 / 3 + 6).chain([SIG_STACK * 4 / 3 + 3]) {
+            for tail in ["", "A", "B", "AA", "AB", "AAA", "AAB", "=", "==", "+", "/", " ", "\u{e9}"] {
+                cases.push(format!("{}{tail}", body(n)));
+                cases.push(format!("{tail}{}", body(n)));
+            }
+        }
+        for c in &cases {
+            let want = URL_SAFE_NO_PAD.decode(c).map_err(|_| JwtError::Malformed);
+            for stack_len in [0, 1, SEGMENT_STACK] {
+                let (mut stack, mut heap) = (vec![0u8; stack_len], Vec::new());
+                let got = base64url(c, &mut stack, &mut heap).map(<[u8]>::to_vec);
+                assert_eq!(got, want, "{c:?} (stack of {stack_len})");
+            }
+        }
+        assert!(cases.len() > 4000, "{}", cases.len());
+    }
+
     #[test]
     fn segments_around_the_stack_bound_decode_as_before() {
         let now = jsonwebtoken::get_current_timestamp();
