@@ -270,12 +270,7 @@ impl RemoveHeaders {
             let n = n.as_ref();
             b.push(HEADERS_TO_REMOVE_KEY);
             // Varint length (a header name is short, but any length encodes exactly).
-            let mut len = n.len() as u64;
-            while len >= 0x80 {
-                b.push((len as u8) | 0x80);
-                len >>= 7;
-            }
-            b.push(len as u8);
+            prost::encoding::encode_varint(n.len() as u64, &mut b);
             b.extend_from_slice(n);
         }
         b.into()

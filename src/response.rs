@@ -109,12 +109,7 @@ impl Metadata {
     /// A length-delimited field's key byte (field numbers here are below 16) and length.
     fn head(&mut self, field: u8, len: usize) {
         self.0.push(field << 3 | 2);
-        let mut v = len as u64;
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
+        prost::encoding::encode_varint(len as u64, &mut self.0);
     }
 
     /// An entry `key` → `string_value`.
