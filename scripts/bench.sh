@@ -48,6 +48,7 @@
 # Knobs: BENCH_DURATION=8 BENCH_CONNS=8 BENCH_STREAMS=16 BENCH_SERVER_CPU=0 BENCH_CLIENT_CPU=1
 #        BENCH_FLOOD_TOKENS=1000000 BENCH_MICRO=1 BENCH_OUT=target/bench BENCH_ONLY=<regex>
 #        BENCH_REPEAT=1 BENCH_PERF=0 OPA_ENVOY=<path>
+#        BENCH_PROFILE=release (or dist: the container image's fat-LTO build, server and ceiling alike)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,7 @@ STREAMS=${BENCH_STREAMS:-16}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 FLOOD=${BENCH_FLOOD_TOKENS:-1000000}
+PROFILE=${BENCH_PROFILE:-release}
 MICRO=${BENCH_MICRO:-1}
 ONLY=${BENCH_ONLY:-.}
 REPEAT=${BENCH_REPEAT:-1}
@@ -92,10 +94,10 @@ need h2load nghttp2-client
 need openssl openssl
 if [[ $PERF == 1 ]]; then need perf linux-perf; fi
 
-echo "== building release binaries" >&2
-cargo build --release --bin portcullis --example ceiling --example bench_setup --example alloc_count \
+echo "== building $PROFILE binaries" >&2
+cargo build --profile "$PROFILE" --bin portcullis --example ceiling --example bench_setup --example alloc_count \
   --example token_flood
-BIN=target/release
+BIN=target/$PROFILE
 rm -rf "$OUT" && mkdir -p "$OUT/logs"
 "$BIN/examples/bench_setup" "$OUT/fixture" "$TCP" "$SOCK" "$ADMIN" 300 "${POLICY_COUNTS[@]}" |
   tee "$OUT/fixture.txt" >&2
@@ -113,6 +115,7 @@ grep -q '^  candidate:' "$OUT/fixture/cached-shadow.yaml"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "h2load: $(h2load --version | head -1)"
   echo "openssl: $(openssl version)"
+  echo "build profile: $PROFILE (server and ceiling)"
   echo "load: h2load -c $CONNS -m $STREAMS -t 1 -D $DURATION (after a 20000-request warm-up), server on CPU $SERVER_CPU, h2load on CPU $CLIENT_CPU"
   echo "repetitions: $REPEAT (scenarios interleaved; tables show the median per column)"
 } >"$OUT/machine.txt"
