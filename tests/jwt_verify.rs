@@ -123,6 +123,20 @@ async fn expired_and_not_yet_valid_tokens_are_refused_beyond_the_leeway() {
     f.accept(&f.rsa.token(&just_expired)).await;
 }
 
+/// A NumericDate may have a fraction (RFC 7519 §2): such an `exp` is honoured, not refused as
+/// missing, and a fractional `exp` in the past is still expired.
+#[tokio::test]
+async fn fractional_exp_is_a_numeric_date() {
+    let f = fixture().await;
+    let n = now() as f64;
+    let fractional = with(with(f.claims(), "exp", json!(n + 600.5)), "iat", json!(n - 0.25));
+    let jwt = f.accept(&f.rsa.token(&fractional)).await.jwt.expect("jwt identity");
+    // Cached no longer than the token lives: the fraction is dropped, never rounded up.
+    assert_eq!(jwt.expires_at, (n + 600.5).floor() as u64);
+    let expired = with(f.claims(), "exp", json!(n - 60.5));
+    assert_eq!(f.reject(&f.rsa.token(&expired)).await.label(), "token_expired");
+}
+
 #[tokio::test]
 async fn wrong_or_missing_audience_is_refused() {
     let f = fixture().await;

@@ -264,6 +264,9 @@ async fn revoked_before_logs_a_subject_out_everywhere() {
     let old = token("alice").claim("iat", t - 200).mint();
     let old_bob = token("bob").claim("iat", t - 200).mint();
     let new = token("alice").claim("iat", t - 50).mint();
+    // A fractional `iat` is a NumericDate like any other (not "no iat", which is revoked).
+    let new_fractional = token("alice").claim("iat", t as f64 - 49.5).mint();
+    let old_fractional = token("alice").claim("iat", t as f64 - 100.5).mint();
     assert_allowed(&s.check(get(&old)).await);
 
     write_deny_list(
@@ -273,6 +276,8 @@ async fn revoked_before_logs_a_subject_out_everywhere() {
     eventually(WAIT, "alice's old token is refused", async || !is_allowed(&s.check(get(&old)).await)).await;
     assert_revoked(&s.check(get(&old)).await);
     assert_allowed(&s.check(get(&new)).await);
+    assert_allowed(&s.check(get(&new_fractional)).await);
+    assert_revoked(&s.check(get(&old_fractional)).await);
     assert_allowed(&s.check(get(&old_bob)).await);
     s.stop().await;
 }

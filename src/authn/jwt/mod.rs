@@ -183,7 +183,8 @@ impl RevocationFacts {
     fn from_claims(claims: &Members) -> Result<Self, JwtError> {
         Ok(Self {
             jti: claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
-            iat: claims.get("iat").and_then(serde_json::Value::as_u64),
+            // Fractional like any NumericDate (read as `check_iat` reads it).
+            iat: claims.get("iat").and_then(verify::numeric_date),
             status: status_list::status_ref(claims)?,
         })
     }
@@ -364,7 +365,7 @@ impl JwtAuthenticator {
     ) -> Result<JwtIdentity, AuthnError> {
         let idx = self.issuer_index(issuer).ok_or(JwtError::UnknownIssuer)?;
         let iss = self.issuers.get(idx).ok_or(JwtError::UnknownIssuer)?;
-        let expires_at = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
+        let expires_at = claims.get("exp").and_then(verify::numeric_date).unwrap_or(u64::MAX);
         Ok(iss.identity(Members::from(claims.clone()), expires_at, None, [0; 16])?)
     }
 

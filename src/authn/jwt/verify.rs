@@ -102,7 +102,8 @@ impl JwtAuthenticator {
         {
             return Err(JwtError::WrongTokenType.into());
         }
-        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(JwtError::MissingClaim)?;
+        // Validated above (`exp` is required): a fractional one is a NumericDate too.
+        let expires_at = claims.get("exp").and_then(numeric_date).ok_or(JwtError::MissingClaim)?;
         let too_old_at = check_iat(claims.get("iat"), now, issuer.leeway, issuer.max_token_age)?;
         // A cached token is dropped once it is too old, as at its `exp`.
         let expires_at = too_old_at.map_or(expires_at, |t| t.min(expires_at));
@@ -354,6 +355,17 @@ fn typ_matches(typ: Option<&Value>, want: &str) -> bool {
     typ.and_then(Value::as_str).is_some_and(|t| media_subtype(t).eq_ignore_ascii_case(media_subtype(want)))
 }
 
+/// A NumericDate (RFC 7519 §2: seconds, possibly with a fraction) in whole seconds, the
+/// fraction dropped: a token is never kept past its `exp` for it. `None` for anything that is
+/// not a non-negative number within `u64`.
+pub(super) fn numeric_date(v: &Value) -> Option<u64> {
+    match (v.as_u64(), v.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Some(f as u64),
+        _ => None,
+    }
+}
+
 /// `iat` must not be in the future beyond `leeway`; with `max_age` it must be present and not
 /// older than `max_age` (plus `leeway`). Returns when the token becomes too old. A NumericDate
 /// may have a fraction (RFC 7519 §2); an `iat` that is not a non-negative number is malformed.
@@ -361,11 +373,7 @@ fn check_iat(iat: Option<&Value>, now: u64, leeway: u64, max_age: Option<u64>) -
     let iat = match iat {
         None if max_age.is_some() => return Err(JwtError::MissingClaim),
         None => return Ok(None),
-        Some(v) => match (v.as_u64(), v.as_f64()) {
-            (Some(i), _) => i,
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => f as u64,
-            _ => return Err(JwtError::Malformed),
-        },
+        Some(v) => numeric_date(v).ok_or(JwtError::Malformed)?,
     };
     if iat > now.saturating_add(leeway) {
         return Err(JwtError::IssuedInFuture);
