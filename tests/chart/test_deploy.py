@@ -271,7 +271,13 @@ def test_dockerfile_is_multistage_nonroot_and_shell_free():
     m = re.match(r"rust:(\d+)\.(\d+)", builder)
     assert m and (int(m.group(1)), int(m.group(2))) >= (1, 89), builder
     assert final.startswith("gcr.io/distroless/cc-debian12") and final.endswith(":nonroot"), final
-    assert "cargo build --release --locked" in text
+    # The image ships the `dist` profile (release + fat LTO), locked, and installs that build.
+    assert "cargo build --profile dist --locked" in text
+    assert "target/dist/portcullis" in text and "target/release/" not in text
+    dist = re.search(r"^\[profile\.dist\]\n((?:[^\[\n].*\n|\n)*)", (REPO / "Cargo.toml").read_text(), flags=re.M)
+    assert dist, "Cargo.toml has no [profile.dist]"
+    assert re.search(r'^inherits = "release"$', dist.group(1), flags=re.M), dist.group(1)
+    assert re.search(r'^lto = "fat"$', dist.group(1), flags=re.M), dist.group(1)
     final_stage = text[text.rindex("FROM") :]
     assert re.search(r"^USER\s+65532(:65532)?\s*$", final_stage, flags=re.M)
     assert "/usr/local/bin/portcullis" in final_stage
