@@ -18,6 +18,11 @@ use portcullis::config::Limits;
 use portcullis::request::RequestView;
 use support::{Caller, Fixture, check_request, token_with};
 
+/// The binary's allocator (`src/main.rs`): RSS is the shipped server's only with the allocator
+/// it ships (glibc malloc fragments differently under this churn).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -142,7 +142,7 @@ impl Issuer {
         let groups = claims::groups(&claims, &self.group_claims, |g| self.group_namespace.group_id(&self.name, g))?;
         let scopes = claims::scopes(&claims)?;
         let audiences = claims::audiences(&claims)?;
-        let headers = self
+        let mut headers: Vec<(Bytes, Bytes)> = self
             .claims_to_headers
             .iter()
             .filter_map(|(claim, header)| {
@@ -178,6 +178,10 @@ impl Issuer {
                 tags.push((tag.clone(), v));
             }
         }
+        // The identity lives in the verified-token cache (up to `max_entries` of them): no
+        // growth slack (a pushed-to Vec holds room for 4 or 8), ~340 bytes an entry in the flood.
+        headers.shrink_to_fit();
+        tags.shrink_to_fit();
         Ok(JwtIdentity {
             issuer: self.name.clone(),
             subject_value: Bytes::copy_from_slice(subject.as_bytes()),
