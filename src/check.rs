@@ -16,8 +16,8 @@ use crate::authn::{
 use crate::authz::{self, CedarMapping};
 use crate::config::{CandidateConfig, Config, HeaderNames};
 use crate::decision::{
-    Allow, Audit, AuditText, AuthnMethods, Challenge, Decision, Deny, RemoveHeaders, RequestLine, Scheme, SharedStr,
-    Status,
+    Allow, Audit, AuditText, AuthnMethods, Challenge, Decision, Deny, RemoveHeaders, RequestLine, Scheme, SetHeaders,
+    SharedStr, Status,
 };
 use crate::policy::PolicyStore;
 use crate::ratelimit::RateLimiter;
@@ -335,19 +335,22 @@ impl Checker {
     /// principal and this checker's config, so they are computed at its first allow and kept
     /// with the identity, for this checker and principal (when tokens are cached: otherwise
     /// every identity is new and keeping would only cost).
-    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, RemoveHeaders) {
+    fn identity_headers_for(&self, ids: &Identities, principal: &str) -> (SetHeaders, RemoveHeaders) {
         if let (true, Some(j), None, None) = (self.keep_upstream, &ids.jwt, &ids.peer, &ids.api_client) {
             let kept = j.upstream.get_or_init(|| {
                 let (set, remove_wire) = self.upstream_headers(ids, principal);
+                let (set, set_wire) = set.parts();
                 UpstreamHeaders {
                     principal: principal.into(),
                     owner: Arc::downgrade(&self.upstream_owner),
-                    set,
+                    set: set.clone(),
+                    set_wire: set_wire.clone(),
                     remove_wire,
                 }
             });
             if &*kept.principal == principal && std::ptr::eq(kept.owner.as_ptr(), Arc::as_ptr(&self.upstream_owner)) {
-                return (kept.set.clone(), RemoveHeaders::shared(kept.remove_wire.clone()));
+                let set = SetHeaders::from_parts(kept.set.clone(), kept.set_wire.clone());
+                return (set, RemoveHeaders::shared(kept.remove_wire.clone()));
             }
         }
         let (set, remove) = self.upstream_headers(ids, principal);
@@ -357,7 +360,7 @@ impl Checker {
     /// [`Checker::identity_headers_for`], computed: the headers and the removal list's wire form.
     /// The list's key is gathered as the headers are: the identity names' bits were found once
     /// (`IdentityNames`), a claim header's is one hash lookup.
-    fn upstream_headers(&self, ids: &Identities, principal: &str) -> (Vec<(Bytes, Bytes)>, Bytes) {
+    fn upstream_headers(&self, ids: &Identities, principal: &str) -> (SetHeaders, Bytes) {
         let n = &self.identity_names;
         let text = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         // Claim headers first, identity headers last; config keeps the two sets disjoint.
@@ -392,7 +395,7 @@ impl Checker {
         } else {
             self.removals.without(set.iter().map(|(k, _)| k.as_ref()))
         };
-        (set, remove)
+        (SetHeaders::new(set), remove)
     }
 }
 

@@ -233,15 +233,124 @@ pub struct Allow {
     pub resource: Arc<str>,
     /// Determining Cedar policy ids.
     pub policies: Arc<[String]>,
-    /// Identity headers for the upstream, lower-case names. `Bytes`, so that names (and values
-    /// kept by a cached identity) are shared into the answer, not copied per check.
-    pub upstream_headers: Vec<(Bytes, Bytes)>,
+    /// Identity headers for the upstream, lower-case names, with their wire form: shared into
+    /// the answer (a cached identity keeps its set), not copied or encoded per check.
+    pub upstream_headers: SetHeaders,
     /// Headers to remove from the upstream request.
     pub remove_headers: RemoveHeaders,
     pub request_id: String,
     /// The candidate set's outcome, when one was evaluated for this check.
     pub shadow: Option<ShadowOutcome>,
     pub audit: Audit,
+}
+
+/// `OkHttpResponse.headers` is field 2, length-delimited: each record a `HeaderValueOption`.
+const HEADERS_KEY: u8 = (2 << 3) | 2;
+
+/// The headers an allow sets upstream, with their wire form: the records of
+/// `OkHttpResponse.headers`, each `{header: {key, value}, append: false, append_action:
+/// OVERWRITE_IF_EXISTS_OR_ADD}` (an overwrite of any client copy on every Envoy version: older
+/// ones read `append`, newer ones `append_action`). Built once per set, and a cached identity
+/// keeps its set, so an answer appends the records as they are and a check clones two reference
+/// counts instead of a list of names and values. Equality is by the pairs, in order.
+#[derive(Clone, Default)]
+pub struct SetHeaders {
+    pairs: Arc<[(Bytes, Bytes)]>,
+    wire: Bytes,
+}
+
+impl SetHeaders {
+    /// The set and its records, encoded here once.
+    pub fn new(pairs: Vec<(Bytes, Bytes)>) -> Self {
+        let wire = Self::encode(&pairs);
+        Self { pairs: pairs.into(), wire }
+    }
+
+    /// A set kept with its records (made by [`SetHeaders::new`] earlier): shared, not copied.
+    pub fn from_parts(pairs: Arc<[(Bytes, Bytes)]>, wire: Bytes) -> Self {
+        Self { pairs, wire }
+    }
+
+    /// The pairs and their records, to keep (see [`SetHeaders::from_parts`]).
+    pub fn parts(&self) -> (&Arc<[(Bytes, Bytes)]>, &Bytes) {
+        (&self.pairs, &self.wire)
+    }
+
+    /// The `OkHttpResponse.headers` records, to be written into the answer as they are.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// Field-2 records as prost writes `HeaderValueOption`s (proto3: an empty string is left out,
+    /// a present message is written even when empty; `append: Some(false)` is an empty
+    /// `BoolValue`). `response/tests.rs` compares this with prost's own encoding.
+    fn encode(pairs: &[(Bytes, Bytes)]) -> Bytes {
+        fn field(out: &mut Vec<u8>, key: u8, payload: &[u8]) {
+            out.push(key);
+            prost::encoding::encode_varint(payload.len() as u64, out);
+            out.extend_from_slice(payload);
+        }
+        let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 16).sum());
+        let (mut value, mut option) = (Vec::new(), Vec::new());
+        for (k, v) in pairs {
+            value.clear();
+            if !k.is_empty() {
+                field(&mut value, 0x0a, k); // HeaderValue.key = 1
+            }
+            if !v.is_empty() {
+                field(&mut value, 0x12, v); // HeaderValue.value = 2
+            }
+            option.clear();
+            field(&mut option, 0x0a, &value); // HeaderValueOption.header = 1
+            option.extend_from_slice(&[0x12, 0x00]); // append = 2: BoolValue{value: false}
+            option.extend_from_slice(&[0x18, 0x02]); // append_action = 3: OVERWRITE_IF_EXISTS_OR_ADD
+            field(&mut out, HEADERS_KEY, &option);
+        }
+        out.into()
+    }
+}
+
+impl From<Vec<(Bytes, Bytes)>> for SetHeaders {
+    fn from(pairs: Vec<(Bytes, Bytes)>) -> Self {
+        Self::new(pairs)
+    }
+}
+
+impl FromIterator<(Bytes, Bytes)> for SetHeaders {
+    fn from_iter<I: IntoIterator<Item = (Bytes, Bytes)>>(pairs: I) -> Self {
+        Self::new(pairs.into_iter().collect())
+    }
+}
+
+impl std::ops::Deref for SetHeaders {
+    type Target = [(Bytes, Bytes)];
+
+    fn deref(&self) -> &[(Bytes, Bytes)] {
+        &self.pairs
+    }
+}
+
+impl<'a> IntoIterator for &'a SetHeaders {
+    type Item = &'a (Bytes, Bytes);
+    type IntoIter = std::slice::Iter<'a, (Bytes, Bytes)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.pairs.iter()
+    }
+}
+
+impl PartialEq for SetHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.pairs == other.pairs
+    }
+}
+
+impl Eq for SetHeaders {}
+
+impl std::fmt::Debug for SetHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.pairs.iter()).finish()
+    }
 }
 
 /// `OkHttpResponse.headers_to_remove` is field 5, length-delimited: each name on the wire is

@@ -459,7 +459,7 @@ fn compare(e: &Expectation, d: &Decision) -> Vec<String> {
             out.push(format!("expected policies [{}], got [{}]", list(&want), list(&got)));
         }
     }
-    let set: &[(bytes::Bytes, bytes::Bytes)] = d.as_allow().map(|a| a.upstream_headers.as_slice()).unwrap_or(&[]);
+    let set: &[(bytes::Bytes, bytes::Bytes)] = d.as_allow().map(|a| &a.upstream_headers[..]).unwrap_or(&[]);
     for (k, v) in &e.headers {
         let k = k.to_ascii_lowercase();
         match set.iter().find(|(n, _)| n == k.as_bytes()).map(|(_, got)| String::from_utf8_lossy(got)) {

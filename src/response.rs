@@ -4,7 +4,8 @@
 //! The answer is built as `CheckResponseOut`, the wire-identical copy of `CheckResponse` whose
 //! strings are [`Bytes`] (see build.rs): header names, the removal list and the metadata keys
 //! are shared from config or `'static`, never copied per check. An allow's removal list is
-//! appended in its pre-encoded wire form ([`RemoveHeaders`]): no per-name work per check.
+//! appended in its pre-encoded wire form ([`RemoveHeaders`]), and so are the headers it sets
+//! ([`crate::decision::SetHeaders`]): no per-header work per check.
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -200,8 +201,7 @@ fn policy_header(opts: &ResponseOptions, policies: &[String]) -> Option<HeaderVa
 pub fn render(d: &Decision, opts: &ResponseOptions) -> CheckResponseOut {
     let (status, http_response) = match d {
         Decision::Allow(a) => {
-            let headers = a.upstream_headers.iter().map(|(k, v)| overwrite(k.clone(), v.clone())).collect();
-            render_allow(headers, a.remove_headers.clone(), &a.policies, opts)
+            render_allow(a.upstream_headers.wire().clone(), a.remove_headers.clone(), &a.policies, opts)
         }
         Decision::Deny(den) => render_deny(den, opts),
     };
@@ -220,8 +220,7 @@ pub fn render_taking_headers(d: &mut Decision, opts: &ResponseOptions) -> CheckR
     let (status, http_response) = match d {
         Decision::Allow(a) => {
             let headers = std::mem::take(&mut a.upstream_headers);
-            let headers = headers.into_iter().map(|(k, v)| overwrite(k, v)).collect();
-            render_allow(headers, std::mem::take(&mut a.remove_headers), &a.policies, opts)
+            render_allow(headers.wire().clone(), std::mem::take(&mut a.remove_headers), &a.policies, opts)
         }
         Decision::Deny(den) => render_deny(den, opts),
     };
@@ -237,15 +236,17 @@ pub fn as_envoy_sees_it(r: &CheckResponseOut) -> Result<crate::proto::auth::Chec
     crate::proto::auth::CheckResponse::decode(r.encode_to_vec().as_slice())
 }
 
+/// `headers_wire`: the allow's `SetHeaders` records, written as they are.
 fn render_allow(
-    headers: Vec<HeaderValueOptionOut>,
+    headers_wire: Bytes,
     headers_to_remove: RemoveHeaders,
     policies: &[String],
     opts: &ResponseOptions,
 ) -> (RpcStatus, HttpResponse) {
     let (headers_to_remove_wire, headers_to_remove) = headers_to_remove.into_wire();
     let ok = OkHttpResponseOut {
-        headers,
+        headers_wire,
+        headers: Vec::new(),
         headers_to_remove_wire,
         headers_to_remove,
         response_headers_to_add: policy_header(opts, policies).into_iter().collect(),

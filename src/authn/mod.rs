@@ -38,8 +38,9 @@ pub struct UpstreamHeaders {
     /// Who computed them (a token of the checker, whose config they follow); another checker
     /// does not reuse them. Weak, so the token's address stays reserved while this is kept.
     pub owner: std::sync::Weak<()>,
-    /// `(name, value)` pairs set upstream.
-    pub set: Vec<(bytes::Bytes, bytes::Bytes)>,
+    /// `(name, value)` pairs set upstream, and their wire form (`decision::SetHeaders`).
+    pub set: Arc<[(bytes::Bytes, bytes::Bytes)]>,
+    pub set_wire: bytes::Bytes,
     /// The removal list that goes with them, in its wire form.
     pub remove_wire: bytes::Bytes,
 }

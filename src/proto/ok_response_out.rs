@@ -1,12 +1,16 @@
 // `OkHttpResponseOut`, written by hand (build.rs maps the generated copy's name here): the
-// encode-side `OkHttpResponse` whose `headers_to_remove` (field 5) is a pre-encoded chunk of
-// field-5 records appended as is, then any extra names encoded one by one. Included into
+// encode-side `OkHttpResponse` whose `headers` (field 2) and `headers_to_remove` (field 5) each
+// start with a pre-encoded chunk of their records, appended as is, then any further entries
+// encoded one by one. Included into
 // `envoy.service.auth.v3`, next to the generated messages it names.
 
 /// The allow half of `CheckResponseOut`: the same field numbers and wire types as
 /// `OkHttpResponse` (fields as the generated copy would write them, in tag order).
 #[derive(Clone, PartialEq, Default)]
 pub struct OkHttpResponseOut {
+    /// `headers` records (key `0x12`, varint length, a `HeaderValueOption`), already encoded;
+    /// only ever field-2 records. Written before the `headers` list.
+    pub headers_wire: ::prost::bytes::Bytes,
     pub headers: ::prost::alloc::vec::Vec<HeaderValueOptionOut>,
     pub dynamic_metadata: ::core::option::Option<StructOut>,
     /// `headers_to_remove` records (key `0x2a`, varint length, name), already encoded; only
@@ -20,6 +24,7 @@ pub struct OkHttpResponseOut {
 impl ::prost::Message for OkHttpResponseOut {
     fn encode_raw(&self, buf: &mut impl ::prost::bytes::BufMut) {
         use ::prost::encoding::{bytes, message};
+        buf.put_slice(&self.headers_wire);
         message::encode_repeated(2, &self.headers, buf);
         if let Some(m) = &self.dynamic_metadata {
             message::encode(3, m, buf);
@@ -49,7 +54,8 @@ impl ::prost::Message for OkHttpResponseOut {
 
     fn encoded_len(&self) -> usize {
         use ::prost::encoding::{bytes, message};
-        message::encoded_len_repeated(2, &self.headers)
+        self.headers_wire.len()
+            + message::encoded_len_repeated(2, &self.headers)
             + self.dynamic_metadata.as_ref().map_or(0, |m| message::encoded_len(3, m))
             + self.headers_to_remove_wire.len()
             + bytes::encoded_len_repeated(5, &self.headers_to_remove)
@@ -64,6 +70,7 @@ impl ::prost::Message for OkHttpResponseOut {
 impl ::core::fmt::Debug for OkHttpResponseOut {
     fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
         f.debug_struct("OkHttpResponseOut")
+            .field("headers_wire", &self.headers_wire)
             .field("headers", &self.headers)
             .field("dynamic_metadata", &self.dynamic_metadata)
             .field("headers_to_remove_wire", &self.headers_to_remove_wire)

@@ -23,7 +23,7 @@ fn allow_overwrites_identity_headers_both_ways() {
         action: r#"Action::"GET""#.into(),
         resource: r#"Route::"shop/x""#.into(),
         policies: vec!["p".into()].into(),
-        upstream_headers: vec![("x-portcullis-subject".into(), "alice".into())],
+        upstream_headers: vec![("x-portcullis-subject".into(), "alice".into())].into(),
         remove_headers: RemoveHeaders::from(vec![Bytes::from("x-portcullis-peer")]),
         request_id: "r1".into(),
         shadow: None,
@@ -339,4 +339,38 @@ fn metadata_names_each_key_once() {
     let unique: std::collections::BTreeSet<&[u8]> = names.iter().copied().collect();
     assert_eq!(unique.len(), names.len(), "{names:?}");
     assert_eq!(names.len(), 13, "every key this decision has: {names:?}");
+}
+
+/// The identity headers' records are written by `SetHeaders` itself (decision.rs), not by prost:
+/// they must be byte for byte what prost writes for the same `overwrite` options, for any name
+/// and value (lengths past one varint byte, non-ASCII, an empty value, no headers at all).
+#[test]
+fn set_headers_records_are_what_prost_writes() {
+    use crate::decision::SetHeaders;
+    use prost::Message as _;
+    let long = "v".repeat(20_000);
+    let wide = "é".repeat(70);
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![("x-portcullis-subject", "alice")],
+        vec![("x-portcullis-principal", r#"User::"alice""#), ("x-claim-email", "alice@example.com")],
+        vec![("x-long", long.as_str()), ("x-wide", wide.as_str()), ("x-empty", ""), ("", "nameless")],
+        vec![("k", &long[..127]), ("k", &long[..128]), ("k", &long[..16383]), ("k", &long[..16384])],
+    ];
+    for pairs in cases {
+        let pairs: Vec<(Bytes, Bytes)> = pairs
+            .iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
+            .collect();
+        let by_prost = OkHttpResponseOut {
+            headers: pairs.iter().map(|(k, v)| overwrite(k.clone(), v.clone())).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let set = SetHeaders::new(pairs.clone());
+        assert_eq!(set.wire().as_ref(), by_prost.as_slice(), "{pairs:?}");
+        let ours = OkHttpResponseOut { headers_wire: set.wire().clone(), ..Default::default() };
+        assert_eq!(ours.encoded_len(), by_prost.len());
+        assert_eq!(&set[..], &pairs[..]);
+    }
 }

@@ -468,7 +468,7 @@ mod tests {
             action: "Action::\"GET\"".into(),
             resource: "Route::\"shop.example/api\"".into(),
             policies: vec!["users-read-api".into(), "we\"ird\u{7}".into()].into(),
-            upstream_headers: vec![("x-portcullis-subject".into(), "secret-looking".into())],
+            upstream_headers: vec![("x-portcullis-subject".into(), "secret-looking".into())].into(),
             remove_headers: vec![bytes::Bytes::from("authorization")].into(),
             request_id: "r-1".into(),
             shadow: None,
