@@ -285,26 +285,31 @@ impl SetHeaders {
     /// a present message is written even when empty; `append: Some(false)` is an empty
     /// `BoolValue`). `response/tests.rs` compares this with prost's own encoding.
     fn encode(pairs: &[(Bytes, Bytes)]) -> Bytes {
-        fn field(out: &mut Vec<u8>, key: u8, payload: &[u8]) {
+        use prost::encoding::{encode_varint, encoded_len_varint};
+        // A length-delimited field of `len` bytes: key, varint length, payload.
+        let delimited = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        let string = |s: &Bytes| if s.is_empty() { 0 } else { delimited(s.len()) };
+        // Lengths first, so that everything is written into one exact buffer.
+        let value_len = |(k, v): &(Bytes, Bytes)| string(k) + string(v);
+        let option_len = |p: &(Bytes, Bytes)| delimited(value_len(p)) + 2 + 2;
+        let mut out = Vec::with_capacity(pairs.iter().map(|p| delimited(option_len(p))).sum());
+        let head = |out: &mut Vec<u8>, key: u8, len: usize| {
             out.push(key);
-            prost::encoding::encode_varint(payload.len() as u64, out);
-            out.extend_from_slice(payload);
-        }
-        let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 16).sum());
-        let (mut value, mut option) = (Vec::new(), Vec::new());
-        for (k, v) in pairs {
-            value.clear();
+            encode_varint(len as u64, out);
+        };
+        for p @ (k, v) in pairs {
+            head(&mut out, HEADERS_KEY, option_len(p));
+            head(&mut out, 0x0a, value_len(p)); // HeaderValueOption.header = 1
             if !k.is_empty() {
-                field(&mut value, 0x0a, k); // HeaderValue.key = 1
+                head(&mut out, 0x0a, k.len()); // HeaderValue.key = 1
+                out.extend_from_slice(k);
             }
             if !v.is_empty() {
-                field(&mut value, 0x12, v); // HeaderValue.value = 2
+                head(&mut out, 0x12, v.len()); // HeaderValue.value = 2
+                out.extend_from_slice(v);
             }
-            option.clear();
-            field(&mut option, 0x0a, &value); // HeaderValueOption.header = 1
-            option.extend_from_slice(&[0x12, 0x00]); // append = 2: BoolValue{value: false}
-            option.extend_from_slice(&[0x18, 0x02]); // append_action = 3: OVERWRITE_IF_EXISTS_OR_ADD
-            field(&mut out, HEADERS_KEY, &option);
+            out.extend_from_slice(&[0x12, 0x00]); // append = 2: BoolValue{value: false}
+            out.extend_from_slice(&[0x18, 0x02]); // append_action = 3: OVERWRITE_IF_EXISTS_OR_ADD
         }
         out.into()
     }
