@@ -1,8 +1,8 @@
 // `OkHttpResponseOut`, written by hand (build.rs maps the generated copy's name here): the
 // encode-side `OkHttpResponse` whose `headers` (field 2) and `headers_to_remove` (field 5) each
 // start with a pre-encoded chunk of their records, appended as is, then any further entries
-// encoded one by one. Included into
-// `envoy.service.auth.v3`, next to the generated messages it names.
+// encoded one by one. Included into `envoy.service.auth.v3`, next to the generated messages it
+// names.
 
 /// The allow half of `CheckResponseOut`: the same field numbers and wire types as
 /// `OkHttpResponse` (fields as the generated copy would write them, in tag order).
