@@ -14,10 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _,
-    TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
@@ -33,6 +30,10 @@ use crate::config::{TraceProtocol, TracesConfig, check_endpoint};
 use crate::decision::Decision;
 use crate::policy::PolicyStore;
 use crate::proto::auth::CheckRequestIn;
+
+mod context;
+pub(crate) use context::request_trace_id;
+use context::{Parent, parent, raw_header};
 
 /// The check span's name: the gRPC method it times (semantic conventions for RPC spans).
 const SPAN_NAME: &str = "envoy.service.auth.v3.Authorization/Check";
@@ -291,163 +292,6 @@ fn principal_type(principal: &str) -> Option<&str> {
     principal.rfind("::\"").map(|i| &principal[..i]).filter(|t| !t.is_empty())
 }
 
-/// One header of the raw request, read from `header_map` or `headers`; `None` when absent,
-/// not UTF-8, too long, or present more than once (ambiguous context is no context).
-fn raw_header<'a>(req: &'a CheckRequestIn, name: &str) -> Option<&'a str> {
-    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    let mut found: Option<&str> = None;
-    if let Some(m) = &http.header_map {
-        for h in m.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(if h.value.is_empty() { std::str::from_utf8(&h.raw_value).ok()? } else { &h.value });
-        }
-    }
-    if found.is_none() {
-        // The merged `headers` entries, read the same way: a name sent twice is ambiguous.
-        for h in http.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(&h.value);
-        }
-    }
-    found.filter(|v| v.len() <= MAX_CONTEXT_HEADER.max(MAX_TRACESTATE))
-}
-
-/// The trace id a request carries (W3C, else B3), for the decision log; `None` when there is
-/// none or it is malformed. The same reading as the span's parent.
-pub(crate) fn request_trace_id(req: &CheckRequestIn) -> Option<u128> {
-    match parent(|name| raw_header(req, name)) {
-        Parent::Remote(sc) => Some(u128::from_be_bytes(sc.trace_id().to_bytes())),
-        Parent::Unsampled | Parent::None => None,
-    }
-}
-
-/// The trace context a request carries.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Parent {
-    /// A valid remote parent (sampled or not: the sampler decides).
-    Remote(SpanContext),
-    /// B3 said "do not sample" without ids (`b3: 0`, or `x-b3-sampled: 0` alone): no span.
-    Unsampled,
-    /// No (valid) context: this check starts a trace, subject to the root sampler.
-    None,
-}
-
-/// Reads the trace context: W3C `traceparent` (+ `tracestate`) first, then B3 single (`b3`),
-/// then B3 multi (`x-b3-*`). Malformed values are ignored, never an error: the check goes on.
-pub(crate) fn parent<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Parent {
-    if let Some(sc) = header("traceparent").and_then(parse_traceparent) {
-        let state = header("tracestate")
-            .filter(|s| s.len() <= MAX_TRACESTATE)
-            .and_then(|s| s.parse::<TraceState>().ok())
-            .unwrap_or_default();
-        return Parent::Remote(SpanContext::new(sc.trace_id(), sc.span_id(), sc.trace_flags(), true, state));
-    }
-    if let Some(p) = header("b3").and_then(parse_b3_single) {
-        return p;
-    }
-    parse_b3_multi(&header)
-}
-
-fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn is_lower_hex(s: &str) -> bool {
-    is_hex(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
-}
-
-/// W3C Trace Context `traceparent`: `version-traceid-parentid-flags`, lower-case hex.
-fn parse_traceparent(v: &str) -> Option<SpanContext> {
-    let v = v.trim();
-    if v.len() > MAX_CONTEXT_HEADER {
-        return None;
-    }
-    let mut parts = v.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    // Version ff is invalid; version 00 has exactly four fields (later versions may add more).
-    if version.len() != 2 || !is_lower_hex(version) || version == "ff" || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    if !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
-        return None;
-    }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    remote(trace, span, flags & 1 == 1)
-}
-
-/// A valid remote span context from hex ids (a 64-bit B3 trace id is left-padded to 128 bits).
-fn remote(trace: &str, span: &str, sampled: bool) -> Option<SpanContext> {
-    let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
-    let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-    Some(SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE))
-}
-
-/// B3 ids: a trace id of 16 or 32 hex digits, a span id of 16.
-fn b3_ids(trace: &str, span: &str) -> bool {
-    (trace.len() == 16 || trace.len() == 32) && span.len() == 16 && is_hex(trace) && is_hex(span)
-}
-
-/// B3 sampling state: `1`/`d` (debug) sampled, `0` not; absent means "deferred", which is
-/// followed as sampled (the caller decided to propagate a trace).
-fn b3_sampled(s: Option<&str>) -> Option<bool> {
-    match s.map(str::trim) {
-        None | Some("1") | Some("d") | Some("true") => Some(true),
-        Some("0") | Some("false") => Some(false),
-        Some(_) => None,
-    }
-}
-
-/// B3 single header: `traceid-spanid[-sampled[-parentspanid]]`, or only the sampling state.
-fn parse_b3_single(v: &str) -> Option<Parent> {
-    let v = v.trim();
-    if v.len() > MAX_CONTEXT_HEADER {
-        return None;
-    }
-    match v {
-        "0" => return Some(Parent::Unsampled),
-        // A sampling state without ids: this check starts the trace.
-        "1" | "d" => return Some(Parent::None),
-        _ => {}
-    }
-    let mut parts = v.split('-');
-    let (trace, span) = (parts.next()?, parts.next()?);
-    let sampled = b3_sampled(parts.next())?;
-    if let Some(parent_span) = parts.next()
-        && (parent_span.len() != 16 || !is_hex(parent_span))
-    {
-        return None;
-    }
-    if parts.next().is_some() || !b3_ids(trace, span) {
-        return None;
-    }
-    let trace = format!("{trace:0>32}").to_ascii_lowercase();
-    remote(&trace, &span.to_ascii_lowercase(), sampled).map(Parent::Remote)
-}
-
-/// B3 multi headers: `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags: 1` (debug).
-fn parse_b3_multi<'a>(header: &impl Fn(&str) -> Option<&'a str>) -> Parent {
-    let debug = header("x-b3-flags").is_some_and(|f| f.trim() == "1");
-    let sampled = if debug { Some(true) } else { b3_sampled(header("x-b3-sampled")) };
-    let (Some(trace), Some(span)) = (header("x-b3-traceid"), header("x-b3-spanid")) else {
-        return if sampled == Some(false) { Parent::Unsampled } else { Parent::None };
-    };
-    let (trace, span) = (trace.trim(), span.trim());
-    let Some(sampled) = sampled else { return Parent::None };
-    if !b3_ids(trace, span) {
-        return Parent::None;
-    }
-    let trace = format!("{trace:0>32}").to_ascii_lowercase();
-    remote(&trace, &span.to_ascii_lowercase(), sampled).map_or(Parent::None, Parent::Remote)
-}
-
 /// Drops (and counts) ended spans once `capacity` are waiting for export, so the SDK's queue
 /// never overflows silently; the rest goes to the batch processor unchanged.
 #[derive(Debug)]
@@ -519,108 +363,6 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {
-        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
-    }
-
-    fn remote_ids(p: Parent) -> (String, String, bool) {
-        match p {
-            Parent::Remote(sc) => (sc.trace_id().to_string(), sc.span_id().to_string(), sc.is_sampled()),
-            other => panic!("expected a remote parent, got {other:?}"),
-        }
-    }
-
-    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    #[test]
-    fn w3c_traceparent_and_tracestate_are_read() {
-        let p = parent(headers(&[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")]));
-        let Parent::Remote(sc) = p else { panic!("{p:?}") };
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(sc.is_sampled() && sc.is_remote());
-        assert_eq!(sc.trace_state().get("congo"), Some("t61rcWkgMzE"));
-        let unsampled = TP.replace("-01", "-00");
-        assert!(!remote_ids(parent(headers(&[("traceparent", &unsampled)]))).2);
-    }
-
-    #[test]
-    fn malformed_traceparent_is_no_parent() {
-        let long = format!("{TP}{}", "0".repeat(300));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
-            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            &long,
-        ] {
-            assert_eq!(parent(headers(&[("traceparent", bad)])), Parent::None, "{bad}");
-        }
-        // A bad tracestate does not cost the parent.
-        let p = parent(headers(&[("traceparent", TP), ("tracestate", "=,,not valid")]));
-        assert_eq!(remote_ids(p).1, "00f067aa0ba902b7");
-    }
-
-    #[test]
-    fn b3_single_and_multi_are_read() {
-        let (t, s, sampled) = remote_ids(parent(headers(&[(
-            "b3",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
-        )])));
-        assert_eq!((t.as_str(), s.as_str(), sampled), ("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", true));
-        // A 64-bit trace id is left-padded; no sampling state is "deferred", followed as sampled.
-        let (t, _, sampled) = remote_ids(parent(headers(&[("b3", "a3ce929d0e0e4736-00f067aa0ba902b7")])));
-        assert_eq!((t.as_str(), sampled), ("0000000000000000a3ce929d0e0e4736", true));
-        assert!(!remote_ids(parent(headers(&[("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0")]))).2);
-        assert_eq!(parent(headers(&[("b3", "0")])), Parent::Unsampled);
-        assert_eq!(parent(headers(&[("b3", "1")])), Parent::None);
-
-        let multi = [
-            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
-            ("x-b3-spanid", "a2fb4a1d1a96d312"),
-            ("x-b3-sampled", "1"),
-        ];
-        let (t, s, sampled) = remote_ids(parent(headers(&multi)));
-        assert_eq!((t.as_str(), s.as_str(), sampled), ("463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312", true));
-        let unsampled = [multi[0], multi[1], ("x-b3-sampled", "0")];
-        assert!(!remote_ids(parent(headers(&unsampled))).2);
-        let debug = [multi[0], multi[1], ("x-b3-sampled", "0"), ("x-b3-flags", "1")];
-        assert!(remote_ids(parent(headers(&debug))).2);
-        assert_eq!(parent(headers(&[("x-b3-sampled", "0")])), Parent::Unsampled);
-        // W3C wins over B3 when both are present.
-        let both = [("traceparent", TP), multi[0], multi[1]];
-        assert_eq!(remote_ids(parent(headers(&both))).1, "00f067aa0ba902b7");
-    }
-
-    #[test]
-    fn malformed_b3_is_no_parent() {
-        for bad in [
-            "x",
-            "80f198ee56343ba864fe8b2a57d3eff7",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-2",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd-1",
-            "80f198ee56343ba8-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90-x",
-            "80f198ee56343ba8-e457b5a2e4d86bd1-1-zz",
-            "00000000000000000000000000000000-e457b5a2e4d86bd1-1",
-            "80f198ee56343ba864fe8b2a57d3eff-e457b5a2e4d86bd1",
-        ] {
-            assert_eq!(parent(headers(&[("b3", bad)])), Parent::None, "{bad}");
-        }
-        let bad_trace = [("x-b3-traceid", "zz"), ("x-b3-spanid", "a2fb4a1d1a96d312")];
-        let short_span = [("x-b3-traceid", "463ac35c9f6413ad"), ("x-b3-spanid", "a2fb4a1d1a96d31")];
-        let bad_sampled =
-            [("x-b3-traceid", "463ac35c9f6413ad"), ("x-b3-spanid", "a2fb4a1d1a96d312"), ("x-b3-sampled", "2")];
-        assert_eq!(parent(headers(&bad_trace)), Parent::None);
-        assert_eq!(parent(headers(&short_span)), Parent::None);
-        assert_eq!(parent(headers(&bad_sampled)), Parent::None);
-    }
 
     #[test]
     fn principal_type_is_the_entity_type_only() {
