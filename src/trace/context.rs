@@ -32,9 +32,15 @@ pub(super) fn raw_header<'a>(req: &'a CheckRequestIn, name: &str) -> Option<&'a 
 }
 
 /// The trace id a request carries (W3C, else B3), for the decision log; `None` when there is
-/// none or it is malformed. The same reading as the span's parent.
+/// none or it is malformed. The same reading as the span's parent ([`parent`]), without its
+/// `tracestate`, which is no part of the id (every check reads this: one header scan less).
 pub(crate) fn request_trace_id(req: &CheckRequestIn) -> Option<u128> {
-    match parent(|name| raw_header(req, name)) {
+    let header = |name: &str| raw_header(req, name);
+    let from = match header("traceparent").and_then(parse_traceparent) {
+        Some(sc) => Parent::Remote(sc),
+        None => b3(&header),
+    };
+    match from {
         Parent::Remote(sc) => Some(u128::from_be_bytes(sc.trace_id().to_bytes())),
         Parent::Unsampled | Parent::None => None,
     }
@@ -61,10 +67,15 @@ pub(crate) fn parent<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Parent {
             .unwrap_or_default();
         return Parent::Remote(SpanContext::new(sc.trace_id(), sc.span_id(), sc.trace_flags(), true, state));
     }
+    b3(&header)
+}
+
+/// B3 single (`b3`), else B3 multi (`x-b3-*`).
+fn b3<'a>(header: &impl Fn(&str) -> Option<&'a str>) -> Parent {
     if let Some(p) = header("b3").and_then(parse_b3_single) {
         return p;
     }
-    parse_b3_multi(&header)
+    parse_b3_multi(header)
 }
 
 fn is_hex(s: &str) -> bool {

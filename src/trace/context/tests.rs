@@ -99,3 +99,52 @@ fn malformed_b3_is_no_parent() {
     assert_eq!(parent(headers(&short_span)), Parent::None);
     assert_eq!(parent(headers(&bad_sampled)), Parent::None);
 }
+
+/// A request whose raw headers are `pairs` (in `header_map`, as Envoy sends them).
+fn request(pairs: &[(&str, &str)]) -> CheckRequestIn {
+    use crate::proto::auth::attribute_context::{HttpRequest, Request};
+    use crate::proto::auth::{AttributeContext, CheckRequest};
+    use crate::proto::core::{HeaderMap, HeaderValue};
+    let headers =
+        pairs.iter().map(|(k, v)| HeaderValue { key: (*k).into(), value: (*v).into(), ..Default::default() }).collect();
+    crate::proto::check_in(&CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest { header_map: Some(HeaderMap { headers }), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+/// The decision log's trace id skips `tracestate` but must read what the span's parent reads:
+/// W3C before B3, B3 single before multi, malformed or repeated context as none.
+#[test]
+fn the_logged_trace_id_is_the_parents() {
+    let b3_multi = [("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"), ("x-b3-spanid", "e457b5a2e4d86bd1")];
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![("traceparent", TP)],
+        vec![("traceparent", TP), ("tracestate", "=,,not valid")],
+        vec![("traceparent", TP), ("b3", "a3ce929d0e0e4736-00f067aa0ba902b7")],
+        vec![("traceparent", "00-zz-00f067aa0ba902b7-01"), ("b3", "a3ce929d0e0e4736-00f067aa0ba902b7")],
+        vec![("traceparent", TP), ("traceparent", TP)],
+        vec![("b3", "0")],
+        vec![("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0")],
+        vec![("b3", "not-b3"), b3_multi[0], b3_multi[1]],
+        b3_multi.to_vec(),
+        vec![b3_multi[0]],
+    ];
+    let mut seen = 0;
+    for pairs in cases {
+        let req = request(&pairs);
+        let want = match parent(|n| raw_header(&req, n)) {
+            Parent::Remote(sc) => Some(u128::from_be_bytes(sc.trace_id().to_bytes())),
+            Parent::Unsampled | Parent::None => None,
+        };
+        assert_eq!(request_trace_id(&req), want, "{pairs:?}");
+        seen += usize::from(want.is_some());
+    }
+    assert_eq!(seen, 7, "the cases cover ids from every source");
+}
