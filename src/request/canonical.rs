@@ -109,20 +109,23 @@ pub(super) fn path_of(raw: &str, matrix: MatrixParameters) -> Result<Cow<'_, str
 /// A path [`rewrite_path`] would return unchanged, in every matrix mode: absolute, printable
 /// ASCII without an escape, `;`, `\`, `#` or `?`, no `.`/`..` segment and no empty segment but
 /// a trailing one. Conservative: a `false` only means the full rewrite runs.
-fn is_canonical_path(raw: &str) -> bool {
+/// One pass over the bytes (every check runs this): a segment is judged at the `/` that ends it.
+pub(super) fn is_canonical_path(raw: &str) -> bool {
     let Some(rest) = raw.strip_prefix('/') else { return false };
-    let plain = rest.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\' | b'#' | b'?'));
-    if !plain {
-        return false;
-    }
-    let mut segments = rest.split('/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+    let bad_segment = |seg: &[u8]| matches!(seg, b"" | b"." | b"..");
+    let mut start = 0;
+    for (i, &b) in rest.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            if bad_segment(&rest.as_bytes()[start..i]) {
+                return false;
+            }
+            start = i + 1;
+        } else if !b.is_ascii_graphic() || matches!(b, b'%' | b';' | b'\\' | b'#' | b'?') {
             return false;
         }
     }
-    true
+    // The last segment may be empty (a trailing slash), never a dot segment.
+    !matches!(&rest.as_bytes()[start..], b"." | b"..")
 }
 
 /// The full canonicalization behind [`normalize_path`].

@@ -625,3 +625,61 @@ fn host_labels_are_judged_as_by_a_split_per_label() {
         assert_eq!(ours, want, "{raw:?}");
     }
 }
+
+/// The fast path's test, as it was written first (split on `/`): the oracle for the one-pass
+/// version that every check runs.
+fn canonical_by_segments(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else { return false };
+    let plain = rest.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\' | b'#' | b'?'));
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    plain
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 4096, failure_persistence: None, ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// A path the fast path borrows as is must be one the full rewrite leaves unchanged, in both
+    /// matrix modes (else `/a/../b` or `//x` would reach Cedar and the upstream as sent), and
+    /// the one-pass test must agree with the split-based one on every path.
+    #[test]
+    fn the_borrowed_fast_path_is_only_taken_for_canonical_paths(
+        raw in proptest::string::string_regex("/?([a.;%?#\\\\ /é]|\\.\\.|%2[eEfF]){0,12}").expect("regex")
+    ) {
+        let fast = canonical::is_canonical_path(&raw);
+        proptest::prop_assert_eq!(fast, canonical_by_segments(&raw), "{:?}", raw);
+        if fast {
+            for matrix in [MatrixParameters::Refuse, MatrixParameters::Strip] {
+                proptest::prop_assert_eq!(normalize_path(&raw, matrix), Ok(raw.clone()));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_judges_every_segment() {
+    for (raw, want) in [
+        ("/", true),
+        ("/a/b/", true),
+        ("//", false),
+        ("/a//b", false),
+        ("/a/./b", false),
+        ("/a/..", false),
+        ("/..", false),
+        ("/.", false),
+        ("/a/.b/c..", true),
+        ("/a;b", false),
+        ("a/b", false),
+        ("", false),
+    ] {
+        assert_eq!(canonical::is_canonical_path(raw), want, "{raw}");
+        assert_eq!(canonical_by_segments(raw), want, "{raw}");
+    }
+}
