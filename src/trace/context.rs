@@ -108,10 +108,24 @@ fn parse_traceparent(v: &str) -> Option<SpanContext> {
     remote(trace, span, flags & 1 == 1)
 }
 
-/// A valid remote span context from hex ids (a 64-bit B3 trace id is left-padded to 128 bits).
+/// The value of 1 to 32 hex digits, either case; `None` for anything else. (The ids' own
+/// `from_hex` goes through `from_str_radix`, which also takes a sign; every check that carries
+/// a trace context runs this.)
+fn hex_value(s: &str) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    s.bytes().try_fold(0u128, |v, b| Some(v << 4 | u128::from(char::from(b).to_digit(16)?)))
+}
+
+/// A valid remote span context from hex ids: a trace id of up to 32 digits (a 64-bit B3 trace id
+/// is the same value left-padded to 128 bits), a span id of up to 16; neither all zeros.
 fn remote(trace: &str, span: &str, sampled: bool) -> Option<SpanContext> {
-    let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
+    let trace_id = hex_value(trace).filter(|&t| t != 0).map(|t| TraceId::from_bytes(t.to_be_bytes()))?;
+    let span_id = hex_value(span)
+        .filter(|&s| s != 0 && span.len() <= 16)
+        .and_then(|s| u64::try_from(s).ok())
+        .map(|s| SpanId::from_bytes(s.to_be_bytes()))?;
     let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
     Some(SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE))
 }
@@ -154,8 +168,7 @@ fn parse_b3_single(v: &str) -> Option<Parent> {
     if parts.next().is_some() || !b3_ids(trace, span) {
         return None;
     }
-    let trace = format!("{trace:0>32}").to_ascii_lowercase();
-    remote(&trace, &span.to_ascii_lowercase(), sampled).map(Parent::Remote)
+    remote(trace, span, sampled).map(Parent::Remote)
 }
 
 /// B3 multi headers: `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags: 1` (debug).
@@ -170,8 +183,7 @@ fn parse_b3_multi<'a>(header: &impl Fn(&str) -> Option<&'a str>) -> Parent {
     if !b3_ids(trace, span) {
         return Parent::None;
     }
-    let trace = format!("{trace:0>32}").to_ascii_lowercase();
-    remote(&trace, &span.to_ascii_lowercase(), sampled).map_or(Parent::None, Parent::Remote)
+    remote(trace, span, sampled).map_or(Parent::None, Parent::Remote)
 }
 
 #[cfg(test)]

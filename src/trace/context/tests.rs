@@ -148,3 +148,31 @@ fn the_logged_trace_id_is_the_parents() {
     }
     assert_eq!(seen, 7, "the cases cover ids from every source");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 2048, failure_persistence: None, ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The ids are read by our own hex loop: the same ids as opentelemetry's `from_hex` for
+    /// every string of hex digits (either case) of the lengths the parsers pass, and none for
+    /// a sign, a space or any other character.
+    #[test]
+    fn ids_are_read_as_from_hex_reads_them(
+        trace in "[0-9a-fA-F]{1,32}",
+        span in "[0-9a-fA-F]{1,16}",
+        junk in "[+ \\-xg.]",
+        at in 0usize..16,
+    ) {
+        let sc = remote(&trace, &span, true);
+        let want_trace = TraceId::from_hex(&trace.to_ascii_lowercase()).ok().filter(|t| *t != TraceId::INVALID);
+        let want_span = SpanId::from_hex(&span.to_ascii_lowercase()).ok().filter(|s| *s != SpanId::INVALID);
+        proptest::prop_assert_eq!(sc.as_ref().map(|c| c.trace_id()), want_trace.filter(|_| want_span.is_some()));
+        proptest::prop_assert_eq!(sc.as_ref().map(|c| c.span_id()), want_span.filter(|_| want_trace.is_some()));
+        let mut bad = span.clone();
+        bad.insert_str(at.min(bad.len()), &junk);
+        proptest::prop_assert!(remote(&trace, &bad, true).is_none());
+        let signed = format!("{junk}{trace}");
+        proptest::prop_assert!(hex_value(&signed).is_none());
+    }
+}
