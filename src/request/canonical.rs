@@ -109,6 +109,7 @@ pub(super) fn path_of(raw: &str, matrix: MatrixParameters) -> Result<Cow<'_, str
 /// A path [`rewrite_path`] would return unchanged, in every matrix mode: absolute, printable
 /// ASCII without an escape, `;`, `\`, `#` or `?`, no `.`/`..` segment and no empty segment but
 /// a trailing one. Conservative: a `false` only means the full rewrite runs.
+///
 /// One pass over the bytes (every check runs this): a segment is judged at the `/` that ends it.
 pub(super) fn is_canonical_path(raw: &str) -> bool {
     let Some(rest) = raw.strip_prefix('/') else { return false };
